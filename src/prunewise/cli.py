@@ -1,0 +1,316 @@
+"""The `prunewise` command: a thin shell over the library functions a Python user calls.
+
+Exit codes: 0 success, 2 bad input (one line on stderr, no traceback), 1 internal failure.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import click
+import torch
+
+from . import data as D
+from . import files, measure, models, train
+from .errors import PrunewiseError
+
+quiet_option = click.option("--quiet", is_flag=True, help="No progress bars or chatter.")
+
+
+def data_options(f):
+    """--data/--root/--image-size/--data-seed, shared by every command that reads data."""
+    f = click.option("--data-seed", type=int, default=None,
+                     help="Seed of the train/val split (default: the checkpoint's, else 0).")(f)
+    f = click.option("--image-size", type=int, default=None,
+                     help="Resize images to this side (default: the data set's own).")(f)
+    f = click.option("--root", type=click.Path(file_okay=False), default=None,
+                     help="Folder of a local data set (cifar10, cifar100, imagefolder).")(f)
+    f = click.option("--data", "data_name", default=None,
+                     help=f"Data set: {', '.join(D.DATASETS)} (default: the checkpoint's, else digits).")(f)
+    return f
+
+
+def say(quiet: bool, msg: str) -> None:
+    if not quiet:
+        click.echo(msg, err=True)
+
+
+def load_data(data_name, root, image_size, data_seed, meta: dict | None = None) -> D.DataBundle:
+    """The data bundle named on the command line, defaulting to what a checkpoint was trained on."""
+    used = (meta or {}).get("data", {})
+    name = data_name or used.get("name", "digits")
+    same = name == used.get("name")
+    return D.load(name, root or (used.get("root") if same else None),
+                  image_size=image_size or (used.get("image_size") if same else None),
+                  seed=data_seed if data_seed is not None else (used.get("seed", 0) if same else 0))
+
+
+def data_meta(bundle: D.DataBundle, root, seed: int) -> dict:
+    return {"name": bundle.name, "root": str(root) if root else None,
+            "image_size": bundle.image_size, "seed": seed}
+
+
+def check_classes(model: torch.nn.Module, bundle: D.DataBundle) -> None:
+    n = model.prunewise_config["num_classes"]
+    if n != bundle.num_classes:
+        raise PrunewiseError(f"model has num_classes={n} but data set '{bundle.name}' has "
+                             f"{bundle.num_classes} classes; they must match")
+    c = model.prunewise_config["in_channels"]
+    if c != bundle.in_channels:
+        raise PrunewiseError(f"model has in_channels={c} but data set '{bundle.name}' has "
+                             f"{bundle.in_channels} channels; they must match")
+
+
+def example_input(model: torch.nn.Module, size: int) -> torch.Tensor:
+    return torch.zeros(1, model.prunewise_config["in_channels"], size, size)
+
+
+def emit(obj: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(obj, indent=2, default=files._jsonable))
+    else:
+        for k, v in obj.items():
+            if not isinstance(v, (list, dict)):
+                click.echo(f"{k:>16}: {v:.4f}" if isinstance(v, float) else f"{k:>16}: {v}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="prunewise")
+def cli():
+    """prunewise: FVW (unstructured) and SLIMING (structured) pruning for PyTorch."""
+
+
+@cli.command("train")
+@click.argument("model_name")
+@data_options
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--lr", type=float, default=0.05, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--optimizer", type=click.Choice(train.OPTIMIZERS), default="sgd", show_default=True)
+@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
+@click.option("--num-classes", type=int, default=None, help="Must match the data (default: the data's).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(), required=True, help="Checkpoint folder to write.")
+@quiet_option
+def train_cmd(model_name, data_name, root, image_size, data_seed, epochs, lr, batch_size,
+              optimizer, weight_decay, num_classes, seed, out, quiet):
+    """Train a zoo model and save the best-on-validation checkpoint to OUT."""
+    bundle = load_data(data_name, root, image_size, data_seed)
+    if num_classes is not None and num_classes != bundle.num_classes:
+        raise PrunewiseError(f"--num-classes {num_classes} does not match data set "
+                             f"'{bundle.name}', which has {bundle.num_classes} classes")
+    torch.manual_seed(seed)
+    model = models.create(model_name, num_classes=bundle.num_classes, in_channels=bundle.in_channels)
+    hist = train.fit(model, bundle, epochs=epochs, lr=lr, batch_size=batch_size,
+                     optimizer=optimizer, weight_decay=weight_decay, seed=seed,
+                     progress=not quiet, desc=f"train {model_name}")
+    test = train.evaluate_split(model, bundle, "test")
+    meta = {"data": data_meta(bundle, root, data_seed or 0), "seed": seed,
+            "train": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer,
+                      "weight_decay": weight_decay, "best_epoch": hist["best_epoch"],
+                      "best_val_top1": hist["best_val_top1"], "seconds": hist["seconds"]},
+            "test_accuracy": test["top1"]}
+    files.save_model(model, out, meta=meta)
+    files.write_json(Path(out) / "train_history.json", hist["history"])
+    say(quiet, f"saved {out}: test top-1 {test['top1']:.4f} (best val epoch {hist['best_epoch']})")
+
+
+@cli.command("eval")
+@click.argument("checkpoint", type=click.Path())
+@data_options
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def eval_cmd(checkpoint, data_name, root, image_size, data_seed, split, as_json):
+    """Evaluate a checkpoint: top-1, top-5, loss."""
+    model = files.load_model(checkpoint)
+    bundle = load_data(data_name, root, image_size, data_seed, model.prunewise_meta)
+    check_classes(model, bundle)
+    emit({"data": bundle.name, "split": split, **train.evaluate_split(model, bundle, split)}, as_json)
+
+
+@cli.command("info")
+@click.argument("name")
+@click.option("--num-classes", type=int, default=10, show_default=True)
+@click.option("--in-channels", type=int, default=3, show_default=True)
+@click.option("--input-size", type=int, default=None, help="Input side (default: the model's natural one).")
+@click.option("--json", "as_json", is_flag=True)
+def info_cmd(name, num_classes, in_channels, input_size, as_json):
+    """Params, MACs and a layer table of a zoo model NAME or a checkpoint folder."""
+    if Path(name).is_dir():
+        model = files.load_model(name)
+        size = input_size or model.prunewise_meta.get("data", {}).get("image_size") \
+            or models.input_size(model.prunewise_config["arch"])
+    else:
+        model = models.create(name, num_classes=num_classes, in_channels=in_channels)
+        size = input_size or models.input_size(name)
+    if size < 1:
+        raise PrunewiseError(f"--input-size must be >= 1, got {size}")
+    x = example_input(model, size)
+    try:
+        table = measure.layer_table(model, x)
+    except RuntimeError as e:
+        raise PrunewiseError(f"input size {size} is too small for '{model.prunewise_config['arch']}':"
+                             f" {str(e).splitlines()[0]}") from None
+    info = {"model": model.prunewise_config["arch"], "input_size": size,
+            "params": measure.params(model), "macs": sum(r["macs"] for r in table),
+            "nonzero_params": measure.params(model, nonzero=True), "layers": table}
+    if as_json:
+        emit(info, True)
+        return
+    click.echo(f"{info['model']}  input {model.prunewise_config['in_channels']}x{size}x{size}  "
+               f"params {info['params']:,}  MACs {info['macs']:,}")
+    click.echo(f"{'layer':<40} {'type':<8} {'weight':<20} {'output':<16} {'params':>10} {'MACs':>14}")
+    for r in table:
+        click.echo(f"{r['name']:<40} {r['type']:<8} {'x'.join(map(str, r['weight_shape'])):<20} "
+                   f"{'x'.join(map(str, r['output_shape'])):<16} {r['params']:>10,} {r['macs']:>14,}")
+
+
+@cli.group("prune")
+def prune_group():
+    """Prune a checkpoint: `prune fvw` (unstructured) or `prune sliming` (structured)."""
+
+
+# ---- FVW / unstructured commands (issue 3) ----
+UNSTRUCTURED = ("fvw", "magnitude", "taylor", "random")
+
+
+@prune_group.command("fvw")
+@click.argument("checkpoint", type=click.Path())
+@data_options
+@click.option("--sparsity", type=float, required=True, help="Target global sparsity in [0, 1).")
+@click.option("--keep", type=float, default=0.98, show_default=True,
+              help="Fraction of the unpruned weights kept per iteration.")
+@click.option("--alpha", type=float, default=1e-8, show_default=True, help="Attack step size.")
+@click.option("--steps", type=int, default=2, show_default=True, help="Attack steps K.")
+@click.option("--samples", type=int, default=2048, show_default=True,
+              help="Attribution samples from the training split (0 = all).")
+@click.option("--class-groups", type=int, default=None,
+              help="Class-group mode with this many groups (FVW only).")
+@click.option("--aggregate", type=click.Choice(["union", "sum"]), default="union", show_default=True)
+@click.option("--descent", is_flag=True, help="Class-group mode: add a descent pass per group.")
+@click.option("--method", type=click.Choice(UNSTRUCTURED), default="fvw", show_default=True)
+@click.option("--finetune-epochs", type=int, default=0, show_default=True)
+@click.option("--lr", type=float, default=0.01, show_default=True, help="Fine-tuning learning rate.")
+@click.option("--patience", type=int, default=None, help="Fine-tuning early-stopping patience.")
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(), required=True, help="Folder for the plan and report.")
+@quiet_option
+def prune_fvw_cmd(checkpoint, data_name, root, image_size, data_seed, sparsity, keep, alpha, steps,
+                  samples, class_groups, aggregate, descent, method, finetune_epochs, lr, patience,
+                  batch_size, seed, out, quiet):
+    """Unstructured pruning of CHECKPOINT to --sparsity with FVW (or a baseline --method).
+
+    Writes OUT/masks.safetensors + OUT/plan.json (the plan), OUT/model (the masked, optionally
+    fine-tuned checkpoint) and OUT/report.json. Re-running after an interruption resumes from
+    OUT/resume.
+    """
+    import time as _time
+
+    from . import baselines
+    from . import fvw as F
+
+    F.check_targets(sparsity, keep)
+    if method == "fvw":
+        F._check_attack(alpha, steps, "ascent")
+    elif class_groups is not None or descent:
+        raise PrunewiseError(f"--class-groups and --descent apply to --method fvw only, "
+                             f"not '{method}'")
+    if samples < 0:
+        raise PrunewiseError(f"--samples must be >= 0 (0 = all), got {samples}")
+    if finetune_epochs < 0:
+        raise PrunewiseError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
+    if class_groups is not None and class_groups < 1:
+        raise PrunewiseError(f"--class-groups must be >= 1, got {class_groups}")
+    model = files.load_model(checkpoint)
+    bundle = load_data(data_name, root, image_size, data_seed, model.prunewise_meta)
+    check_classes(model, bundle)
+    limit = samples or None
+
+    def attribution():
+        return D.batches(bundle.train, bundle, batch_size, shuffle=True, seed=seed, limit=limit)
+
+    def validation():
+        return D.batches(bundle.val, bundle, 256)
+
+    dense = train.evaluate_split(model, bundle, "test")["top1"]
+    kwargs = dict(sparsity=sparsity, keep=keep, eval_batches=validation if len(bundle.val) else None,
+                  checkpoint_dir=Path(out) / "resume", seed=seed, progress=not quiet)
+    if method == "fvw":
+        kwargs.update(alpha=alpha, steps=steps, class_groups=class_groups, aggregate=aggregate,
+                      descent=descent)
+    start = _time.perf_counter()
+    plan = baselines.get(method)(model, attribution, samples=limit, **kwargs)
+    prune_s = _time.perf_counter() - start
+    plan.save(out)
+    pruned = plan.apply(model)
+    test = train.evaluate_split(pruned, bundle, "test")["top1"]
+    report = {"method": method, "sparsity": plan.sparsity, "target_sparsity": sparsity,
+              "dense_test_accuracy": dense, "test_accuracy": test,
+              "iterations": plan.meta["iterations"], "checkpoint": str(checkpoint),
+              "data": bundle.name, "samples": limit, "seed": seed, "keep": keep,
+              "prune_seconds": prune_s}
+    if method == "fvw":
+        report.update(alpha=alpha, steps=steps, class_groups=class_groups, aggregate=aggregate,
+                      descent=descent)
+    say(quiet, f"{method}: sparsity {plan.sparsity:.4f}, test top-1 {test:.4f} "
+               f"(dense {dense:.4f}) in {prune_s:.1f}s")
+    if finetune_epochs:
+        hist = train.fit(pruned, bundle, epochs=finetune_epochs, lr=lr, masks=plan.masks,
+                         patience=patience, seed=seed, progress=not quiet, desc="fine-tune")
+        ft = train.evaluate_split(pruned, bundle, "test")["top1"]
+        report.update(finetuned_accuracy=ft, finetune_epochs=finetune_epochs, finetune_lr=lr,
+                      finetune_best_epoch=hist["best_epoch"], finetune_seconds=hist["seconds"],
+                      finetuned_sparsity=measure.sparsity(pruned, list(plan.masks))["global"])
+        say(quiet, f"fine-tuned {finetune_epochs} epochs: test top-1 {ft:.4f}")
+    meta = {**getattr(model, "prunewise_meta", {}), "pruning": {
+        k: report[k] for k in ("method", "sparsity", "test_accuracy") if k in report}}
+    report["model"] = str(files.save_model(pruned, Path(out) / "model", meta=meta))
+    report["history"] = plan.meta["history"]
+    files.write_json(Path(out) / "report.json", report)
+    say(quiet, f"wrote {Path(out) / 'report.json'}")
+
+
+# ---- SLIMING / structured commands (issue 4) ----
+
+
+@cli.command("demo")
+@click.option("--out", type=click.Path(), default="runs/demo", show_default=True)
+@click.option("--epochs", type=int, default=None, help="Training epochs (default: the demo's).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@quiet_option
+def demo_cmd(out, epochs, seed, quiet):
+    """Train resnet20 on the embedded digits data, measure it, and write OUT/report.json."""
+    from .demo import run_demo
+
+    report = run_demo(out, epochs=epochs, seed=seed, quiet=quiet)
+    click.echo(json.dumps({k: v for k, v in report.items() if not isinstance(v, (dict, list))},
+                          indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI and map errors to exit codes (2 bad input, 1 internal)."""
+    try:
+        rv = cli.main(args=argv, prog_name="prunewise", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except (PrunewiseError, click.ClickException) as e:
+        msg = e.format_message() if isinstance(e, click.ClickException) else str(e)
+        click.echo(f"prunewise: error: {' '.join(msg.split())}", err=True)
+        code = 2
+    except click.exceptions.Abort:
+        click.echo("prunewise: aborted", err=True)
+        code = 130
+    except KeyboardInterrupt:
+        click.echo("prunewise: interrupted", err=True)
+        code = 130
+    except Exception:  # a genuine internal failure: keep the traceback for the bug report
+        traceback.print_exc()
+        click.echo("prunewise: internal error (please report it with the traceback above)", err=True)
+        code = 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

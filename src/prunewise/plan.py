@@ -1,0 +1,136 @@
+"""Plans: what a pruning method decides, as plain data that saves, reloads and applies.
+
+An unstructured plan (:class:`MaskPlan`) is one boolean mask per pruned parameter, keyed by the
+parameter's name in ``model.named_parameters()`` (True = keep). It is the same idea as
+``torch.nn.utils.prune`` (``weight_mask``), kept outside the model so it can be saved, inspected
+and applied to a fresh copy. Files: ``masks.safetensors`` (the masks) + ``plan.json`` (method,
+settings, per-iteration history), both written atomically.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import files
+from .errors import PrunewiseError
+
+MASKS_FILE = "masks.safetensors"
+PLAN_FILE = "plan.json"
+PLAN_FORMAT = 1
+
+
+@dataclass
+class MaskPlan:
+    """Masks for unstructured pruning: ``masks[name]`` is a bool tensor shaped like the parameter.
+
+    ``method`` names the scorer (fvw, magnitude, taylor, random); ``meta`` holds the settings and
+    the per-iteration history (JSON-able).
+    """
+
+    masks: dict[str, torch.Tensor]
+    method: str = "fvw"
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.masks = {k: _as_bool(k, v) for k, v in self.masks.items()}
+
+    @property
+    def total(self) -> int:
+        """Number of weights the plan covers (the prunable weights)."""
+        return int(sum(m.numel() for m in self.masks.values()))
+
+    @property
+    def kept(self) -> int:
+        """Number of weights the plan keeps."""
+        return int(sum(int(m.sum()) for m in self.masks.values()))
+
+    @property
+    def sparsity(self) -> float:
+        """Achieved fraction of pruned weights over the prunable weights."""
+        total = self.total
+        return 1.0 - self.kept / total if total else 0.0
+
+    def per_layer(self) -> dict[str, float]:
+        """Sparsity of every masked tensor."""
+        return {k: 1.0 - float(m.sum()) / m.numel() for k, m in self.masks.items()}
+
+    def check(self, model: nn.Module) -> None:
+        """Raise PrunewiseError unless every mask names a parameter of ``model`` with its shape."""
+        params = dict(model.named_parameters())
+        for name, m in self.masks.items():
+            if name not in params:
+                raise PrunewiseError(f"plan masks parameter '{name}', which the model does not have "
+                                     f"(was the plan made for another architecture?)")
+            if tuple(params[name].shape) != tuple(m.shape):
+                raise PrunewiseError(f"plan mask for '{name}' has shape {tuple(m.shape)} but the "
+                                     f"model's parameter has {tuple(params[name].shape)}")
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """A copy of ``model`` with every masked weight set to exactly 0 (``model`` is untouched).
+
+        Keep the weights at zero while training with ``prunewise.train.fit(..., masks=plan.masks)``.
+        """
+        self.check(model)
+        out = copy.deepcopy(model)
+        self.apply_(out)
+        return out
+
+    @torch.no_grad()
+    def apply_(self, model: nn.Module) -> nn.Module:
+        """Zero the masked weights of ``model`` in place; returns it."""
+        self.check(model)
+        params = dict(model.named_parameters())
+        for name, m in self.masks.items():
+            params[name].mul_(m.to(device=params[name].device, dtype=params[name].dtype))
+        return model
+
+    def float_masks(self) -> dict[str, torch.Tensor]:
+        """The masks as 0/1 float tensors (the form ``train.fit(masks=...)`` also accepts)."""
+        return {k: m.float() for k, m in self.masks.items()}
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``masks.safetensors`` and ``plan.json`` into ``folder`` (atomically); returns it."""
+        folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            raise PrunewiseError(f"plan path exists and is not a folder: {folder}")
+        files.write_tensors(folder / MASKS_FILE, self.masks)
+        files.write_json(folder / PLAN_FILE, {
+            "format": PLAN_FORMAT, "kind": "masks", "method": self.method,
+            "sparsity": self.sparsity, "kept": self.kept, "total": self.total,
+            "shapes": {k: list(m.shape) for k, m in self.masks.items()},
+            "meta": self.meta})
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "MaskPlan":
+        """Read a plan saved by :meth:`save`; missing or corrupt files raise PrunewiseError."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise PrunewiseError(f"plan folder not found: {folder}")
+        info = files.read_json(folder / PLAN_FILE, "plan file")
+        if info.get("kind") != "masks" or "shapes" not in info:
+            raise PrunewiseError(f"corrupt plan file {folder / PLAN_FILE}: not a mask plan")
+        masks = files.read_tensors(folder / MASKS_FILE, "plan masks")
+        shapes = info["shapes"]
+        if set(shapes) != set(masks):
+            raise PrunewiseError(f"corrupt plan {folder}: {PLAN_FILE} and {MASKS_FILE} name "
+                                 f"different tensors")
+        for k, m in masks.items():
+            if list(m.shape) != list(shapes[k]):
+                raise PrunewiseError(f"corrupt plan {folder}: mask '{k}' has shape "
+                                     f"{list(m.shape)}, {PLAN_FILE} says {shapes[k]}")
+        ordered = {k: masks[k] for k in shapes}
+        return cls(ordered, method=str(info.get("method", "unknown")), meta=info.get("meta", {}))
+
+
+def _as_bool(name: str, m) -> torch.Tensor:
+    m = torch.as_tensor(m)
+    if m.dtype == torch.bool:
+        return m.detach().cpu()
+    if not bool(((m == 0) | (m == 1)).all()):
+        raise PrunewiseError(f"mask '{name}' must hold only 0 and 1")
+    return m.detach().cpu() != 0

@@ -1,0 +1,323 @@
+"""Structured surgery: channel groups from Torch-Pruning's dependency graph, the channel plan,
+an exact cost model of a candidate configuration, and applying a plan (a physically smaller model).
+
+A *group* is a set of channels that must go together (a conv's outputs, its BN, the next layers'
+inputs, everything tied to them by residual adds or concats). Groups come from
+``torch_pruning.DependencyGraph``; we never write our own graph surgery.
+
+Not prunable, and recorded why: the classifier's outputs (any layer whose output reaches the
+model output without passing another conv/linear), groups holding an ignored layer, and groups
+touching a CIFAR ResNet's zero-padding shortcut (``PadShortcut``, "option A"): there only the
+inner channels of each residual block are pruned, as in HRank / CHIP / SLIMING.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import files
+from .errors import PrunewiseError
+
+PLAN_TENSORS = "plan.safetensors"
+PLAN_JSON = "plan.json"
+PLAN_FORMAT = 1
+_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_NORMS = (nn.modules.batchnorm._BatchNorm,)
+
+
+# --------------------------------------------------------------------------- graph and groups
+def _customized_pruners() -> dict:
+    from . import models
+    return models.customized_pruners()
+
+
+def _padshortcut_type():
+    from .models.cifar_resnet import PadShortcut
+    return PadShortcut
+
+
+def build_graph(model: nn.Module, example_inputs: torch.Tensor, ignored_layers=None):
+    """Trace ``model`` with Torch-Pruning; an untraceable layer is a PrunewiseError naming it."""
+    import torch_pruning as tp
+
+    names = {m: n for n, m in model.named_modules()}
+    ignored = list(ignored_layers or [])
+    # Modules with their own parameters that Torch-Pruning has no pruner for (and that are not
+    # built from standard layers) would be pruned blindly as "unwrapped parameters": refuse.
+    known = tuple(_customized_pruners()) + _LAYERS + _NORMS + (nn.PReLU, nn.LayerNorm,
+                                                                nn.GroupNorm, nn.Embedding)
+    for n, m in model.named_modules():
+        own = list(m.parameters(recurse=False))
+        if own and not isinstance(m, known) and m not in ignored:
+            raise PrunewiseError(f"Torch-Pruning cannot prune layer '{n}' ({type(m).__name__}): it "
+                                 f"holds its own parameters and has no pruner; pass it in "
+                                 f"ignored_layers or build it from standard layers")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            dg = tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_inputs, customized_pruners=_customized_pruners(),
+                verbose=False)
+    except PrunewiseError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any tracing failure is the model's, name it
+        msg = " ".join(str(e).split())[:200]
+        raise PrunewiseError(f"Torch-Pruning cannot trace this model: {type(e).__name__}: "
+                             f"{msg}") from None
+    finally:
+        model.train(was_training)
+    for n, m in model.named_modules():
+        if isinstance(m, _LAYERS) and m not in dg.module2node and m not in ignored:
+            raise PrunewiseError(f"Torch-Pruning cannot trace layer '{n}' ({type(m).__name__}): "
+                                 f"it is not connected to the output through autograd (detached, "
+                                 f"no_grad or unused); pass it in ignored_layers or fix forward()")
+    dg._prunewise_names = names
+    return dg
+
+
+@dataclass
+class GroupInfo:
+    """One channel group: its root layer, size, and how its channels sit in every layer."""
+    name: str                 # root layer name: the key in a plan
+    size: int                 # channels C
+    prunable: bool
+    reason: str = ""          # why not prunable
+    out_layers: list = field(default_factory=list)   # [(layer name, row idxs ordered by root channel)]
+    dims: list = field(default_factory=list)         # [(layer name, "out"|"in", n idxs)]
+    group: object = None      # the Torch-Pruning group (full indices)
+    root: nn.Module | None = None
+
+
+def _output_layers(dg) -> set:
+    """Conv/linear modules whose output reaches a graph output without another conv/linear."""
+    out = set()
+    for m, node in dg.module2node.items():
+        if not isinstance(m, _LAYERS):
+            continue
+        stack, seen = list(node.outputs), set()
+        if not stack:
+            out.add(m)
+            continue
+        while stack:
+            nd = stack.pop()
+            if nd in seen:
+                continue
+            seen.add(nd)
+            if isinstance(nd.module, _LAYERS):
+                continue
+            if not nd.outputs:
+                out.add(m)
+                break
+            stack.extend(nd.outputs)
+    return out
+
+
+def groups(dg, ignored_layers=None) -> list[GroupInfo]:
+    """Every channel group of the traced model, in execution-graph order, prunable or not."""
+    names = dg._prunewise_names
+    ignored = set(ignored_layers or [])
+    outputs = _output_layers(dg)
+    pad = _padshortcut_type()
+    result = []
+    for g in dg.get_all_groups(ignored_layers=[], root_module_types=_LAYERS):
+        root = g[0].dep.target.module
+        info = GroupInfo(name=names[root], size=len(g[0].idxs), prunable=True, group=g, root=root)
+        for item in g:
+            m = item.dep.target.module
+            if not isinstance(m, nn.Module) or m not in names:
+                continue
+            is_out = dg.is_out_channel_pruning_fn(item.dep.handler)
+            if isinstance(m, pad):
+                info.prunable, info.reason = False, "zero-padding shortcut (option A) on this path"
+            if is_out and m in ignored:
+                info.prunable, info.reason = False, f"ignored layer '{names[m]}'"
+            if is_out and m in outputs:
+                info.prunable, info.reason = False, f"model output ('{names[m]}')"
+            if isinstance(m, _LAYERS + _NORMS):
+                info.dims.append((names[m], "out" if is_out else "in", len(item.idxs)))
+                if is_out and isinstance(m, _LAYERS) and len(item.idxs) == info.size:
+                    order = np.argsort(np.asarray(item.root_idxs))
+                    info.out_layers.append((names[m], [int(item.idxs[i]) for i in order]))
+        result.append(info)
+    return result
+
+
+def group_matrix(model: nn.Module, info: GroupInfo) -> torch.Tensor:
+    """R (C x D): row c = the output-side weights of channel c in every conv/linear of the group."""
+    mods = dict(model.named_modules())
+    parts = [mods[n].weight.detach()[idxs].reshape(len(idxs), -1).float()
+             for n, idxs in info.out_layers]
+    if not parts:
+        return torch.zeros(info.size, 1)
+    return torch.cat(parts, 1)
+
+
+# --------------------------------------------------------------------------- cost model
+class CostModel:
+    """Exact MACs and params of the model with ``counts[g]`` channels kept in prunable group g.
+
+    Linear in the removed channels per layer dimension: layer MACs = spatial * out * in/groups,
+    read once from a forward hook; depthwise convs keep in/groups = 1. Agrees with
+    :func:`prunewise.measure.macs` and :func:`prunewise.measure.params` on the pruned model.
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, infos: list[GroupInfo]):
+        from . import measure
+
+        self.infos = [g for g in infos if g.prunable]
+        self.sizes = np.array([g.size for g in self.infos], dtype=np.float64)
+        mods = dict(model.named_modules())
+        table = {r["name"]: r for r in measure.layer_table(model, example_inputs)}
+        rows = [n for n, m in mods.items() if isinstance(m, _LAYERS + _NORMS)
+                and getattr(m, "weight", None) is not None]
+        idx = {n: i for i, n in enumerate(rows)}
+        L, G = len(rows), len(self.infos)
+        self.out0 = np.zeros(L)
+        self.in0 = np.zeros(L)
+        self.spatial = np.zeros(L)   # MACs per (out * in_per_group)
+        self.kernel = np.zeros(L)    # params per (out * in_per_group)
+        self.bias = np.zeros(L)      # 1 when the layer has a per-output bias
+        self.depthwise = np.zeros(L, dtype=bool)
+        self.norm = np.zeros(L, dtype=bool)
+        self.groups_ = np.ones(L)
+        for n, i in idx.items():
+            m = mods[n]
+            w = m.weight
+            if isinstance(m, _NORMS):
+                self.norm[i] = True
+                self.out0[i] = self.in0[i] = w.shape[0]
+                self.kernel[i] = 2 if m.affine else 0
+                continue
+            out, inpg = w.shape[0], w.shape[1]
+            grp = getattr(m, "groups", 1)
+            self.out0[i], self.in0[i], self.groups_[i] = out, inpg * grp, grp
+            self.depthwise[i] = grp > 1 and grp == out and inpg == 1
+            self.kernel[i] = w[0, 0].numel() if w.dim() > 2 else 1
+            self.bias[i] = 1 if getattr(m, "bias", None) is not None else 0
+            if n in table:
+                self.spatial[i] = table[n]["macs"] / (out * inpg)
+        self.a_out = np.zeros((L, G))
+        self.a_in = np.zeros((L, G))
+        for j, g in enumerate(self.infos):
+            for n, kind, k in g.dims:
+                if n in idx:
+                    (self.a_out if kind == "out" or self.norm[idx[n]] else self.a_in)[idx[n], j] = k / g.size
+        self.other_params = sum(p.numel() for p in model.parameters()) - self.params(self.sizes)
+        self.full_macs = self.macs(self.sizes)
+        self.full_params = self.params(self.sizes)
+
+    def _dims(self, counts):
+        removed = self.sizes - np.asarray(counts, dtype=np.float64)
+        out = self.out0 - self.a_out @ removed
+        inn = self.in0 - self.a_in @ removed
+        inpg = np.where(self.depthwise, 1.0, inn / self.groups_)
+        return out, inpg
+
+    def macs(self, counts) -> float:
+        out, inpg = self._dims(counts)
+        return float(np.sum(self.spatial * out * inpg))
+
+    def params(self, counts) -> float:
+        out, inpg = self._dims(counts)
+        conv = np.where(self.norm, self.kernel * out, self.kernel * out * inpg + self.bias * out)
+        return float(np.sum(conv)) + getattr(self, "other_params", 0)
+
+
+# --------------------------------------------------------------------------- the plan
+def signature(model: nn.Module) -> str:
+    """A short hash of the architecture (layer names and weight shapes) a plan was made for."""
+    text = json.dumps(files.layer_widths(model), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class ChannelPlan:
+    """Structured plan: per group (keyed by its root layer), channel count and kept indices."""
+    keep: dict[str, torch.Tensor]           # group -> sorted LongTensor of kept channel indices
+    sizes: dict[str, int]                   # group -> original channel count
+    arch: str = ""                          # architecture signature (see :func:`signature`)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {k: int(v.numel()) for k, v in self.keep.items()}
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        files.write_tensors(folder / PLAN_TENSORS, {k: v.to(torch.long) for k, v in self.keep.items()})
+        files.write_json(folder / PLAN_JSON, {"format": PLAN_FORMAT, "kind": "channels",
+                                             "arch": self.arch, "sizes": self.sizes,
+                                             "counts": self.counts, "meta": self.meta})
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "ChannelPlan":
+        folder = Path(folder)
+        cfg = files.read_json(folder / PLAN_JSON, "channel plan")
+        if cfg.get("kind") != "channels" or "sizes" not in cfg:
+            raise PrunewiseError(f"{folder / PLAN_JSON} is not a channel plan")
+        keep = files.read_tensors(folder / PLAN_TENSORS, "channel plan tensors")
+        if set(keep) != set(cfg["sizes"]):
+            raise PrunewiseError(f"corrupt channel plan {folder}: groups in {PLAN_JSON} and "
+                                 f"{PLAN_TENSORS} differ")
+        return cls(keep={k: v.to(torch.long) for k, v in keep.items()},
+                   sizes={k: int(v) for k, v in cfg["sizes"].items()},
+                   arch=cfg.get("arch", ""), meta=cfg.get("meta", {}))
+
+
+def make_plan(model: nn.Module, infos: list[GroupInfo], keep: dict[str, torch.Tensor],
+              meta: dict | None = None) -> ChannelPlan:
+    sizes = {g.name: g.size for g in infos if g.name in keep}
+    clean = {k: torch.as_tensor(v, dtype=torch.long).sort().values for k, v in keep.items()}
+    for k, v in clean.items():
+        if v.numel() < 1 or v.unique().numel() != v.numel() or int(v.min()) < 0 \
+                or int(v.max()) >= sizes[k]:
+            raise PrunewiseError(f"bad kept channels for group '{k}' (size {sizes[k]})")
+    return ChannelPlan(keep=clean, sizes=sizes, arch=signature(model), meta=meta or {})
+
+
+def prune_in_place(model: nn.Module, dg, infos: list[GroupInfo], plan: ChannelPlan) -> nn.Module:
+    """Remove every channel the plan does not keep, group by group, through Torch-Pruning."""
+    by_name = {g.name: g for g in infos}
+    for name, kept in plan.keep.items():
+        info = by_name.get(name)
+        if info is None:
+            raise PrunewiseError(f"plan names group '{name}', which this model does not have")
+        if not info.prunable:
+            raise PrunewiseError(f"plan prunes group '{name}', which cannot be pruned: {info.reason}")
+        if info.size != plan.sizes[name]:
+            raise PrunewiseError(f"plan group '{name}' has {plan.sizes[name]} channels, the model "
+                                 f"has {info.size}")
+        drop = sorted(set(range(info.size)) - set(kept.tolist()))
+        if not drop:
+            continue
+        pruner = dg.get_pruner_of_module(info.root)
+        dg.get_pruning_group(info.root, pruner.prune_out_channels, drop).prune(record_history=False)
+    return model
+
+
+def apply(model: nn.Module, plan: ChannelPlan, example_inputs: torch.Tensor) -> nn.Module:
+    """A NEW, physically smaller copy of ``model`` with only the plan's kept channels."""
+    sig = signature(model)
+    if plan.arch and plan.arch != sig:
+        raise PrunewiseError(f"plan was made for a different architecture (signature {plan.arch}, "
+                             f"this model {sig}): apply it to the model it was computed on")
+    new = copy.deepcopy(model)
+    dg = build_graph(new, example_inputs)
+    prune_in_place(new, dg, groups(dg), plan)
+    return new
+
+
+def describe(infos: list[GroupInfo]) -> dict:
+    """What can be pruned: prunable group names and the skipped ones with the reason."""
+    return {"prunable": [g.name for g in infos if g.prunable],
+            "prunable_channels": int(sum(g.size for g in infos if g.prunable)),
+            "skipped": {g.name: g.reason for g in infos if not g.prunable}}

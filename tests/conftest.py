@@ -1,0 +1,22 @@
+"""Shared fixtures: tiny data and tiny models so the suite stays fast on 2 cores."""
+import pytest
+import torch
+
+from prunewise import data as D
+from prunewise import models
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return D.load("digits", seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained_resnet20(digits):
+    """A resnet20 trained briefly on digits (good enough to have correct predictions)."""
+    from prunewise import train
+
+    torch.manual_seed(0)
+    model = models.create("resnet20", num_classes=10, in_channels=1)
+    train.fit(model, digits, epochs=3, seed=0, progress=False)
+    return model

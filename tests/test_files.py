@@ -1,0 +1,78 @@
+import json
+
+import pytest
+import torch
+
+from prunewise import PrunewiseError, files, models
+
+
+def test_save_load_round_trip_is_bit_identical(tmp_path):
+    torch.manual_seed(0)
+    model = models.create("resnet20", num_classes=10, in_channels=1).eval()
+    with torch.no_grad():  # non-trivial BN statistics
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    files.save_model(model, tmp_path / "ck", meta={"note": "x"})
+    loaded = files.load_model(tmp_path / "ck").eval()
+    x = torch.randn(4, 1, 16, 16)
+    assert torch.equal(model(x), loaded(x))
+    assert loaded.prunewise_meta == {"note": "x"}
+    assert not list(tmp_path.glob("ck/*.tmp"))
+
+
+def test_load_narrower_widths(tmp_path):
+    """A checkpoint whose layers are narrower than the zoo's (a pruned model) reloads."""
+    model = models.create("resnet20", num_classes=10, in_channels=1).eval()
+    block = model.layer1[0] if hasattr(model, "layer1") else None
+    assert block is not None
+    keep = torch.arange(8)
+    with torch.no_grad():
+        conv1, bn1, conv2 = block.conv1, block.bn1, block.conv2
+        new1 = torch.nn.Conv2d(conv1.in_channels, 8, 3, padding=1, bias=False)
+        new1.weight.copy_(conv1.weight[keep])
+        newbn = torch.nn.BatchNorm2d(8)
+        newbn.weight.copy_(bn1.weight[keep])
+        new2 = torch.nn.Conv2d(8, conv2.out_channels, 3, padding=1, bias=False)
+        new2.weight.copy_(conv2.weight[:, keep])
+    block.conv1, block.bn1, block.conv2 = new1, newbn, new2
+    model.eval()
+    files.save_model(model, tmp_path / "p")
+    cfg = json.loads((tmp_path / "p" / "config.json").read_text())
+    assert cfg["widths"]["layer1.0.conv1"][0] == 8
+    loaded = files.load_model(tmp_path / "p").eval()
+    x = torch.randn(2, 1, 16, 16)
+    assert torch.equal(model(x), loaded(x))
+
+
+@pytest.mark.parametrize("damage", ["missing", "bad_json", "bad_weights", "wrong_arch", "no_weights"])
+def test_bad_checkpoints_are_clear_errors(tmp_path, damage):
+    model = models.create("resnet20", num_classes=10, in_channels=1)
+    ck = tmp_path / "ck"
+    files.save_model(model, ck)
+    if damage == "missing":
+        ck = tmp_path / "nope"
+    elif damage == "bad_json":
+        (ck / "config.json").write_text("{not json")
+    elif damage == "bad_weights":
+        (ck / "model.safetensors").write_bytes(b"garbage" * 10)
+    elif damage == "no_weights":
+        (ck / "model.safetensors").unlink()
+    elif damage == "wrong_arch":
+        cfg = json.loads((ck / "config.json").read_text())
+        cfg["arch"] = "vgg16_bn"
+        (ck / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(PrunewiseError) as e:
+        files.load_model(ck)
+    assert str(ck) in str(e.value) or "nope" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_atomic_json_keeps_old_file_on_failure(tmp_path):
+    p = tmp_path / "r.json"
+    files.write_json(p, {"a": 1})
+    with pytest.raises(TypeError):
+        files.write_json(p, {"a": object()})
+    assert json.loads(p.read_text()) == {"a": 1}
+    assert [f.name for f in tmp_path.iterdir()] == ["r.json"]
