@@ -274,6 +274,163 @@ def prune_fvw_cmd(checkpoint, data_name, root, image_size, data_seed, sparsity, 
 
 
 # ---- SLIMING / structured commands (issue 4) ----
+@prune_group.command("sliming")
+@click.argument("checkpoint", type=click.Path())
+@data_options
+@click.option("--macs", type=float, default=None, help="Keep this fraction of the MACs, in (0, 1).")
+@click.option("--params", type=float, default=None, help="Keep this fraction of the params, in (0, 1).")
+@click.option("--normalize", type=click.Choice(["max", "sum"]), default="max", show_default=True)
+@click.option("--min-channels", type=int, default=1, show_default=True)
+@click.option("--method", type=click.Choice(["sliming", "l1", "random", "chip", "sliming-l1"]),
+              default="sliming", show_default=True, help="SLIMING or a baseline at the same budget.")
+@click.option("--finetune-epochs", type=int, default=0, show_default=True)
+@click.option("--lr", type=float, default=0.01, show_default=True, help="Fine-tuning learning rate.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(), required=True, help="Folder for the pruned model and report.")
+@quiet_option
+def prune_sliming_cmd(checkpoint, data_name, root, image_size, data_seed, macs, params, normalize,
+                      min_channels, method, finetune_epochs, lr, seed, out, quiet):
+    """SLIMING structured pruning of CHECKPOINT into a physically smaller model in OUT."""
+    from .sliming import pipeline
+
+    if (macs is None) == (params is None):
+        raise PrunewiseError("give exactly one budget: --macs FRACTION or --params FRACTION")
+    if finetune_epochs < 0:
+        raise PrunewiseError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
+    model = files.load_model(checkpoint)
+    bundle = load_data(data_name, root, image_size, data_seed, model.prunewise_meta)
+    check_classes(model, bundle)
+    pruned, plan, report = pipeline.run(
+        model, bundle, method, macs=macs, params=params, normalize=normalize,
+        min_channels=min_channels, finetune_epochs=finetune_epochs, lr=lr, seed=seed, quiet=quiet)
+    out = Path(out)
+    click.echo(pipeline.format_table(report["layers"]))
+    click.echo(f"{method}: MACs {report['macs']:,} ({report['macs_ratio']:.4f} of dense), params "
+               f"{report['params']:,} ({report['params_ratio']:.4f}), test top-1 "
+               f"{report['test_accuracy']:.4f} (dense {report['dense_test_accuracy']:.4f})"
+               + (f", fine-tuned {report['finetuned_accuracy']:.4f}"
+                  if "finetuned_accuracy" in report else ""))
+    png = pipeline.plot_spectra(plan.spectra, out / "spectra.png", normalize)
+    meta = {**model.prunewise_meta, "pruned": {"method": method, "from": str(checkpoint),
+                                               "macs_ratio": report["macs_ratio"]},
+            "test_accuracy": report.get("finetuned_accuracy", report["test_accuracy"])}
+    report["model"] = str(files.save_model(pruned, out / "model", meta=meta))
+    report["plan"] = str(plan.save(out / "plan"))
+    report["spectra_png"] = str(png) if png else None
+    report["checkpoint"] = str(checkpoint)
+    files.write_json(out / "report.json", report)
+    say(quiet, f"wrote {out / 'report.json'}")
+
+
+@cli.group("toy")
+def toy_group():
+    """Toy problems from the papers: `toy svgg` (SLIMING's redundant-filter toy)."""
+
+
+@toy_group.command("svgg")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--no-complete", is_flag=True, help="Skip the complete search on the reduced SVGG.")
+@click.option("--json", "as_json", is_flag=True)
+def toy_svgg_cmd(seed, no_complete, as_json):
+    """SVGG: selection accuracy per layer (GEM, random, one-shot) and the recovered config."""
+    from .sliming import one_thread, toy
+
+    with one_thread():
+        res = toy.run(seed, complete=not no_complete)
+    if as_json:
+        click.echo(json.dumps(res, indent=2))
+        return
+    click.echo(f"SVGG seed {seed}: C = {res['channels']}, true N = {res['true_config']}")
+    for key in ("gem", "random", "one_shot"):
+        click.echo(f"{key:>10}: " + " ".join(f"{a:.3f}" for a in res[key])
+                   + f"   all {res[key + '_total']:.3f}")
+    click.echo(f"{'config':>10}: {res['config']} (error {res['config_error']})")
+    if "complete_search" in res:
+        cs = res["complete_search"]
+        click.echo(f"reduced SVGG C = {cs['channels']}: complete {cs['complete']}, gem {cs['gem']}")
+
+
+
+# ---- reports, comparison grid, export (issue 5) ----
+@cli.command("bench")
+@click.option("--model", "model_name", default="resnet20", show_default=True)
+@click.option("--data", "data_name", default="digits", show_default=True)
+@click.option("--root", type=click.Path(file_okay=False), default=None)
+@click.option("--methods", default=None,
+              help="Comma list (default: fvw,magnitude,taylor,random with --sparsity; "
+                   "sliming,l1,random,chip,sliming-l1 with --macs).")
+@click.option("--sparsity", "sparsities", default=None,
+              help="Comma list of target sparsities (unstructured grid; default 0.8,0.9,0.95).")
+@click.option("--macs", "macs_list", default=None,
+              help="Comma list of MACs fractions to keep (structured grid), e.g. 0.5,0.25.")
+@click.option("--seeds", default="0,1,2", show_default=True)
+@click.option("--epochs", type=int, default=20, show_default=True, help="Base model training epochs.")
+@click.option("--finetune-epochs", type=int, default=None,
+              help="Fine-tune every cell (default: 0 unstructured, 3 structured).")
+@click.option("--lr", type=float, default=0.01, show_default=True, help="Fine-tuning learning rate.")
+@click.option("--keep", type=float, default=0.9, show_default=True,
+              help="Unstructured: fraction kept per iteration (the papers' 0.98 is slower).")
+@click.option("--samples", type=int, default=512, show_default=True,
+              help="Unstructured: attribution samples (0 = all).")
+@click.option("--out", type=click.Path(), default="runs/bench", show_default=True)
+@quiet_option
+def bench_cmd(model_name, data_name, root, methods, sparsities, macs_list, seeds, epochs,
+              finetune_epochs, lr, keep, samples, out, quiet):
+    """Compare methods over budgets and seeds: OUT/grid.{md,csv,json,png}; resumable."""
+    from . import bench
+
+    if sparsities is not None and macs_list is not None:
+        raise PrunewiseError("give --sparsity (unstructured grid) or --macs (structured grid), not both")
+    structured = macs_list is not None
+    budgets = bench.parse_list(macs_list if structured else (sparsities or "0.8,0.9,0.95"),
+                               "--macs" if structured else "--sparsity")
+    default_methods = bench.STRUCTURED if structured else bench.UNSTRUCTURED
+    method_list = bench.parse_list(methods, "--methods", str) if methods is not None \
+        else list(default_methods)
+    summary = bench.run(out, model_name=model_name, data_name=data_name, root=root,
+                        methods=method_list, budgets=budgets, structured=structured,
+                        seeds=bench.parse_list(seeds, "--seeds", int), epochs=epochs,
+                        finetune_epochs=(3 if structured else 0) if finetune_epochs is None
+                        else finetune_epochs, lr=lr, keep=keep, samples=samples or None,
+                        quiet=quiet)
+    click.echo(bench.grid_markdown(summary), nl=False)
+    say(quiet, f"wrote {Path(out) / 'grid.md'}, grid.csv, grid.json, grid.png "
+               f"({summary['seconds_this_run']:.1f}s)")
+
+
+@cli.command("report")
+@click.argument("folder", type=click.Path())
+def report_cmd(folder):
+    """Re-render FOLDER/report.md and the plots from FOLDER/report.json."""
+    from . import report
+
+    rep = report.render(folder)
+    click.echo(f"rendered {Path(folder) / 'report.md'} and {len(rep['plots'])} plot(s): "
+               + ", ".join(rep["plots"]))
+
+
+@cli.command("export")
+@click.argument("folder", type=click.Path())
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), required=True,
+              help="ONNX file to write.")
+@click.option("--input-size", type=int, default=None,
+              help="Input side (default: the data the model was trained on, else the natural one).")
+def export_cmd(folder, onnx_path, input_size):
+    """Export a checkpoint (dense, masked or structurally pruned) to ONNX.
+
+    FOLDER is a checkpoint folder or a `prune` output folder (its `model` subfolder is used).
+    """
+    from . import interop
+
+    folder = Path(folder)
+    if (folder / "model" / files.CONFIG).is_file() and not (folder / files.CONFIG).is_file():
+        folder = folder / "model"
+    model = files.load_model(folder)
+    size = input_size or model.prunewise_meta.get("data", {}).get("image_size") \
+        or models.input_size(model.prunewise_config["arch"])
+    path = interop.export_onnx(model, onnx_path, example_input(model, size))
+    click.echo(f"wrote {path} (input 1x{model.prunewise_config['in_channels']}x{size}x{size}, "
+               f"dynamic batch)")
 
 
 @cli.command("demo")

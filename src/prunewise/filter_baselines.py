@@ -156,5 +156,6 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, method: str = "sliming
         "min_channels": min_channels, "predicted_macs": a.cost.macs(counts),
         "predicted_params": a.cost.params(counts), "original_macs": a.cost.full_macs,
         "original_params": a.cost.full_params, "groups": surgery.describe(a.infos)})
+    plan.spectra = a.sigma
     surgery.prune_in_place(new, a.dg, a.infos, plan)
     return new, plan

@@ -245,6 +245,7 @@ class ChannelPlan:
     sizes: dict[str, int]                   # group -> original channel count
     arch: str = ""                          # architecture signature (see :func:`signature`)
     meta: dict = field(default_factory=dict)
+    spectra: dict = field(default_factory=dict, repr=False)  # group -> singular values (not saved)
 
     @property
     def counts(self) -> dict[str, int]:

@@ -151,6 +151,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *, macs: float | None 
         "groups": surgery.describe(a.infos),
         "seconds": {"spectra": a.seconds, "configuration": t1 - t0 - a.seconds,
                     "selection": t2 - t1}})
+    plan.spectra = a.sigma
     surgery.prune_in_place(new, a.dg, a.infos, plan)
     plan.meta["seconds"]["surgery"] = time.perf_counter() - t2
     new.eval() if not model.training else new.train()

@@ -1,0 +1,259 @@
+"""Run reports: ``report.json`` (everything measured), ``report.md`` and PNG plots.
+
+Every ``prunewise prune ...`` and ``prunewise demo`` run calls :func:`write`; ``prunewise report
+DIR`` calls :func:`render` to redraw the Markdown and plots from ``report.json`` alone.
+The JSON is checked against ``report_schema.json`` (kept beside this module) before it is written.
+
+Plot data a report may carry (each optional):
+- ``layers``: per-layer rows, ``{"layer", "sparsity"}`` (unstructured) or
+  ``{"layer", "before", "after"}`` weight shapes (structured);
+- ``history``: FVW iterations, ``{"iteration", "sparsity", "accuracy"?}``;
+- ``spectra``: group name -> singular values (SLIMING).
+A demo report nests whole pruning reports under ``steps``.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+
+from . import files
+from .errors import PrunewiseError
+
+SCHEMA_PATH = Path(__file__).with_name("report_schema.json")
+REPORT = "report.json"
+
+
+def versions() -> dict:
+    """Versions of everything that shapes the numbers."""
+    import numpy
+    import torch
+
+    out = {"prunewise": _version(), "python": platform.python_version(), "torch": torch.__version__,
+           "numpy": numpy.__version__, "platform": platform.platform()}
+    try:
+        import torch_pruning
+        out["torch_pruning"] = getattr(torch_pruning, "__version__", "unknown")
+    except ImportError:  # pragma: no cover - a declared dependency
+        pass
+    return out
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+def validate(report: dict, schema: dict | None = None) -> None:
+    """Check ``report`` against the repository's report schema (a small subset of JSON Schema:
+    type, required, properties, items, enum, minimum, maximum). Raises PrunewiseError."""
+    schema = schema or json.loads(SCHEMA_PATH.read_text())
+    _check(report, schema, "report")
+
+
+_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool,
+          "integer": int, "number": (int, float), "null": type(None)}
+
+
+def _check(value, schema: dict, where: str) -> None:
+    kinds = schema.get("type")
+    if kinds is not None:
+        kinds = [kinds] if isinstance(kinds, str) else kinds
+        ok = any(isinstance(value, _TYPES[k]) and not (k in ("integer", "number") and
+                                                        isinstance(value, bool)) for k in kinds)
+        if not ok:
+            raise PrunewiseError(f"invalid report: {where} should be {' or '.join(kinds)}, "
+                                 f"got {type(value).__name__}")
+    if "enum" in schema and value not in schema["enum"]:
+        raise PrunewiseError(f"invalid report: {where} is {value!r}, allowed: {schema['enum']}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if "minimum" in schema and value < schema["minimum"]:
+            raise PrunewiseError(f"invalid report: {where} = {value} < {schema['minimum']}")
+        if "maximum" in schema and value > schema["maximum"]:
+            raise PrunewiseError(f"invalid report: {where} = {value} > {schema['maximum']}")
+    if isinstance(value, dict):
+        for key in schema.get("required", []):
+            if key not in value:
+                raise PrunewiseError(f"invalid report: {where} lacks required '{key}'")
+        for key, sub in schema.get("properties", {}).items():
+            if key in value:
+                _check(value[key], sub, f"{where}.{key}")
+    if isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            _check(item, schema["items"], f"{where}[{i}]")
+
+
+def write(out: str | Path, report: dict, *, kind: str, config: dict | None = None) -> dict:
+    """Complete ``report`` (kind, config, versions), validate it, write report.json, report.md
+    and the plots into ``out``; returns the completed report."""
+    out = Path(out)
+    report = {"kind": kind, **report}
+    report.setdefault("config", config or {})
+    report.setdefault("versions", versions())
+    report.setdefault("command", " ".join(["prunewise", *sys.argv[1:]])
+                      if Path(sys.argv[0]).name in ("prunewise", "__main__.py") else None)
+    report = json.loads(json.dumps(report, default=files._jsonable))  # plain JSON types only
+    validate(report)
+    report["plots"] = plot(out, report)
+    files.write_json(out / REPORT, report)
+    files._atomic(out / "report.md", lambda tmp: Path(tmp).write_text(markdown(report)))
+    return report
+
+
+def render(out: str | Path) -> dict:
+    """Redraw ``report.md`` and the plots of a run folder from its ``report.json``."""
+    out = Path(out)
+    if not out.is_dir():
+        raise PrunewiseError(f"report folder not found: {out}")
+    report = files.read_json(out / REPORT, "report")
+    validate(report)
+    report["plots"] = plot(out, report)
+    files.write_json(out / REPORT, report)
+    files._atomic(out / "report.md", lambda tmp: Path(tmp).write_text(markdown(report)))
+    return report
+
+
+# ---- Markdown -------------------------------------------------------------------------------
+
+_HEADLINE = [("method", "method", "{}"), ("sparsity", "sparsity", "{:.4f}"),
+             ("macs_ratio", "MACs ratio", "{:.4f}"), ("params_ratio", "params ratio", "{:.4f}"),
+             ("dense_test_accuracy", "dense top-1", "{:.4f}"),
+             ("test_accuracy", "top-1 (pruned)", "{:.4f}"),
+             ("finetuned_accuracy", "top-1 (fine-tuned)", "{:.4f}"),
+             ("params", "params", "{:,}"), ("macs", "MACs", "{:,}"),
+             ("latency_ms", "latency (ms)", "{:.3f}"), ("seconds", "seconds", "{:.1f}")]
+
+
+def _row(r: dict) -> dict:
+    cells = {}
+    for key, title, fmt in _HEADLINE:
+        v = r.get(key)
+        if v is not None and not isinstance(v, (dict, list)):
+            try:
+                cells[title] = fmt.format(v)
+            except (ValueError, TypeError):
+                cells[title] = str(v)
+    return cells
+
+
+def _table(rows: dict[str, dict]) -> list[str]:
+    cols = [t for _, t, _ in _HEADLINE if any(t in c for c in rows.values())]
+    lines = ["| run | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, cells in rows.items():
+        lines.append(f"| {name} | " + " | ".join(cells.get(c, "") for c in cols) + " |")
+    return lines
+
+
+def markdown(report: dict) -> str:
+    """A short human summary of a run: headline table, plots, settings, versions."""
+    title = {"demo": "prunewise demo"}.get(report["kind"], f"prunewise {report['kind']}")
+    lines = [f"# {title}: {report.get('method') or report.get('model', '')}", ""]
+    rows = {"this run": _row(report)}
+    for name, step in (report.get("steps") or {}).items():
+        rows[name] = _row(step)
+    lines += ["## Results", "", *_table(rows), ""]
+    if report.get("plots"):
+        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]] + [""]
+    if report.get("config"):
+        lines += ["## Settings", "", "```json", json.dumps(report["config"], indent=2), "```", ""]
+    if report.get("command"):
+        lines += ["Command: `" + report["command"] + "`", ""]
+    v = report.get("versions", {})
+    lines += ["Versions: " + ", ".join(f"{k} {v[k]}" for k in sorted(v)), ""]
+    return "\n".join(lines)
+
+
+# ---- plots ----------------------------------------------------------------------------------
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot(out: Path, report: dict, prefix: str = "") -> list[str]:
+    """Draw every plot the report has data for into ``out``; returns the file names."""
+    made = []
+    label = report.get("method") or report.get("model") or "run"
+    if report.get("layers"):
+        made.append(plot_layers(out / f"{prefix}layers.png", report["layers"], label))
+    if report.get("history"):
+        made.append(plot_history(out / f"{prefix}history.png", report["history"], label))
+    if report.get("spectra"):
+        made.append(plot_spectra(out / f"{prefix}spectra.png", report["spectra"],
+                                 report.get("config", {}).get("normalize", "max")))
+    for name, step in (report.get("steps") or {}).items():
+        made += plot(out, step, prefix=f"{prefix}{name}_")
+    return [p.name if isinstance(p, Path) else p for p in made]
+
+
+def _save(fig, path: Path) -> Path:
+    plt = _pyplot()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    files._atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return path
+
+
+def plot_layers(path: Path, rows: list[dict], label: str) -> Path:
+    """Per-layer sparsity (unstructured) or output width before/after (structured)."""
+    plt = _pyplot()
+    names = [r.get("layer", r.get("name", "?")) for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6, 0.22 * len(rows) + 2), 4.5))
+    xs = range(len(rows))
+    if "sparsity" in rows[0]:
+        ax.bar(xs, [r["sparsity"] for r in rows], color="tab:red")
+        ax.set_ylabel("sparsity (fraction of weights pruned)")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{label}: per-layer sparsity")
+    else:
+        ax.bar(xs, [r["before"][0] for r in rows], color="lightgray", label="before")
+        ax.bar(xs, [r["after"][0] for r in rows], color="tab:blue", label="after")
+        ax.set_ylabel("output channels")
+        ax.set_title(f"{label}: kept width per layer (before / after)")
+        ax.legend()
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(names, rotation=90, fontsize=6)
+    return _save(fig, path)
+
+
+def plot_history(path: Path, history: list[dict], label: str) -> Path:
+    """Accuracy (validation, pruned, not fine-tuned) and sparsity against the iteration."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    it = [h["iteration"] for h in history]
+    ax.plot(it, [h["sparsity"] for h in history], color="tab:gray", label="sparsity")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("sparsity")
+    ax.set_ylim(0, 1)
+    if any("accuracy" in h for h in history):
+        ax2 = ax.twinx()
+        ax2.plot([h["iteration"] for h in history if "accuracy" in h],
+                 [h["accuracy"] for h in history if "accuracy" in h], color="tab:red",
+                 marker=".", label="validation accuracy")
+        ax2.set_ylabel("validation top-1", color="tab:red")
+        ax2.set_ylim(0, 1)
+    ax.set_title(f"{label}: accuracy vs. iteration")
+    return _save(fig, path)
+
+
+def plot_spectra(path: Path, spectra: dict, normalize: str = "max") -> Path:
+    """Normalized singular values of every prunable group (one line each)."""
+    import torch
+
+    from .sliming.spectrum import normalized
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, s in spectra.items():
+        ax.plot(normalized(torch.as_tensor(s, dtype=torch.float64), normalize).numpy(), lw=0.8,
+                label=name if len(spectra) <= 12 else None)
+    ax.set_xlabel("singular value index")
+    ax.set_ylabel(f"normalized singular value ({normalize})")
+    ax.set_title(f"SLIMING: singular-value spectra of {len(spectra)} groups")
+    if len(spectra) <= 12:
+        ax.legend(fontsize=6)
+    return _save(fig, path)

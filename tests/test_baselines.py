@@ -1,0 +1,95 @@
+"""Baselines on FVW's selection loop: magnitude, Taylor and random against direct computations."""
+import inspect
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunewise import PrunewiseError, baselines, fvw
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def setup():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    x = torch.randn(40, 6)
+    y = torch.randint(0, 3, (40,))
+    return model, [(x[:20], y[:20]), (x[20:], y[20:])]
+
+
+def pooled_top(scores: dict, k: int) -> dict:
+    flat = torch.cat([s.flatten() for s in scores.values()])
+    keep = torch.zeros_like(flat, dtype=torch.bool)
+    keep[torch.sort(flat, descending=True, stable=True).indices[:k]] = True
+    out, pos = {}, 0
+    for n, s in scores.items():
+        out[n] = keep[pos:pos + s.numel()].view_as(s)
+        pos += s.numel()
+    return out
+
+
+def test_same_signature_as_fvw():
+    fvw_params = inspect.signature(fvw.prune).parameters
+    for name in baselines.METHODS:
+        params = inspect.signature(getattr(baselines, name)).parameters
+        assert list(params)[:2] == ["model", "batches"]
+        assert params["sparsity"].kind == inspect.Parameter.KEYWORD_ONLY
+        assert params["keep"].default == fvw_params["keep"].default == 0.98
+        assert set(params) <= set(fvw_params)
+    with pytest.raises(PrunewiseError, match="unknown method"):
+        baselines.get("snip")
+
+
+def test_magnitude_is_global_top_abs():
+    model, _ = setup()
+    plan = baselines.magnitude(model, sparsity=0.7, keep=0.8)
+    assert plan.meta["iterations"] == fvw.iterations(0.7, 0.8)
+    params = dict(model.named_parameters())
+    ref = pooled_top({n: params[n].detach().abs() for n in plan.masks}, plan.total - round(0.7 * plan.total))
+    assert list(plan.masks) == ["2.weight", "4.weight"]  # the first layer is the stem
+    for n in plan.masks:
+        assert torch.equal(plan.masks[n], ref[n])
+
+
+def test_taylor_is_abs_w_times_grad_one_shot():
+    model, batches = setup()
+    plan = baselines.taylor(model, batches, sparsity=0.5, keep=0.5)  # one iteration
+    assert plan.meta["iterations"] == 1
+    loss = sum(F.cross_entropy(model(x), y, reduction="sum") for x, y in batches)
+    names = list(plan.masks)
+    params = dict(model.named_parameters())
+    grads = torch.autograd.grad(loss, [params[n] for n in names])
+    ref = pooled_top({n: (params[n] * g).abs().detach() for n, g in zip(names, grads)},
+                     plan.total - round(0.5 * plan.total))
+    for n in names:
+        assert torch.equal(plan.masks[n], ref[n])
+    with pytest.raises(PrunewiseError, match="batches"):
+        baselines.taylor(model, None, sparsity=0.5)
+
+
+def test_random_seeded_and_exact():
+    model, _ = setup()
+    a = baselines.random(model, sparsity=0.9, keep=0.5, seed=1)
+    b = baselines.random(model, sparsity=0.9, keep=0.5, seed=1)
+    c = baselines.random(model, sparsity=0.9, keep=0.5, seed=2)
+    assert a.kept == b.kept == c.kept == a.total - round(0.9 * a.total)
+    assert all(torch.equal(a.masks[n], b.masks[n]) for n in a.masks)
+    assert any(not torch.equal(a.masks[n], c.masks[n]) for n in a.masks)
+
+
+@pytest.mark.parametrize("method", baselines.METHODS)
+def test_bad_sparsity_and_keep(method):
+    model, batches = setup()
+    fn = getattr(baselines, method)
+    with pytest.raises(PrunewiseError, match="sparsity"):
+        fn(model, batches, sparsity=1.0)
+    with pytest.raises(PrunewiseError, match="keep"):
+        fn(model, batches, sparsity=0.5, keep=1.5)
