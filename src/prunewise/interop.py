@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import torch
@@ -99,9 +100,11 @@ def export_onnx(model: nn.Module, path: str | Path, example_inputs: torch.Tensor
     path = Path(path)
 
     def write(tmp):
-        torch.onnx.export(model, (example_inputs,), tmp, input_names=["input"],
-                          output_names=["logits"], opset_version=opset,
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                          dynamo=False)
+        with warnings.catch_warnings():  # the TorchScript exporter needs no extra packages
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(model, (example_inputs,), tmp, input_names=["input"],
+                              output_names=["logits"], opset_version=opset,
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                              dynamo=False)
     _atomic(path, write)
     return path
