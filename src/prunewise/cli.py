@@ -286,15 +286,21 @@ def prune_fvw_cmd(checkpoint, data_name, root, image_size, data_seed, sparsity, 
 @click.option("--finetune-epochs", type=int, default=0, show_default=True)
 @click.option("--lr", type=float, default=0.01, show_default=True, help="Fine-tuning learning rate.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--plan", "plan_dir", type=click.Path(), default=None,
+              help="Apply a saved channel plan (OUT/plan of an earlier run) instead of a budget.")
 @click.option("--out", type=click.Path(), required=True, help="Folder for the pruned model and report.")
 @quiet_option
 def prune_sliming_cmd(checkpoint, data_name, root, image_size, data_seed, macs, params, normalize,
-                      min_channels, method, finetune_epochs, lr, seed, out, quiet):
+                      min_channels, method, finetune_epochs, lr, seed, plan_dir, out, quiet):
     """SLIMING structured pruning of CHECKPOINT into a physically smaller model in OUT."""
     from .sliming import pipeline
+    from .surgery import ChannelPlan
 
-    if (macs is None) == (params is None):
+    saved = ChannelPlan.load(plan_dir) if plan_dir else None
+    if saved is None and (macs is None) == (params is None):
         raise PrunewiseError("give exactly one budget: --macs FRACTION or --params FRACTION")
+    if saved is not None and (macs is not None or params is not None):
+        raise PrunewiseError("--plan replaces the budget: drop --macs / --params")
     if finetune_epochs < 0:
         raise PrunewiseError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
     model = files.load_model(checkpoint)
@@ -302,7 +308,9 @@ def prune_sliming_cmd(checkpoint, data_name, root, image_size, data_seed, macs, 
     check_classes(model, bundle)
     pruned, plan, report = pipeline.run(
         model, bundle, method, macs=macs, params=params, normalize=normalize,
-        min_channels=min_channels, finetune_epochs=finetune_epochs, lr=lr, seed=seed, quiet=quiet)
+        min_channels=min_channels, finetune_epochs=finetune_epochs, lr=lr, seed=seed, quiet=quiet,
+        plan=saved)
+    method = report["method"]
     out = Path(out)
     click.echo(pipeline.format_table(report["layers"]))
     click.echo(f"{method}: MACs {report['macs']:,} ({report['macs_ratio']:.4f} of dense), params "

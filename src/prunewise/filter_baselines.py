@@ -126,6 +126,14 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, method: str = "sliming
                              ignored_layers=ignored_layers)
     if method == "chip" and batches is None:
         raise PrunewiseError("method 'chip' needs data batches for its feature maps")
+    with sliming.one_thread():
+        return _prune(model, example_inputs, method, macs=macs, params=params,
+                      normalize=normalize, min_channels=min_channels, batches=batches,
+                      n_images=n_images, seed=seed, ignored_layers=ignored_layers)
+
+
+def _prune(model, example_inputs, method, *, macs, params, normalize, min_channels, batches,
+           n_images, seed, ignored_layers):
     new = copy.deepcopy(model)
     if ignored_layers:
         index = {m: n for n, m in model.named_modules()}

@@ -307,17 +307,19 @@ def attribute(model: nn.Module, batches, *, alpha: float = 1e-8, steps: int = 2,
                 g = p.grad if p.grad is not None else torch.zeros_like(p)
                 if m is not None:
                     g.mul_(m)
-                if s > 0:
+                if s > 0:  # trapezoid, second half: sign(g_{s-1}) * g_s
                     acc[i].addcmul_(sign_prev[i].to(g.dtype), g)
                 if s < steps:
-                    acc[i].add_(g.abs())
                     sg = g.sign()
-                    sign_prev[i] = sg.to(torch.int8)
-                    opp = (p.sign() * sg) < 0
+                    if sign_prev[i] is None:
+                        sign_prev[i] = torch.empty(p.shape, dtype=torch.int8, device=p.device)
+                    sign_prev[i].copy_(sg)
+                    acc[i].add_(g.abs_())  # first half: sign(g_s) * g_s (g is not needed again)
+                    opp = torch.mul(p, sg).lt_(0)  # signs disagree (exact: sg is -1, 0 or 1)
                     if ascent:
                         p.add_(sg.mul_(opp), alpha=alpha)
                     else:
-                        p.add_(sg.mul_(~opp), alpha=-alpha)
+                        p.add_(sg.mul_(opp.logical_not_()), alpha=-alpha)
                     del sg, opp
     scale = alpha / (2.0 * n)
     out = {name: a.mul_(scale) for name, a in zip(names, acc)}

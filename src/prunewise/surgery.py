@@ -153,7 +153,7 @@ def groups(dg, ignored_layers=None) -> list[GroupInfo]:
 def group_matrix(model: nn.Module, info: GroupInfo) -> torch.Tensor:
     """R (C x D): row c = the output-side weights of channel c in every conv/linear of the group."""
     mods = dict(model.named_modules())
-    parts = [mods[n].weight.detach()[idxs].reshape(len(idxs), -1).float()
+    parts = [mods[n].weight.detach().cpu()[idxs].reshape(len(idxs), -1).float()
              for n, idxs in info.out_layers]
     if not parts:
         return torch.zeros(info.size, 1)
@@ -311,9 +311,12 @@ def apply(model: nn.Module, plan: ChannelPlan, example_inputs: torch.Tensor) -> 
     if plan.arch and plan.arch != sig:
         raise PrunewiseError(f"plan was made for a different architecture (signature {plan.arch}, "
                              f"this model {sig}): apply it to the model it was computed on")
+    from .sliming import one_thread
+
     new = copy.deepcopy(model)
-    dg = build_graph(new, example_inputs)
-    prune_in_place(new, dg, groups(dg), plan)
+    with one_thread():
+        dg = build_graph(new, example_inputs)
+        prune_in_place(new, dg, groups(dg), plan)
     return new
 
 

@@ -126,8 +126,17 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *, macs: float | None 
 
     ``macs`` / ``params``: fraction in (0, 1) of the original's; ``channels``: total kept
     channels over the prunable groups (an int) or a fraction. ``ignored_layers`` (modules of
-    ``model``) keep their output channels. The input model is left untouched.
+    ``model``) keep their output channels. The input model is left untouched. Runs with one
+    intra-op thread (restored afterwards): tracing and the small eigenproblems are faster so.
     """
+    with one_thread():
+        return _prune(model, example_inputs, macs=macs, params=params, channels=channels,
+                      normalize=normalize, min_channels=min_channels,
+                      ignored_layers=ignored_layers, round_to=round_to)
+
+
+def _prune(model, example_inputs, *, macs, params, channels, normalize, min_channels,
+           ignored_layers, round_to):
     t0 = time.perf_counter()
     new = copy.deepcopy(model)
     if ignored_layers:

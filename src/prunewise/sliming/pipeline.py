@@ -57,16 +57,22 @@ def plot_spectra(spectra: dict, path: str | Path, normalize: str = "max") -> Pat
 
 def run(model: nn.Module, bundle: "D.DataBundle", method: str = "sliming", *, macs=None,
         params=None, normalize: str = "max", min_channels: int = 1, finetune_epochs: int = 0,
-        lr: float = 0.01, seed: int = 0, quiet: bool = True, dense_accuracy: float | None = None
-        ) -> tuple[nn.Module, "filter_baselines.surgery.ChannelPlan", dict]:
-    """Prune ``model`` (untouched) with ``method``; measure; fine-tune ``finetune_epochs``."""
+        lr: float = 0.01, seed: int = 0, quiet: bool = True, dense_accuracy: float | None = None,
+        plan=None) -> tuple[nn.Module, "filter_baselines.surgery.ChannelPlan", dict]:
+    """Prune ``model`` (untouched) with ``method`` (or apply a saved ``plan``: a
+    :class:`~prunewise.surgery.ChannelPlan`); measure; fine-tune ``finetune_epochs``."""
     t0 = time.perf_counter()
     x = torch.zeros(1, bundle.in_channels, bundle.image_size, bundle.image_size)
     torch.manual_seed(seed)
-    batches = D.batches(bundle.train, bundle, 64, shuffle=True, seed=seed) if method == "chip" else None
-    pruned, plan = filter_baselines.prune(model, x, method, macs=macs, params=params,
-                                          normalize=normalize, min_channels=min_channels,
-                                          batches=batches, seed=seed)
+    if plan is not None:
+        pruned = filter_baselines.surgery.apply(model, plan, x)
+        method = plan.meta.get("method", "plan")
+    else:
+        batches = (D.batches(bundle.train, bundle, 64, shuffle=True, seed=seed)
+                   if method == "chip" else None)
+        pruned, plan = filter_baselines.prune(model, x, method, macs=macs, params=params,
+                                              normalize=normalize, min_channels=min_channels,
+                                              batches=batches, seed=seed)
     t_prune = time.perf_counter() - t0
     dense_macs, dense_params = measure.macs(model, x), measure.params(model)
     rep = {"method": method, "budget": {"macs": macs, "params": params},
