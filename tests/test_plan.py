@@ -83,3 +83,12 @@ def test_masks_must_be_binary():
     with pytest.raises(PrunewiseError, match="0 and 1"):
         MaskPlan({"w": torch.tensor([0.0, 0.5, 1.0])})
     assert MaskPlan({"w": torch.tensor([0.0, 1.0])}).masks["w"].dtype == torch.bool
+
+
+def test_torch_prune_form_matches_apply():
+    model, plan = net(), a_plan()
+    tp = plan.to_torch_prune(model)
+    assert hasattr(tp[0], "weight_orig") and torch.equal(tp[0].weight_mask.bool(), plan.masks["0.weight"])
+    x = torch.randn(2, 1, 6, 6)
+    assert torch.allclose(tp(x), plan.apply(model)(x))
+    assert not hasattr(model[0], "weight_orig")  # input untouched

@@ -26,8 +26,9 @@ from .config import configure
 from .gem import EXACT_MAX, greedy_exact, greedy_fast, nuclear_norm, select
 from .spectrum import gram, normalized, singular_values
 
-__all__ = ["select", "prune", "analyze", "plan_counts", "Analysis", "configure",
-           "greedy_exact", "greedy_fast", "nuclear_norm", "singular_values", "EXACT_MAX"]
+__all__ = ["select", "prune", "analyze", "plan_counts", "Analysis", "configure", "one_thread",
+           "greedy_exact", "greedy_fast", "nuclear_norm", "singular_values", "gram", "normalized",
+           "EXACT_MAX"]
 
 
 @contextlib.contextmanager
@@ -101,7 +102,7 @@ def _budget(macs, params, channels, total_channels: int) -> tuple[str, float]:
     return kind, float(value)
 
 
-def plan_counts(a: Analysis, counts_fn_sigma=None, *, macs=None, params=None, channels=None,
+def plan_counts(a: Analysis, sigmas=None, *, macs=None, params=None, channels=None,
                 normalize: str = "max", min_channels: int = 1, round_to: int | None = None
                 ) -> np.ndarray:
     """Step (i) on an analysis: N_g for every prunable group under exactly one budget."""
@@ -114,7 +115,7 @@ def plan_counts(a: Analysis, counts_fn_sigma=None, *, macs=None, params=None, ch
     else:
         cost = lambda c: float(np.sum(c))  # noqa: E731
         limit = value if value >= 1 else value * total
-    sig = counts_fn_sigma or [a.sigma[g.name] for g in a.prunable]
+    sig = sigmas or [a.sigma[g.name] for g in a.prunable]
     return configure(sig, cost, limit, normalize=normalize, min_channels=min_channels,
                      round_to=round_to, what=f"{kind} budget {value:g}")
 
