@@ -49,6 +49,7 @@ def main(argv=None) -> None:
                     help="base training learning rate (default: prunewise train's)")
     ap.add_argument("--finetune-epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
+    ap.add_argument("--min-channels", type=int, default=1, help="floor per group (all methods)")
     ap.add_argument("--name", default="sliming_quality")
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -66,6 +67,7 @@ def main(argv=None) -> None:
             for budget in args.budgets:
                 for method in args.methods:
                     _, _, rep = pipeline.run(model, bundle, method, macs=budget,
+                                             min_channels=args.min_channels,
                                              finetune_epochs=args.finetune_epochs, lr=args.lr,
                                              seed=seed, quiet=True, dense_accuracy=dense)
                     row = {"model": model_name, "seed": seed, "budget": budget, "method": method,

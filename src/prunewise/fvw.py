@@ -442,7 +442,8 @@ def iterative_prune(model: nn.Module, batches, score: Callable, *, method: str, 
     iteration: accuracy on ``eval_batches`` (if given), a resume checkpoint in
     ``checkpoint_dir`` (if given), ``callback(row)``, and ``on_level(sparsity, plan)`` when the
     iteration landed on one of ``levels``. A run with an existing checkpoint continues after its
-    last finished iteration and ends with the same masks as an uninterrupted run.
+    last finished iteration and ends with the same masks as an uninterrupted run (levels passed
+    before the interruption are not reported again).
     """
     check_targets(sparsity, keep)
     names = prunable(model, params)
