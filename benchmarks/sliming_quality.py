@@ -51,8 +51,20 @@ def main(argv=None) -> None:
     ap.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
     ap.add_argument("--min-channels", type=int, default=1, help="floor per group (all methods)")
     ap.add_argument("--name", default="sliming_quality")
+    ap.add_argument("--toy", action="store_true",
+                    help="instead: the SVGG toy over --seeds, to benchmarks/results/sliming_svgg.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    if args.toy:
+        from prunewise.sliming import toy
+        res = [toy.run(seed) for seed in args.seeds]
+        for r in res:
+            print(f"SVGG seed {r['seed']}: gem {r['gem_total']:.3f} one-shot {r['one_shot_total']:.3f} "
+                  f"random {r['random_total']:.3f} config {r['config']}", file=sys.stderr)
+        write_result("sliming_svgg", {"seeds": args.seeds, "runs": res,
+                                      "gem_all_100": all(r["gem"] == [1.0] * 5 for r in res),
+                                      "config_exact": all(r["config_error"] == [0] * 5 for r in res)})
+        return
     start = time.perf_counter()
     runs: list[dict] = []
     for model_name in args.models:
