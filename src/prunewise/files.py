@@ -22,6 +22,8 @@ from .errors import PrunewiseError
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 FORMAT = 1
+_UMASK = os.umask(0o22)
+os.umask(_UMASK)
 
 
 def _atomic(path: Path, write) -> None:
@@ -32,6 +34,7 @@ def _atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
