@@ -50,6 +50,8 @@ def main(argv=None) -> None:
     ap.add_argument("--finetune-epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
     ap.add_argument("--min-channels", type=int, default=1, help="floor per group (all methods)")
+    ap.add_argument("--min-ratio", type=float, default=0.0,
+                    help="floor per group as a fraction of its channels (SLIMING configuration)")
     ap.add_argument("--name", default="sliming_quality")
     ap.add_argument("--toy", action="store_true",
                     help="instead: the SVGG toy over --seeds, to benchmarks/results/sliming_svgg.json")
@@ -80,6 +82,7 @@ def main(argv=None) -> None:
                 for method in args.methods:
                     _, _, rep = pipeline.run(model, bundle, method, macs=budget,
                                              min_channels=args.min_channels,
+                                             min_ratio=args.min_ratio,
                                              finetune_epochs=args.finetune_epochs, lr=args.lr,
                                              seed=seed, quiet=True, dense_accuracy=dense)
                     row = {"model": model_name, "seed": seed, "budget": budget, "method": method,

@@ -14,6 +14,7 @@ import torch
 
 from . import data as D
 from . import files, measure, models, train
+from . import report as report_mod
 from .errors import PrunewiseError
 
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bars or chatter.")
@@ -281,6 +282,8 @@ def prune_fvw_cmd(checkpoint, data_name, root, image_size, data_seed, sparsity, 
 @click.option("--params", type=float, default=None, help="Keep this fraction of the params, in (0, 1).")
 @click.option("--normalize", type=click.Choice(["max", "sum"]), default="max", show_default=True)
 @click.option("--min-channels", type=int, default=1, show_default=True)
+@click.option("--min-ratio", type=float, default=0.0, show_default=True,
+              help="Keep at least this fraction of every group (0 = the paper's configuration).")
 @click.option("--method", type=click.Choice(["sliming", "l1", "random", "chip", "sliming-l1"]),
               default="sliming", show_default=True, help="SLIMING or a baseline at the same budget.")
 @click.option("--finetune-epochs", type=int, default=0, show_default=True)
@@ -291,7 +294,8 @@ def prune_fvw_cmd(checkpoint, data_name, root, image_size, data_seed, sparsity, 
 @click.option("--out", type=click.Path(), required=True, help="Folder for the pruned model and report.")
 @quiet_option
 def prune_sliming_cmd(checkpoint, data_name, root, image_size, data_seed, macs, params, normalize,
-                      min_channels, method, finetune_epochs, lr, seed, plan_dir, out, quiet):
+                      min_channels, min_ratio, method, finetune_epochs, lr, seed, plan_dir, out,
+                      quiet):
     """SLIMING structured pruning of CHECKPOINT into a physically smaller model in OUT."""
     from .sliming import pipeline
     from .surgery import ChannelPlan
@@ -308,8 +312,8 @@ def prune_sliming_cmd(checkpoint, data_name, root, image_size, data_seed, macs, 
     check_classes(model, bundle)
     pruned, plan, report = pipeline.run(
         model, bundle, method, macs=macs, params=params, normalize=normalize,
-        min_channels=min_channels, finetune_epochs=finetune_epochs, lr=lr, seed=seed, quiet=quiet,
-        plan=saved)
+        min_channels=min_channels, min_ratio=min_ratio, finetune_epochs=finetune_epochs, lr=lr,
+        seed=seed, quiet=quiet, plan=saved)
     method = report["method"]
     out = Path(out)
     click.echo(pipeline.format_table(report["layers"]))
@@ -318,16 +322,19 @@ def prune_sliming_cmd(checkpoint, data_name, root, image_size, data_seed, macs, 
                f"{report['test_accuracy']:.4f} (dense {report['dense_test_accuracy']:.4f})"
                + (f", fine-tuned {report['finetuned_accuracy']:.4f}"
                   if "finetuned_accuracy" in report else ""))
-    png = pipeline.plot_spectra(plan.spectra, out / "spectra.png", normalize)
     meta = {**model.prunewise_meta, "pruned": {"method": method, "from": str(checkpoint),
                                                "macs_ratio": report["macs_ratio"]},
             "test_accuracy": report.get("finetuned_accuracy", report["test_accuracy"])}
     report["model"] = str(files.save_model(pruned, out / "model", meta=meta))
     report["plan"] = str(plan.save(out / "plan"))
-    report["spectra_png"] = str(png) if png else None
     report["checkpoint"] = str(checkpoint)
-    files.write_json(out / "report.json", report)
-    say(quiet, f"wrote {out / 'report.json'}")
+    report["spectra"] = {k: v.tolist() for k, v in (getattr(plan, "spectra", None) or {}).items()}
+    config = {"checkpoint": str(checkpoint), "data": bundle.name, "method": method, "macs": macs,
+              "params": params, "normalize": normalize, "min_channels": min_channels,
+              "min_ratio": min_ratio, "finetune_epochs": finetune_epochs, "lr": lr, "seed": seed,
+              "plan": plan_dir}
+    rep = report_mod.write(out, report, kind="prune-structured", config=config)
+    say(quiet, f"wrote {out / 'report.json'}, report.md, {', '.join(rep['plots'])}")
 
 
 @cli.group("toy")

@@ -113,27 +113,29 @@ def collect_maps(model: nn.Module, infos: list, batches: Iterable, n_images: int
 def prune(model: nn.Module, example_inputs: torch.Tensor, method: str = "sliming", *,
           macs=None, params=None, normalize: str = "max", min_channels: int = 1,
           batches: Iterable | None = None, n_images: int = 16, seed: int = 0,
-          ignored_layers=None):
+          ignored_layers=None, min_ratio: float = 0.0):
     """Prune with ``method`` (one of ``METHODS``) at a MACs or params budget; a NEW model + plan.
 
-    ``batches`` (``(x, y)`` pairs) are needed by ``chip`` only.
+    ``batches`` (``(x, y)`` pairs) are needed by ``chip`` only. ``min_ratio`` (the per-group
+    floor) applies to the SLIMING configuration (``sliming``, ``sliming-l1``).
     """
     if method not in METHODS:
         raise PrunewiseError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     if method == "sliming":
         return sliming.prune(model, example_inputs, macs=macs, params=params,
                              normalize=normalize, min_channels=min_channels,
-                             ignored_layers=ignored_layers)
+                             ignored_layers=ignored_layers, min_ratio=min_ratio)
     if method == "chip" and batches is None:
         raise PrunewiseError("method 'chip' needs data batches for its feature maps")
     with sliming.one_thread():
         return _prune(model, example_inputs, method, macs=macs, params=params,
                       normalize=normalize, min_channels=min_channels, batches=batches,
-                      n_images=n_images, seed=seed, ignored_layers=ignored_layers)
+                      n_images=n_images, seed=seed, ignored_layers=ignored_layers,
+                      min_ratio=min_ratio)
 
 
 def _prune(model, example_inputs, method, *, macs, params, normalize, min_channels, batches,
-           n_images, seed, ignored_layers):
+           n_images, seed, ignored_layers, min_ratio):
     new = copy.deepcopy(model)
     if ignored_layers:
         index = {m: n for n, m in model.named_modules()}
@@ -142,7 +144,7 @@ def _prune(model, example_inputs, method, *, macs, params, normalize, min_channe
     a = sliming.analyze(new, example_inputs, ignored_layers)
     if method == "sliming-l1":
         counts = sliming.plan_counts(a, macs=macs, params=params, normalize=normalize,
-                                     min_channels=min_channels)
+                                     min_channels=min_channels, min_ratio=min_ratio)
     else:
         counts = uniform_counts(a, macs=macs, params=params, min_channels=min_channels)
     gen = torch.Generator().manual_seed(seed)
@@ -161,7 +163,7 @@ def _prune(model, example_inputs, method, *, macs, params, normalize, min_channe
                 keep[g.name] = chip_scores(maps[g.name]).topk(n).indices.sort().values
     plan = surgery.make_plan(new, a.infos, keep, meta={
         "method": method, "budget": {"macs": macs, "params": params},
-        "min_channels": min_channels, "predicted_macs": a.cost.macs(counts),
+        "min_channels": min_channels, "min_ratio": min_ratio, "predicted_macs": a.cost.macs(counts),
         "predicted_params": a.cost.params(counts), "original_macs": a.cost.full_macs,
         "original_params": a.cost.full_params, "groups": surgery.describe(a.infos)})
     plan.spectra = a.sigma

@@ -103,8 +103,8 @@ def _budget(macs, params, channels, total_channels: int) -> tuple[str, float]:
 
 
 def plan_counts(a: Analysis, sigmas=None, *, macs=None, params=None, channels=None,
-                normalize: str = "max", min_channels: int = 1, round_to: int | None = None
-                ) -> np.ndarray:
+                normalize: str = "max", min_channels: int = 1, min_ratio: float = 0.0,
+                round_to: int | None = None) -> np.ndarray:
     """Step (i) on an analysis: N_g for every prunable group under exactly one budget."""
     total = int(sum(g.size for g in a.prunable))
     kind, value = _budget(macs, params, channels, total)
@@ -117,27 +117,30 @@ def plan_counts(a: Analysis, sigmas=None, *, macs=None, params=None, channels=No
         limit = value if value >= 1 else value * total
     sig = sigmas or [a.sigma[g.name] for g in a.prunable]
     return configure(sig, cost, limit, normalize=normalize, min_channels=min_channels,
-                     round_to=round_to, what=f"{kind} budget {value:g}")
+                     min_ratio=min_ratio, round_to=round_to, what=f"{kind} budget {value:g}")
 
 
 def prune(model: nn.Module, example_inputs: torch.Tensor, *, macs: float | None = None,
           params: float | None = None, channels: float | None = None, normalize: str = "max",
-          min_channels: int = 1, ignored_layers=None, round_to: int | None = None):
+          min_channels: int = 1, ignored_layers=None, round_to: int | None = None,
+          min_ratio: float = 0.0):
     """SLIMING: a NEW smaller model under exactly one budget, and its :class:`ChannelPlan`.
 
     ``macs`` / ``params``: fraction in (0, 1) of the original's; ``channels``: total kept
     channels over the prunable groups (an int) or a fraction. ``ignored_layers`` (modules of
     ``model``) keep their output channels. The input model is left untouched. Runs with one
     intra-op thread (restored afterwards): tracing and the small eigenproblems are faster so.
+    ``min_ratio`` keeps at least that fraction of every group (0 = the paper's method; see
+    :func:`prunewise.sliming.config.configure`).
     """
     with one_thread():
         return _prune(model, example_inputs, macs=macs, params=params, channels=channels,
-                      normalize=normalize, min_channels=min_channels,
+                      normalize=normalize, min_channels=min_channels, min_ratio=min_ratio,
                       ignored_layers=ignored_layers, round_to=round_to)
 
 
 def _prune(model, example_inputs, *, macs, params, channels, normalize, min_channels,
-           ignored_layers, round_to):
+           min_ratio, ignored_layers, round_to):
     t0 = time.perf_counter()
     new = copy.deepcopy(model)
     if ignored_layers:
@@ -146,7 +149,7 @@ def _prune(model, example_inputs, *, macs, params, channels, normalize, min_chan
         ignored_layers = [mods[index[m]] for m in ignored_layers if m in index]
     a = analyze(new, example_inputs, ignored_layers)
     counts = plan_counts(a, macs=macs, params=params, channels=channels, normalize=normalize,
-                         min_channels=min_channels, round_to=round_to)
+                         min_channels=min_channels, min_ratio=min_ratio, round_to=round_to)
     t1 = time.perf_counter()
     keep = {}
     with one_thread():
@@ -155,6 +158,7 @@ def _prune(model, example_inputs, *, macs, params, channels, normalize, min_chan
     t2 = time.perf_counter()
     plan = surgery.make_plan(new, a.infos, keep, meta={
         "method": "sliming", "normalize": normalize, "min_channels": min_channels,
+        "min_ratio": min_ratio,
         "budget": {"macs": macs, "params": params, "channels": channels},
         "predicted_macs": a.cost.macs(counts), "predicted_params": a.cost.params(counts),
         "original_macs": a.cost.full_macs, "original_params": a.cost.full_params,

@@ -4,7 +4,6 @@ prune (SLIMING or a baseline) -> measure -> optional fine-tune -> report dict.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -29,34 +28,9 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_spectra(spectra: dict, path: str | Path, normalize: str = "max") -> Path | None:
-    """Normalized singular values of every prunable group, one line each, to a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .spectrum import normalized
-
-    if not spectra:
-        return None
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for name, s in spectra.items():
-        ax.plot(normalized(s, normalize).numpy(), lw=0.8, label=name if len(spectra) <= 12 else None)
-    ax.set_xlabel("index c")
-    ax.set_ylabel(f"normalized singular value ({normalize})")
-    ax.set_title("SLIMING group spectra")
-    if len(spectra) <= 12:
-        ax.legend(fontsize=6)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def run(model: nn.Module, bundle: "D.DataBundle", method: str = "sliming", *, macs=None,
-        params=None, normalize: str = "max", min_channels: int = 1, finetune_epochs: int = 0,
+        params=None, normalize: str = "max", min_channels: int = 1, min_ratio: float = 0.0,
+        finetune_epochs: int = 0,
         lr: float = 0.01, seed: int = 0, quiet: bool = True, dense_accuracy: float | None = None,
         plan=None) -> tuple[nn.Module, "filter_baselines.surgery.ChannelPlan", dict]:
     """Prune ``model`` (untouched) with ``method`` (or apply a saved ``plan``: a
@@ -72,11 +46,13 @@ def run(model: nn.Module, bundle: "D.DataBundle", method: str = "sliming", *, ma
                    if method == "chip" else None)
         pruned, plan = filter_baselines.prune(model, x, method, macs=macs, params=params,
                                               normalize=normalize, min_channels=min_channels,
+                                              min_ratio=min_ratio,
                                               batches=batches, seed=seed)
     t_prune = time.perf_counter() - t0
     dense_macs, dense_params = measure.macs(model, x), measure.params(model)
     rep = {"method": method, "budget": {"macs": macs, "params": params},
-           "normalize": normalize, "min_channels": min_channels, "seed": seed,
+           "normalize": normalize, "min_channels": min_channels, "min_ratio": min_ratio,
+           "seed": seed,
            "macs": measure.macs(pruned, x), "params": measure.params(pruned),
            "dense_macs": dense_macs, "dense_params": dense_params}
     rep["macs_ratio"] = rep["macs"] / dense_macs
