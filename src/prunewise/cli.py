@@ -5,6 +5,7 @@ Exit codes: 0 success, 2 bad input (one line on stderr, no traceback), 1 interna
 from __future__ import annotations
 
 import json
+import time
 import sys
 import traceback
 from pathlib import Path
@@ -208,7 +209,7 @@ def prune_fvw_cmd(checkpoint, data_name, root, image_size, data_seed, sparsity, 
     fine-tuned checkpoint) and OUT/report.json. Re-running after an interruption resumes from
     OUT/resume.
     """
-    import time as _time
+
 
     from . import baselines
     from . import fvw as F
@@ -242,9 +243,9 @@ def prune_fvw_cmd(checkpoint, data_name, root, image_size, data_seed, sparsity, 
     if method == "fvw":
         kwargs.update(alpha=alpha, steps=steps, class_groups=class_groups, aggregate=aggregate,
                       descent=descent)
-    start = _time.perf_counter()
+    start = time.perf_counter()
     plan = baselines.get(method)(model, attribution, samples=limit, **kwargs)
-    prune_s = _time.perf_counter() - start
+    prune_s = time.perf_counter() - start
     plan.save(out)
     pruned = plan.apply(model)
     test = train.evaluate_split(pruned, bundle, "test")["top1"]
@@ -270,8 +271,16 @@ def prune_fvw_cmd(checkpoint, data_name, root, image_size, data_seed, sparsity, 
         k: report[k] for k in ("method", "sparsity", "test_accuracy") if k in report}}
     report["model"] = str(files.save_model(pruned, Path(out) / "model", meta=meta))
     report["history"] = plan.meta["history"]
-    files.write_json(Path(out) / "report.json", report)
-    say(quiet, f"wrote {Path(out) / 'report.json'}")
+    report["layers"] = [{"layer": k, "sparsity": v} for k, v in plan.per_layer().items()]
+    report["seconds"] = time.perf_counter() - start
+    config = {"checkpoint": str(checkpoint), "data": bundle.name, "method": method,
+              "sparsity": sparsity, "keep": keep, "samples": limit, "batch_size": batch_size,
+              "finetune_epochs": finetune_epochs, "lr": lr, "patience": patience, "seed": seed}
+    if method == "fvw":
+        config.update(alpha=alpha, steps=steps, class_groups=class_groups, aggregate=aggregate,
+                      descent=descent)
+    rep = report_mod.write(out, report, kind="prune-unstructured", config=config)
+    say(quiet, f"wrote {Path(out) / 'report.json'}, report.md, {', '.join(rep['plots'])}")
 
 
 # ---- SLIMING / structured commands (issue 4) ----
@@ -452,14 +461,25 @@ def export_cmd(folder, onnx_path, input_size):
 @click.option("--out", type=click.Path(), default="runs/demo", show_default=True)
 @click.option("--epochs", type=int, default=None, help="Training epochs (default: the demo's).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quick", is_flag=True, help="Tiny settings that only check the wiring.")
 @quiet_option
-def demo_cmd(out, epochs, seed, quiet):
-    """Train resnet20 on the embedded digits data, measure it, and write OUT/report.json."""
+def demo_cmd(out, epochs, seed, quick, quiet):
+    """Train resnet20 on the embedded digits data, prune it with FVW and SLIMING next to their
+    baselines, and write OUT/report.json, report.md and plots."""
     from .demo import run_demo
 
-    report = run_demo(out, epochs=epochs, seed=seed, quiet=quiet)
-    click.echo(json.dumps({k: v for k, v in report.items() if not isinstance(v, (dict, list))},
-                          indent=2))
+    if epochs is not None and epochs < 1:
+        raise PrunewiseError(f"--epochs must be >= 1, got {epochs}")
+    rep = run_demo(out, epochs=epochs, seed=seed, quiet=quiet, quick=quick)
+    click.echo(f"dense {rep['model']} on digits: test top-1 {rep['test_accuracy']:.4f}, "
+               f"params {rep['params']:,}, MACs {rep['macs']:,}, "
+               f"latency {rep['latency_ms']:.2f} ms (batch 1)")
+    for name, step in rep["steps"].items():
+        budget = (f"sparsity {step['sparsity']:.3f}" if "sparsity" in step
+                  else f"MACs x{step['macs_ratio']:.3f}")
+        click.echo(f"{name:>10}: {budget}, top-1 {step['test_accuracy']:.4f} -> "
+                   f"{step['finetuned_accuracy']:.4f} after fine-tuning")
+    click.echo(f"wrote {Path(out) / 'report.json'} and report.md in {rep['seconds']:.0f}s")
 
 
 def main(argv: list[str] | None = None) -> int:

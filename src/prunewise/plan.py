@@ -89,19 +89,11 @@ class MaskPlan:
         return model
 
     def to_torch_prune(self, model: nn.Module) -> nn.Module:
-        """A copy of ``model`` in ``torch.nn.utils.prune`` form (``weight_orig`` + ``weight_mask``).
+        """A copy of ``model`` in ``torch.nn.utils.prune`` form (``weight_orig`` + ``weight_mask``);
+        ``prune.remove`` makes it permanent. See :mod:`prunewise.interop` for the way back."""
+        from .interop import to_torch_prune
 
-        ``torch.nn.utils.prune.remove`` on it makes the masking permanent.
-        """
-        from torch.nn.utils import prune as torch_prune
-
-        self.check(model)
-        out = copy.deepcopy(model)
-        for name, m in self.masks.items():
-            mod_name, _, attr = name.rpartition(".")
-            module = out.get_submodule(mod_name) if mod_name else out
-            torch_prune.custom_from_mask(module, attr, m.to(getattr(module, attr).device))
-        return out
+        return to_torch_prune(model, self)
 
     def float_masks(self) -> dict[str, torch.Tensor]:
         """The masks as 0/1 float tensors (the form ``train.fit(masks=...)`` also accepts)."""
