@@ -474,7 +474,7 @@ def demo_cmd(out, epochs, seed, quick, quiet):
     click.echo(f"dense {rep['model']} on digits: test top-1 {rep['test_accuracy']:.4f}, "
                f"params {rep['params']:,}, MACs {rep['macs']:,}, "
                f"latency {rep['latency_ms']:.2f} ms (batch 1)")
-    for name, step in rep["steps"].items():
+    for name, step in rep["runs"].items():
         budget = (f"sparsity {step['sparsity']:.3f}" if "sparsity" in step
                   else f"MACs x{step['macs_ratio']:.3f}")
         click.echo(f"{name:>10}: {budget}, top-1 {step['test_accuracy']:.4f} -> "

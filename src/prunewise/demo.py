@@ -57,12 +57,12 @@ def run_demo(out: str | Path = "runs/demo", *, epochs: int | None = None, seed: 
         "test_accuracy": test["top1"], "test_top5": test["top5"],
         "params": stats["params"], "macs": stats["macs"], "latency_ms": stats["latency_ms"],
         "train_seconds": hist["seconds"], "best_epoch": hist["best_epoch"],
-        "checkpoint": str(out / "dense"), "steps": {},
+        "checkpoint": str(out / "dense"), "runs": {},
     }
     ctx = {"out": out, "bundle": bundle, "model": model, "example": x, "seed": seed,
            "quiet": quiet, "quick": quick, "data_meta": data_meta, "dense_accuracy": test["top1"]}
-    fvw_step(report["steps"], ctx)
-    sliming_step(report["steps"], ctx)
+    fvw_step(report["runs"], ctx)
+    sliming_step(report["runs"], ctx)
     report["seconds"] = time.perf_counter() - start
     config = {"model": DEMO_MODEL, "data": "digits", "epochs": epochs, "seed": seed,
               "quick": quick, "fvw": {"sparsity": FVW_SPARSITY, "keep": FVW_KEEP,
@@ -71,7 +71,7 @@ def run_demo(out: str | Path = "runs/demo", *, epochs: int | None = None, seed: 
     return report_mod.write(out, report, kind="demo", config=config)
 
 
-def fvw_step(steps: dict, ctx: dict) -> None:
+def fvw_step(runs: dict, ctx: dict) -> None:
     """Unstructured: FVW next to global magnitude at 90% sparsity, before/after a fine-tune.
 
     Demo settings: ``keep=0.8`` per iteration instead of the reference's 0.98, 384 attribution
@@ -97,7 +97,7 @@ def fvw_step(steps: dict, ctx: dict) -> None:
                          seed=seed, progress=not quiet, desc=f"fine-tune {name}")
         after = train.evaluate_split(pruned, bundle, "test")["top1"]
         plan.save(ctx["out"] / name)
-        steps[name] = {
+        runs[name] = {
             "method": name, "sparsity": plan.sparsity, "keep": FVW_KEEP,
             "iterations": plan.meta["iterations"], "samples": samples if name == "fvw" else None,
             "test_accuracy": before, "finetuned_accuracy": after, "finetune_epochs": ft_epochs,
@@ -110,7 +110,7 @@ def fvw_step(steps: dict, ctx: dict) -> None:
                     f"{samples} attribution samples, {ft_epochs} fine-tune epochs"}
 
 
-def sliming_step(steps: dict, ctx: dict) -> None:
+def sliming_step(runs: dict, ctx: dict) -> None:
     """Structured: SLIMING and L1-uniform at 50% MACs, each before and after a short fine-tune;
     the SLIMING model is saved to ``out/sliming``."""
     from .sliming import one_thread, pipeline
@@ -128,4 +128,4 @@ def sliming_step(steps: dict, ctx: dict) -> None:
             rep["checkpoint"] = str(files.save_model(pruned, Path(ctx["out"]) / "sliming", meta={
                 "data": ctx["data_meta"], "pruned": {"method": method, "macs": SLIMING_MACS},
                 "test_accuracy": rep.get("finetuned_accuracy", rep["test_accuracy"])}))
-        steps[key] = rep
+        runs[key] = rep

@@ -9,7 +9,7 @@ Plot data a report may carry (each optional):
   ``{"layer", "before", "after"}`` weight shapes (structured);
 - ``history``: FVW iterations, ``{"iteration", "sparsity", "accuracy"?}``;
 - ``spectra``: group name -> singular values (SLIMING).
-A demo report nests whole pruning reports under ``steps``.
+A demo report nests whole pruning reports under ``runs``.
 """
 from __future__ import annotations
 
@@ -149,8 +149,8 @@ def markdown(report: dict) -> str:
     """A short human summary of a run: headline table, plots, settings, versions."""
     title = {"demo": "prunewise demo"}.get(report["kind"], f"prunewise {report['kind']}")
     lines = [f"# {title}: {report.get('method') or report.get('model', '')}", ""]
-    rows = {"this run": _row(report)}
-    for name, step in (report.get("steps") or {}).items():
+    rows = {"dense" if report["kind"] == "demo" else "this run": _row(report)}
+    for name, step in (report.get("runs") or {}).items():
         rows[name] = _row(step)
     lines += ["## Results", "", *_table(rows), ""]
     if report.get("plots"):
@@ -184,7 +184,7 @@ def plot(out: Path, report: dict, prefix: str = "") -> list[str]:
     if report.get("spectra"):
         made.append(plot_spectra(out / f"{prefix}spectra.png", report["spectra"],
                                  report.get("config", {}).get("normalize", "max")))
-    for name, step in (report.get("steps") or {}).items():
+    for name, step in (report.get("runs") or {}).items():
         made += plot(out, step, prefix=f"{prefix}{name}_")
     return [p.name if isinstance(p, Path) else p for p in made]
 
