@@ -7,11 +7,12 @@ from test_cli import assert_bad_input, run
 def test_grid_runs_then_reuses_every_cell(tmp_path):
     out = tmp_path / "grid"
     args = ["bench", "--model", "resnet20", "--methods", "magnitude,random", "--sparsity", "0.5,0.8",
-            "--seeds", "0,1", "--epochs", "1", "--quiet", "--out", str(out)]
+            "--seeds", "0,1", "--epochs", "1", "--finetune-epochs", "1", "--quiet", "--out", str(out)]
     r = run(*args)
     assert r.returncode == 0, r.stderr
     summary = json.loads((out / "grid.json").read_text())
     assert len(summary["rows"]) == 4 and all(row["n"] == 2 for row in summary["rows"])
+    assert all(0 <= row["finetuned_accuracy"] <= 1 for row in summary["rows"])
     for f in ("grid.md", "grid.csv", "grid.png"):
         assert (out / f).stat().st_size > 0
     assert "| magnitude | 0.5 |" in (out / "grid.md").read_text()

@@ -120,12 +120,14 @@ def _structured_cell(out, model, bundle, method, level, seed, opts, dense_acc) -
 
 def run(out: str | Path, *, model_name: str, data_name: str = "digits", root=None,
         methods: list[str], budgets: list[float], structured: bool, seeds: list[int],
-        epochs: int = 20, finetune_epochs: int = 0, lr: float = 0.01, keep: float = 0.9,
+        epochs: int = 20, finetune_epochs: int = 5, lr: float = 0.05, keep: float = 0.9,
         samples: int | None = 512, quiet: bool = False) -> dict:
     """Run (or complete) the grid in ``out``; returns the summary written to ``grid.json``."""
     check_grid(methods, budgets, structured)
     if not seeds:
         raise PrunewiseError("empty seed list: give at least one seed")
+    if finetune_epochs < 0:
+        raise PrunewiseError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
     out = Path(out)
     settings = {"model": model_name, "data": data_name, "root": str(root) if root else None,
                 "methods": methods, "budgets": budgets, "structured": structured, "seeds": seeds,

@@ -389,9 +389,9 @@ def toy_svgg_cmd(seed, no_complete, as_json):
               help="Comma list of MACs fractions to keep (structured grid), e.g. 0.5,0.25.")
 @click.option("--seeds", default="0,1,2", show_default=True)
 @click.option("--epochs", type=int, default=20, show_default=True, help="Base model training epochs.")
-@click.option("--finetune-epochs", type=int, default=None,
-              help="Fine-tune every cell (default: 0 unstructured, 3 structured).")
-@click.option("--lr", type=float, default=0.01, show_default=True, help="Fine-tuning learning rate.")
+@click.option("--finetune-epochs", type=int, default=5, show_default=True,
+              help="Fine-tune every cell this many epochs (0: report only the pruned accuracy).")
+@click.option("--lr", type=float, default=0.05, show_default=True, help="Fine-tuning learning rate.")
 @click.option("--keep", type=float, default=0.9, show_default=True,
               help="Unstructured: fraction kept per iteration (the papers' 0.98 is slower).")
 @click.option("--samples", type=int, default=512, show_default=True,
@@ -414,8 +414,7 @@ def bench_cmd(model_name, data_name, root, methods, sparsities, macs_list, seeds
     summary = bench.run(out, model_name=model_name, data_name=data_name, root=root,
                         methods=method_list, budgets=budgets, structured=structured,
                         seeds=bench.parse_list(seeds, "--seeds", int), epochs=epochs,
-                        finetune_epochs=(3 if structured else 0) if finetune_epochs is None
-                        else finetune_epochs, lr=lr, keep=keep, samples=samples or None,
+                        finetune_epochs=finetune_epochs, lr=lr, keep=keep, samples=samples or None,
                         quiet=quiet)
     click.echo(bench.grid_markdown(summary), nl=False)
     say(quiet, f"wrote {Path(out) / 'grid.md'}, grid.csv, grid.json, grid.png "
