@@ -1,7 +1,7 @@
 """`prunewise bench`: the grid, its files, resuming, bad input."""
 import json
 
-from test_cli import assert_bad_input, run
+from helpers import assert_bad_input, run
 
 
 def test_grid_runs_then_reuses_every_cell(tmp_path):

@@ -1,27 +1,7 @@
 """The CLI: exit codes (0 ok, 2 bad input with a one-line message), JSON outputs."""
 import json
-import os
-import subprocess
-import sys
 
-import pytest
-
-from prunewise import models
-
-
-def run(*args, cwd=None):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "prunewise", *args], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=600)
-
-
-def assert_bad_input(r, *words):
-    assert r.returncode == 2, r.stderr
-    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
-    assert len(lines) == 1, r.stderr
-    assert "Traceback" not in r.stderr
-    for w in words:
-        assert w in lines[0], (w, lines[0])
+from helpers import assert_bad_input, run
 
 
 def test_info_json_resnet56():

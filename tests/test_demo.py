@@ -1,7 +1,7 @@
 """`prunewise demo --quick`: the whole pipeline's wiring (the real figures are in the README)."""
 import json
 
-from test_cli import run
+from helpers import run
 
 
 def test_quick_demo_writes_the_full_report(tmp_path):

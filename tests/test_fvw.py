@@ -3,9 +3,6 @@ class-group mode, resume, fine-tuning with masks, bad input (library and CLI).""
 import copy
 import json
 import math
-import os
-import subprocess
-import sys
 from dataclasses import replace
 
 import pytest
@@ -14,17 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from helpers import run
 from prunewise import PrunewiseError, files, fvw, models, train
 from prunewise.plan import MaskPlan
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is ~10x faster than two on a shared, loaded 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class Tiny(nn.Module):
@@ -275,12 +264,6 @@ def test_finetune_keeps_pruned_weights_zero(digits):
         assert not torch.equal(params[k][m], before[k][m])  # kept weights did train
 
 
-def run_cli(*args):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "prunewise", *args], capture_output=True,
-                          text=True, env=env, timeout=600)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
@@ -293,7 +276,7 @@ def checkpoint(tmp_path_factory):
 
 def test_cli_prune_fvw_report(checkpoint, tmp_path):
     out = tmp_path / "p"
-    r = run_cli("prune", "fvw", str(checkpoint), "--sparsity", "0.5", "--keep", "0.5",
+    r = run("prune", "fvw", str(checkpoint), "--sparsity", "0.5", "--keep", "0.5",
                 "--samples", "64", "--alpha", "1e-4", "--finetune-epochs", "1", "--quiet",
                 "--out", str(out))
     assert r.returncode == 0, r.stderr
@@ -312,7 +295,7 @@ def test_cli_prune_fvw_report(checkpoint, tmp_path):
 @pytest.mark.parametrize("args, word", [(["--sparsity", "1.0"], "sparsity"),
                                         (["--sparsity", "0.5", "--alpha", "0"], "alpha")])
 def test_cli_bad_input_exit_2(checkpoint, tmp_path, args, word):
-    r = run_cli("prune", "fvw", str(checkpoint), *args, "--out", str(tmp_path / "o"))
+    r = run("prune", "fvw", str(checkpoint), *args, "--out", str(tmp_path / "o"))
     assert r.returncode == 2, r.stderr
     lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
     assert len(lines) == 1 and "Traceback" not in r.stderr and word in lines[0]

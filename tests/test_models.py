@@ -15,15 +15,6 @@ CIFAR = [n for n in ALL if n not in ("resnet50", "mobilenetv2_imagenet")]
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These are many tiny ops: one intra-op thread is faster and immune to a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _model(name, num_classes=10, in_channels=3):
     torch.manual_seed(0)
     return models.create(name, num_classes=num_classes, in_channels=in_channels)

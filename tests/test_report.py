@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from prunewise import PrunewiseError, report
-from test_cli import assert_bad_input, run
+from helpers import assert_bad_input, run
 
 
 def sample(**extra):

@@ -1,24 +1,14 @@
 """SLIMING: GEM selection (exact and fast), step (i) configuration and budgets, baselines,
 bad input, and the `prunewise prune sliming` command."""
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
+from helpers import run
 from prunewise import PrunewiseError, data as D, files, filter_baselines, measure, models, sliming
 from prunewise.sliming import gem
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _duplicated(n, d, seed):
@@ -149,12 +139,6 @@ def test_chip_without_data_is_an_error():
 
 
 # ------------------------------------------------------------------ the command
-def run(*args):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "prunewise", *args], capture_output=True,
-                          text=True, env=env, timeout=600)
-
-
 @pytest.fixture(scope="module")
 def digits_checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ckpt") / "dense"

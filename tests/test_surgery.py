@@ -147,12 +147,3 @@ def test_cost_model_params_budget():
     pruned, plan = sliming.prune(model, x, params=0.3)
     ratio = measure.params(pruned) / measure.params(model)
     assert 0.3 * 0.98 <= ratio <= 0.3
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The machine is shared: one intra-op thread keeps these small forwards fast and steady."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
