@@ -90,7 +90,7 @@ def fvw_step(runs: dict, ctx: dict) -> None:
     for name, method in (("fvw", fvw.prune), ("magnitude", baselines.magnitude)):
         start = time.perf_counter()
         plan = method(model, attribution, sparsity=FVW_SPARSITY, keep=FVW_KEEP, seed=seed,
-                      progress=not quiet)
+                      eval_batches=lambda: D.batches(bundle.val, bundle, 256), progress=not quiet)
         prune_s = time.perf_counter() - start
         pruned = plan.apply(model)
         before = train.evaluate_split(pruned, bundle, "test")["top1"]

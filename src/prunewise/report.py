@@ -230,13 +230,15 @@ def plot_history(path: Path, history: list[dict], label: str) -> Path:
     ax.set_ylabel("sparsity")
     ax.set_ylim(0, 1)
     if any("accuracy" in h for h in history):
+        ax.legend(loc="lower left")
         ax2 = ax.twinx()
         ax2.plot([h["iteration"] for h in history if "accuracy" in h],
                  [h["accuracy"] for h in history if "accuracy" in h], color="tab:red",
                  marker=".", label="validation accuracy")
         ax2.set_ylabel("validation top-1", color="tab:red")
         ax2.set_ylim(0, 1)
-    ax.set_title(f"{label}: accuracy vs. iteration")
+    has_acc = any("accuracy" in h for h in history)
+    ax.set_title(f"{label}: {'validation accuracy and ' if has_acc else ''}sparsity vs. iteration")
     return _save(fig, path)
 
 
