@@ -29,3 +29,16 @@ def trained_resnet20(digits):
     model = models.create("resnet20", num_classes=10, in_channels=1)
     train.fit(model, digits, epochs=3, seed=0, progress=False)
     return model
+
+
+@pytest.fixture(scope="session")
+def digits_checkpoint(tmp_path_factory):
+    """An untrained resnet20 checkpoint folder that remembers it belongs to digits (CLI tests)."""
+    from prunewise import files
+
+    folder = tmp_path_factory.mktemp("ckpt") / "dense"
+    torch.manual_seed(0)
+    model = models.create("resnet20", num_classes=10, in_channels=1)
+    files.save_model(model, folder, meta={"data": {"name": "digits", "root": None,
+                                                   "image_size": 16, "seed": 0}})
+    return folder

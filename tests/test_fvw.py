@@ -12,7 +12,7 @@ from torch import nn
 from torch.func import functional_call
 
 from helpers import run
-from prunewise import PrunewiseError, files, fvw, models, train
+from prunewise import PrunewiseError, files, fvw, train
 from prunewise.plan import MaskPlan
 
 
@@ -264,19 +264,9 @@ def test_finetune_keeps_pruned_weights_zero(digits):
         assert not torch.equal(params[k][m], before[k][m])  # kept weights did train
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = models.create("resnet20", num_classes=10, in_channels=1)
-    out = tmp_path_factory.mktemp("ckpt") / "r20"
-    files.save_model(model, out, meta={"data": {"name": "digits", "root": None,
-                                                "image_size": 16, "seed": 0}})
-    return out
-
-
-def test_cli_prune_fvw_report(checkpoint, tmp_path):
+def test_cli_prune_fvw_report(digits_checkpoint, tmp_path):
     out = tmp_path / "p"
-    r = run("prune", "fvw", str(checkpoint), "--sparsity", "0.5", "--keep", "0.5",
+    r = run("prune", "fvw", str(digits_checkpoint), "--sparsity", "0.5", "--keep", "0.5",
                 "--samples", "64", "--alpha", "1e-4", "--finetune-epochs", "1", "--quiet",
                 "--out", str(out))
     assert r.returncode == 0, r.stderr
@@ -294,8 +284,8 @@ def test_cli_prune_fvw_report(checkpoint, tmp_path):
 
 @pytest.mark.parametrize("args, word", [(["--sparsity", "1.0"], "sparsity"),
                                         (["--sparsity", "0.5", "--alpha", "0"], "alpha")])
-def test_cli_bad_input_exit_2(checkpoint, tmp_path, args, word):
-    r = run("prune", "fvw", str(checkpoint), *args, "--out", str(tmp_path / "o"))
+def test_cli_bad_input_exit_2(digits_checkpoint, tmp_path, args, word):
+    r = run("prune", "fvw", str(digits_checkpoint), *args, "--out", str(tmp_path / "o"))
     assert r.returncode == 2, r.stderr
     lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
     assert len(lines) == 1 and "Traceback" not in r.stderr and word in lines[0]

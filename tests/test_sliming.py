@@ -139,16 +139,6 @@ def test_chip_without_data_is_an_error():
 
 
 # ------------------------------------------------------------------ the command
-@pytest.fixture(scope="module")
-def digits_checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ckpt") / "dense"
-    torch.manual_seed(0)
-    model = models.create("resnet20", num_classes=10, in_channels=1)
-    files.save_model(model, folder, meta={"data": {"name": "digits", "root": None,
-                                                   "image_size": 16, "seed": 0}})
-    return folder
-
-
 def test_cli_prune_sliming_writes_model_report_and_plot(digits_checkpoint, tmp_path):
     out = tmp_path / "run"
     r = run("prune", "sliming", str(digits_checkpoint), "--macs", "0.5", "--finetune-epochs", "1",
