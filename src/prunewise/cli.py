@@ -65,6 +65,14 @@ def check_classes(model: torch.nn.Module, bundle: D.DataBundle) -> None:
                              f"{bundle.in_channels} channels; they must match")
 
 
+def load_checkpoint(checkpoint, data_name, root, image_size, data_seed):
+    """A checkpoint's model and the data it is used with (by default, what it was trained on)."""
+    model = files.load_model(checkpoint)
+    bundle = load_data(data_name, root, image_size, data_seed, model.prunewise_meta)
+    check_classes(model, bundle)
+    return model, bundle
+
+
 def example_input(model: torch.nn.Module, size: int) -> torch.Tensor:
     return torch.zeros(1, model.prunewise_config["in_channels"], size, size)
 
@@ -126,9 +134,7 @@ def train_cmd(model_name, data_name, root, image_size, data_seed, epochs, lr, ba
 @click.option("--json", "as_json", is_flag=True)
 def eval_cmd(checkpoint, data_name, root, image_size, data_seed, split, as_json):
     """Evaluate a checkpoint: top-1, top-5, loss."""
-    model = files.load_model(checkpoint)
-    bundle = load_data(data_name, root, image_size, data_seed, model.prunewise_meta)
-    check_classes(model, bundle)
+    model, bundle = load_checkpoint(checkpoint, data_name, root, image_size, data_seed)
     emit({"data": bundle.name, "split": split, **train.evaluate_split(model, bundle, split)}, as_json)
 
 
@@ -226,9 +232,7 @@ def prune_fvw_cmd(checkpoint, data_name, root, image_size, data_seed, sparsity, 
         raise PrunewiseError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
     if class_groups is not None and class_groups < 1:
         raise PrunewiseError(f"--class-groups must be >= 1, got {class_groups}")
-    model = files.load_model(checkpoint)
-    bundle = load_data(data_name, root, image_size, data_seed, model.prunewise_meta)
-    check_classes(model, bundle)
+    model, bundle = load_checkpoint(checkpoint, data_name, root, image_size, data_seed)
     limit = samples or None
 
     def attribution():
@@ -316,9 +320,7 @@ def prune_sliming_cmd(checkpoint, data_name, root, image_size, data_seed, macs, 
         raise PrunewiseError("--plan replaces the budget: drop --macs / --params")
     if finetune_epochs < 0:
         raise PrunewiseError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
-    model = files.load_model(checkpoint)
-    bundle = load_data(data_name, root, image_size, data_seed, model.prunewise_meta)
-    check_classes(model, bundle)
+    model, bundle = load_checkpoint(checkpoint, data_name, root, image_size, data_seed)
     pruned, plan, report = pipeline.run(
         model, bundle, method, macs=macs, params=params, normalize=normalize,
         min_channels=min_channels, min_ratio=min_ratio, finetune_epochs=finetune_epochs, lr=lr,

@@ -11,7 +11,6 @@ that selection; sliming-l1 = sliming config + l1 (separates the two steps).
 """
 from __future__ import annotations
 
-import copy
 from typing import Iterable
 
 import numpy as np
@@ -136,11 +135,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, method: str = "sliming
 
 def _prune(model, example_inputs, method, *, macs, params, normalize, min_channels, batches,
            n_images, seed, ignored_layers, min_ratio):
-    new = copy.deepcopy(model)
-    if ignored_layers:
-        index = {m: n for n, m in model.named_modules()}
-        mods = dict(new.named_modules())
-        ignored_layers = [mods[index[m]] for m in ignored_layers if m in index]
+    new, ignored_layers = surgery.copy_with_ignored(model, ignored_layers)
     a = sliming.analyze(new, example_inputs, ignored_layers)
     if method == "sliming-l1":
         counts = sliming.plan_counts(a, macs=macs, params=params, normalize=normalize,

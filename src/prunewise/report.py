@@ -94,11 +94,7 @@ def write(out: str | Path, report: dict, *, kind: str, config: dict | None = Non
     report.setdefault("command", " ".join(["prunewise", *sys.argv[1:]])
                       if Path(sys.argv[0]).name in ("prunewise", "__main__.py") else None)
     report = json.loads(json.dumps(report, default=files._jsonable))  # plain JSON types only
-    validate(report)
-    report["plots"] = plot(out, report)
-    files.write_json(out / REPORT, report)
-    files._atomic(out / "report.md", lambda tmp: Path(tmp).write_text(markdown(report)))
-    return report
+    return _emit(out, report)
 
 
 def render(out: str | Path) -> dict:
@@ -106,7 +102,11 @@ def render(out: str | Path) -> dict:
     out = Path(out)
     if not out.is_dir():
         raise PrunewiseError(f"report folder not found: {out}")
-    report = files.read_json(out / REPORT, "report")
+    return _emit(out, files.read_json(out / REPORT, "report"))
+
+
+def _emit(out: Path, report: dict) -> dict:
+    """Validate, draw the plots, write report.json and report.md; returns the report."""
     validate(report)
     report["plots"] = plot(out, report)
     files.write_json(out / REPORT, report)

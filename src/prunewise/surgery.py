@@ -43,6 +43,17 @@ def _padshortcut_type():
     return PadShortcut
 
 
+def copy_with_ignored(model: nn.Module, ignored_layers=None) -> tuple[nn.Module, list]:
+    """A deep copy of ``model`` and the copy's modules that correspond to ``ignored_layers``
+    (modules of ``model``), so the copy can be pruned while the original stays untouched."""
+    new = copy.deepcopy(model)
+    if not ignored_layers:
+        return new, []
+    index = {m: n for n, m in model.named_modules()}
+    mods = dict(new.named_modules())
+    return new, [mods[index[m]] for m in ignored_layers if m in index]
+
+
 def build_graph(model: nn.Module, example_inputs: torch.Tensor, ignored_layers=None):
     """Trace ``model`` with Torch-Pruning; an untraceable layer is a PrunewiseError naming it."""
     import torch_pruning as tp

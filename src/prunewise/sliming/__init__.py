@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import time
 from dataclasses import dataclass
 
@@ -142,11 +141,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *, macs: float | None 
 def _prune(model, example_inputs, *, macs, params, channels, normalize, min_channels,
            min_ratio, ignored_layers, round_to):
     t0 = time.perf_counter()
-    new = copy.deepcopy(model)
-    if ignored_layers:
-        index = {m: n for n, m in model.named_modules()}
-        mods = dict(new.named_modules())
-        ignored_layers = [mods[index[m]] for m in ignored_layers if m in index]
+    new, ignored_layers = surgery.copy_with_ignored(model, ignored_layers)
     a = analyze(new, example_inputs, ignored_layers)
     counts = plan_counts(a, macs=macs, params=params, channels=channels, normalize=normalize,
                          min_channels=min_channels, min_ratio=min_ratio, round_to=round_to)
