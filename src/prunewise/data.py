@@ -62,7 +62,7 @@ __all__ = [
     "CIFAR100_STD",
 ]
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "fashion-mnist", "mnist")
 
 #: Keys understood in an ``augment`` dict.
 AUGMENT_KEYS = ("crop_padding", "hflip")
@@ -385,6 +385,8 @@ def load(
         return _load_digits(16 if image_size is None else int(image_size), vf, int(seed), limit)
     if name in ("cifar10", "cifar100"):
         return _load_cifar(name, root, image_size, vf, int(seed), limit)
+    if name in IDX_SETS:
+        return _load_idx(name, root, image_size, limit)
     return _load_imagefolder(root, 32 if image_size is None else int(image_size), vf, int(seed), limit)
 
 
@@ -661,6 +663,119 @@ def _load_cifar(name: str, root, image_size: int | None, val_fraction: float, se
         std=std,
         augment={"crop_padding": max(1, round(size / 8)), "hflip": True},
     )
+
+
+# ---- MNIST / Fashion-MNIST (IDX files) -------------------------------------------------------
+
+IDX_SETS = {
+    "fashion-mnist": ("/usr/share/datasets/fashion-mnist", "dataset-fashion-mnist",
+                      ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                       "Sneaker", "Bag", "Ankle boot")),
+    "mnist": (None, None, tuple(str(i) for i in range(10))),
+}
+IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+IDX_VAL_SIZE = 5000  # fixed 55,000 / 5,000 train / validation split, always seed 0
+_IDX_MAX_ITEMS = 10_000_000
+_IDX_MAX_SIDE = 4096
+
+
+def _idx_path(folder: str, stem: str) -> str | None:
+    for cand in (stem, stem + ".gz"):
+        path = os.path.join(folder, cand)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def read_idx(path: str, ndim: int) -> np.ndarray:
+    """A uint8 IDX file (optionally gzipped) as an array, checked strictly.
+
+    The magic number must say unsigned bytes with ``ndim`` dimensions, every dimension must be
+    positive and bounded, and the payload must hold exactly the bytes the header announces.
+    """
+    import gzip
+
+    try:
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rb") as fh:
+            head = fh.read(4 + 4 * ndim)
+            if len(head) < 4:
+                raise PrunewiseError(f"{path}: file is too short to be an IDX file")
+            if head[0] != 0 or head[1] != 0 or head[2] != 0x08 or head[3] != ndim:
+                raise PrunewiseError(
+                    f"{path}: bad IDX magic {head[:4].hex()}; expected 000008{ndim:02x} (unsigned bytes, {ndim}-D)")
+            if len(head) < 4 + 4 * ndim:
+                raise PrunewiseError(f"{path}: IDX header is truncated")
+            dims = [int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+            if dims[0] < 1 or dims[0] > _IDX_MAX_ITEMS or any(d < 1 or d > _IDX_MAX_SIDE for d in dims[1:]):
+                raise PrunewiseError(f"{path}: IDX dimensions {dims} are out of range")
+            want = math.prod(dims)
+            payload = fh.read(want + 1)
+    except PrunewiseError:
+        raise
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise PrunewiseError(f"{path}: cannot read IDX file ({exc})") from None
+    if len(payload) != want:
+        what = "truncated" if len(payload) < want else "longer than its header says"
+        raise PrunewiseError(f"{path}: IDX file is {what} (header announces {want} bytes of data)")
+    return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
+
+
+def _read_idx_pair(name: str, folder: str, part: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    img_stem, lbl_stem = IDX_FILES[part]
+    img_path, lbl_path = _idx_path(folder, img_stem), _idx_path(folder, lbl_stem)
+    images, labels = read_idx(img_path, 3), read_idx(lbl_path, 1)
+    if images.shape[0] != labels.shape[0]:
+        raise PrunewiseError(f"{name}: {img_path} holds {images.shape[0]} images but {lbl_path} "
+                             f"holds {labels.shape[0]} labels")
+    if labels.max() >= num_classes:
+        raise PrunewiseError(f"{lbl_path}: label {int(labels.max())} is out of range 0..{num_classes - 1}")
+    x = torch.from_numpy(images.copy()).unsqueeze(1)
+    return x, torch.from_numpy(labels.astype(np.int64))
+
+
+def _load_idx(name: str, root, image_size: int | None, limit: int | None) -> DataBundle:
+    default_root, package, classes = IDX_SETS[name]
+    folder = os.fspath(root) if root is not None else default_root
+    stems = [s for pair in IDX_FILES.values() for s in pair]
+    hint = (f"install Debian's package {package} (apt-get install {package}) or pass --root DIR"
+            if package else "pass --root DIR")
+    if folder is None or not os.path.isdir(folder):
+        raise PrunewiseError(f"{name}: data folder {folder!r} not found; {hint} with the four IDX files "
+                             f"({', '.join(stems)}, gzipped or not)")
+    missing = [s for s in stems if _idx_path(folder, s) is None]
+    if missing:
+        raise PrunewiseError(f"{name}: {folder} lacks {', '.join(missing)} (or .gz); {hint}")
+    x_pool, y_pool = _read_idx_pair(name, folder, "train", len(classes))
+    x_test, y_test = _read_idx_pair(name, folder, "test", len(classes))
+    if x_pool.shape[1:] != x_test.shape[1:]:
+        raise PrunewiseError(f"{name}: train images are {tuple(x_pool.shape[2:])} but test images are "
+                             f"{tuple(x_test.shape[2:])}")
+    size = 32 if image_size is None else int(image_size)
+    x_pool, x_test = _pad_or_resize(x_pool, size), _pad_or_resize(x_test, size)
+    n_val = min(IDX_VAL_SIZE, len(y_pool) // 12) if len(y_pool) < 12 * IDX_VAL_SIZE else IDX_VAL_SIZE
+    keep, held = _split_pool(y_pool.numpy(), n_val / len(y_pool), 0, name)
+    if limit is not None:
+        keep = keep[: int(limit)]
+    train = _make_split(x_pool, y_pool, keep)
+    mean, std = _channel_stats(train.x, name)
+    return DataBundle(
+        name=name, train=train, val=_make_split(x_pool, y_pool, held),
+        test=Split(x=x_test, y=y_test, index=torch.arange(len(y_test))),
+        num_classes=len(classes), in_channels=1, image_size=size, mean=mean, std=std,
+        augment={"crop_padding": max(1, round(size / 8)), "hflip": name == "fashion-mnist"},
+        classes=classes,
+    )
+
+
+def _pad_or_resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Zero-pad images symmetrically up to ``size`` when that is an even margin, else resize."""
+    h = x.shape[-1]
+    if size >= h and (size - h) % 2 == 0 and x.shape[-2] == h:
+        m = (size - h) // 2
+        return F.pad(x, (m, m, m, m)) if m else x
+    return _resize_uint8(x, size)
 
 
 # ---- image folder ---------------------------------------------------------------------------

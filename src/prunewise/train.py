@@ -47,6 +47,52 @@ def evaluate_split(model: nn.Module, bundle: "D.DataBundle", split: str = "test"
     return evaluate(model, D.batches(getattr(bundle, split), bundle, batch_size))
 
 
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Iterable, *, samples: int | None = None) -> nn.Module:
+    """Re-estimate every BatchNorm's running mean/variance on ``batches``; return ``model``.
+
+    After pruning, the running statistics still describe the dense network, so a pruned model
+    measured with them is judged on statistics drift rather than on what was removed. This
+    resets the statistics and averages them cumulatively (``momentum=None``) over forward
+    passes without gradients, on at most ``samples`` images (all of ``batches`` when None).
+    Only the labels-free inputs are used. The model's train/eval mode and each layer's
+    momentum are restored. A model without BatchNorm is returned untouched.
+    """
+    norms = [m for m in model.modules() if isinstance(m, _BN_TYPES) and m.track_running_stats]
+    if not norms:
+        return model
+    if samples is not None and (isinstance(samples, bool) or int(samples) != samples or samples < 1):
+        raise PrunewiseError(f"recalibration samples must be an integer >= 1, got {samples!r}")
+    was_training = model.training
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch counts equally
+    model.train()
+    seen = 0
+    try:
+        for batch in batches:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            if samples is not None and seen + len(x) > samples:
+                x = x[: samples - seen]
+            if len(x) == 0:
+                break
+            model(x)
+            seen += len(x)
+            if samples is not None and seen >= samples:
+                break
+    finally:
+        for m, mom in zip(norms, momenta):
+            m.momentum = mom
+        model.train(was_training)
+    if seen == 0:
+        raise PrunewiseError("BatchNorm recalibration got no samples")
+    return model
+
+
 class MaskKeeper:
     """Keeps masked weights at exactly zero: masks gradients and re-applies masks after a step.
 
