@@ -1,5 +1,8 @@
 import json
+import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -25,8 +28,7 @@ def test_save_load_round_trip_is_bit_identical(tmp_path):
 def test_load_narrower_widths(tmp_path):
     """A checkpoint whose layers are narrower than the zoo's (a pruned model) reloads."""
     model = models.create("resnet20", num_classes=10, in_channels=1).eval()
-    block = model.layer1[0] if hasattr(model, "layer1") else None
-    assert block is not None
+    block = model.layer1[0]
     keep = torch.arange(8)
     with torch.no_grad():
         conv1, bn1, conv2 = block.conv1, block.bn1, block.conv2
@@ -76,3 +78,40 @@ def test_atomic_json_keeps_old_file_on_failure(tmp_path):
         files.write_json(p, {"a": object()})
     assert json.loads(p.read_text()) == {"a": 1}
     assert [f.name for f in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_atomic_write_replaces_whole_file_or_nothing(tmp_path):
+    p = tmp_path / "sub" / "out.txt"
+    files.atomic_write(p, lambda tmp: Path(tmp).write_text("first"))
+    assert p.read_text() == "first"  # the parent folder was created
+
+    def half_then_fail(tmp):
+        Path(tmp).write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        files.atomic_write(p, half_then_fail)
+    assert p.read_text() == "first"
+    assert [f.name for f in p.parent.iterdir()] == ["out.txt"]  # no temp file left behind
+    mask = os.umask(0)
+    os.umask(mask)
+    assert p.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_jsonable_handles_tensors_arrays_and_paths():
+    obj = {"t": torch.tensor([1, 2]), "s": torch.tensor(0.5), "n": np.float32(2.0),
+           "p": Path("a/b")}
+    assert json.loads(json.dumps(obj, default=files.jsonable)) == {
+        "t": [1, 2], "s": 0.5, "n": 2.0, "p": "a/b"}
+    with pytest.raises(TypeError, match="object"):
+        json.dumps({"x": object()}, default=files.jsonable)
+
+
+def test_tensors_round_trip_and_corrupt_file(tmp_path):
+    t = {"a": torch.arange(6).view(2, 3), "b": torch.ones(2, dtype=torch.bool)}
+    files.write_tensors(tmp_path / "t.safetensors", t, metadata={"k": 1})
+    back = files.read_tensors(tmp_path / "t.safetensors")
+    assert set(back) == {"a", "b"} and all(torch.equal(back[k], t[k]) for k in t)
+    (tmp_path / "bad.safetensors").write_bytes(b"nope")
+    with pytest.raises(PrunewiseError, match="corrupt"):
+        files.read_tensors(tmp_path / "bad.safetensors")

@@ -69,7 +69,9 @@ def test_torch_pruning_traces(name):
     dg = tp.DependencyGraph().build_dependency(
         model, example_inputs=torch.randn(1, 3, s, s),
         customized_pruners=models.customized_pruners())
-    assert len(dg.module2node) > 0
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    missing = [m for m in convs if m not in dg.module2node]
+    assert convs and not missing, f"{len(missing)} of {len(convs)} convs not traced"
 
 
 def test_unknown_name_and_bad_args():
@@ -84,6 +86,12 @@ def test_unknown_name_and_bad_args():
         models.create("resnet20", in_channels=0)
     with pytest.raises(PrunewiseError, match="resnet20"):
         models.create("resnet20", width_mult=2.0)
+
+
+def test_register_rejects_a_duplicate_name():
+    with pytest.raises(ValueError, match="resnet20"):
+        models.register("resnet20", 32)(lambda num_classes, in_channels: None)
+    assert models.names() == ALL
 
 
 def test_config_rebuilds_same_model():

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunewise import PrunewiseError
+from prunewise import PrunewiseError, interop
 from prunewise.plan import MASKS_FILE, PLAN_FILE, MaskPlan
 
 
@@ -87,8 +87,27 @@ def test_masks_must_be_binary():
 
 def test_torch_prune_form_matches_apply():
     model, plan = net(), a_plan()
-    tp = plan.to_torch_prune(model)
+    tp = interop.to_torch_prune(model, plan)
     assert hasattr(tp[0], "weight_orig") and torch.equal(tp[0].weight_mask.bool(), plan.masks["0.weight"])
     x = torch.randn(2, 1, 6, 6)
     assert torch.allclose(tp(x), plan.apply(model)(x))
     assert not hasattr(model[0], "weight_orig")  # input untouched
+    back = interop.from_torch_prune(tp)
+    assert all(torch.equal(back.masks[k], plan.masks[k]) for k in plan.masks)
+
+
+def test_float_masks_and_per_layer():
+    plan = a_plan()
+    fm = plan.float_masks()
+    assert fm["0.weight"].dtype == torch.float32
+    assert torch.equal(fm["0.weight"] != 0, plan.masks["0.weight"])
+    per = plan.per_layer()
+    assert per["3.weight"] == pytest.approx(1 - float(plan.masks["3.weight"].sum()) / 192)
+
+
+def test_apply_in_place_zeroes_only_masked_weights():
+    model, plan = net(), a_plan()
+    before = model[3].weight.detach().clone()
+    assert plan.apply_(model) is model
+    m = plan.masks["3.weight"]
+    assert bool((model[3].weight[~m] == 0).all()) and torch.equal(model[3].weight[m], before[m])

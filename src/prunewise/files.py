@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from . import models
 from .errors import PrunewiseError
 
 CONFIG = "config.json"
@@ -26,8 +27,15 @@ _UMASK = os.umask(0o22)
 os.umask(_UMASK)
 
 
-def _atomic(path: Path, write) -> None:
-    """Write through a temp file in the same folder, then rename over ``path``."""
+def atomic_write(path: str | Path, write) -> None:
+    """Create or replace ``path`` atomically: ``write(tmp)`` fills a temp file in the same folder,
+    which is then renamed over ``path``; readers see the old file or the new one, never a half.
+
+    ``write`` receives the temp file's path (a str) and must write the whole content there. The
+    parent folder is created if needed; the file gets the usual permissions (0666 minus the
+    umask). If ``write`` raises, the temp file is removed, ``path`` is left as it was and the
+    exception propagates.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -46,12 +54,14 @@ def write_json(path: str | Path, obj) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     def w(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, default=_jsonable)
+            json.dump(obj, f, indent=2, sort_keys=False, default=jsonable)
             f.write("\n")
-    _atomic(Path(path), w)
+    atomic_write(path, w)
 
 
-def _jsonable(o):
+def jsonable(o):
+    """``default=`` hook for :func:`json.dumps`: tensors and numpy values become lists or numbers,
+    paths become strings; anything else raises TypeError as :mod:`json` expects."""
     if isinstance(o, torch.Tensor):
         return o.tolist()
     if isinstance(o, Path):
@@ -79,7 +89,7 @@ def write_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: 
     """Save tensors to safetensors, atomically (copies break shared storage, as safetensors wants)."""
     clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     meta = {k: str(v) for k, v in (metadata or {}).items()}
-    _atomic(Path(path), lambda tmp: save_file(clean, tmp, metadata=meta))
+    atomic_write(path, lambda tmp: save_file(clean, tmp, metadata=meta))
 
 
 def read_tensors(path: str | Path, what: str = "tensor file") -> dict[str, torch.Tensor]:
@@ -130,8 +140,6 @@ def read_config(folder: str | Path) -> dict:
 
 def load_model(folder: str | Path) -> nn.Module:
     """Rebuild a checkpoint's model (pruned widths included) without unpickling anything."""
-    from . import models
-
     folder = Path(folder)
     cfg = read_config(folder)
     state = read_tensors(folder / WEIGHTS, "checkpoint weights")
@@ -176,3 +184,9 @@ def _resized(m: nn.Module, shape: tuple[int, ...]) -> nn.Module | None:
         return type(m)(shape[0], eps=m.eps, momentum=m.momentum, affine=m.affine,
                        track_running_stats=m.track_running_stats)
     return None
+
+
+# Deprecated private names, kept only until the modules still using them switch to
+# ``atomic_write`` / ``jsonable``; do not use them in new code.
+_atomic = atomic_write
+_jsonable = jsonable

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as tprune
 
+from . import files
 from .errors import PrunewiseError
 from .plan import MaskPlan
 
@@ -90,8 +91,6 @@ def export_onnx(model: nn.Module, path: str | Path, example_inputs: torch.Tensor
     Masked weights are exported as the zeros they are; a structurally pruned model exports its
     smaller layers. The file is written through a temp file and renamed (never half-written).
     """
-    from .files import _atomic
-
     model = clone(model).eval()
     for module in model.modules():  # bake torch.nn.utils.prune masks into plain weights
         for hook in list(module._forward_pre_hooks.values()):
@@ -106,5 +105,5 @@ def export_onnx(model: nn.Module, path: str | Path, example_inputs: torch.Tensor
                               output_names=["logits"], opset_version=opset,
                               dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
                               dynamo=False)
-    _atomic(path, write)
+    files.atomic_write(path, write)
     return path

@@ -5,6 +5,10 @@ parameter's name in ``model.named_parameters()`` (True = keep). It is the same i
 ``torch.nn.utils.prune`` (``weight_mask``), kept outside the model so it can be saved, inspected
 and applied to a fresh copy. Files: ``masks.safetensors`` (the masks) + ``plan.json`` (method,
 settings, per-iteration history), both written atomically.
+
+To move a plan to or from ``torch.nn.utils.prune`` form, use :mod:`prunewise.interop`
+(``interop.to_torch_prune(model, plan)`` / ``interop.from_torch_prune(model)``); the dependency
+goes one way, interop -> plan.
 """
 from __future__ import annotations
 
@@ -87,13 +91,6 @@ class MaskPlan:
         for name, m in self.masks.items():
             params[name].mul_(m.to(device=params[name].device, dtype=params[name].dtype))
         return model
-
-    def to_torch_prune(self, model: nn.Module) -> nn.Module:
-        """A copy of ``model`` in ``torch.nn.utils.prune`` form (``weight_orig`` + ``weight_mask``);
-        ``prune.remove`` makes it permanent. See :mod:`prunewise.interop` for the way back."""
-        from .interop import to_torch_prune
-
-        return to_torch_prune(model, self)
 
     def float_masks(self) -> dict[str, torch.Tensor]:
         """The masks as 0/1 float tensors (the form ``train.fit(masks=...)`` also accepts)."""

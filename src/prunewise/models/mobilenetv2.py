@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import init_weights, register
+from .registry import init_weights, register
 
 # expansion t, output channels c, repeats n, stride s (ImageNet strides)
 CFG = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import init_weights, register
+from .registry import init_weights, register
 
 
 class Bottleneck(nn.Module):
