@@ -22,27 +22,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import files
+from . import files, measure, models
 from .errors import PrunewiseError
+from .models.cifar_resnet import PadShortcut
+from .utils import one_thread
 
 PLAN_TENSORS = "plan.safetensors"
 PLAN_JSON = "plan.json"
 PLAN_FORMAT = 1
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-_NORMS = (nn.modules.batchnorm._BatchNorm,)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 # --------------------------------------------------------------------------- graph and groups
-def _customized_pruners() -> dict:
-    from . import models
-    return models.customized_pruners()
-
-
-def _padshortcut_type():
-    from .models.cifar_resnet import PadShortcut
-    return PadShortcut
-
-
 def copy_with_ignored(model: nn.Module, ignored_layers=None) -> tuple[nn.Module, list]:
     """A deep copy of ``model`` and the copy's modules that correspond to ``ignored_layers``
     (modules of ``model``), so the copy can be pruned while the original stays untouched."""
@@ -62,7 +54,7 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor, ignored_layers=N
     ignored = list(ignored_layers or [])
     # Modules with their own parameters that Torch-Pruning has no pruner for (and that are not
     # built from standard layers) would be pruned blindly as "unwrapped parameters": refuse.
-    known = tuple(_customized_pruners()) + _LAYERS + _NORMS + (nn.PReLU, nn.LayerNorm,
+    known = tuple(models.customized_pruners()) + _LAYERS + _NORMS + (nn.PReLU, nn.LayerNorm,
                                                                 nn.GroupNorm, nn.Embedding)
     for n, m in model.named_modules():
         own = list(m.parameters(recurse=False))
@@ -75,7 +67,7 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor, ignored_layers=N
     try:
         with torch.enable_grad():
             dg = tp.DependencyGraph().build_dependency(
-                model, example_inputs=example_inputs, customized_pruners=_customized_pruners(),
+                model, example_inputs=example_inputs, customized_pruners=models.customized_pruners(),
                 verbose=False)
     except PrunewiseError:
         raise
@@ -136,7 +128,6 @@ def groups(dg, ignored_layers=None) -> list[GroupInfo]:
     names = dg._prunewise_names
     ignored = set(ignored_layers or [])
     outputs = _output_layers(dg)
-    pad = _padshortcut_type()
     result = []
     for g in dg.get_all_groups(ignored_layers=[], root_module_types=_LAYERS):
         root = g[0].dep.target.module
@@ -146,7 +137,7 @@ def groups(dg, ignored_layers=None) -> list[GroupInfo]:
             if not isinstance(m, nn.Module) or m not in names:
                 continue
             is_out = dg.is_out_channel_pruning_fn(item.dep.handler)
-            if isinstance(m, pad):
+            if isinstance(m, PadShortcut):
                 info.prunable, info.reason = False, "zero-padding shortcut (option A) on this path"
             if is_out and m in ignored:
                 info.prunable, info.reason = False, f"ignored layer '{names[m]}'"
@@ -181,8 +172,6 @@ class CostModel:
     """
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, infos: list[GroupInfo]):
-        from . import measure
-
         self.infos = [g for g in infos if g.prunable]
         self.sizes = np.array([g.size for g in self.infos], dtype=np.float64)
         mods = dict(model.named_modules())
@@ -322,8 +311,6 @@ def apply(model: nn.Module, plan: ChannelPlan, example_inputs: torch.Tensor) -> 
     if plan.arch and plan.arch != sig:
         raise PrunewiseError(f"plan was made for a different architecture (signature {plan.arch}, "
                              f"this model {sig}): apply it to the model it was computed on")
-    from .sliming import one_thread
-
     new = copy.deepcopy(model)
     with one_thread():
         dg = build_graph(new, example_inputs)

@@ -4,9 +4,10 @@ N_g(tau) = max(floor_g, #{c : s_{g,c} >= tau}) on the normalized singular values
 floor_g = max(min_channels, ceil(min_ratio * C_g)) (``min_ratio`` is our addition: a global
 guard against layer collapse, see ``configure``), and
 tau is found by bisection so that the pruned architecture's exact cost (MACs, params or channel
-count, from :class:`prunewise.surgery.CostModel`) is the largest that fits the budget. Because
-channels are discrete, a final greedy top-up adds the next-largest normalized singular values
-that still fit, so the result sits as close under the budget as one channel allows.
+count, from :class:`prunewise.surgery.CostModel`) is the largest that fits the budget
+(:func:`prunewise.structured.bisect`). Because channels are discrete, a final greedy top-up adds
+the next-largest normalized singular values that still fit, so the result sits as close under
+the budget as one channel allows. :func:`plan_counts` applies it to a model's analysis.
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .. import structured
 from ..errors import PrunewiseError
+from .spectrum import normalized
 
 
 def floors(sizes: Sequence[int], min_channels: int, min_ratio: float = 0.0) -> np.ndarray:
@@ -47,8 +50,6 @@ def configure(sigmas: Sequence[torch.Tensor], cost: Callable[[np.ndarray], float
     steep (a classifier layer), which on our digits benchmark wrecked vgg16_bn; 0 is the
     method exactly as specified.
     """
-    from .spectrum import normalized
-
     if normalize not in ("max", "sum"):
         raise PrunewiseError(f"normalize must be 'max' or 'sum', got {normalize!r}")
     if isinstance(min_channels, bool) or int(min_channels) != min_channels or min_channels < 1:
@@ -66,17 +67,11 @@ def configure(sigmas: Sequence[torch.Tensor], cost: Callable[[np.ndarray], float
                              f"ask for at least that or lower --min-channels / --min-ratio")
     if cost(sizes) <= budget:
         return sizes
-    lo, hi = 0.0, float(max((sg.max() for sg in s if len(sg)), default=1.0)) + 1.0
-    # invariant: cost(counts_at(hi)) <= budget < cost(counts_at(lo))
-    for _ in range(100):
-        mid = 0.5 * (lo + hi)
-        if cost(counts_at(s, mid, lowest, round_to)) <= budget:
-            hi = mid
-        else:
-            lo = mid
-        if hi - lo < 1e-12:
-            break
-    counts = counts_at(s, hi, lowest, round_to)
+    # above the largest value every group sits at its floor (fits); at 0 it keeps all (does not)
+    top = float(max((sg.max() for sg in s if len(sg)), default=1.0)) + 1.0
+    tau = structured.bisect(lambda t: cost(counts_at(s, t, lowest, round_to)) <= budget,
+                            good=top, bad=0.0, steps=100, tol=1e-12)
+    counts = counts_at(s, tau, lowest, round_to)
     # top-up: next channels in order of their normalized singular value, while they fit
     step = round_to if round_to and round_to > 1 else 1
     cand = sorted(((float(s[g][c]), g) for g in range(len(s)) for c in range(counts[g], sizes[g])),
@@ -89,3 +84,15 @@ def configure(sigmas: Sequence[torch.Tensor], cost: Callable[[np.ndarray], float
         if cost(trial) <= budget:
             counts = trial
     return counts
+
+
+def plan_counts(a: "structured.Analysis", sigmas=None, *, macs=None, params=None, channels=None,
+                normalize: str = "max", min_channels: int = 1, min_ratio: float = 0.0,
+                round_to: int | None = None) -> np.ndarray:
+    """Step (i) on an analysis: N_g for every prunable group under exactly one budget."""
+    total = int(sum(g.size for g in a.prunable))
+    kind, value = structured.parse_budget(macs, params, channels, total)
+    cost, limit = structured.budget_cost(a.cost, kind, value, total)
+    sig = sigmas or [a.sigma[g.name] for g in a.prunable]
+    return configure(sig, cost, limit, normalize=normalize, min_channels=min_channels,
+                     min_ratio=min_ratio, round_to=round_to, what=f"{kind} budget {value:g}")

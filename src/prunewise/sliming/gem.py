@@ -90,3 +90,9 @@ def select(R: torch.Tensor, k: int, *, exact_max: int = EXACT_MAX) -> torch.Long
     if R.shape[0] <= exact_max:
         return greedy_exact(R, k)
     return greedy_fast(R, k)
+
+
+def select_group(a, g, k: int) -> torch.LongTensor:
+    """Step (ii) as a :func:`prunewise.structured.prune` ``select`` step: GEM on group ``g``'s
+    R in the analysis ``a``."""
+    return select(a.R[g.name], k)

@@ -1,0 +1,174 @@
+"""Structured baselines: other (configure, select) pairs on the SLIMING engine (same groups,
+cost model, budget search and surgery: :func:`prunewise.structured.prune`).
+
+Configuration: ``uniform`` keeps the same fraction p of every prunable group, with p bisected so
+the pruned model meets the same MACs (or params) budget as SLIMING; ``sliming`` is SLIMING's
+step (i). Selection: ``l1`` (largest L1 norm of the output-side weights, i.e. of the rows of
+R_g), ``random``, ``chip`` (CHIP-style one-shot leave-one-out nuclear norm of the root layer's
+feature maps on a few batches, computed once) and ``gem`` (SLIMING step ii).
+
+Methods (``METHODS``): sliming = sliming config + gem; l1 / random / chip = uniform config +
+that selection; sliming-l1 = sliming config + l1 (separates the two steps).
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import sliming, structured
+from .errors import PrunewiseError
+from .sliming.spectrum import singular_values
+
+METHODS = ("sliming", "l1", "random", "chip", "sliming-l1")
+
+
+# --------------------------------------------------------------------------- configuration
+def uniform_counts(a: structured.Analysis, *, macs=None, params=None, min_channels: int = 1
+                   ) -> np.ndarray:
+    """One keep fraction p for every group (N_g = round(p C_g), >= min_channels), bisected on
+    the exact MACs / params of the pruned architecture."""
+    kind, value = structured.parse_budget(macs, params)
+    cost, limit = structured.budget_cost(a.cost, kind, value)
+    sizes = np.array([g.size for g in a.prunable])
+
+    def counts(p):
+        return np.minimum(sizes, np.maximum(np.minimum(min_channels, sizes),
+                                            np.floor(p * sizes + 0.5).astype(int)))
+
+    if cost(counts(0.0)) > limit:
+        raise PrunewiseError(f"{kind} budget {value:g} is below what min_channels={min_channels} "
+                             f"allows: the floor is {cost(counts(0.0)) / cost(sizes):.4f} of the "
+                             f"original")
+    return counts(structured.bisect(lambda p: cost(counts(p)) <= limit, good=0.0, bad=1.0,
+                                    steps=60))
+
+
+# --------------------------------------------------------------------------- selection
+def l1_select(R: torch.Tensor, k: int) -> torch.LongTensor:
+    """The k rows with the largest L1 norm."""
+    return R.abs().sum(1).topk(int(k)).indices.sort().values
+
+
+def random_select(C: int, k: int, gen: torch.Generator) -> torch.LongTensor:
+    return torch.randperm(C, generator=gen)[: int(k)].sort().values
+
+
+def chip_scores(maps: torch.Tensor) -> torch.Tensor:
+    """CHIP-style channel importance: mean over images of ||F||_* - ||F without channel c||_*.
+
+    ``maps``: (N, C, H, W) or (N, C) feature maps. Computed once (one-shot), never recomputed.
+    """
+    F = maps.detach().double().reshape(maps.shape[0], maps.shape[1], -1)   # N x C x P
+    N, C, P = F.shape
+    scores = torch.zeros(C, dtype=torch.float64)
+    eye = torch.eye(C, dtype=torch.bool)
+    for n in range(N):
+        A = F[n]
+        full = torch.linalg.eigvalsh(A @ A.T if C <= P else A.T @ A).clamp_min(0).sqrt().sum()
+        if P < C:   # P x P Gram minus the left-out channel's outer product
+            G = (A.T @ A)[None] - A[:, :, None] * A[:, None, :]
+        else:       # (C-1) x (C-1) Gram of the rows that stay
+            K = A @ A.T
+            keep = ~eye
+            idx = torch.stack([keep[c].nonzero().flatten() for c in range(C)])
+            G = K[idx[:, :, None], idx[:, None, :]]
+        left = torch.linalg.eigvalsh(G).clamp_min(0).sqrt().sum(1)
+        scores += full - left
+    return scores / max(N, 1)
+
+
+def collect_maps(model: nn.Module, infos: list, batches: Iterable, n_images: int = 16) -> dict:
+    """Output feature maps of every prunable group's root layer on up to ``n_images`` inputs."""
+    mods = dict(model.named_modules())
+    store: dict[str, list] = {g.name: [] for g in infos}
+    hooks = [mods[g.name].register_forward_hook(
+        lambda m, i, o, name=g.name: store[name].append(o.detach())) for g in infos]
+    seen = 0
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for x, _ in batches:
+                x = x[: n_images - seen]
+                model(x)
+                seen += len(x)
+                if seen >= n_images:
+                    break
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    if seen == 0:
+        raise PrunewiseError("CHIP needs data: the batches given were empty")
+    return {k: torch.cat(v) for k, v in store.items()}
+
+
+# --------------------------------------------------------------------------- (configure, select) steps
+def l1_step(a: structured.Analysis, g, k: int) -> torch.LongTensor:
+    return l1_select(a.R[g.name], k)
+
+
+def random_step(seed: int) -> structured.Select:
+    gen = torch.Generator().manual_seed(seed)
+    return lambda a, g, k: random_select(g.size, k, gen)
+
+
+def chip_step(batches: Iterable, n_images: int = 16) -> structured.Select:
+    """CHIP selection; the feature maps of every prunable group are collected once, on the
+    pruned copy, the first time a channel has to go."""
+    maps: dict = {}
+
+    def step(a, g, k):
+        if not maps:
+            maps.update(collect_maps(a.model, a.prunable, batches, n_images))
+        return chip_scores(maps[g.name]).topk(k).indices.sort().values
+    return step
+
+
+def steps(method: str, *, macs, params, normalize: str, min_channels: int, min_ratio: float,
+          batches: Iterable | None, n_images: int, seed: int
+          ) -> tuple[structured.Configure, structured.Select]:
+    """The (configure, select) pair of a baseline (any of ``METHODS`` but ``sliming``)."""
+    def uniform(a):
+        return uniform_counts(a, macs=macs, params=params, min_channels=min_channels)
+
+    def sliming_i(a):
+        return sliming.plan_counts(a, macs=macs, params=params, normalize=normalize,
+                                   min_channels=min_channels, min_ratio=min_ratio)
+
+    if method == "random":
+        select = random_step(seed)
+    elif method == "chip":
+        select = chip_step(batches, n_images)
+    else:
+        select = l1_step
+    return (sliming_i if method == "sliming-l1" else uniform), select
+
+
+def prune(model: nn.Module, example_inputs: torch.Tensor, method: str = "sliming", *,
+          macs=None, params=None, normalize: str = "max", min_channels: int = 1,
+          batches: Iterable | None = None, n_images: int = 16, seed: int = 0,
+          ignored_layers=None, min_ratio: float = 0.0):
+    """Prune with ``method`` (one of ``METHODS``) at a MACs or params budget; a NEW model + plan.
+
+    ``batches`` (``(x, y)`` pairs) are needed by ``chip`` only. ``min_ratio`` (the per-group
+    floor) applies to the SLIMING configuration (``sliming``, ``sliming-l1``).
+    """
+    if method not in METHODS:
+        raise PrunewiseError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    if method == "sliming":
+        return sliming.prune(model, example_inputs, macs=macs, params=params,
+                             normalize=normalize, min_channels=min_channels,
+                             ignored_layers=ignored_layers, min_ratio=min_ratio)
+    if method == "chip" and batches is None:
+        raise PrunewiseError("method 'chip' needs data batches for its feature maps")
+    configure, select = steps(method, macs=macs, params=params, normalize=normalize,
+                              min_channels=min_channels, min_ratio=min_ratio, batches=batches,
+                              n_images=n_images, seed=seed)
+    meta = {"method": method, "budget": {"macs": macs, "params": params},
+            "min_channels": min_channels, "min_ratio": min_ratio}
+    return structured.prune(model, example_inputs, configure, select,
+                            ignored_layers=ignored_layers, spectrum=singular_values, meta=meta)

@@ -1,0 +1,161 @@
+"""The structured (filter / channel) pruning engine, shared by every structured method.
+
+A structured method is a pair of steps on an :class:`Analysis` of a copy of the model:
+
+* ``configure(a) -> counts``: how many channels each prunable group keeps (an int per group of
+  ``a.prunable``, in order), usually found by :func:`bisect` on the exact cost model so the
+  pruned model meets a MACs / params / channel budget;
+* ``select(a, g, n) -> indices``: which ``n`` channels of group ``g`` stay (called only when
+  ``n < g.size``, group by group in ``a.prunable`` order).
+
+:func:`prune` runs the skeleton: copy, trace the groups (Torch-Pruning's dependency graph, see
+:mod:`prunewise.surgery`), build the cost model, configure, select, write the
+:class:`~prunewise.surgery.ChannelPlan` with its metadata, and cut the copy down.
+SLIMING (:mod:`prunewise.sliming`) and the baselines (:mod:`prunewise.filters`) are such pairs.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import surgery
+from .errors import PrunewiseError
+from .utils import one_thread
+
+Configure = Callable[["Analysis"], np.ndarray]
+Select = Callable[["Analysis", surgery.GroupInfo, int], torch.Tensor]
+Spectrum = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Analysis:
+    """Everything the methods need about one (copied) model: graph, groups, R, spectra, cost."""
+    model: nn.Module
+    dg: object
+    infos: list
+    prunable: list
+    R: dict          # group name -> R_g (C x D, rows = channels), see surgery.group_matrix
+    sigma: dict      # group name -> singular values of R_g (empty without a spectrum)
+    cost: surgery.CostModel
+    seconds: float
+
+
+def analyze(model: nn.Module, example_inputs: torch.Tensor, ignored_layers=None, *,
+            matrices: bool = True, spectrum: Spectrum | None = None) -> Analysis:
+    """Trace ``model`` (in place: pass a copy if it must stay untouched), enumerate its groups,
+    build every prunable group's R (``matrices``) and its ``spectrum(R)`` when one is given, and
+    the exact cost model."""
+    t0 = time.perf_counter()
+    if not isinstance(model, nn.Module):
+        raise PrunewiseError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(example_inputs, torch.Tensor):
+        raise PrunewiseError("example_inputs must be a tensor (one batch of inputs)")
+    ignored = list(ignored_layers or [])
+    dg = surgery.build_graph(model, example_inputs, ignored)
+    infos = surgery.groups(dg, ignored)
+    prunable = [g for g in infos if g.prunable]
+    if not prunable:
+        raise PrunewiseError("this model has no prunable channel group (all are outputs, "
+                             "ignored, or on a zero-padding shortcut)")
+    R, sigma = {}, {}
+    if matrices:
+        with one_thread():
+            for g in prunable:
+                R[g.name] = surgery.group_matrix(model, g)
+                if spectrum is not None:
+                    sigma[g.name] = spectrum(R[g.name])
+    cost = surgery.CostModel(model, example_inputs, infos)
+    return Analysis(model, dg, infos, prunable, R, sigma, cost, time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------- budgets
+def parse_budget(macs=None, params=None, channels=None, total_channels: int = 0
+                 ) -> tuple[str, float]:
+    """Check that exactly one budget is given; ``(kind, value)``. ``macs`` / ``params``: a
+    fraction in (0, 1) of the original; ``channels``: an int in [1, total_channels] or a
+    fraction."""
+    given = [(k, v) for k, v in (("macs", macs), ("params", params), ("channels", channels))
+             if v is not None]
+    if len(given) != 1:
+        raise PrunewiseError(f"give exactly one budget (macs, params or channels), got "
+                             f"{', '.join(k for k, _ in given) or 'none'}")
+    kind, value = given[0]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PrunewiseError(f"{kind} budget must be a number, got {value!r}")
+    if kind == "channels" and isinstance(value, int):
+        if not 1 <= value <= total_channels:
+            raise PrunewiseError(f"channels budget must be in [1, {total_channels}] (the prunable "
+                                 f"channels), got {value}")
+        return kind, float(value)
+    if not 0 < value < 1:
+        raise PrunewiseError(f"{kind} budget must be a fraction in (0, 1) of the original, "
+                             f"got {value}")
+    return kind, float(value)
+
+
+def budget_cost(cost: surgery.CostModel, kind: str, value: float, total_channels: int = 0
+                ) -> tuple[Callable[[np.ndarray], float], float]:
+    """The cost function of a configuration (counts per prunable group) for budget ``kind``,
+    and the largest cost allowed."""
+    if kind == "macs":
+        return cost.macs, value * cost.full_macs
+    if kind == "params":
+        return cost.params, value * cost.full_params
+    return (lambda c: float(np.sum(c))), (value if value >= 1 else value * total_channels)
+
+
+def bisect(fits: Callable[[float], bool], good: float, bad: float, *, steps: int = 100,
+           tol: float = 0.0) -> float:
+    """Budget search: the point between ``good`` (where ``fits`` holds) and ``bad`` (where it
+    does not) closest to the boundary, after ``steps`` halvings or once the bracket is below
+    ``tol``. ``fits`` must be monotone along the segment; ``good`` may be above or below
+    ``bad``. Always returns a point where ``fits`` held (or ``good`` itself)."""
+    for _ in range(steps):
+        mid = 0.5 * (good + bad)
+        if fits(mid):
+            good = mid
+        else:
+            bad = mid
+        if abs(good - bad) < tol:
+            break
+    return good
+
+
+# --------------------------------------------------------------------------- the skeleton
+def prune(model: nn.Module, example_inputs: torch.Tensor, configure: Configure, select: Select,
+          *, ignored_layers=None, spectrum: Spectrum | None = None, meta: dict | None = None
+          ) -> tuple[nn.Module, surgery.ChannelPlan]:
+    """Run one structured method (a ``configure`` and a ``select`` step, see the module doc) on
+    a copy of ``model``: a NEW, physically smaller model and its ChannelPlan.
+
+    ``ignored_layers`` (modules of ``model``) keep their output channels; ``spectrum`` (R ->
+    singular values) fills ``a.sigma`` and ``plan.spectra``; ``meta`` (the method's settings)
+    starts the plan's metadata, to which the predicted and original cost, the groups and the
+    timings are added. The input model is left untouched; runs with one intra-op thread.
+    """
+    with one_thread():
+        t0 = time.perf_counter()
+        new, ignored = surgery.copy_with_ignored(model, ignored_layers)
+        a = analyze(new, example_inputs, ignored, spectrum=spectrum)
+        counts = configure(a)
+        t1 = time.perf_counter()
+        keep = {g.name: select(a, g, int(n)) if n < g.size else torch.arange(g.size)
+                for g, n in zip(a.prunable, counts)}
+        t2 = time.perf_counter()
+        plan = surgery.make_plan(new, a.infos, keep, meta={
+            **(meta or {}),
+            "predicted_macs": a.cost.macs(counts), "predicted_params": a.cost.params(counts),
+            "original_macs": a.cost.full_macs, "original_params": a.cost.full_params,
+            "groups": surgery.describe(a.infos),
+            "seconds": {"spectra": a.seconds, "configuration": t1 - t0 - a.seconds,
+                        "selection": t2 - t1}})
+        plan.spectra = a.sigma
+        surgery.prune_in_place(new, a.dg, a.infos, plan)
+        plan.meta["seconds"]["surgery"] = time.perf_counter() - t2
+    new.train(model.training)
+    return new, plan
