@@ -80,7 +80,7 @@ def test_digits_options():
 @pytest.mark.parametrize(
     "kwargs, needle",
     [
-        (dict(name="mnist"), "digits, cifar10, cifar100, imagefolder"),
+        (dict(name="svhn"), "digits, cifar10, cifar100, imagefolder, fashion-mnist, mnist"),
         (dict(name="digits", val_fraction=1.0), "val_fraction"),
         (dict(name="digits", val_fraction=-0.1), "val_fraction"),
         (dict(name="digits", image_size=0), "image_size"),
