@@ -1,4 +1,4 @@
-"""Baselines on FVW's selection loop: magnitude, Taylor and random against direct computations."""
+"""Baselines on the shared mask engine: magnitude, Taylor and random against direct computations."""
 import inspect
 
 import pytest
@@ -36,6 +36,7 @@ def test_same_signature_as_fvw():
         assert params["sparsity"].kind == inspect.Parameter.KEYWORD_ONLY
         assert params["keep"].default == fvw_params["keep"].default == 0.98
         assert set(params) <= set(fvw_params)
+        assert {"levels", "on_level", "recalibrate", "recalibrate_samples"} <= set(params)
     with pytest.raises(PrunewiseError, match="unknown method"):
         baselines.get("snip")
 
@@ -43,7 +44,7 @@ def test_same_signature_as_fvw():
 def test_magnitude_is_global_top_abs():
     model, _ = setup()
     plan = baselines.magnitude(model, sparsity=0.7, keep=0.8)
-    assert plan.meta["iterations"] == fvw.iterations(0.7, 0.8)
+    assert plan.meta["iterations"] == 6  # 0.8**5 = 0.33 is not yet 0.3
     params = dict(model.named_parameters())
     ref = pooled_top({n: params[n].detach().abs() for n in plan.masks}, plan.total - round(0.7 * plan.total))
     assert list(plan.masks) == ["2.weight", "4.weight"]  # the first layer is the stem
@@ -85,3 +86,38 @@ def test_bad_sparsity_and_keep(method):
         fn(model, batches, sparsity=1.0)
     with pytest.raises(PrunewiseError, match="keep"):
         fn(model, batches, sparsity=0.5, keep=1.5)
+
+
+@pytest.mark.parametrize("method", ["taylor", "random"])
+def test_get_as_the_cli_calls_it_resumes_bit_identical(method, tmp_path):
+    model, batches = setup()
+    fn = baselines.get(method)
+    kw = dict(sparsity=0.8, keep=0.6, samples=30, eval_batches=batches[:1], seed=4)
+    full = fn(model, lambda: iter(batches), **kw, checkpoint_dir=tmp_path / "a")
+    assert full.method == method and full.meta["iterations"] == 4
+    assert full.kept == full.total - round(0.8 * full.total)
+    assert len(full.meta["history"]) == 4 and "accuracy" in full.meta["history"][-1]
+
+    class Kill(Exception):
+        pass
+
+    def kill_at_2(row):
+        if row["iteration"] == 2:
+            raise Kill
+
+    with pytest.raises(Kill):
+        fn(model, lambda: iter(batches), **kw, checkpoint_dir=tmp_path / "b", callback=kill_at_2)
+    rows = []
+    resumed = fn(model, lambda: iter(batches), **kw, checkpoint_dir=tmp_path / "b",
+                 callback=rows.append)
+    assert [r["iteration"] for r in rows] == [3, 4]
+    assert all(torch.equal(full.masks[n], resumed.masks[n]) for n in full.masks)
+
+
+def test_taylor_uses_only_the_first_samples():
+    model, batches = setup()
+    limited = baselines.taylor(model, batches, sparsity=0.5, keep=0.5, samples=20)
+    first = baselines.taylor(model, batches[:1], sparsity=0.5, keep=0.5)
+    other = baselines.taylor(model, batches[1:], sparsity=0.5, keep=0.5)
+    assert all(torch.equal(limited.masks[n], first.masks[n]) for n in first.masks)
+    assert any(not torch.equal(limited.masks[n], other.masks[n]) for n in first.masks)

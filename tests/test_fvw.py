@@ -1,8 +1,8 @@
-"""FVW: the attack pass against an independent computation of METHODS.md §1, the schedule,
-class-group mode, resume, fine-tuning with masks, bad input (library and CLI)."""
+"""FVW: the attack pass against an independent computation of docs/methods.md (section "FVW"),
+the schedule, class-group mode, resume, BatchNorm recalibration in the loop, fine-tuning with
+masks, bad input (library and CLI)."""
 import copy
 import json
-import math
 from dataclasses import replace
 
 import pytest
@@ -12,7 +12,8 @@ from torch import nn
 from torch.func import functional_call
 
 from helpers import run
-from prunewise import PrunewiseError, files, fvw, train
+from prunewise import PrunewiseError, files, fvw, masking, train
+from prunewise import data as D
 from prunewise.plan import MaskPlan
 
 
@@ -49,7 +50,8 @@ def tiny_setup(dtype=torch.float64, n=48, classes=4, seed=0):
 
 
 def reference_attack(model, batches, names, masks, alpha, K, direction):
-    """METHODS.md §1 written out literally: per-step gradients, sign steps, trapezoid sums."""
+    """docs/methods.md (section "FVW") written out literally: per-step gradients, sign steps,
+    trapezoid sums."""
     model = copy.deepcopy(model).eval()
     base = {k: v.detach().clone() for k, v in model.named_parameters()}
     buffers = dict(model.named_buffers())
@@ -123,11 +125,11 @@ def test_attribute_accepts_callable_and_generator():
 
 def test_scope_default_override_and_empty():
     model, batches = tiny_setup()
-    assert fvw.prunable(model) == ["conv.weight", "fc.weight"]
-    assert fvw.prunable(model, {"exclude": [nn.Linear]}) == ["conv.weight"]
-    assert fvw.prunable(model, {"skip_first": False, "include": ["stem", "fc"]}) == \
+    assert masking.prunable(model) == ["conv.weight", "fc.weight"]
+    assert masking.prunable(model, {"exclude": [nn.Linear]}) == ["conv.weight"]
+    assert masking.prunable(model, {"skip_first": False, "include": ["stem", "fc"]}) == \
         ["stem.weight", "fc.weight"]
-    assert fvw.prunable(model, ["fc.*"]) == ["fc.weight", "fc.bias"]
+    assert masking.prunable(model, ["fc.*"]) == ["fc.weight", "fc.bias"]
     A, _ = fvw.attribute(model, batches, params=["fc.weight"])
     assert list(A) == ["fc.weight"]
     with pytest.raises(PrunewiseError, match="matches no tensor"):
@@ -157,9 +159,10 @@ def test_empty_data_and_nothing_correct():
 
 
 def test_schedule_count_and_exact_landing():
-    assert fvw.iterations(0.9, 0.98) == math.ceil(math.log(0.1) / math.log(0.98)) == 114
-    assert fvw.iterations(0.9, 0.8) == 11 and fvw.iterations(0.0, 0.9) == 0
-    counts = fvw.schedule(270_000, 0.9, 0.98)
+    assert masking.iterations(0.9, 0.98) == 114
+    assert masking.iterations(0.9, 0.9) == 22
+    assert masking.iterations(0.9, 0.8) == 11 and masking.iterations(0.0, 0.9) == 0
+    counts = masking.schedule(270_000, 0.9, 0.98)
     assert len(counts) == 114 and counts[-1] == 27_000
     assert all(a >= b for a, b in zip(counts, counts[1:]))
     model, batches = tiny_setup(dtype=torch.float32)
@@ -170,9 +173,11 @@ def test_schedule_count_and_exact_landing():
     total = 4 * 3 * 9 + 4 * 64
     assert plan.total == total and plan.kept == total - round(0.9 * total)
     assert abs(plan.sparsity - 0.9) <= 1 / total
-    assert len(rows) == fvw.iterations(0.9, 0.6) == plan.meta["iterations"] == 5
-    assert all(0 <= r["accuracy"] <= 1 for r in rows)
-    assert [r["kept"] for r in rows] == fvw.schedule(total, 0.9, 0.6)
+    assert len(rows) == plan.meta["iterations"] == 5
+    # 364 * 0.6**t rounded: 218.4, 131.04, 78.6, 47.2, then the target 364 - 328 = 36
+    assert [r["kept"] for r in rows] == [218, 131, 79, 47, 36]
+    # the logged accuracy is the pruned model's (no recalibration: the caller's BN statistics)
+    assert rows[-1]["accuracy"] == train.evaluate(plan.apply(model), val)["top1"]
 
 
 def test_levels_land_exactly():
@@ -192,7 +197,7 @@ def test_levels_land_exactly():
 def test_class_groups_zero_dloss_never_nan(aggregate):
     model, batches = tiny_setup(dtype=torch.float32)
     # alpha so small that no weight moves: every group's loss change is exactly 0
-    with pytest.warns(fvw.PruningWarning, match="loss change"):
+    with pytest.warns(masking.PruningWarning, match="loss change"):
         plan = fvw.prune(model, batches, sparsity=0.5, keep=0.5, alpha=1e-30, class_groups=2,
                          aggregate=aggregate)
     assert plan.kept == plan.total - round(0.5 * plan.total)
@@ -210,13 +215,13 @@ def test_class_groups_skip_one_group_with_warning():
         hi = pred >= 2
         y[hi] = 5 - pred[hi]  # 2 <-> 3: still group 1, always wrong
         fixed.append((x, y))
-    with pytest.warns(fvw.PruningWarning, match="class group 1 skipped"):
+    with pytest.warns(masking.PruningWarning, match="class group 1 skipped"):
         plan = fvw.prune(model, fixed, sparsity=0.5, keep=0.5, alpha=1e-3, class_groups=2,
                          descent=True)
     assert plan.meta["history"][0]["skipped_groups"] == [1]
     assert plan.kept == plan.total - round(0.5 * plan.total)
     # with one usable group, union = that group's own ranking
-    with pytest.warns(fvw.PruningWarning, match="class group 1 skipped"):
+    with pytest.warns(masking.PruningWarning, match="class group 1 skipped"):
         ref = fvw.prune(model, [(x[y < 2], y[y < 2]) for x, y in fixed], sparsity=0.5, keep=0.5,
                         alpha=1e-3, class_groups=2, descent=True)
     for k in plan.masks:
@@ -247,12 +252,52 @@ def test_resume_after_kill_is_bit_identical(tmp_path):
         fvw.prune(model, batches, **{**kw, "keep": 0.8}, checkpoint_dir=tmp_path / "b")
 
 
+class BNTiny(nn.Module):
+    """A BatchNorm right after a prunable conv: pruning the conv shifts its statistics."""
+
+    def __init__(self, classes=4):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 3, 3, padding=1)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 4 * 4, classes)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        x = F.relu(self.bn(self.conv(x)))
+        return self.fc(x.flatten(1))
+
+
+def test_recalibrate_changes_the_attack_not_the_caller():
+    torch.manual_seed(0)
+    model = BNTiny()
+    x = torch.randn(96, 1, 4, 4)
+    with torch.no_grad():
+        y = model.eval()(x).argmax(1)
+    model.train()
+    batches = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 96, 32)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    kw = dict(sparsity=0.9, keep=0.6, alpha=1e-3, eval_batches=batches)
+    off = fvw.prune(model, batches, **kw)
+    on = fvw.prune(model, batches, **kw, recalibrate=True)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.training
+    h_off, h_on = off.meta["history"], on.meta["history"]
+    assert h_on[0]["dloss"] == h_off[0]["dloss"]  # the first attack sees the caller's statistics
+    assert h_on[1]["dloss"] != h_off[1]["dloss"]  # later ones the re-estimated statistics
+    assert any(not torch.equal(on.masks[k], off.masks[k]) for k in on.masks)
+    assert on.meta["settings"]["recalibrate"] == {"samples": None}
+    assert "recalibrate" not in off.meta["settings"]
+    # the logged accuracy is that of the pruned model with re-estimated statistics
+    final = train.recalibrate_bn(on.apply(model), batches)
+    assert h_on[-1]["accuracy"] == train.evaluate(final, batches)["top1"]
+
+
 def test_finetune_keeps_pruned_weights_zero(digits):
     torch.manual_seed(0)
     small = replace(digits, train=digits.train.subset(range(256)), val=digits.val.subset(range(64)))
     net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 8, 3, stride=2),
                         nn.ReLU(), nn.Flatten(), nn.Linear(8 * 7 * 7, 10))
-    from prunewise import data as D
     src = lambda: D.batches(small.train, small, 64)
     plan = fvw.prune(net, src, sparsity=0.8, keep=0.5, alpha=1e-3)
     pruned = plan.apply(net)
@@ -273,12 +318,12 @@ def test_cli_prune_fvw_report(digits_checkpoint, tmp_path):
     rep = json.loads((out / "report.json").read_text())
     assert rep["method"] == "fvw" and rep["iterations"] == 1
     assert abs(rep["sparsity"] - 0.5) < 1e-5
-    assert 0 <= rep["test_accuracy"] <= 1 and 0 <= rep["finetuned_accuracy"] <= 1
-    assert rep["finetuned_sparsity"] >= rep["sparsity"] - 1e-9
+    saved = files.load_model(out / "model")  # the fine-tuned model the report measured last
+    bundle = D.load("digits", image_size=16, seed=0)
+    assert rep["accuracy"]["finetuned"]["test"] == train.evaluate_split(saved, bundle, "test")["top1"]
     plan = MaskPlan.load(out)
     assert plan.sparsity == rep["sparsity"]
-    model = files.load_model(out / "model")
-    params = dict(model.named_parameters())
+    params = dict(saved.named_parameters())
     assert all(bool((params[k][~m] == 0).all()) for k, m in plan.masks.items())
 
 

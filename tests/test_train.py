@@ -1,5 +1,7 @@
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from prunewise import PrunewiseError, models, train
 
@@ -36,6 +38,27 @@ def test_bad_mask_and_optimizer_are_errors(digits):
         train.fit(model, digits, epochs=1, optimizer="lbfgs", progress=False)
 
 
-def test_evaluate_top5_at_least_top1(trained_resnet20, digits):
-    r = train.evaluate_split(trained_resnet20, digits, "test")
-    assert 0 <= r["top1"] <= r["top5"] <= 1 and r["n"] == len(digits.test)
+def test_evaluate_counts_by_hand():
+    # logits chosen so that top-1 is right for sample 0 only and top-5 for samples 0 and 1
+    logits = torch.tensor([[5.0, 1, 0, 0, 0, 0, 0],
+                           [6.0, 5, 4, 3, 2, 0, 0],
+                           [6.0, 5, 4, 3, 2, 1, 0]])
+    y = torch.tensor([0, 4, 6])
+    model = nn.Identity()
+    r = train.evaluate(model, [(logits[:2], y[:2]), (logits[2:], y[2:])])
+    assert r["n"] == 3 and r["top1"] == pytest.approx(1 / 3) and r["top5"] == pytest.approx(2 / 3)
+    assert r["loss"] == pytest.approx(float(F.cross_entropy(logits, y)))
+
+
+def test_recalibrate_bn_matches_the_batch_statistics():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2)).double().eval()
+    x = torch.randn(12, 1, 3, 3, dtype=torch.float64)
+    train.recalibrate_bn(model, [(x[:5], None), (x[5:], None)], samples=8)
+    feats = model[0](x[:8]).detach()  # the first 8 samples only
+    per_batch = [feats[:5], feats[5:8]]
+    mean = sum(f.mean(dim=(0, 2, 3)) for f in per_batch) / 2  # cumulative average over batches
+    var = sum(f.var(dim=(0, 2, 3), unbiased=True) for f in per_batch) / 2
+    torch.testing.assert_close(model[1].running_mean, mean)
+    torch.testing.assert_close(model[1].running_var, var)
+    assert not model.training and model[1].momentum == 0.1

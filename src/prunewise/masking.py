@@ -1,0 +1,544 @@
+"""The mask engine every unstructured method shares: scope, data, schedule, selection, loop.
+
+A method (FVW in :mod:`prunewise.fvw`; magnitude, Taylor and random in
+:mod:`prunewise.baselines`) only supplies a :class:`Scorer`; everything else lives here, so a
+comparison between methods isolates the score:
+
+* **Scope** -- :class:`Scope` and :func:`prunable`: which parameters may be pruned (by default
+  every conv/linear ``weight`` except the input stem).
+* **Data** -- :class:`Source`: attribution batches as a re-iterable, optionally limited to the
+  first ``samples`` samples and filtered by label.
+* **Schedule** -- :func:`iterations`, :func:`kept_count`, :func:`schedule`,
+  :func:`check_targets`: keep ``keep`` of the weights per iteration and land exactly on the
+  target sparsity (and on any intermediate ``levels``).
+* **Selection** -- :func:`select`: the public primitive. Pool the scores of all unpruned
+  elements of all prunable tensors and keep the top ``kept`` globally.
+* **Loop** -- :func:`run`: score the pruned working copy, select, apply, log, write the resume
+  file (:data:`RESUME_FILE`), report levels. Its settings travel as one :class:`LoopSettings`.
+"""
+from __future__ import annotations
+
+import copy
+import fnmatch
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence, Union
+
+import torch
+from safetensors import safe_open
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import files
+from .errors import PrunewiseError
+from .plan import MaskPlan
+from .train import evaluate, recalibrate_bn
+
+PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+RESUME_FILE = "resume.safetensors"
+
+
+class PruningWarning(UserWarning):
+    """A recoverable problem during pruning (e.g. a class group skipped for a zero loss change)."""
+
+
+# ------------------------------------------------------------------------------------------
+# Scope: which tensors are prunable
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Scope:
+    """Which weights are prunable: the ``weight`` of modules of ``types`` minus exclusions.
+
+    ``include`` / ``exclude`` hold module-name glob patterns (``"layer3.*"``) or module types
+    (``nn.Linear``); ``include=None`` means every module of ``types``. ``skip_first`` drops the
+    first conv/linear module in ``named_modules()`` order (the input stem).
+    """
+
+    include: Sequence[Any] | None = None
+    exclude: Sequence[Any] = ()
+    types: tuple = PRUNABLE_TYPES
+    skip_first: bool = True
+
+    def names(self, model: nn.Module) -> list[str]:
+        mods = [(n, m) for n, m in model.named_modules()
+                if isinstance(m, self.types) and isinstance(getattr(m, "weight", None), nn.Parameter)]
+        if self.skip_first and mods:
+            mods = mods[1:]
+        out = []
+        for n, m in mods:
+            if self.include is not None and not _matches(n, m, self.include):
+                continue
+            if _matches(n, m, self.exclude):
+                continue
+            out.append(f"{n}.weight" if n else "weight")
+        return out
+
+
+def _matches(name: str, module: nn.Module, patterns: Sequence[Any]) -> bool:
+    if isinstance(patterns, (str, type)):
+        patterns = [patterns]
+    for p in patterns:
+        if isinstance(p, type):
+            if isinstance(module, p):
+                return True
+        elif isinstance(p, str):
+            if fnmatch.fnmatchcase(name, p):
+                return True
+        else:
+            raise PrunewiseError(f"scope pattern {p!r} must be a module-name pattern or a module type")
+    return False
+
+
+def prunable(model: nn.Module, params: Any = None) -> list[str]:
+    """Names of the prunable parameters (as in ``model.named_parameters()``).
+
+    ``params``: None (default scope: every conv/linear ``weight`` but the input stem), a
+    :class:`Scope`, a dict of Scope's arguments, or a list of parameter names / glob patterns
+    over parameter names. A scope that matches no tensor raises PrunewiseError.
+    """
+    named = dict(model.named_parameters())
+    if params is None:
+        names = Scope().names(model)
+    elif isinstance(params, Scope):
+        names = params.names(model)
+    elif isinstance(params, dict):
+        try:
+            names = Scope(**params).names(model)
+        except TypeError as e:
+            raise PrunewiseError(f"bad scope {params!r}: {e}") from None
+    else:
+        pats = [params] if isinstance(params, str) else list(params)
+        names = []
+        for p in pats:
+            if not isinstance(p, str):
+                raise PrunewiseError(f"scope entry {p!r} must be a parameter name or pattern")
+            hit = [n for n in named if fnmatch.fnmatchcase(n, p)]
+            names += [n for n in hit if n not in names]
+    if not names:
+        raise PrunewiseError(f"the pruning scope {params!r} matches no tensor of the model")
+    for n in names:
+        if not named[n].is_floating_point():
+            raise PrunewiseError(f"parameter '{n}' is not floating point and cannot be pruned")
+    return names
+
+
+def mask_list(masks: dict[str, torch.Tensor] | None, names: Sequence[str],
+              named: dict[str, torch.Tensor]) -> list[torch.Tensor | None]:
+    """Validated bool masks in the order of ``names`` (None where ``masks`` has no entry).
+
+    ``named`` maps parameter names to the parameters; a mask naming an unknown parameter or
+    with the wrong shape raises PrunewiseError. Masks move to their parameter's device.
+    """
+    out = []
+    masks = masks or {}
+    for n in masks:
+        if n not in named:
+            raise PrunewiseError(f"mask names unknown parameter '{n}'")
+    for n in names:
+        m = masks.get(n)
+        if m is not None:
+            if tuple(m.shape) != tuple(named[n].shape):
+                raise PrunewiseError(f"mask for '{n}' has shape {tuple(m.shape)}, parameter has "
+                                     f"{tuple(named[n].shape)}")
+            m = m.to(device=named[n].device) != 0
+        out.append(m)
+    return out
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Multiply every masked parameter of ``model`` by its 0/1 mask, in place."""
+    named = dict(model.named_parameters())
+    for n, m in masks.items():
+        named[n].mul_(m.to(named[n].dtype))
+
+
+# ------------------------------------------------------------------------------------------
+# Attribution data
+# ------------------------------------------------------------------------------------------
+
+
+class Source:
+    """Re-iterable attribution data: a callable or re-iterable of ``(x, y)``, optionally
+    limited to the first ``samples`` samples and filtered to some labels.
+
+    ``batches`` may be a callable returning a fresh iterable, a re-iterable (list,
+    DataLoader, ...) or another Source (limits and filters combine); a one-shot iterator (a
+    generator) is read into memory once, bounded by ``samples``. ``where(y)`` returns a bool
+    mask of the samples to keep; batches left empty are skipped.
+    """
+
+    def __init__(self, batches, samples: int | None = None, where: Callable | None = None):
+        if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int)
+                                    or samples < 1):
+            raise PrunewiseError(f"samples must be an integer >= 1 (or None for all), got {samples!r}")
+        if batches is None:
+            raise PrunewiseError("this method needs attribution data (batches), got None")
+        if isinstance(batches, Source):
+            self.base, self.samples = batches.base, batches.samples
+            if samples is not None:
+                self.samples = samples if self.samples is None else min(samples, self.samples)
+            inner = batches.where
+            self.where = where if inner is None else (
+                inner if where is None else (lambda y: inner(y) & where(y)))
+            return
+        if not callable(batches):
+            try:
+                it = iter(batches)
+            except TypeError:
+                raise PrunewiseError(f"batches must be an iterable of (x, y) or a callable "
+                                     f"returning one, got {type(batches).__name__}") from None
+            if it is batches:  # a one-shot iterator: read it once (bounded by samples)
+                batches = list(_limited(it, samples))
+        self.base, self.samples, self.where = batches, samples, where
+
+    def filtered(self, where: Callable) -> "Source":
+        """This source restricted to the samples where ``where(y)`` is True."""
+        return Source(self, None, where)
+
+    def __iter__(self):
+        src = self.base() if callable(self.base) else self.base
+        for x, y in _limited(iter(src), self.samples):
+            if self.where is not None:
+                keep = self.where(y)
+                x, y = x[keep], y[keep]
+            if len(y):
+                yield x, y
+
+
+def _limited(it, samples):
+    left = samples
+    for batch in it:
+        try:
+            x, y = batch
+        except (TypeError, ValueError):
+            raise PrunewiseError("every batch must be a pair (x, y) of tensors") from None
+        if left is not None:
+            if left <= 0:
+                break
+            if len(y) > left:
+                x, y = x[:left], y[:left]
+            left -= len(y)
+        yield x, y
+
+
+# ------------------------------------------------------------------------------------------
+# Schedule
+# ------------------------------------------------------------------------------------------
+
+
+def check_targets(sparsity, keep) -> None:
+    """Raise PrunewiseError unless ``0 <= sparsity < 1`` and ``0 < keep < 1``."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) \
+            or not (0.0 <= sparsity < 1.0):
+        raise PrunewiseError(f"sparsity must be in [0, 1), got {sparsity!r}")
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not (0.0 < keep < 1.0):
+        raise PrunewiseError(f"keep must be in (0, 1), got {keep!r}")
+
+
+def iterations(sparsity: float, keep: float) -> int:
+    """Number of iterations to reach ``sparsity`` keeping ``keep`` per iteration."""
+    check_targets(sparsity, keep)
+    if sparsity == 0:
+        return 0
+    return max(1, math.ceil(math.log(1.0 - sparsity) / math.log(keep) - 1e-9))
+
+
+def kept_count(total: int, sparsity: float) -> int:
+    """Weights kept at ``sparsity`` (rounded to the nearest element)."""
+    return total - int(math.floor(sparsity * total + 0.5))
+
+
+def schedule(total: int, sparsity: float, keep: float, levels: Sequence[float] = ()) -> list[int]:
+    """Kept count after each iteration: ``total * keep**t``, the last one trimmed to the target.
+
+    ``levels`` (sparsities below the target) insert extra stops that land exactly on them.
+    """
+    final = kept_count(total, sparsity)
+    t_max = iterations(sparsity, keep)
+    counts = [max(final, int(round(total * keep ** t))) for t in range(1, t_max + 1)]
+    if counts:
+        counts[-1] = final
+    for lv in levels:
+        check_targets(lv, keep)
+        c = kept_count(total, lv)
+        if lv <= sparsity and c < total and c not in counts:
+            counts.append(c)
+    return sorted(counts, reverse=True)
+
+
+# ------------------------------------------------------------------------------------------
+# Global selection
+# ------------------------------------------------------------------------------------------
+
+
+def _top(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool vector keeping the ``k`` largest values; ties go to the lower position; NaN is lowest."""
+    n = values.numel()
+    keep = torch.zeros(n, dtype=torch.bool)
+    if k <= 0:
+        return keep
+    if k >= n:
+        return ~keep
+    v = values.detach().to(torch.float64).nan_to_num(nan=-math.inf)
+    t = torch.kthvalue(v, n - k + 1).values
+    keep = v > t
+    need = k - int(keep.sum())
+    if need > 0:
+        ties = torch.nonzero(v == t).flatten()[:need]
+        keep[ties] = True
+    return keep
+
+
+Scores = Union[dict, Sequence[dict]]
+
+
+def select(scores: Scores, masks: dict[str, torch.Tensor], kept: int) -> dict[str, torch.Tensor]:
+    """Global selection, the primitive every unstructured method ends in.
+
+    Pools the scores of every currently unpruned element (``masks[name]`` True) of every
+    tensor in ``masks`` into one vector and keeps the ``kept`` highest; returns new bool masks
+    (same names, order and shapes) that are True exactly there. Pruned elements stay pruned
+    whatever their score. Ties go to the element that comes first (tensors in the order of
+    ``masks``, elements in flattened order); NaN ranks lowest.
+
+    ``scores`` is one dict (name -> score tensor shaped like the mask) or, for union mode, a
+    list of dicts: an element is kept when it ranks high in any of them (smallest best rank
+    over the lists; exactly ``kept`` elements).
+    """
+    names = list(masks)
+    flat_m = [masks[n].flatten() for n in names]
+
+    def pooled(sc):
+        return torch.cat([sc[n].detach().flatten().cpu()[fm] for n, fm in zip(names, flat_m)])
+
+    if isinstance(scores, (list, tuple)):
+        if not scores:
+            raise PrunewiseError("no scores to select from")
+        best = None
+        for sc in scores:
+            v = pooled(sc).to(torch.float64).nan_to_num(nan=-math.inf)
+            order = torch.sort(v, descending=True, stable=True).indices
+            rank = torch.empty_like(order)
+            rank[order] = torch.arange(order.numel())
+            best = rank if best is None else torch.minimum(best, rank)
+        keep = _top(-best.to(torch.float64), kept)
+    else:
+        keep = _top(pooled(scores), kept)
+    out, pos = {}, 0
+    for n, fm in zip(names, flat_m):
+        k = int(fm.sum())
+        new = torch.zeros_like(fm)
+        new[fm] = keep[pos:pos + k]
+        pos += k
+        out[n] = new.view_as(masks[n])
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------
+
+
+class Scorer(Protocol):
+    """What a method supplies to :func:`run`: scores for the current pruned working copy.
+
+    ``score(work, masks, data, iteration) -> (scores, info)``. ``work`` is the working copy
+    (eval mode, pruned weights already zero; the scorer may read it but must not change it),
+    ``masks`` the current bool masks (name -> tensor; ``list(masks)`` is the scope),
+    ``data`` the attribution :class:`Source` (None for a data-free method run without
+    batches), ``iteration`` the 0-based iteration. ``scores`` is what :func:`select` takes
+    (one dict or, for union mode, a list of dicts); ``info`` is a dict merged into this
+    iteration's history row (``{}`` if nothing to log).
+    """
+
+    def __call__(self, work: nn.Module, masks: dict[str, torch.Tensor], data: Source | None,
+                 iteration: int) -> tuple[Scores, dict]: ...
+
+
+@dataclass
+class LoopSettings:
+    """Settings of :func:`run` that every unstructured method shares.
+
+    ``sparsity``: target fraction of pruned weights; ``keep``: fraction of the unpruned weights
+    kept per iteration; ``samples``: use only the first samples of the attribution data;
+    ``params``: the scope (see :func:`prunable`); ``levels``: extra sparsities to land on,
+    each reported through ``on_level(sparsity, plan)``; ``eval_batches``: log accuracy per
+    iteration; ``checkpoint_dir``: folder of the resume file; ``seed``: recorded (and used by
+    seeded scorers); ``callback(row)``: called with every history row; ``progress``: a bar;
+    ``recalibrate``: after each iteration's masks are applied, re-estimate the working copy's
+    BatchNorm statistics on the attribution data (at most ``recalibrate_samples`` samples;
+    all of it when None), so the next score sees statistics that match the pruned weights.
+    """
+
+    sparsity: float
+    keep: float = 0.98
+    samples: int | None = None
+    params: Any = None
+    levels: Sequence[float] = ()
+    eval_batches: Any = None
+    checkpoint_dir: str | Path | None = None
+    seed: int = 0
+    callback: Callable[[dict], None] | None = None
+    on_level: Callable[[float, MaskPlan], None] | None = None
+    progress: bool = False
+    recalibrate: bool = False
+    recalibrate_samples: int | None = None
+
+    def check(self) -> None:
+        """Raise PrunewiseError for a bad target, keep or recalibration setting."""
+        check_targets(self.sparsity, self.keep)
+        if not isinstance(self.recalibrate, bool):
+            raise PrunewiseError(f"recalibrate must be True or False, got {self.recalibrate!r}")
+        n = self.recalibrate_samples
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise PrunewiseError(f"recalibrate_samples must be an integer >= 1 (or None for all), "
+                                 f"got {n!r}")
+
+
+@dataclass
+class _State:
+    """What one run carries between iterations."""
+
+    method: str
+    config: dict
+    counts: list[int]
+    level_at: dict
+    total: int
+    masks: dict
+    history: list
+    start: int
+    ckpt: Path | None
+
+
+def run(model: nn.Module, batches, score: Scorer, loop: LoopSettings, *, method: str,
+        settings: dict | None = None, needs_data: bool = True) -> MaskPlan:
+    """The selection loop every unstructured method shares; returns a :class:`MaskPlan`.
+
+    Each iteration ``score`` rates the current (already pruned) working copy of ``model`` and
+    :func:`select` keeps the scheduled count. After every iteration: BatchNorm recalibration
+    (if ``loop.recalibrate``), accuracy on ``loop.eval_batches`` (if given), the resume file in
+    ``loop.checkpoint_dir`` (if given), ``loop.callback(row)``, and
+    ``loop.on_level(sparsity, plan)`` when the iteration landed on one of ``loop.levels``.
+    A run with an existing resume file continues after its last finished iteration and ends
+    with the same masks as an uninterrupted run (levels passed before the interruption are not
+    reported again); the file is rejected when it was made with other settings or weights.
+    ``method`` names the plan; ``settings`` (method-specific, JSON-able) are recorded in the
+    plan and the resume file; ``needs_data=False`` lets ``batches`` be None. ``model`` is not
+    modified.
+    """
+    loop.check()
+    data = Source(batches, loop.samples) if (needs_data or batches is not None) else None
+    if loop.recalibrate and data is None:
+        raise PrunewiseError("recalibrate needs attribution data (batches) to re-estimate "
+                             "BatchNorm statistics on")
+    evals = Source(loop.eval_batches) if loop.eval_batches is not None else None
+    st = _start(model, loop, method, settings)
+    work = copy.deepcopy(model)
+    work.eval()
+    apply_masks(work, st.masks)
+    if st.start > 0:  # resumed: the statistics an uninterrupted run would have now
+        _recalibrate(work, data, loop)
+    bar = tqdm(total=len(st.counts), initial=st.start, desc=f"prune {method}",
+               disable=not loop.progress, leave=False, dynamic_ncols=True)
+    for t in range(st.start, len(st.counts)):
+        row = _iteration(work, score, data, evals, loop, st, t)
+        bar.update(1)
+        post = {"sparsity": f"{row['sparsity']:.3f}"}
+        if "accuracy" in row:
+            post["acc"] = f"{row['accuracy']:.3f}"
+        bar.set_postfix(post)
+        if loop.callback is not None:
+            loop.callback(row)
+        if loop.on_level is not None and st.counts[t] in st.level_at:
+            loop.on_level(st.level_at[st.counts[t]], _plan(st))
+    bar.close()
+    return _plan(st)
+
+
+def _start(model: nn.Module, loop: LoopSettings, method: str, settings: dict | None) -> _State:
+    """Scope, schedule, run config and the starting masks (from the resume file if any)."""
+    names = prunable(model, loop.params)
+    named = dict(model.named_parameters())
+    total = sum(named[n].numel() for n in names)
+    counts = schedule(total, loop.sparsity, loop.keep, loop.levels)
+    level_at = {kept_count(total, lv): lv for lv in list(loop.levels) + [loop.sparsity]}
+    config = {"method": method, "sparsity": loop.sparsity, "keep": loop.keep,
+              "samples": loop.samples, "seed": loop.seed, "scope": names, "total": total,
+              "levels": sorted(loop.levels), "settings": settings or {},
+              "weights": _fingerprint(model, names)}
+    if loop.recalibrate:  # only when on, so that plans and resume files without it are unchanged
+        config["recalibrate"] = {"samples": loop.recalibrate_samples}
+    masks = {n: torch.ones(named[n].shape, dtype=torch.bool) for n in names}
+    history: list[dict] = []
+    start = 0
+    ckpt = Path(loop.checkpoint_dir) / RESUME_FILE if loop.checkpoint_dir is not None else None
+    if ckpt is not None and ckpt.exists():
+        masks, start, history = _read_resume(ckpt, config, masks)
+    return _State(method, config, counts, level_at, total, masks, history, start, ckpt)
+
+
+def _iteration(work, score, data, evals, loop: LoopSettings, st: _State, t: int) -> dict:
+    """One scored, selected and applied iteration; returns its history row."""
+    t0 = time.perf_counter()
+    scores, info = score(work, st.masks, data, t)
+    st.masks = select(scores, st.masks, st.counts[t])
+    del scores
+    apply_masks(work, st.masks)
+    _recalibrate(work, data, loop)
+    kept = int(sum(int(m.sum()) for m in st.masks.values()))
+    row = {"iteration": t + 1, "kept": kept, "sparsity": 1.0 - kept / st.total, **info}
+    if evals is not None:
+        row["accuracy"] = evaluate(work, evals)["top1"]
+    row["seconds"] = time.perf_counter() - t0
+    st.history.append(row)
+    if st.ckpt is not None:
+        _write_resume(st.ckpt, st.config, st.masks, t + 1, st.history)
+    return row
+
+
+def _recalibrate(work: nn.Module, data: Source | None, loop: LoopSettings) -> None:
+    if loop.recalibrate:
+        recalibrate_bn(work, data, samples=loop.recalibrate_samples)
+
+
+def _fingerprint(model: nn.Module, names: list[str]) -> str:
+    named = dict(model.named_parameters())
+    return repr(float(sum(float(named[n].detach().double().abs().sum()) for n in names)))
+
+
+def _plan(st: _State) -> MaskPlan:
+    meta = {"settings": {k: v for k, v in st.config.items() if k != "weights"},
+            "iterations": len(st.counts), "history": list(st.history)}
+    return MaskPlan({k: v.clone() for k, v in st.masks.items()}, method=st.method, meta=meta)
+
+
+def _write_resume(path: Path, config: dict, masks, done: int, history: list) -> None:
+    files.write_tensors(path, masks, metadata={
+        "config": json.dumps(config, sort_keys=True, default=files.jsonable),
+        "iteration": str(done), "history": json.dumps(history, default=files.jsonable)})
+
+
+def _read_resume(path: Path, config: dict, masks: dict):
+    tensors = files.read_tensors(path, "resume checkpoint")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        saved = json.loads(meta["config"])
+        done = int(meta["iteration"])
+        history = json.loads(meta["history"])
+    except (KeyError, ValueError, OSError) as e:
+        raise PrunewiseError(f"corrupt resume checkpoint {path}: {e}") from None
+    want = json.loads(json.dumps(config, sort_keys=True, default=files.jsonable))
+    if saved != want:
+        diff = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
+        raise PrunewiseError(f"resume checkpoint {path} was made with different settings or "
+                             f"another model ({', '.join(diff)} differ); use a new folder")
+    if set(tensors) != set(masks) or any(tensors[k].shape != masks[k].shape for k in masks):
+        raise PrunewiseError(f"corrupt resume checkpoint {path}: masks do not match the model")
+    return {k: tensors[k].to(torch.bool) for k in masks}, done, history
