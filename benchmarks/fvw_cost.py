@@ -113,8 +113,8 @@ def main(argv=None) -> None:
         for n, p in work.named_parameters():
             if n in names:
                 p.requires_grad_(True)
-        fvw._sweep(work, batches)
-        sweep_peak = peak_bytes(lambda: fvw._sweep(work, batches))
+        fvw.sweep(work, batches)
+        sweep_peak = peak_bytes(lambda: fvw.sweep(work, batches))
         state = attack_peak - sweep_peak
         r = {"prunable_params": sum(named[n].numel() for n in names),
              "prunable_bytes": prunable_bytes, "samples": len(batches) and sum(len(y) for _, y in batches),

@@ -1,9 +1,11 @@
-"""FVW quality on digits: test accuracy at several global sparsities, no fine-tuning, next to
-magnitude, Taylor and random; plus FVW with a short fine-tune at 90% vs the dense model.
+"""FVW quality: test accuracy at several global sparsities next to magnitude, Taylor and random,
+pruned and after BatchNorm recalibration (no fine-tuning); plus FVW with a short fine-tune at 90%.
 
-Base models are trained by our own CLI (``common.base_checkpoint``). One pruning run per
-(model, seed, method) goes to the highest level; the schedule stops exactly on every lower level
-on the way (``levels=``), where the masked model is evaluated.
+Every measurement is a :mod:`prunewise.runs` step, the same code as ``prunewise prune fvw``.
+Base models are trained by our own CLI (``common.base_checkpoint``) or taken from ``--base``
+(a pattern with {model} and {seed}, e.g. benchmarks/checkpoints/{model}-fashion-mnist-s{seed}).
+One pruning run per (model, seed, method) goes to the highest level and stops exactly on every
+lower level on the way, where the masked model is measured.
 
     .venv/bin/python benchmarks/fvw_quality.py                       # full: 2 models x 3 seeds
     .venv/bin/python benchmarks/fvw_quality.py --quick               # 1 seed, resnet20, fewer levels
@@ -22,15 +24,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import common  # noqa: E402
-from prunewise import baselines, data as D, files, train  # noqa: E402
+from prunewise import data as D, files, runs  # noqa: E402
+
+STAGES = ("pruned", "recalibrated", "finetuned")
 
 
-def main(argv=None) -> None:
+def parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="resnet20,vgg16_bn")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--levels", default="0.8,0.9,0.95,0.98")
     ap.add_argument("--methods", default="fvw,magnitude,taylor,random")
+    ap.add_argument("--data", default="digits", help="data set (prunewise.data.DATASETS)")
+    ap.add_argument("--base", default=None, help="checkpoint pattern with {model} and {seed}")
     ap.add_argument("--keep", type=float, default=0.98)
     ap.add_argument("--samples", type=int, default=2048, help="attribution samples (train split)")
     ap.add_argument("--alpha", type=float, default=1e-8)
@@ -38,6 +44,9 @@ def main(argv=None) -> None:
     ap.add_argument("--epochs", type=int, default=30, help="base model training epochs")
     ap.add_argument("--finetune-epochs", type=int, default=10, help="FVW at 90%%: 0 = skip")
     ap.add_argument("--finetune-lr", type=float, default=0.01)
+    ap.add_argument("--recalibrate-samples", type=int, default=512)
+    ap.add_argument("--no-recalibrate", action="store_true")
+    ap.add_argument("--loop-recalibrate", action=argparse.BooleanOptionalAction, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--quick", action="store_true",
                     help="resnet20, seed 0, levels 0.9/0.98, keep 0.9, 512 samples")
@@ -46,71 +55,77 @@ def main(argv=None) -> None:
     if args.quick:
         args.models, args.seeds, args.levels = "resnet20", "0", "0.9,0.98"
         args.keep, args.samples = 0.9, 512
+    return args
+
+
+def one_seed(args, arch: str, seed: int, levels: list[float], methods: list[str]) -> dict:
+    """Every method at every level for one base model; returns the row of results."""
+    ckpt = (Path(args.base.format(model=arch, seed=seed)) if args.base else
+            common.base_checkpoint(arch, seed=seed, epochs=args.epochs, data=args.data))
+    model = files.load_model(ckpt)
+    bundle = D.load(args.data, seed=model.prunewise_meta.get("data", {}).get("seed", 0))
+    measurement = runs.Measurement(latency=False)
+    dense = runs.measure_dense(model, bundle, measurement)
+    recal = runs.Recalibration(samples=args.recalibrate_samples, enabled=not args.no_recalibrate)
+    row = {"model": arch, "seed": seed, "checkpoint": str(ckpt), "dense": dense["accuracy"],
+           "cells": {}, "seconds": {}}
+    for method in methods:
+        cells = row["cells"].setdefault(method, {})
+        settings = runs.Unstructured(sparsity=max(levels), keep=args.keep, samples=args.samples,
+                                     alpha=args.alpha, steps=args.steps, track_accuracy=False,
+                                     loop_recalibrate=args.loop_recalibrate)
+
+        def on_level(level, plan, cells=cells, method=method):
+            ft = args.finetune_epochs if method == "fvw" and abs(level - 0.9) < 1e-12 else 0
+            _, rep = runs.finish_masks(model, bundle, plan, recalibration=recal,
+                                       finetune=runs.FineTune(epochs=ft, lr=args.finetune_lr),
+                                       measurement=measurement, seed=seed, dense=dense)
+            cells[str(level)] = runs.cell(rep)
+
+        start = time.perf_counter()
+        runs.prune_masks(model, bundle, method, settings, seed=seed, levels=levels,
+                         on_level=on_level)
+        row["seconds"][method] = time.perf_counter() - start
+        print(f"{arch} s{seed} {method:>9}: dense {dense['accuracy']['test']:.4f} " + " ".join(
+            f"{k}:{c['accuracy']['pruned']['test']:.4f}"
+            + (f"/{c['accuracy']['recalibrated']['test']:.4f}" if c["accuracy"]["recalibrated"]
+               else "") for k, c in cells.items())
+            + f" ({row['seconds'][method]:.0f}s)", file=sys.stderr, flush=True)
+    return row
+
+
+def summarize(runs_: list[dict], models: list[str], methods: list[str], levels) -> dict:
+    summary = {}
+    for arch in models:
+        rows = [r for r in runs_ if r["model"] == arch]
+        s = {"dense": statistics.mean(r["dense"]["test"] for r in rows)}
+        for method in methods:
+            s[method] = {}
+            for lv in levels:
+                accs = [r["cells"][method][str(lv)]["accuracy"] for r in rows]
+                s[method][str(lv)] = {st: statistics.mean(a[st]["test"] for a in accs)
+                                      for st in STAGES if all(a.get(st) for a in accs)}
+        if "fvw" in methods and "magnitude" in methods:
+            s["fvw_minus_magnitude"] = {str(lv): s["fvw"][str(lv)]["pruned"]
+                                        - s["magnitude"][str(lv)]["pruned"] for lv in levels}
+        summary[arch] = s
+    return summary
+
+
+def main(argv=None) -> None:
+    args = parse(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     levels = sorted(float(v) for v in args.levels.split(","))
     methods = args.methods.split(",")
-    bundle = D.load("digits", seed=0)
-    runs = []
-    for arch in args.models.split(","):
-        for seed in (int(s) for s in args.seeds.split(",")):
-            ckpt = common.base_checkpoint(arch, seed=seed, epochs=args.epochs)
-            model = files.load_model(ckpt)
-            dense = train.evaluate_split(model, bundle, "test")["top1"]
-            row = {"model": arch, "seed": seed, "checkpoint": str(ckpt), "dense": dense,
-                   "accuracy": {}, "seconds": {}}
-
-            def attribution(seed=seed):
-                return D.batches(bundle.train, bundle, 128, shuffle=True, seed=seed,
-                                 limit=args.samples)
-
-            for method in methods:
-                acc = row["accuracy"].setdefault(method, {})
-                snap = {}
-
-                def on_level(level, plan, acc=acc, snap=snap):
-                    acc[str(level)] = train.evaluate_split(plan.apply(model), bundle, "test")["top1"]
-                    if abs(level - 0.9) < 1e-12:
-                        snap["plan"] = plan
-
-                kw = dict(sparsity=max(levels), keep=args.keep, seed=seed, levels=levels,
-                          on_level=on_level, samples=args.samples)
-                if method == "fvw":
-                    kw.update(alpha=args.alpha, steps=args.steps)
-                start = time.perf_counter()
-                baselines.get(method)(model, attribution, **kw)
-                row["seconds"][method] = time.perf_counter() - start
-                print(f"{arch} s{seed} {method:>9}: dense {dense:.4f} "
-                      + " ".join(f"{k}:{v:.4f}" for k, v in acc.items())
-                      + f" ({row['seconds'][method]:.0f}s)", file=sys.stderr, flush=True)
-                if method == "fvw" and args.finetune_epochs and "plan" in snap:
-                    plan = snap["plan"]
-                    pruned = plan.apply(model)
-                    train.fit(pruned, bundle, epochs=args.finetune_epochs, lr=args.finetune_lr,
-                              masks=plan.masks, seed=seed, progress=False)
-                    row["fvw_finetuned_90"] = train.evaluate_split(pruned, bundle, "test")["top1"]
-                    row["fvw_finetuned_90_gap"] = dense - row["fvw_finetuned_90"]
-                    print(f"{arch} s{seed} fvw 90% fine-tuned {args.finetune_epochs} epochs: "
-                          f"{row['fvw_finetuned_90']:.4f} (dense {dense:.4f})", file=sys.stderr,
-                          flush=True)
-            runs.append(row)
-    summary = {}
-    for arch in args.models.split(","):
-        rows = [r for r in runs if r["model"] == arch]
-        s = {"dense": statistics.mean(r["dense"] for r in rows)}
-        for method in methods:
-            s[method] = {str(lv): statistics.mean(r["accuracy"][method][str(lv)] for r in rows)
-                         for lv in levels}
-        if all("fvw_finetuned_90" in r for r in rows):
-            s["fvw_finetuned_90"] = statistics.mean(r["fvw_finetuned_90"] for r in rows)
-        if "fvw" in methods and "magnitude" in methods:
-            s["fvw_minus_magnitude"] = {str(lv): s["fvw"][str(lv)] - s["magnitude"][str(lv)]
-                                        for lv in levels}
-        summary[arch] = s
+    models = args.models.split(",")
+    rows = [one_seed(args, arch, int(seed), levels, methods)
+            for arch in models for seed in args.seeds.split(",")]
     common.write_result(args.name, {
-        "settings": {k: v for k, v in vars(args).items()}, "levels": levels,
-        "note": "test accuracy (fraction) of the masked model, no fine-tuning; mean over seeds",
-        "summary": summary, "runs": runs})
+        "settings": dict(vars(args)), "levels": levels,
+        "note": "test top-1 (fraction) of the masked model per stage (pruned, recalibrated; "
+                "FVW at 90% also fine-tuned); mean over seeds",
+        "summary": summarize(rows, models, methods, levels), "runs": rows})
 
 
 if __name__ == "__main__":

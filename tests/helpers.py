@@ -1,7 +1,11 @@
-"""Helpers shared by the CLI tests: run `prunewise` in a subprocess, check bad-input errors."""
+"""Helpers shared by the CLI tests: run `prunewise` in-process (fast) or in a subprocess (exit
+codes of the real process, the console script), and check bad-input errors."""
+import contextlib
+import io
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 
 def run(*args, cwd=None):
@@ -9,6 +13,17 @@ def run(*args, cwd=None):
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "prunewise", *args], capture_output=True,
                           text=True, cwd=cwd, env=env, timeout=600)
+
+
+def invoke(*args):
+    """`prunewise ARGS` in this process, through the same entry point as the console script
+    (``cli.main``: errors mapped to exit codes); returns returncode, stdout, stderr."""
+    from prunewise import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main([str(a) for a in args])
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def assert_bad_input(r, *words):

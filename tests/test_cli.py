@@ -1,11 +1,79 @@
-"""The CLI: exit codes (0 ok, 2 bad input with a one-line message), JSON outputs."""
+"""The CLI: exit codes (0 ok, 2 bad input with a one-line message), JSON outputs, the prune
+commands' outputs. In-process through ``cli.main`` (the console script's entry point); three
+subprocess smoke tests check the real process and the installed script."""
 import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
-from helpers import assert_bad_input, run
+import jsonschema
+import numpy as np
+import pytest
+import torch
 
+from helpers import assert_bad_input, invoke, run
+from prunewise import data as D
+from prunewise import files, measure, models, report, train
+from prunewise.plan import MaskPlan
+
+SCHEMA = json.loads(report.SCHEMA_PATH.read_text())
+FAST = ("--samples", "64", "--keep", "0.5", "--latency-repeats", "1", "--quiet")
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return D.load("digits", image_size=16, seed=0)
+
+
+@pytest.fixture(scope="module")
+def fvw_run(digits_checkpoint, tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("fvw") / "p"
+    r = invoke("prune", "fvw", digits_checkpoint, "--sparsity", "0.5", "--alpha", "1e-4",
+               "--finetune-epochs", "1", *FAST, "--out", out)
+    assert r.returncode == 0, r.stderr
+    return out, r
+
+
+@pytest.fixture(scope="module")
+def sliming_run(digits_checkpoint, tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("sliming") / "s"
+    r = invoke("prune", "sliming", digits_checkpoint, "--macs", "0.5", "--finetune-epochs", "1",
+               "--latency-repeats", "2", "--quiet", "--out", out)
+    assert r.returncode == 0, r.stderr
+    return out, r
+
+
+def load_report(out: Path) -> dict:
+    rep = json.loads((out / "report.json").read_text())
+    jsonschema.validate(rep, SCHEMA)
+    assert set(rep["accuracy"]) == {"dense", "pruned", "recalibrated", "finetuned"}
+    return rep
+
+
+# ---- subprocess smoke tests: the real process and the console script ---------------------------
+
+def test_console_script_help_is_exit_0():
+    script = shutil.which("prunewise") or str(Path(sys.executable).parent / "prunewise")
+    r = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "demo" in r.stdout and "bench" in r.stdout
+
+
+def test_process_bad_input_is_exit_2_one_line():
+    assert_bad_input(run("info", "resnet21"), "resnet21", "resnet20")
+
+
+def test_process_prune_missing_checkpoint_is_exit_2(tmp_path):
+    assert_bad_input(run("prune", "fvw", tmp_path / "nope", "--sparsity", "0.5",
+                         "--out", tmp_path / "o"), "nope")
+
+
+# ---- info, train, eval, export ----------------------------------------------------------------
 
 def test_info_json_resnet56():
-    r = run("info", "resnet56", "--json")
+    r = invoke("info", "resnet56", "--json")
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["macs"] == 125_485_696
@@ -13,62 +81,210 @@ def test_info_json_resnet56():
 
 
 def test_info_input_size_and_classes():
-    r = run("info", "resnet20", "--num-classes", "100", "--input-size", "16", "--json")
-    info = json.loads(r.stdout)
-    r32 = json.loads(run("info", "resnet20", "--num-classes", "100", "--json").stdout)
+    info = json.loads(invoke("info", "resnet20", "--num-classes", "100", "--input-size", "16",
+                             "--json").stdout)
+    r32 = json.loads(invoke("info", "resnet20", "--num-classes", "100", "--json").stdout)
     assert info["input_size"] == 16 and r32["input_size"] == 32
-    assert info["params"] == r32["params"] and info["macs"] < r32["macs"]
+    assert info["params"] == r32["params"]
+    assert r32["macs"] - 4 * info["macs"] == -3 * 64 * 100  # convs scale with area, fc not
 
 
-def test_unknown_model_is_exit_2():
-    assert_bad_input(run("info", "resnet21"), "resnet21", "resnet20")
+@pytest.mark.parametrize("args, words", [
+    (["info", "resnet21"], ["resnet21", "resnet20"]),
+    (["train", "resnet20", "--data", "nope", "--out", "{tmp}/o"], ["nope", "digits"]),
+    (["train", "resnet20", "--data", "cifar10", "--root", "{tmp}", "--out", "{tmp}/o"],
+     ["data_batch_1"]),
+    (["train", "resnet20", "--num-classes", "7", "--out", "{tmp}/o"], ["7", "10"]),
+    (["eval", "{tmp}/nope"], ["nope"]),
+])
+def test_bad_input_is_exit_2(tmp_path, args, words):
+    assert_bad_input(invoke(*[a.format(tmp=tmp_path) for a in args]), *words)
 
 
-def test_unknown_data_is_exit_2(tmp_path):
-    assert_bad_input(run("train", "resnet20", "--data", "mnist", "--out", str(tmp_path / "o")),
-                     "mnist", "digits")
+def test_corrupt_checkpoint_is_exit_2(tmp_path):
+    (tmp_path / "config.json").write_text("{broken")
+    assert_bad_input(invoke("eval", tmp_path), "config")
 
 
-def test_cifar_folder_without_batches_is_exit_2(tmp_path):
-    assert_bad_input(run("train", "resnet20", "--data", "cifar10", "--root", str(tmp_path),
-                         "--out", str(tmp_path / "o")), "data_batch_1")
-
-
-def test_num_classes_mismatch_is_exit_2(tmp_path):
-    assert_bad_input(run("train", "resnet20", "--num-classes", "7", "--out", str(tmp_path / "o")),
-                     "7", "10")
-
-
-def test_missing_and_corrupt_checkpoint_are_exit_2(tmp_path):
-    assert_bad_input(run("eval", str(tmp_path / "nope")), "nope")
-    ck = tmp_path / "ck"
-    ck.mkdir()
-    (ck / "config.json").write_text("{broken")
-    assert_bad_input(run("eval", str(ck)), "config")
-
-
-def test_train_then_eval_and_classes_mismatch(tmp_path):
+def test_train_then_eval_and_classes_mismatch(tmp_path, bundle):
     out = tmp_path / "ck"
-    r = run("train", "resnet20", "--epochs", "1", "--quiet", "--out", str(out))
+    r = invoke("train", "resnet20", "--epochs", "1", "--quiet", "--out", out)
     assert r.returncode == 0, r.stderr
-    r = run("eval", str(out), "--json")
+    r = invoke("eval", out, "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
-    assert res["data"] == "digits" and 0.0 <= res["top1"] <= 1.0
-    cfg = json.loads((out / "config.json").read_text())
-    assert cfg["arch"] == "resnet20" and cfg["meta"]["data"]["name"] == "digits"
-    # a checkpoint with 10 outputs evaluated on a 3-class image folder
-    from PIL import Image
+    model = files.load_model(out)
+    assert res["data"] == "digits"
+    assert res["top1"] == train.evaluate_split(model, bundle, "test")["top1"]
+    assert model.prunewise_meta["test_accuracy"] == res["top1"]
+    assert model.prunewise_meta["data"]["name"] == "digits"
+    from PIL import Image  # a checkpoint with 10 outputs evaluated on a 3-class image folder
     for split in ("train", "val"):
         for c in "abc":
             d = tmp_path / "imgs" / split / c
             d.mkdir(parents=True)
             for i in range(4):
                 Image.new("RGB", (8, 8), (i * 30, 10, 10)).save(d / f"{i}.png")
-    assert_bad_input(run("eval", str(out), "--data", "imagefolder", "--root", str(tmp_path / "imgs")),
+    assert_bad_input(invoke("eval", out, "--data", "imagefolder", "--root", tmp_path / "imgs"),
                      "num_classes=10", "3 classes")
 
 
-def test_help_is_exit_0():
-    r = run("--help")
-    assert r.returncode == 0 and "demo" in r.stdout
+def test_export_a_masked_model_to_onnx(fvw_run, tmp_path):
+    import onnxruntime as ort
+
+    out, _ = fvw_run
+    r = invoke("export", out, "--onnx", tmp_path / "m.onnx")
+    assert r.returncode == 0, r.stderr
+    assert "input 1x1x16x16" in r.stdout
+    model = files.load_model(out / "model").eval()
+    x = torch.randn(3, 1, 16, 16)
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, model(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
+# ---- prune fvw ---------------------------------------------------------------------------------
+
+def test_prune_fvw_report_and_saved_model(fvw_run, bundle):
+    out, r = fvw_run
+    rep = load_report(out)
+    assert rep["method"] == "fvw" and rep["iterations"] == 1
+    assert abs(rep["sparsity"] - 0.5) < 1e-5
+    saved = files.load_model(out / "model")  # the fine-tuned model the report measured
+    assert rep["accuracy"]["finetuned"]["test"] == train.evaluate_split(saved, bundle, "test")["top1"]
+    assert rep["params"]["pruned"] == measure.params(saved, nonzero=True)
+    assert rep["macs"]["counted"] == "nonzero weights"
+    assert rep["macs"]["pruned"] < rep["macs"]["dense"]
+    assert set(rep["latency_ms"]) == {"1", "64"}
+    plan = MaskPlan.load(out)
+    assert plan.sparsity == rep["sparsity"]
+    params = dict(saved.named_parameters())
+    assert all(bool((params[k][~m] == 0).all()) for k, m in plan.masks.items())
+    assert f"{rep['accuracy']['finetuned']['test']:.4f} fine-tuned" in r.stdout
+    md = (out / "report.md").read_text()
+    assert "| fvw |" in md and "![history.png](history.png)" in md
+
+
+@pytest.mark.parametrize("method", ["taylor", "random"])
+def test_prune_baseline_methods(digits_checkpoint, tmp_path, method):
+    r = invoke("prune", "fvw", digits_checkpoint, "--method", method, "--sparsity", "0.6", *FAST,
+               "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    rep = load_report(tmp_path)
+    plan = MaskPlan.load(tmp_path)
+    assert rep["method"] == plan.method == method and rep["config"]["method"] == method
+    assert abs(plan.sparsity - 0.6) < 1e-5
+    assert rep["accuracy"]["recalibrated"] is not None and rep["accuracy"]["finetuned"] is None
+
+
+@pytest.mark.parametrize("recalibrate", [True, False])
+def test_recalibration_switch(digits_checkpoint, tmp_path, recalibrate):
+    flags = ["--recalibrate-samples", "64"] if recalibrate else ["--no-recalibrate"]
+    r = invoke("prune", "fvw", digits_checkpoint, "--method", "magnitude", "--sparsity", "0.5",
+               *FAST, *flags, "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    rep = load_report(tmp_path)
+    assert (rep["accuracy"]["recalibrated"] is not None) == recalibrate
+    assert rep["config"]["recalibration"] == {"samples": 64 if recalibrate else 512,
+                                              "enabled": recalibrate, "batch_size": 128}
+    dense, saved = files.load_model(digits_checkpoint), files.load_model(tmp_path / "model")
+    same = torch.equal(dense.bn1.running_var, saved.bn1.running_var)
+    assert same != recalibrate  # without recalibration the dense statistics stay
+
+
+def test_adam_patience_and_finetune_options_reach_training(digits_checkpoint, tmp_path,
+                                                          monkeypatch):
+    seen = {}
+    real_fit, real_opt = train.fit, train.make_optimizer
+
+    def fit(model, bundle, **kw):
+        seen.update(kw)
+        return real_fit(model, bundle, **kw)
+
+    def make_optimizer(model, name, *a, **kw):
+        seen["made"] = name
+        return real_opt(model, name, *a, **kw)
+
+    monkeypatch.setattr(train, "fit", fit)
+    monkeypatch.setattr(train, "make_optimizer", make_optimizer)
+    r = invoke("prune", "fvw", digits_checkpoint, "--method", "magnitude", "--sparsity", "0.5",
+               *FAST, "--finetune-epochs", "1", "--optimizer", "adam", "--patience", "4",
+               "--weight-decay", "0", "--finetune-batch-size", "256", "--lr", "0.002",
+               "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert seen["made"] == "adam" and seen["patience"] == 4 and seen["batch_size"] == 256
+    assert seen["weight_decay"] == 0 and seen["lr"] == 0.002 and seen["masks"] is not None
+    rep = load_report(tmp_path)
+    assert rep["finetune"]["epochs_run"] == 1 and rep["accuracy"]["finetuned"] is not None
+
+
+@pytest.mark.parametrize("args, word", [
+    (["--sparsity", "1.0"], "sparsity"),
+    (["--sparsity", "0.5", "--alpha", "0"], "alpha"),
+    (["--sparsity", "0.5", "--method", "magnitude", "--class-groups", "2"], "fvw only"),
+    (["--sparsity", "0.5", "--samples", "-1"], "--samples"),
+    (["--sparsity", "0.5", "--recalibrate-samples", "0"], "recalibration samples"),
+    (["--sparsity", "0.5", "--latency-repeats", "-1"], "--latency-repeats"),
+    (["--sparsity", "0.5", "--finetune-epochs", "-1"], "epochs"),
+])
+def test_prune_fvw_bad_input_writes_nothing(digits_checkpoint, tmp_path, args, word):
+    assert_bad_input(invoke("prune", "fvw", digits_checkpoint, *args, "--out", tmp_path / "o"),
+                     word)
+    assert not (tmp_path / "o").exists()
+
+
+# ---- prune sliming -----------------------------------------------------------------------------
+
+def test_prune_sliming_report_model_and_speed(sliming_run):
+    out, r = sliming_run
+    assert "layer1.0.conv1" in r.stdout  # the per-layer table
+    rep = load_report(out)
+    assert rep["method"] == "sliming" and 0.49 <= rep["macs"]["ratio"] <= 0.5
+    assert rep["latency_ms"]["64"]["speedup"] > 0
+    assert (out / "spectra.png").stat().st_size > 1000
+    model = files.load_model(out / "model")
+    assert measure.macs(model, torch.zeros(1, 1, 16, 16)) == rep["macs"]["pruned"]
+    row = next(line for line in (out / "report.md").read_text().splitlines()
+               if line.startswith("| sliming |"))
+    assert row.count("|  |") == 0 and "x" in row  # every column filled, speed-up included
+
+
+def test_saved_plan_reapplies_and_rejects_another_architecture(sliming_run, digits_checkpoint,
+                                                              tmp_path):
+    first, _ = sliming_run
+    again = tmp_path / "again"
+    r = invoke("prune", "sliming", digits_checkpoint, "--plan", first / "plan", "--quiet",
+               "--latency-repeats", "0", "--no-recalibrate", "--out", again)
+    assert r.returncode == 0, r.stderr
+    a, b = load_report(first), load_report(again)
+    assert a["macs"] == b["macs"] and a["accuracy"]["pruned"] == b["accuracy"]["pruned"]
+    assert b["method"] == "sliming"
+    other = tmp_path / "r32"
+    files.save_model(models.create("resnet32", num_classes=10, in_channels=1), other,
+                     meta={"data": {"name": "digits", "root": None, "image_size": 16, "seed": 0}})
+    assert_bad_input(invoke("prune", "sliming", other, "--plan", first / "plan",
+                            "--out", tmp_path / "bad"), "different architecture")
+
+
+@pytest.mark.parametrize("method", ["l1", "chip"])
+def test_structured_baselines(digits_checkpoint, tmp_path, method):
+    r = invoke("prune", "sliming", digits_checkpoint, "--method", method, "--macs", "0.5",
+               "--latency-repeats", "0", "--quiet", "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    rep = load_report(tmp_path)
+    assert rep["method"] == method and rep["macs"]["ratio"] <= 0.5
+    assert rep["accuracy"]["recalibrated"] is not None
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--macs", "1.5"], ["1.5", "(0, 1)"]),
+    (["--macs", "0.5", "--params", "0.5"], ["exactly one"]),
+    ([], ["exactly one"]),
+    (["--macs", "0.5", "--min-channels", "16", "--latency-repeats", "0"],
+     ["floor", "min_channels=16"]),
+    (["--macs", "0.5", "--no-recalibrate", "--recalibrate-samples", "0"], ["samples"]),
+])
+def test_prune_sliming_bad_input_writes_nothing(digits_checkpoint, tmp_path, args, words):
+    assert_bad_input(invoke("prune", "sliming", digits_checkpoint, *args, "--out", tmp_path / "o"),
+                     *words)
+    assert not (tmp_path / "o").exists()

@@ -1,4 +1,5 @@
 """report.json / report.md / plots, the JSON schema, and `prunewise report`."""
+import copy
 import json
 
 import jsonschema
@@ -6,11 +7,25 @@ import pytest
 from PIL import Image
 
 from prunewise import PrunewiseError, report
-from helpers import assert_bad_input, run
+from helpers import assert_bad_input, invoke
+
+SCHEMA = json.loads(report.SCHEMA_PATH.read_text())
+
+
+def stage(test, val=None):
+    return {"val": val, "test": test}
 
 
 def sample(**extra):
-    return {"method": "fvw", "seed": 0, "seconds": 1.5, "test_accuracy": 0.5, "sparsity": 0.9,
+    """A masked run's report, shaped as prunewise.runs writes it."""
+    return {"method": "fvw", "seed": 0, "seconds": 1.5, "sparsity": 0.9,
+            "budget": {"sparsity": 0.9},
+            "accuracy": {"dense": stage(0.9, 0.91), "pruned": stage(0.5, 0.52),
+                         "recalibrated": stage(0.7, 0.71), "finetuned": stage(0.85, 0.86)},
+            "params": {"dense": 1000, "pruned": 120, "ratio": 0.12, "counted": "nonzero"},
+            "macs": {"dense": 5000, "pruned": 700, "ratio": 0.14, "counted": "nonzero weights"},
+            "latency_ms": {"1": {"dense": 1.0, "pruned": 1.1, "speedup": 0.91},
+                           "64": {"dense": 20.0, "pruned": 19.0, "speedup": 1.05}},
             "layers": [{"layer": "a.weight", "sparsity": 0.8}, {"layer": "b.weight", "sparsity": 0.95}],
             "history": [{"iteration": i, "sparsity": 0.1 * i, "accuracy": 1 - 0.05 * i}
                         for i in range(1, 6)], **extra}
@@ -19,44 +34,70 @@ def sample(**extra):
 def test_write_validates_against_the_schema_and_draws(tmp_path):
     rep = report.write(tmp_path, sample(), kind="prune-unstructured", config={"keep": 0.98})
     on_disk = json.loads((tmp_path / "report.json").read_text())
-    jsonschema.validate(on_disk, json.loads(report.SCHEMA_PATH.read_text()))
-    assert on_disk["versions"]["torch"] and on_disk["config"] == {"keep": 0.98}
+    jsonschema.validate(on_disk, SCHEMA)
+    assert on_disk["config"] == {"keep": 0.98} and on_disk["accuracy"] == sample()["accuracy"]
     assert sorted(rep["plots"]) == ["history.png", "layers.png"]
     for p in rep["plots"]:
         with Image.open(tmp_path / p) as im:
             assert im.size[0] > 300 and im.size[1] > 200
     md = (tmp_path / "report.md").read_text()
-    assert "| this run |" in md and "0.9000" in md and "![history.png](history.png)" in md
+    assert "![history.png](history.png)" in md
+    row = next(line for line in md.splitlines() if line.startswith("| fvw |"))
+    for cell in ("sparsity 0.9", "0.9000", "120", "700", "0.5000", "0.7000", "0.8500", "1.100",
+                 "19.000", "x1.05"):
+        assert cell in row, cell
+    dense = next(line for line in md.splitlines() if line.startswith("| dense |"))
+    assert "1,000" in dense and "5,000" in dense and "20.000" in dense
+
+
+def test_history_legend_names_both_lines(tmp_path, monkeypatch):
+    figs = []
+    monkeypatch.setattr(report, "save_figure", lambda fig, path: figs.append(fig) or path)
+    report.plot_history(tmp_path / "h.png", sample()["history"], "fvw")
+    labels = [t.get_text() for t in figs[0].axes[0].get_legend().get_texts()]
+    assert labels == ["sparsity", "validation accuracy"]
 
 
 def test_structured_report_draws_widths_and_spectra(tmp_path):
-    rep = report.write(tmp_path, {"method": "sliming", "seed": 1, "seconds": 2.0,
-                                  "test_accuracy": 0.7, "macs_ratio": 0.5,
-                                  "layers": [{"layer": "c1", "before": [16, 3, 3, 3], "after": [8, 3, 3, 3]}],
-                                  "spectra": {"g0": [3.0, 2.0, 0.5], "g1": [1.0, 0.1]}},
-                       kind="prune-structured", config={"normalize": "sum"})
-    assert sorted(rep["plots"]) == ["layers.png", "spectra.png"]
+    rep = sample(method="sliming", layers=[{"layer": "c1", "before": [16, 3, 3, 3],
+                                            "after": [8, 3, 3, 3]}],
+                 spectra={"g0": [3.0, 2.0, 0.5], "g1": [1.0, 0.1]}, history=[])
+    out = report.write(tmp_path, rep, kind="prune-structured", config={"normalize": "sum"})
+    assert sorted(out["plots"]) == ["layers.png", "spectra.png"]
 
 
-def test_invalid_reports_are_refused(tmp_path):
-    with pytest.raises(PrunewiseError, match="test_accuracy"):
-        report.write(tmp_path, {"seed": 0, "seconds": 1.0}, kind="prune-structured")
-    with pytest.raises(PrunewiseError, match="sparsity"):
-        report.write(tmp_path, sample(sparsity=1.5), kind="prune-unstructured")
+def bad_reports():
+    missing_stage = sample()
+    del missing_stage["accuracy"]["recalibrated"]
+    wrong_acc = sample()
+    wrong_acc["accuracy"]["pruned"]["test"] = 1.5
+    demo = {"seed": 0, "seconds": 1.0, "accuracy": {"dense": stage(0.9)},
+            "runs": {"fvw": missing_stage}}
+    return [("prune-unstructured", sample(sparsity=1.5), "sparsity"),
+            ("prune-unstructured", missing_stage, "recalibrated"),
+            ("prune-structured", wrong_acc, "pruned"),
+            ("prune-structured", {"seed": 0, "seconds": 1.0}, "accuracy"),
+            ("demo", demo, "recalibrated")]
+
+
+@pytest.mark.parametrize("kind, rep, word", bad_reports())
+def test_invalid_reports_are_refused_by_us_and_by_jsonschema(tmp_path, kind, rep, word):
+    with pytest.raises(PrunewiseError, match=word):
+        report.write(tmp_path, copy.deepcopy(rep), kind=kind)
     assert not (tmp_path / "report.json").exists()
-    # the schema file itself agrees with our validator on a bad report
+    full = {"kind": kind, "config": {}, "versions": report.versions(), **rep}
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate({"kind": "nope"}, json.loads(report.SCHEMA_PATH.read_text()))
+        jsonschema.validate(full, SCHEMA)
 
 
 def test_render_redraws_from_report_json(tmp_path):
     report.write(tmp_path, sample(), kind="prune-unstructured")
     (tmp_path / "report.md").unlink()
     (tmp_path / "layers.png").unlink()
-    r = run("report", str(tmp_path))
+    r = invoke("report", tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "report.md").is_file() and (tmp_path / "layers.png").is_file()
 
 
 def test_report_folder_without_report_json_is_exit_2(tmp_path):
-    assert_bad_input(run("report", str(tmp_path)), "report", "not found")
+    assert_bad_input(invoke("report", tmp_path), "report", "not found")

@@ -1,13 +1,18 @@
 """`prunewise bench`: a grid of methods x budgets x seeds on one model and data set.
 
-One base model is trained per seed (or reused from ``OUT/base/seed-S``); each cell (method,
-budget, seed) is written to ``OUT/cells/`` as soon as it is done, so a second invocation with the
-same arguments recomputes nothing. The summary (mean and standard deviation over seeds) goes to
+One base model per seed: reused from ``--base`` (a folder of ``seed-S/`` checkpoints, or a
+pattern with ``{seed}``), else trained once into ``OUT/base/seed-S``. Every cell (method, budget,
+seed) is one :mod:`prunewise.runs` run (pruned, recalibrated and fine-tuned accuracies, size,
+latency) written to ``OUT/cells/`` as soon as it is done, so a second invocation with the same
+arguments recomputes nothing. The summary (mean and standard deviation over seeds) goes to
 ``OUT/grid.md``, ``OUT/grid.csv``, ``OUT/grid.json`` and the plot ``OUT/grid.png``.
 
 Unstructured methods (fvw, magnitude, taylor, random) are budgeted by sparsity; one iterative run
-per method and seed produces every sparsity level on its way to the highest one. Structured
-methods (sliming, l1, random, chip, sliming-l1) are budgeted by the fraction of MACs kept.
+per method and seed goes to the highest sparsity and stops on every level of the grid on its
+way. Its schedule depends on the full list of levels only, never on which cells already exist
+(existing cells are skipped, not left out of the schedule), so an interrupted grid completes to
+the same numbers. Structured methods (sliming, l1, random, chip, sliming-l1) are budgeted by the
+fraction of MACs kept.
 """
 from __future__ import annotations
 
@@ -15,16 +20,39 @@ import csv
 import io
 import statistics
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from . import data as D
-from . import files, models, train
+from . import files, models, runs, train
 from .errors import PrunewiseError
+from .report import pyplot, save_figure
 
-UNSTRUCTURED = ("fvw", "magnitude", "taylor", "random")
-STRUCTURED = ("sliming", "l1", "random", "chip", "sliming-l1")
+UNSTRUCTURED = runs.UNSTRUCTURED
+STRUCTURED = runs.STRUCTURED
+STAGES = ("pruned", "recalibrated", "finetuned")
+FORMAT = 2
+# settings that change what a cell holds: a grid folder only accepts runs that agree on them
+FIXED = ("format", "model", "data", "root", "epochs", "base", "prune", "finetune",
+         "recalibration")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What the grid spans: methods x budgets x seeds of one model on one data set. ``base``:
+    reuse checkpoints (a folder of ``seed-S/`` folders, or a pattern with ``{seed}``)."""
+    methods: tuple[str, ...]
+    budgets: tuple[float, ...]
+    seeds: tuple[int, ...]
+    structured: bool = False
+    model_name: str = "resnet20"
+    data_name: str = "digits"
+    root: str | None = None
+    epochs: int = 20
+    base: str | None = None
 
 
 def parse_list(text: str, what: str, cast=float) -> list:
@@ -35,174 +63,267 @@ def parse_list(text: str, what: str, cast=float) -> list:
     try:
         return [cast(t) for t in items]
     except ValueError:
-        raise PrunewiseError(f"bad {what} list {text!r}: expected comma-separated numbers") from None
+        raise PrunewiseError(f"bad {what} list {text!r}: expected comma-separated "
+                             f"{'numbers' if cast is not str else 'names'}") from None
 
 
-def check_grid(methods: list[str], budgets: list[float], structured: bool) -> None:
-    allowed = STRUCTURED if structured else UNSTRUCTURED
-    for m in methods:
+def check_grid(grid: Grid) -> None:
+    """Methods, budgets, seeds and the model name; raises PrunewiseError."""
+    allowed = STRUCTURED if grid.structured else UNSTRUCTURED
+    kind = "with --macs (structured)" if grid.structured else "with --sparsity (unstructured)"
+    if not grid.methods:
+        raise PrunewiseError("empty method list: give at least one method")
+    for m in grid.methods:
         if m not in allowed:
-            kind = "with --macs (structured)" if structured else "with --sparsity (unstructured)"
             raise PrunewiseError(f"unknown method '{m}' {kind}; choose from: {', '.join(allowed)}")
-    lo, hi = (0.0, 1.0)
-    for b in budgets:
-        if structured and not lo < b < hi:
-            raise PrunewiseError(f"--macs values must be in (0, 1), got {b}")
-        if not structured and not lo <= b < hi:
-            raise PrunewiseError(f"--sparsity values must be in [0, 1), got {b}")
+    if not grid.budgets:
+        raise PrunewiseError("empty budget list: give at least one value")
+    for b in grid.budgets:
+        if isinstance(b, bool) or not 0 < b < 1:
+            raise PrunewiseError(f"--{'macs' if grid.structured else 'sparsity'} values must be "
+                                 f"in (0, 1), got {b}")
+    if not grid.seeds:
+        raise PrunewiseError("empty seed list: give at least one seed")
+    for what, values in (("method", grid.methods), ("budget", grid.budgets),
+                         ("seed", grid.seeds)):
+        if len(set(values)) != len(values):
+            raise PrunewiseError(f"the {what} list repeats a value: {list(values)}")
+    if grid.base is None:
+        if grid.model_name not in models.names():
+            raise PrunewiseError(f"unknown model '{grid.model_name}'; choose one of: "
+                                 f"{', '.join(models.names())}")
+        if isinstance(grid.epochs, bool) or not isinstance(grid.epochs, int) or grid.epochs < 1:
+            raise PrunewiseError(f"--epochs must be >= 1, got {grid.epochs}")
 
 
-def _cell_path(out: Path, method: str, budget: float, seed: int) -> Path:
+def base_folder(grid: Grid, out: Path, seed: int) -> Path:
+    """Where the base checkpoint of ``seed`` is (or goes)."""
+    if grid.base is None:
+        return out / "base" / f"seed-{seed}"
+    if "{seed}" in grid.base:
+        return Path(grid.base.format(seed=seed))
+    return Path(grid.base) / f"seed-{seed}"
+
+
+def check_bases(grid: Grid, bundle: D.DataBundle) -> None:
+    """Every ``--base`` checkpoint exists, is the grid's model and fits the data."""
+    if grid.base is None:
+        return
+    for seed in grid.seeds:
+        folder = base_folder(grid, Path("."), seed)
+        cfg = files.read_config(folder)
+        if cfg["arch"] != grid.model_name:
+            raise PrunewiseError(f"base checkpoint {folder} is a {cfg['arch']}, not "
+                                 f"--model {grid.model_name}")
+        used = cfg.get("meta", {}).get("data", {}).get("name")
+        if used is not None and used != bundle.name:
+            raise PrunewiseError(f"base checkpoint {folder} was trained on {used}, not "
+                                 f"--data {bundle.name}")
+        size = cfg.get("meta", {}).get("data", {}).get("image_size")
+        if size is not None and size != bundle.image_size:
+            raise PrunewiseError(f"base checkpoint {folder} was trained on {size}x{size} images, "
+                                 f"the data set loads {bundle.image_size}x{bundle.image_size}")
+        if (cfg["num_classes"], cfg["in_channels"]) != (bundle.num_classes, bundle.in_channels):
+            raise PrunewiseError(f"base checkpoint {folder} has {cfg['num_classes']} classes and "
+                                 f"{cfg['in_channels']} channels; {bundle.name} has "
+                                 f"{bundle.num_classes} and {bundle.in_channels}")
+
+
+def settings_of(grid: Grid, prune: runs.Unstructured, finetune: runs.FineTune,
+                recalibration: runs.Recalibration) -> dict:
+    prune_dict = {k: v for k, v in asdict(prune).items() if k != "sparsity"}
+    return {"format": FORMAT, "model": grid.model_name, "data": grid.data_name,
+            "root": str(grid.root) if grid.root else None, "methods": list(grid.methods),
+            "budgets": list(grid.budgets), "structured": grid.structured,
+            "seeds": list(grid.seeds), "epochs": None if grid.base else grid.epochs,
+            "base": grid.base, "prune": None if grid.structured else prune_dict,
+            "finetune": asdict(finetune), "recalibration": asdict(recalibration)}
+
+
+def check_settings(out: Path, settings: dict) -> None:
+    """A grid folder holds cells of one configuration: refuse to mix."""
+    path = out / "settings.json"
+    if not path.is_file():
+        return
+    prev = files.read_json(path, "bench settings")
+    for key in FIXED:
+        if prev.get(key) != settings[key]:
+            raise PrunewiseError(f"{out} holds a grid made with {key}={prev.get(key)!r}, not "
+                                 f"{settings[key]!r}; use another --out folder")
+
+
+def cell_path(out: Path, method: str, budget: float, seed: int) -> Path:
     return out / "cells" / f"{method}-{budget:g}-s{seed}.json"
 
 
-def base_model(out: Path, model_name: str, bundle: D.DataBundle, seed: int, epochs: int,
-               quiet: bool) -> tuple[torch.nn.Module, float]:
-    """The dense model for one seed: trained once, then reused from ``OUT/base/seed-S``."""
-    folder = out / "base" / f"seed-{seed}"
-    if (folder / files.WEIGHTS).is_file():
-        model = files.load_model(folder)
-        return model, model.prunewise_meta["test_accuracy"]
+def base_model(grid: Grid, out: Path, bundle: D.DataBundle, seed: int,
+               progress: bool) -> nn.Module:
+    """The dense model for one seed: from ``--base``, else trained once into OUT/base/seed-S."""
+    folder = base_folder(grid, out, seed)
+    if (folder / files.WEIGHTS).is_file() or grid.base is not None:
+        return files.load_model(folder)
     torch.manual_seed(seed)
-    model = models.create(model_name, num_classes=bundle.num_classes, in_channels=bundle.in_channels)
-    train.fit(model, bundle, epochs=epochs, seed=seed, progress=not quiet,
-              desc=f"train {model_name} seed {seed}")
+    model = models.create(grid.model_name, num_classes=bundle.num_classes,
+                          in_channels=bundle.in_channels)
+    train.fit(model, bundle, epochs=grid.epochs, seed=seed, progress=progress,
+              desc=f"train {grid.model_name} seed {seed}")
     acc = train.evaluate_split(model, bundle, "test")["top1"]
-    files.save_model(model, folder, meta={"data": {"name": bundle.name, "image_size": bundle.image_size,
-                                                   "seed": seed}, "seed": seed, "test_accuracy": acc})
-    return model, acc
+    files.save_model(model, folder, meta={"data": {"name": bundle.name, "root": grid.root,
+                                                   "image_size": bundle.image_size, "seed": 0},
+                                          "seed": seed, "test_accuracy": acc})
+    return model
 
 
-def _unstructured_cells(out, model, bundle, method, levels, seed, opts, quiet) -> None:
-    from . import baselines
-
-    todo = [lv for lv in levels if not _cell_path(out, method, lv, seed).is_file()]
-    if not todo:
-        return
-    start = time.perf_counter()
-
-    def attribution():
-        return D.batches(bundle.train, bundle, 128, shuffle=True, seed=seed, limit=opts["samples"])
-
-    def done(level, plan):
-        if level not in todo:
-            return
-        pruned = plan.apply(model)
-        cell = {"method": method, "budget": level, "seed": seed, "sparsity": plan.sparsity,
-                "test_accuracy": train.evaluate_split(pruned, bundle, "test")["top1"]}
-        if opts["finetune_epochs"]:
-            train.fit(pruned, bundle, epochs=opts["finetune_epochs"], lr=opts["lr"],
-                      masks=plan.masks, seed=seed, progress=False)
-            cell["finetuned_accuracy"] = train.evaluate_split(pruned, bundle, "test")["top1"]
-        cell["seconds"] = time.perf_counter() - start
-        files.write_json(_cell_path(out, method, level, seed), cell)
-
-    baselines.get(method)(model, attribution, sparsity=max(todo), levels=todo, on_level=done,
-                          keep=opts["keep"], samples=opts["samples"], seed=seed,
-                          progress=not quiet)
-
-
-def _structured_cell(out, model, bundle, method, level, seed, opts, dense_acc) -> None:
-    from .sliming import pipeline
-
-    path = _cell_path(out, method, level, seed)
+def dense_measures(out: Path, model: nn.Module, bundle: D.DataBundle, seed: int,
+                   measurement: runs.Measurement) -> dict:
+    """The base model's accuracy, size and latency, measured once per seed (OUT/dense/)."""
+    path = out / "dense" / f"seed-{seed}.json"
     if path.is_file():
+        return files.read_json(path, "dense measures")
+    dense = runs.measure_dense(model, bundle, measurement)
+    files.write_json(path, dense)
+    return dense
+
+
+def unstructured_cells(out: Path, model, bundle, method: str, seed: int, ctx: dict) -> None:
+    """All sparsity levels of one (method, seed): one pruning run over the FULL level list,
+    finishing (recalibrate, fine-tune, measure) and writing only the cells that are missing."""
+    levels = sorted(ctx["grid"].budgets)
+    paths = {lv: cell_path(out, method, lv, seed) for lv in levels}
+    if all(p.is_file() for p in paths.values()):
         return
-    _, _, rep = pipeline.run(model, bundle, method,
-                             macs=level, finetune_epochs=opts["finetune_epochs"], lr=opts["lr"],
-                             seed=seed, dense_accuracy=dense_acc)
-    cell = {"method": method, "budget": level, "seed": seed, "macs_ratio": rep["macs_ratio"],
-            "test_accuracy": rep["test_accuracy"], "seconds": rep["seconds"]}
-    if "finetuned_accuracy" in rep:
-        cell["finetuned_accuracy"] = rep["finetuned_accuracy"]
-    files.write_json(path, cell)
+    clock = {"start": time.perf_counter(), "other": 0.0}
+
+    def on_level(level, plan):
+        if paths[level].is_file():
+            return
+        t0 = time.perf_counter()
+        _, rep = runs.finish_masks(model, bundle, plan, finetune=ctx["finetune"],
+                                   recalibration=ctx["recalibration"],
+                                   measurement=ctx["measurement"], seed=seed,
+                                   dense=ctx["dense"])
+        rep["budget"] = {"sparsity": level}
+        rep["stage_seconds"]["prune"] = t0 - clock["start"] - clock["other"]
+        rep["config"] = runs.config(method, replace(ctx["prune"], sparsity=level),
+                                    ctx["finetune"], ctx["recalibration"], seed)
+        files.write_json(paths[level], runs.cell(rep))
+        clock["other"] += time.perf_counter() - t0
+
+    runs.prune_masks(model, bundle, method, replace(ctx["prune"], sparsity=max(levels)),
+                     seed=seed, progress=ctx["progress"], levels=levels, on_level=on_level)
+    missing = [lv for lv, p in paths.items() if not p.is_file()]
+    if missing:
+        raise PrunewiseError(f"{method} seed {seed}: the schedule did not stop on sparsity "
+                             f"{', '.join(f'{m:g}' for m in missing)} (levels too close together "
+                             f"for this model?)")
 
 
-def run(out: str | Path, *, model_name: str, data_name: str = "digits", root=None,
-        methods: list[str], budgets: list[float], structured: bool, seeds: list[int],
-        epochs: int = 20, finetune_epochs: int = 5, lr: float = 0.05, keep: float = 0.9,
-        samples: int | None = 512, quiet: bool = False) -> dict:
-    """Run (or complete) the grid in ``out``; returns the summary written to ``grid.json``."""
-    check_grid(methods, budgets, structured)
-    if not seeds:
-        raise PrunewiseError("empty seed list: give at least one seed")
-    if finetune_epochs < 0:
-        raise PrunewiseError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
+def structured_cells(out: Path, model, bundle, method: str, seed: int, ctx: dict) -> None:
+    for level in ctx["grid"].budgets:
+        path = cell_path(out, method, level, seed)
+        if path.is_file():
+            continue
+        _, _, rep = runs.run_structured(model, bundle, method, runs.Structured(macs=level),
+                                        finetune=ctx["finetune"],
+                                        recalibration=ctx["recalibration"],
+                                        measurement=ctx["measurement"], seed=seed,
+                                        dense=ctx["dense"])
+        files.write_json(path, runs.cell(rep))
+
+
+def run(out: str | Path, grid: Grid, *, prune: runs.Unstructured = runs.Unstructured(0.0),
+        finetune: runs.FineTune = runs.FineTune(epochs=5, lr=0.05),
+        recalibration: runs.Recalibration = runs.Recalibration(),
+        measurement: runs.Measurement = runs.Measurement(repeats=10),
+        progress: bool = False) -> dict:
+    """Run (or complete) the grid in ``out``; returns the summary written to ``grid.json``.
+
+    ``prune`` holds the unstructured settings (its ``sparsity`` is replaced by each level).
+    Every option is checked, and the data and ``--base`` checkpoints are read, before anything
+    is written or trained.
+    """
+    check_grid(grid)
+    prune = replace(prune, track_accuracy=False)  # cells keep no per-iteration history
+    finetune.check()
+    recalibration.check()
+    if not grid.structured:
+        for method in grid.methods:
+            runs.check_unstructured(method, replace(prune, sparsity=max(grid.budgets)))
+            if prune.loop_recalibrate is not None and not runs.supports_loop_recalibration(method):
+                raise PrunewiseError(f"method '{method}' cannot recalibrate BatchNorm inside its "
+                                     f"loop in this version")
+    bundle = D.load(grid.data_name, grid.root)
+    check_bases(grid, bundle)
     out = Path(out)
-    settings = {"model": model_name, "data": data_name, "root": str(root) if root else None,
-                "methods": methods, "budgets": budgets, "structured": structured, "seeds": seeds,
-                "epochs": epochs, "finetune_epochs": finetune_epochs, "lr": lr, "keep": keep,
-                "samples": samples}
-    old = out / "settings.json"
-    if old.is_file():
-        prev = files.read_json(old, "bench settings")
-        for key in ("model", "data", "root", "epochs", "finetune_epochs", "lr", "keep", "samples"):
-            if prev.get(key) != settings[key]:
-                raise PrunewiseError(f"{out} holds a grid made with {key}={prev.get(key)!r}, not "
-                                     f"{settings[key]!r}; use another --out folder")
-    files.write_json(old, settings)
-    bundle = D.load(data_name, root)
-    opts = {"keep": keep, "samples": samples, "finetune_epochs": finetune_epochs, "lr": lr}
+    settings = settings_of(grid, prune, finetune, recalibration)
+    check_settings(out, settings)
+    files.write_json(out / "settings.json", settings)
+    ctx = {"grid": grid, "prune": prune, "finetune": finetune, "recalibration": recalibration,
+           "measurement": measurement, "progress": progress}
     start = time.perf_counter()
     dense = {}
-    for seed in seeds:
-        model, dense[seed] = base_model(out, model_name, bundle, seed, epochs, quiet)
-        for method in methods:
-            if structured:
-                for level in budgets:
-                    _structured_cell(out, model, bundle, method, level, seed, opts, dense[seed])
-            else:
-                _unstructured_cells(out, model, bundle, method, budgets, seed, opts, quiet)
-    summary = summarize(out, methods, budgets, seeds, structured, dense)
+    for seed in grid.seeds:
+        model = base_model(grid, out, bundle, seed, progress)
+        ctx["dense"] = dense[seed] = dense_measures(out, model, bundle, seed, measurement)
+        for method in grid.methods:
+            cells = structured_cells if grid.structured else unstructured_cells
+            cells(out, model, bundle, method, seed, ctx)
+    summary = summarize(out, grid, dense)
     summary["settings"] = settings
     summary["seconds_this_run"] = time.perf_counter() - start
     files.write_json(out / "grid.json", summary)
     return summary
 
 
-def summarize(out: Path, methods, budgets, seeds, structured: bool, dense: dict) -> dict:
+def _mean_std(vals: list[float]) -> tuple[float, float]:
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def summarize(out: Path, grid: Grid, dense: dict) -> dict:
     """Mean and standard deviation over seeds per (method, budget); writes md, csv and png."""
     rows = []
-    for method in methods:
-        for b in budgets:
-            cells = [files.read_json(_cell_path(out, method, b, s), "grid cell") for s in seeds]
+    for method in grid.methods:
+        for b in grid.budgets:
+            cells = [files.read_json(cell_path(out, method, b, s), "grid cell")
+                     for s in grid.seeds]
             row = {"method": method, "budget": b, "n": len(cells)}
-            for key in ("test_accuracy", "finetuned_accuracy"):
-                vals = [c[key] for c in cells if key in c]
+            for stage in STAGES:
+                vals = [c["accuracy"][stage]["test"] for c in cells if c["accuracy"].get(stage)]
                 if vals:
-                    row[key] = statistics.fmean(vals)
-                    row[key + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+                    row[stage], row[stage + "_std"] = _mean_std(vals)
+            for key in ("params", "macs"):
+                row[key + "_ratio"] = statistics.fmean(c[key]["ratio"] for c in cells)
             rows.append(row)
-    budget_name = "MACs kept" if structured else "sparsity"
-    dense_mean = statistics.fmean(dense.values())
-    summary = {"budget": budget_name, "dense_test_accuracy": dense_mean,
-               "dense_by_seed": {str(k): v for k, v in dense.items()}, "rows": rows}
-    files._atomic(out / "grid.md", lambda t: Path(t).write_text(grid_markdown(summary)))
-    files._atomic(out / "grid.csv", lambda t: Path(t).write_text(grid_csv(rows)))
+    budget_name = "MACs kept" if grid.structured else "sparsity"
+    summary = {"budget": budget_name,
+               "dense_test_accuracy": statistics.fmean(d["accuracy"]["test"]
+                                                       for d in dense.values()),
+               "dense_by_seed": {str(k): d["accuracy"] for k, d in dense.items()}, "rows": rows}
+    files.atomic_write(out / "grid.md", lambda t: Path(t).write_text(grid_markdown(summary)))
+    files.atomic_write(out / "grid.csv", lambda t: Path(t).write_text(grid_csv(rows)))
     plot_grid(out / "grid.png", summary)
     return summary
 
 
 def grid_markdown(summary: dict) -> str:
-    ft = any("finetuned_accuracy" in r for r in summary["rows"])
-    head = f"| method | {summary['budget']} | test top-1 (mean ± std) |" + \
-        (" fine-tuned top-1 |" if ft else "")
+    stages = [s for s in STAGES if any(s in r for r in summary["rows"])]
+    titles = {"pruned": "pruned", "recalibrated": "recalibrated", "finetuned": "fine-tuned"}
+    head = (f"| method | {summary['budget']} | "
+            + " | ".join(f"test top-1 {titles[s]} (mean ± std)" for s in stages)
+            + " | params ratio | MACs ratio |")
     lines = [f"Dense test top-1: {summary['dense_test_accuracy']:.4f} "
              f"(mean over {len(summary['dense_by_seed'])} seeds)", "", head,
-             "|---|---|---|" + ("---|" if ft else "")]
+             "|---|---|" + "---|" * (len(stages) + 2)]
     for r in summary["rows"]:
-        line = (f"| {r['method']} | {r['budget']:g} | {r['test_accuracy']:.4f} ± "
-                f"{r['test_accuracy_std']:.4f} |")
-        if ft:
-            line += (f" {r['finetuned_accuracy']:.4f} ± {r['finetuned_accuracy_std']:.4f} |"
-                     if "finetuned_accuracy" in r else " |")
-        lines.append(line)
+        accs = " | ".join(f"{r[s]:.4f} ± {r[s + '_std']:.4f}" if s in r else "" for s in stages)
+        lines.append(f"| {r['method']} | {r['budget']:g} | {accs} | {r['params_ratio']:.4f} | "
+                     f"{r['macs_ratio']:.4f} |")
     return "\n".join(lines) + "\n"
 
 
 def grid_csv(rows: list[dict]) -> str:
-    keys = ["method", "budget", "n", "test_accuracy", "test_accuracy_std", "finetuned_accuracy",
-            "finetuned_accuracy_std"]
+    keys = ["method", "budget", "n"] + [k for s in STAGES for k in (s, s + "_std")] \
+        + ["params_ratio", "macs_ratio"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
     w.writeheader()
@@ -211,20 +332,18 @@ def grid_csv(rows: list[dict]) -> str:
 
 
 def plot_grid(path: Path, summary: dict) -> Path:
-    """Accuracy vs. budget, one line per method, error bars = std over seeds."""
-    from .report import _pyplot, _save
-
-    plt = _pyplot()
+    """Accuracy after the last stage every cell ran vs. budget, one line per method, error
+    bars = std over seeds."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    key = "finetuned_accuracy" if all("finetuned_accuracy" in r for r in summary["rows"]) \
-        else "test_accuracy"
+    stage = next(s for s in reversed(STAGES) if all(s in r for r in summary["rows"]))
     for method in dict.fromkeys(r["method"] for r in summary["rows"]):
         rs = [r for r in summary["rows"] if r["method"] == method]
-        ax.errorbar([r["budget"] for r in rs], [r[key] for r in rs],
-                    yerr=[r[key + "_std"] for r in rs], marker="o", capsize=3, label=method)
+        ax.errorbar([r["budget"] for r in rs], [r[stage] for r in rs],
+                    yerr=[r[stage + "_std"] for r in rs], marker="o", capsize=3, label=method)
     ax.axhline(summary["dense_test_accuracy"], color="gray", ls="--", lw=1, label="dense")
     ax.set_xlabel(summary["budget"])
-    ax.set_ylabel("test top-1" + (" (fine-tuned)" if key == "finetuned_accuracy" else ""))
+    ax.set_ylabel(f"test top-1 ({stage})")
     ax.set_title(f"accuracy vs. {summary['budget']} (mean ± std over seeds)")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -5,7 +5,6 @@ Exit codes: 0 success, 2 bad input (one line on stderr, no traceback), 1 interna
 from __future__ import annotations
 
 import json
-import time
 import sys
 import traceback
 from pathlib import Path
@@ -14,7 +13,7 @@ import click
 import torch
 
 from . import data as D
-from . import files, measure, models, train
+from . import files, measure, models, runs, train
 from . import report as report_mod
 from .errors import PrunewiseError
 
@@ -79,7 +78,7 @@ def example_input(model: torch.nn.Module, size: int) -> torch.Tensor:
 
 def emit(obj: dict, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(obj, indent=2, default=files._jsonable))
+        click.echo(json.dumps(obj, indent=2, default=files.jsonable))
     else:
         for k, v in obj.items():
             if not isinstance(v, (list, dict)):
@@ -115,7 +114,7 @@ def train_cmd(model_name, data_name, root, image_size, data_seed, epochs, lr, ba
     model = models.create(model_name, num_classes=bundle.num_classes, in_channels=bundle.in_channels)
     hist = train.fit(model, bundle, epochs=epochs, lr=lr, batch_size=batch_size,
                      optimizer=optimizer, weight_decay=weight_decay, seed=seed,
-                     progress=not quiet, desc=f"train {model_name}")
+                     progress=progress_on(quiet), desc=f"train {model_name}")
     test = train.evaluate_split(model, bundle, "test")
     meta = {"data": data_meta(bundle, root, data_seed or 0), "seed": seed,
             "train": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer,
@@ -180,8 +179,96 @@ def prune_group():
     """Prune a checkpoint: `prune fvw` (unstructured) or `prune sliming` (structured)."""
 
 
-# ---- FVW / unstructured commands (issue 3) ----
-UNSTRUCTURED = ("fvw", "magnitude", "taylor", "random")
+def finetune_options(epochs: int = 0, lr: float = 0.01):
+    """Fine-tuning after pruning (every prune command, bench)."""
+    return lambda f: _add_finetune_options(f, epochs, lr)
+
+
+def _add_finetune_options(f, epochs: int, lr: float):
+    for opt in reversed([
+            click.option("--finetune-epochs", type=int, default=epochs, show_default=True),
+            click.option("--lr", type=float, default=lr, show_default=True,
+                         help="Fine-tuning learning rate."),
+            click.option("--optimizer", type=click.Choice(train.OPTIMIZERS), default="sgd",
+                         show_default=True, help="Fine-tuning optimizer."),
+            click.option("--weight-decay", type=float, default=5e-4, show_default=True),
+            click.option("--finetune-batch-size", type=int, default=64, show_default=True),
+            click.option("--patience", type=int, default=None,
+                         help="Fine-tuning early-stopping patience (epochs).")]):
+        f = opt(f)
+    return f
+
+
+def recalibration_options(f):
+    """BatchNorm recalibration after pruning (every prune command, the demo and bench)."""
+    f = click.option("--no-recalibrate", is_flag=True,
+                     help="Skip BatchNorm recalibration after pruning.")(f)
+    return click.option("--recalibrate-samples", type=int, default=512, show_default=True,
+                        help="Training images that re-estimate the BatchNorm statistics "
+                             "after pruning.")(f)
+
+
+def latency_option(f):
+    return click.option("--latency-repeats", type=int, default=20, show_default=True,
+                        help="Timed CPU forward passes per batch size (1 and 64) for the dense "
+                             "and the pruned model; 0 = no latency.")(f)
+
+
+def measurement_of(kw: dict) -> runs.Measurement:
+    n = kw["latency_repeats"]
+    if n < 0:
+        raise PrunewiseError(f"--latency-repeats must be >= 0, got {n}")
+    return runs.Measurement(latency=n > 0, repeats=max(n, 1), warmup=min(3, max(n, 1)))
+
+
+def loop_recalibrate_option(f):
+    return click.option("--loop-recalibrate/--no-loop-recalibrate", default=None,
+                        help="Recalibrate BatchNorm inside the iterative pruning loop "
+                             "(default: the method's own choice).")(f)
+
+
+def finetune_of(kw: dict) -> runs.FineTune:
+    return runs.FineTune(epochs=kw["finetune_epochs"], lr=kw["lr"], optimizer=kw["optimizer"],
+                         weight_decay=kw["weight_decay"], batch_size=kw["finetune_batch_size"],
+                         patience=kw["patience"])
+
+
+def recalibration_of(kw: dict) -> runs.Recalibration:
+    return runs.Recalibration(samples=kw["recalibrate_samples"], enabled=not kw["no_recalibrate"])
+
+
+def progress_on(quiet: bool) -> bool:
+    """Progress bars only on a terminal: in a log every bar update would be a line."""
+    return not quiet and sys.stderr.isatty()
+
+
+def accuracy_line(rep: dict) -> str:
+    """'top-1 0.1000 pruned -> 0.5000 recalibrated -> 0.9000 fine-tuned (dense 0.9500)'."""
+    acc = rep["accuracy"]
+    steps = [f"{acc[s]['test']:.4f} {name}" for s, name in
+             (("pruned", "pruned"), ("recalibrated", "recalibrated"), ("finetuned", "fine-tuned"))
+             if acc.get(s)]
+    return f"test top-1 {' -> '.join(steps)} (dense {acc['dense']['test']:.4f})"
+
+
+def format_layers(rows: list[dict]) -> str:
+    """The structured layer table: output and input widths before and after."""
+    lines = [f"{'layer':<36} {'out before':>10} {'out after':>10} {'in before':>10} {'in after':>10}"]
+    for r in rows:
+        b, a = r["before"], r["after"]
+        lines.append(f"{r['layer']:<36} {b[0]:>10} {a[0]:>10} {b[1]:>10} {a[1]:>10}")
+    return "\n".join(lines)
+
+
+def save_run(out, model, pruned, plan, rep: dict, checkpoint, quiet: bool) -> None:
+    """Write a prune command's plan, model and report; print where they went."""
+    rep["checkpoint"] = str(checkpoint)
+    runs.save(out, pruned, plan, rep, meta=model.prunewise_meta)
+    written = report_mod.write(out, rep, kind=rep["kind"])
+    say(quiet, f"wrote {Path(out) / 'report.json'}, report.md, {', '.join(written['plots'])}")
+
+
+UNSTRUCTURED = runs.UNSTRUCTURED
 
 
 @prune_group.command("fvw")
@@ -199,95 +286,45 @@ UNSTRUCTURED = ("fvw", "magnitude", "taylor", "random")
 @click.option("--aggregate", type=click.Choice(["union", "sum"]), default="union", show_default=True)
 @click.option("--descent", is_flag=True, help="Class-group mode: add a descent pass per group.")
 @click.option("--method", type=click.Choice(UNSTRUCTURED), default="fvw", show_default=True)
-@click.option("--finetune-epochs", type=int, default=0, show_default=True)
-@click.option("--lr", type=float, default=0.01, show_default=True, help="Fine-tuning learning rate.")
-@click.option("--patience", type=int, default=None, help="Fine-tuning early-stopping patience.")
-@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True,
+              help="Attribution batch size.")
+@finetune_options()
+@recalibration_options
+@loop_recalibrate_option
+@latency_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(), required=True, help="Folder for the plan and report.")
 @quiet_option
 def prune_fvw_cmd(checkpoint, data_name, root, image_size, data_seed, sparsity, keep, alpha, steps,
-                  samples, class_groups, aggregate, descent, method, finetune_epochs, lr, patience,
-                  batch_size, seed, out, quiet):
+                  samples, class_groups, aggregate, descent, method, batch_size, seed, out, quiet,
+                  loop_recalibrate, **kw):
     """Unstructured pruning of CHECKPOINT to --sparsity with FVW (or a baseline --method).
 
-    Writes OUT/masks.safetensors + OUT/plan.json (the plan), OUT/model (the masked, optionally
-    fine-tuned checkpoint) and OUT/report.json. Re-running after an interruption resumes from
-    OUT/resume.
+    Writes OUT/masks.safetensors + OUT/plan.json (the plan), OUT/model (the masked, recalibrated
+    and optionally fine-tuned checkpoint) and OUT/report.json. Re-running after an interruption
+    resumes the pruning from OUT/resume.
     """
-
-
-    from . import baselines
-    from . import fvw as F
-
-    F.check_targets(sparsity, keep)
-    if method == "fvw":
-        F._check_attack(alpha, steps, "ascent")
-    elif class_groups is not None or descent:
-        raise PrunewiseError(f"--class-groups and --descent apply to --method fvw only, "
-                             f"not '{method}'")
     if samples < 0:
         raise PrunewiseError(f"--samples must be >= 0 (0 = all), got {samples}")
-    if finetune_epochs < 0:
-        raise PrunewiseError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
-    if class_groups is not None and class_groups < 1:
-        raise PrunewiseError(f"--class-groups must be >= 1, got {class_groups}")
+    settings = runs.Unstructured(sparsity=sparsity, keep=keep, samples=samples or None,
+                                 batch_size=batch_size, alpha=alpha, steps=steps,
+                                 class_groups=class_groups, aggregate=aggregate, descent=descent,
+                                 loop_recalibrate=loop_recalibrate)
+    finetune, recalibration = finetune_of(kw), recalibration_of(kw)
+    measurement = measurement_of(kw)
+    runs.check_unstructured(method, settings)
+    finetune.check()
+    recalibration.check()
     model, bundle = load_checkpoint(checkpoint, data_name, root, image_size, data_seed)
-    limit = samples or None
-
-    def attribution():
-        return D.batches(bundle.train, bundle, batch_size, shuffle=True, seed=seed, limit=limit)
-
-    def validation():
-        return D.batches(bundle.val, bundle, 256)
-
-    dense = train.evaluate_split(model, bundle, "test")["top1"]
-    kwargs = dict(sparsity=sparsity, keep=keep, eval_batches=validation if len(bundle.val) else None,
-                  checkpoint_dir=Path(out) / "resume", seed=seed, progress=not quiet)
-    if method == "fvw":
-        kwargs.update(alpha=alpha, steps=steps, class_groups=class_groups, aggregate=aggregate,
-                      descent=descent)
-    start = time.perf_counter()
-    plan = baselines.get(method)(model, attribution, samples=limit, **kwargs)
-    prune_s = time.perf_counter() - start
-    plan.save(out)
-    pruned = plan.apply(model)
-    test = train.evaluate_split(pruned, bundle, "test")["top1"]
-    report = {"method": method, "sparsity": plan.sparsity, "target_sparsity": sparsity,
-              "dense_test_accuracy": dense, "test_accuracy": test,
-              "iterations": plan.meta["iterations"], "checkpoint": str(checkpoint),
-              "data": bundle.name, "samples": limit, "seed": seed, "keep": keep,
-              "prune_seconds": prune_s}
-    if method == "fvw":
-        report.update(alpha=alpha, steps=steps, class_groups=class_groups, aggregate=aggregate,
-                      descent=descent)
-    say(quiet, f"{method}: sparsity {plan.sparsity:.4f}, test top-1 {test:.4f} "
-               f"(dense {dense:.4f}) in {prune_s:.1f}s")
-    if finetune_epochs:
-        hist = train.fit(pruned, bundle, epochs=finetune_epochs, lr=lr, masks=plan.masks,
-                         patience=patience, seed=seed, progress=not quiet, desc="fine-tune")
-        ft = train.evaluate_split(pruned, bundle, "test")["top1"]
-        report.update(finetuned_accuracy=ft, finetune_epochs=finetune_epochs, finetune_lr=lr,
-                      finetune_best_epoch=hist["best_epoch"], finetune_seconds=hist["seconds"],
-                      finetuned_sparsity=measure.sparsity(pruned, list(plan.masks))["global"])
-        say(quiet, f"fine-tuned {finetune_epochs} epochs: test top-1 {ft:.4f}")
-    meta = {**getattr(model, "prunewise_meta", {}), "pruning": {
-        k: report[k] for k in ("method", "sparsity", "test_accuracy") if k in report}}
-    report["model"] = str(files.save_model(pruned, Path(out) / "model", meta=meta))
-    report["history"] = plan.meta["history"]
-    report["layers"] = [{"layer": k, "sparsity": v} for k, v in plan.per_layer().items()]
-    report["seconds"] = time.perf_counter() - start
-    config = {"checkpoint": str(checkpoint), "data": bundle.name, "method": method,
-              "sparsity": sparsity, "keep": keep, "samples": limit, "batch_size": batch_size,
-              "finetune_epochs": finetune_epochs, "lr": lr, "patience": patience, "seed": seed}
-    if method == "fvw":
-        config.update(alpha=alpha, steps=steps, class_groups=class_groups, aggregate=aggregate,
-                      descent=descent)
-    rep = report_mod.write(out, report, kind="prune-unstructured", config=config)
-    say(quiet, f"wrote {Path(out) / 'report.json'}, report.md, {', '.join(rep['plots'])}")
+    pruned, plan, rep = runs.run_unstructured(
+        model, bundle, method, settings, finetune=finetune, recalibration=recalibration,
+        measurement=measurement, seed=seed, progress=progress_on(quiet),
+        resume_dir=Path(out) / "resume")
+    click.echo(f"{method}: sparsity {rep['sparsity']:.4f}, nonzero params "
+               f"{rep['params']['pruned']:,}, {accuracy_line(rep)}")
+    save_run(out, model, pruned, plan, rep, checkpoint, quiet)
 
 
-# ---- SLIMING / structured commands (issue 4) ----
 @prune_group.command("sliming")
 @click.argument("checkpoint", type=click.Path())
 @data_options
@@ -297,55 +334,42 @@ def prune_fvw_cmd(checkpoint, data_name, root, image_size, data_seed, sparsity, 
 @click.option("--min-channels", type=int, default=1, show_default=True)
 @click.option("--min-ratio", type=float, default=0.0, show_default=True,
               help="Keep at least this fraction of every group (0 = the paper's configuration).")
-@click.option("--method", type=click.Choice(["sliming", "l1", "random", "chip", "sliming-l1"]),
-              default="sliming", show_default=True, help="SLIMING or a baseline at the same budget.")
-@click.option("--finetune-epochs", type=int, default=0, show_default=True)
-@click.option("--lr", type=float, default=0.01, show_default=True, help="Fine-tuning learning rate.")
+@click.option("--method", type=click.Choice(runs.STRUCTURED), default="sliming", show_default=True,
+              help="SLIMING or a baseline at the same budget.")
+@finetune_options()
+@recalibration_options
+@latency_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--plan", "plan_dir", type=click.Path(), default=None,
               help="Apply a saved channel plan (OUT/plan of an earlier run) instead of a budget.")
 @click.option("--out", type=click.Path(), required=True, help="Folder for the pruned model and report.")
 @quiet_option
 def prune_sliming_cmd(checkpoint, data_name, root, image_size, data_seed, macs, params, normalize,
-                      min_channels, min_ratio, method, finetune_epochs, lr, seed, plan_dir, out,
-                      quiet):
-    """SLIMING structured pruning of CHECKPOINT into a physically smaller model in OUT."""
-    from .sliming import pipeline
-    from .surgery import ChannelPlan
+                      min_channels, min_ratio, method, seed, plan_dir, out, quiet, **kw):
+    """SLIMING (or a structured baseline) pruning of CHECKPOINT into a physically smaller model.
 
-    saved = ChannelPlan.load(plan_dir) if plan_dir else None
-    if saved is None and (macs is None) == (params is None):
-        raise PrunewiseError("give exactly one budget: --macs FRACTION or --params FRACTION")
-    if saved is not None and (macs is not None or params is not None):
-        raise PrunewiseError("--plan replaces the budget: drop --macs / --params")
-    if finetune_epochs < 0:
-        raise PrunewiseError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
+    Writes OUT/model (the smaller, recalibrated and optionally fine-tuned checkpoint), OUT/plan
+    (the channel plan) and OUT/report.json.
+    """
+    settings = runs.Structured(macs=macs, params=params, normalize=normalize,
+                               min_channels=min_channels, min_ratio=min_ratio, plan=plan_dir)
+    finetune, recalibration = finetune_of(kw), recalibration_of(kw)
+    measurement = measurement_of(kw)
+    runs.check_structured(method, settings)
+    finetune.check()
+    recalibration.check()
     model, bundle = load_checkpoint(checkpoint, data_name, root, image_size, data_seed)
-    pruned, plan, report = pipeline.run(
-        model, bundle, method, macs=macs, params=params, normalize=normalize,
-        min_channels=min_channels, min_ratio=min_ratio, finetune_epochs=finetune_epochs, lr=lr,
-        seed=seed, quiet=quiet, plan=saved)
-    method = report["method"]
-    out = Path(out)
-    click.echo(pipeline.format_table(report["layers"]))
-    click.echo(f"{method}: MACs {report['macs']:,} ({report['macs_ratio']:.4f} of dense), params "
-               f"{report['params']:,} ({report['params_ratio']:.4f}), test top-1 "
-               f"{report['test_accuracy']:.4f} (dense {report['dense_test_accuracy']:.4f})"
-               + (f", fine-tuned {report['finetuned_accuracy']:.4f}"
-                  if "finetuned_accuracy" in report else ""))
-    meta = {**model.prunewise_meta, "pruned": {"method": method, "from": str(checkpoint),
-                                               "macs_ratio": report["macs_ratio"]},
-            "test_accuracy": report.get("finetuned_accuracy", report["test_accuracy"])}
-    report["model"] = str(files.save_model(pruned, out / "model", meta=meta))
-    report["plan"] = str(plan.save(out / "plan"))
-    report["checkpoint"] = str(checkpoint)
-    report["spectra"] = {k: v.tolist() for k, v in (getattr(plan, "spectra", None) or {}).items()}
-    config = {"checkpoint": str(checkpoint), "data": bundle.name, "method": method, "macs": macs,
-              "params": params, "normalize": normalize, "min_channels": min_channels,
-              "min_ratio": min_ratio, "finetune_epochs": finetune_epochs, "lr": lr, "seed": seed,
-              "plan": plan_dir}
-    rep = report_mod.write(out, report, kind="prune-structured", config=config)
-    say(quiet, f"wrote {out / 'report.json'}, report.md, {', '.join(rep['plots'])}")
+    pruned, plan, rep = runs.run_structured(model, bundle, method, settings, finetune=finetune,
+                                            recalibration=recalibration,
+                                            measurement=measurement, seed=seed,
+                                            progress=progress_on(quiet))
+    click.echo(format_layers(rep["layers"]))
+    speed = (rep["latency_ms"] or {}).get("64", {}).get("speedup")
+    click.echo(f"{rep['method']}: MACs {rep['macs']['pruned']:,} ({rep['macs']['ratio']:.4f} of "
+               f"dense), params {rep['params']['pruned']:,} ({rep['params']['ratio']:.4f}), "
+               + (f"CPU speed-up x{speed:.2f} at batch 64, " if speed else "")
+               + accuracy_line(rep))
+    save_run(out, model, pruned, plan, rep, checkpoint, quiet)
 
 
 @cli.group("toy")
@@ -377,10 +401,11 @@ def toy_svgg_cmd(seed, no_complete, as_json):
 
 
 
-# ---- reports, comparison grid, export (issue 5) ----
+# ---- reports, comparison grid, export ----
 @cli.command("bench")
 @click.option("--model", "model_name", default="resnet20", show_default=True)
-@click.option("--data", "data_name", default="digits", show_default=True)
+@click.option("--data", "data_name", default="digits", show_default=True,
+              help=f"Data set: {', '.join(D.DATASETS)}.")
 @click.option("--root", type=click.Path(file_okay=False), default=None)
 @click.option("--methods", default=None,
               help="Comma list (default: fvw,magnitude,taylor,random with --sparsity; "
@@ -390,34 +415,48 @@ def toy_svgg_cmd(seed, no_complete, as_json):
 @click.option("--macs", "macs_list", default=None,
               help="Comma list of MACs fractions to keep (structured grid), e.g. 0.5,0.25.")
 @click.option("--seeds", default="0,1,2", show_default=True)
-@click.option("--epochs", type=int, default=20, show_default=True, help="Base model training epochs.")
-@click.option("--finetune-epochs", type=int, default=5, show_default=True,
-              help="Fine-tune every cell this many epochs (0: report only the pruned accuracy).")
-@click.option("--lr", type=float, default=0.05, show_default=True, help="Fine-tuning learning rate.")
+@click.option("--base", default=None,
+              help="Reuse base checkpoints: a folder holding seed-S/ checkpoint folders, or a "
+                   "path pattern with {seed} (default: train them into OUT/base).")
+@click.option("--epochs", type=int, default=20, show_default=True,
+              help="Base model training epochs (without --base).")
 @click.option("--keep", type=float, default=0.9, show_default=True,
               help="Unstructured: fraction kept per iteration (the papers' 0.98 is slower).")
 @click.option("--samples", type=int, default=512, show_default=True,
               help="Unstructured: attribution samples (0 = all).")
+@finetune_options(epochs=5, lr=0.05)
+@recalibration_options
+@loop_recalibrate_option
+@latency_option
 @click.option("--out", type=click.Path(), default="runs/bench", show_default=True)
 @quiet_option
-def bench_cmd(model_name, data_name, root, methods, sparsities, macs_list, seeds, epochs,
-              finetune_epochs, lr, keep, samples, out, quiet):
-    """Compare methods over budgets and seeds: OUT/grid.{md,csv,json,png}; resumable."""
+def bench_cmd(model_name, data_name, root, methods, sparsities, macs_list, seeds, base, epochs,
+              keep, samples, loop_recalibrate, out, quiet, **kw):
+    """Compare methods over budgets and seeds: OUT/grid.{md,csv,json,png}; resumable.
+
+    Every cell records the test top-1 pruned, after BatchNorm recalibration and after
+    fine-tuning (defaults here: 5 epochs at lr 0.05).
+    """
     from . import bench
 
     if sparsities is not None and macs_list is not None:
         raise PrunewiseError("give --sparsity (unstructured grid) or --macs (structured grid), not both")
+    if samples < 0:
+        raise PrunewiseError(f"--samples must be >= 0 (0 = all), got {samples}")
     structured = macs_list is not None
     budgets = bench.parse_list(macs_list if structured else (sparsities or "0.8,0.9,0.95"),
                                "--macs" if structured else "--sparsity")
-    default_methods = bench.STRUCTURED if structured else bench.UNSTRUCTURED
     method_list = bench.parse_list(methods, "--methods", str) if methods is not None \
-        else list(default_methods)
-    summary = bench.run(out, model_name=model_name, data_name=data_name, root=root,
-                        methods=method_list, budgets=budgets, structured=structured,
-                        seeds=bench.parse_list(seeds, "--seeds", int), epochs=epochs,
-                        finetune_epochs=finetune_epochs, lr=lr, keep=keep, samples=samples or None,
-                        quiet=quiet)
+        else list(bench.STRUCTURED if structured else bench.UNSTRUCTURED)
+    grid = bench.Grid(methods=tuple(method_list), budgets=tuple(budgets),
+                      seeds=tuple(bench.parse_list(seeds, "--seeds", int)), structured=structured,
+                      model_name=model_name, data_name=data_name, root=root, epochs=epochs,
+                      base=base)
+    prune = runs.Unstructured(sparsity=0.0, keep=keep, samples=samples or None,
+                              loop_recalibrate=loop_recalibrate)
+    summary = bench.run(out, grid, prune=prune, finetune=finetune_of(kw),
+                        recalibration=recalibration_of(kw), measurement=measurement_of(kw),
+                        progress=progress_on(quiet))
     click.echo(bench.grid_markdown(summary), nl=False)
     say(quiet, f"wrote {Path(out) / 'grid.md'}, grid.csv, grid.json, grid.png "
                f"({summary['seconds_this_run']:.1f}s)")
@@ -463,23 +502,27 @@ def export_cmd(folder, onnx_path, input_size):
 @click.option("--epochs", type=int, default=None, help="Training epochs (default: the demo's).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="Tiny settings that only check the wiring.")
+@recalibration_options
 @quiet_option
-def demo_cmd(out, epochs, seed, quick, quiet):
+def demo_cmd(out, epochs, seed, quick, quiet, **kw):
     """Train resnet20 on the embedded digits data, prune it with FVW and SLIMING next to their
     baselines, and write OUT/report.json, report.md and plots."""
     from .demo import run_demo
 
     if epochs is not None and epochs < 1:
         raise PrunewiseError(f"--epochs must be >= 1, got {epochs}")
-    rep = run_demo(out, epochs=epochs, seed=seed, quiet=quiet, quick=quick)
-    click.echo(f"dense {rep['model']} on digits: test top-1 {rep['test_accuracy']:.4f}, "
-               f"params {rep['params']:,}, MACs {rep['macs']:,}, "
-               f"latency {rep['latency_ms']:.2f} ms (batch 1)")
+    recalibration = recalibration_of(kw)
+    recalibration.check()
+    rep = run_demo(out, epochs=epochs, seed=seed, progress=progress_on(quiet), quick=quick,
+                   recalibration=recalibration)
+    lat = (rep.get("latency_ms") or {}).get("1", {}).get("dense")
+    click.echo(f"dense {rep['model']} on digits: test top-1 {rep['accuracy']['dense']['test']:.4f}"
+               f", params {rep['params']['dense']:,}, MACs {rep['macs']['dense']:,}"
+               + (f", latency {lat:.2f} ms (batch 1)" if lat is not None else ""))
     for name, step in rep["runs"].items():
-        budget = (f"sparsity {step['sparsity']:.3f}" if "sparsity" in step
-                  else f"MACs x{step['macs_ratio']:.3f}")
-        click.echo(f"{name:>10}: {budget}, top-1 {step['test_accuracy']:.4f} -> "
-                   f"{step['finetuned_accuracy']:.4f} after fine-tuning")
+        budget = (f"sparsity {step['sparsity']:.3f}" if step["kind"] == "prune-unstructured"
+                  else f"MACs x{step['macs']['ratio']:.3f}")
+        click.echo(f"{name:>10}: {budget}, {accuracy_line(step)}")
     click.echo(f"wrote {Path(out) / 'report.json'} and report.md in {rep['seconds']:.0f}s")
 
 

@@ -9,7 +9,8 @@ Plot data a report may carry (each optional):
   ``{"layer", "before", "after"}`` weight shapes (structured);
 - ``history``: FVW iterations, ``{"iteration", "sparsity", "accuracy"?}``;
 - ``spectra``: group name -> singular values (SLIMING).
-A demo report nests whole pruning reports under ``runs``.
+A demo report nests whole pruning reports under ``runs``. The keys of a pruning report are
+described in :mod:`prunewise.runs`; ``report_schema.json`` enforces them.
 """
 from __future__ import annotations
 
@@ -41,22 +42,45 @@ def versions() -> dict:
 
 
 def _version() -> str:
-    from . import __version__
-    return __version__
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("prunewise")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown"
 
 
 def validate(report: dict, schema: dict | None = None) -> None:
     """Check ``report`` against the repository's report schema (a small subset of JSON Schema:
-    type, required, properties, items, enum, minimum, maximum). Raises PrunewiseError."""
+    type, required, properties, additionalProperties, items, enum, minimum, maximum, $ref to
+    ``#/$defs/...`` and if/then). Raises PrunewiseError."""
     schema = schema or json.loads(SCHEMA_PATH.read_text())
-    _check(report, schema, "report")
+    _check(report, schema, "report", schema)
 
 
 _TYPES = {"object": dict, "array": list, "string": str, "boolean": bool,
           "integer": int, "number": (int, float), "null": type(None)}
 
 
-def _check(value, schema: dict, where: str) -> None:
+def _resolve(schema: dict, root: dict) -> dict:
+    ref = schema.get("$ref")
+    if ref is None:
+        return schema
+    if not ref.startswith("#/$defs/"):
+        raise PrunewiseError(f"report schema: unsupported $ref {ref!r}")
+    return {**root["$defs"][ref.split("/")[-1]], **{k: v for k, v in schema.items() if k != "$ref"}}
+
+
+def _matches(value, schema: dict, root: dict) -> bool:
+    try:
+        _check(value, schema, "", root)
+    except PrunewiseError:
+        return False
+    return True
+
+
+def _check(value, schema: dict, where: str, root: dict) -> None:
+    schema = _resolve(schema, root)
     kinds = schema.get("type")
     if kinds is not None:
         kinds = [kinds] if isinstance(kinds, str) else kinds
@@ -76,12 +100,19 @@ def _check(value, schema: dict, where: str) -> None:
         for key in schema.get("required", []):
             if key not in value:
                 raise PrunewiseError(f"invalid report: {where} lacks required '{key}'")
-        for key, sub in schema.get("properties", {}).items():
+        props = schema.get("properties", {})
+        for key, sub in props.items():
             if key in value:
-                _check(value[key], sub, f"{where}.{key}")
+                _check(value[key], sub, f"{where}.{key}", root)
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key in value.keys() - props.keys():
+                _check(value[key], extra, f"{where}.{key}", root)
     if isinstance(value, list) and "items" in schema:
         for i, item in enumerate(value):
-            _check(item, schema["items"], f"{where}[{i}]")
+            _check(item, schema["items"], f"{where}[{i}]", root)
+    if "if" in schema and "then" in schema and _matches(value, schema["if"], root):
+        _check(value, schema["then"], where, root)
 
 
 def write(out: str | Path, report: dict, *, kind: str, config: dict | None = None) -> dict:
@@ -93,7 +124,7 @@ def write(out: str | Path, report: dict, *, kind: str, config: dict | None = Non
     report.setdefault("versions", versions())
     report.setdefault("command", " ".join(["prunewise", *sys.argv[1:]])
                       if Path(sys.argv[0]).name in ("prunewise", "__main__.py") else None)
-    report = json.loads(json.dumps(report, default=files._jsonable))  # plain JSON types only
+    report = json.loads(json.dumps(report, default=files.jsonable))  # plain JSON types only
     return _emit(out, report)
 
 
@@ -110,35 +141,64 @@ def _emit(out: Path, report: dict) -> dict:
     validate(report)
     report["plots"] = plot(out, report)
     files.write_json(out / REPORT, report)
-    files._atomic(out / "report.md", lambda tmp: Path(tmp).write_text(markdown(report)))
+    files.atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(markdown(report)))
     return report
 
 
 # ---- Markdown -------------------------------------------------------------------------------
 
-_HEADLINE = [("method", "method", "{}"), ("sparsity", "sparsity", "{:.4f}"),
-             ("macs_ratio", "MACs ratio", "{:.4f}"), ("params_ratio", "params ratio", "{:.4f}"),
-             ("dense_test_accuracy", "dense top-1", "{:.4f}"),
-             ("test_accuracy", "top-1 (pruned)", "{:.4f}"),
-             ("finetuned_accuracy", "top-1 (fine-tuned)", "{:.4f}"),
-             ("params", "params", "{:,}"), ("macs", "MACs", "{:,}"),
-             ("latency_ms", "latency (ms)", "{:.3f}"), ("seconds", "seconds", "{:.1f}")]
+COLUMNS = ("budget", "sparsity", "params", "MACs", "top-1 pruned", "top-1 recalibrated",
+           "top-1 fine-tuned", "latency b1 (ms)", "latency b64 (ms)", "speed-up b64", "seconds")
+NOTE = ("Top-1 on the test split (validation top-1 is in report.json). Masked models: params "
+        "are the non-zero parameters and MACs those of the non-zero weights; a dense CPU kernel "
+        "does not skip zeros, so their latency stays the dense one.")
 
 
-def _row(r: dict) -> dict:
-    cells = {}
-    for key, title, fmt in _HEADLINE:
-        v = r.get(key)
-        if v is not None and not isinstance(v, (dict, list)):
-            try:
-                cells[title] = fmt.format(v)
-            except (ValueError, TypeError):
-                cells[title] = str(v)
-    return cells
+def _fmt(v, fmt: str) -> str:
+    return "" if v is None else fmt.format(v)
 
 
-def _table(rows: dict[str, dict]) -> list[str]:
-    cols = [t for _, t, _ in _HEADLINE if any(t in c for c in rows.values())]
+def _budget(r: dict) -> str:
+    b = r.get("budget") or {}
+    return ", ".join(f"{k} {v:g}" for k, v in b.items() if v is not None)
+
+
+def _latency(r: dict, batch: str, stage: str) -> str:
+    row = (r.get("latency_ms") or {}).get(batch) or {}
+    return _fmt(row.get(stage), "{:.3f}")
+
+
+def dense_row(r: dict) -> dict:
+    """The dense model's cells of the results table."""
+    acc = (r.get("accuracy") or {}).get("dense") or {}
+    return {"params": _fmt((r.get("params") or {}).get("dense"), "{:,}"),
+            "MACs": _fmt((r.get("macs") or {}).get("dense"), "{:,}"),
+            "top-1 pruned": _fmt(acc.get("test"), "{:.4f}") + " (dense)",
+            "latency b1 (ms)": _latency(r, "1", "dense"),
+            "latency b64 (ms)": _latency(r, "64", "dense")}
+
+
+def run_row(r: dict) -> dict:
+    """One pruning run's cells of the results table."""
+    acc = r.get("accuracy") or {}
+
+    def top1(stage):
+        return _fmt((acc.get(stage) or {}).get("test"), "{:.4f}")
+
+    speed = ((r.get("latency_ms") or {}).get("64") or {}).get("speedup")
+    return {"budget": _budget(r), "sparsity": _fmt(r.get("sparsity"), "{:.4f}"),
+            "params": _fmt(r["params"].get("pruned"), "{:,}"),
+            "MACs": _fmt(r["macs"].get("pruned"), "{:,}"),
+            "top-1 pruned": top1("pruned"), "top-1 recalibrated": top1("recalibrated"),
+            "top-1 fine-tuned": top1("finetuned"),
+            "latency b1 (ms)": _latency(r, "1", "pruned"),
+            "latency b64 (ms)": _latency(r, "64", "pruned"),
+            "speed-up b64": _fmt(speed, "x{:.2f}"), "seconds": _fmt(r.get("seconds"), "{:.1f}")}
+
+
+def table(rows: dict[str, dict]) -> list[str]:
+    """Markdown table lines: one row per entry of ``rows`` (name -> column -> text)."""
+    cols = [c for c in COLUMNS if any(cells.get(c) for cells in rows.values())]
     lines = ["| run | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, cells in rows.items():
         lines.append(f"| {name} | " + " | ".join(cells.get(c, "") for c in cols) + " |")
@@ -146,13 +206,15 @@ def _table(rows: dict[str, dict]) -> list[str]:
 
 
 def markdown(report: dict) -> str:
-    """A short human summary of a run: headline table, plots, settings, versions."""
+    """A short human summary of a run: results table, plots, settings, versions."""
     title = {"demo": "prunewise demo"}.get(report["kind"], f"prunewise {report['kind']}")
     lines = [f"# {title}: {report.get('method') or report.get('model', '')}", ""]
-    rows = {"dense" if report["kind"] == "demo" else "this run": _row(report)}
+    rows = {"dense": dense_row(report)}
+    if report["kind"] != "demo":
+        rows[report.get("method", "pruned")] = run_row(report)
     for name, step in (report.get("runs") or {}).items():
-        rows[name] = _row(step)
-    lines += ["## Results", "", *_table(rows), ""]
+        rows[name] = run_row(step)
+    lines += ["## Results", "", *table(rows), "", NOTE, ""]
     if report.get("plots"):
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]] + [""]
     if report.get("config"):
@@ -166,7 +228,8 @@ def markdown(report: dict) -> str:
 
 # ---- plots ----------------------------------------------------------------------------------
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -189,18 +252,19 @@ def plot(out: Path, report: dict, prefix: str = "") -> list[str]:
     return [p.name if isinstance(p, Path) else p for p in made]
 
 
-def _save(fig, path: Path) -> Path:
-    plt = _pyplot()
+def save_figure(fig, path: Path) -> Path:
+    """Write ``fig`` as a PNG atomically, close it; returns ``path``."""
+    plt = pyplot()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    files._atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    files.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path
 
 
 def plot_layers(path: Path, rows: list[dict], label: str) -> Path:
     """Per-layer sparsity (unstructured) or output width before/after (structured)."""
-    plt = _pyplot()
+    plt = pyplot()
     names = [r.get("layer", r.get("name", "?")) for r in rows]
     fig, ax = plt.subplots(figsize=(max(6, 0.22 * len(rows) + 2), 4.5))
     xs = range(len(rows))
@@ -217,29 +281,30 @@ def plot_layers(path: Path, rows: list[dict], label: str) -> Path:
         ax.legend()
     ax.set_xticks(list(xs))
     ax.set_xticklabels(names, rotation=90, fontsize=6)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_history(path: Path, history: list[dict], label: str) -> Path:
     """Accuracy (validation, pruned, not fine-tuned) and sparsity against the iteration."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     it = [h["iteration"] for h in history]
     ax.plot(it, [h["sparsity"] for h in history], color="tab:gray", label="sparsity")
     ax.set_xlabel("iteration")
     ax.set_ylabel("sparsity")
     ax.set_ylim(0, 1)
+    lines = list(ax.get_lines())
     if any("accuracy" in h for h in history):
-        ax.legend(loc="lower left")
         ax2 = ax.twinx()
-        ax2.plot([h["iteration"] for h in history if "accuracy" in h],
-                 [h["accuracy"] for h in history if "accuracy" in h], color="tab:red",
-                 marker=".", label="validation accuracy")
+        lines += ax2.plot([h["iteration"] for h in history if "accuracy" in h],
+                          [h["accuracy"] for h in history if "accuracy" in h], color="tab:red",
+                          marker=".", label="validation accuracy")
         ax2.set_ylabel("validation top-1", color="tab:red")
         ax2.set_ylim(0, 1)
+    ax.legend(lines, [ln.get_label() for ln in lines], loc="lower left")
     has_acc = any("accuracy" in h for h in history)
     ax.set_title(f"{label}: {'validation accuracy and ' if has_acc else ''}sparsity vs. iteration")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_spectra(path: Path, spectra: dict, normalize: str = "max") -> Path:
@@ -248,7 +313,7 @@ def plot_spectra(path: Path, spectra: dict, normalize: str = "max") -> Path:
 
     from .sliming.spectrum import normalized
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     for name, s in spectra.items():
         ax.plot(normalized(torch.as_tensor(s, dtype=torch.float64), normalize).numpy(), lw=0.8,
@@ -258,4 +323,4 @@ def plot_spectra(path: Path, spectra: dict, normalize: str = "max") -> Path:
     ax.set_title(f"SLIMING: singular-value spectra of {len(spectra)} groups")
     if len(spectra) <= 12:
         ax.legend(fontsize=6)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -1,0 +1,191 @@
+"""prunewise.runs: the one pruning run (prune -> measure -> recalibrate -> measure -> fine-tune
+-> measure -> report) and train.recalibrate_bn, on tiny models."""
+import copy
+import functools
+
+import pytest
+import torch
+from torch import nn
+
+from prunewise import PrunewiseError, baselines, measure, models, report, runs, train
+from prunewise.plan import MaskPlan
+
+NO_LATENCY = runs.Measurement(latency=False)
+
+
+def tiny(bn: bool = True) -> nn.Module:
+    torch.manual_seed(0)
+    norm = [nn.BatchNorm2d(8)] if bn else []
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), *norm, nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, stride=2, padding=1), *([nn.BatchNorm2d(8)] if bn else []),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 10))
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(digits):
+    torch.set_num_threads(1)
+    model = tiny()
+    train.fit(model, digits, epochs=4, lr=0.1, seed=0, progress=False)
+    return model
+
+
+def test_recalibration_restores_accuracy_lost_to_shifted_statistics(trained_tiny, digits):
+    before = train.evaluate_split(trained_tiny, digits, "val")["top1"]
+    shifted = copy.deepcopy(trained_tiny)
+    for m in shifted.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean += 3.0
+            m.running_var *= 20.0
+    broken = train.evaluate_split(shifted, digits, "val")["top1"]
+    assert broken < before - 0.2
+    batches = runs.recalibration_batches(digits, runs.Recalibration(samples=512), seed=0)
+    train.recalibrate_bn(shifted, batches, samples=512)
+    assert train.evaluate_split(shifted, digits, "val")["top1"] >= before - 0.03
+    assert not shifted.training  # the mode is restored
+
+
+def test_recalibration_leaves_a_model_without_batchnorm_bit_identical(digits):
+    model = tiny(bn=False).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = train.recalibrate_bn(model, runs.recalibration_batches(digits, runs.Recalibration(), 0),
+                               samples=64)
+    assert out is model and model.training
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_unstructured_run_reports_every_stage_in_order(trained_tiny, digits, monkeypatch):
+    calls = []
+    real_recal, real_fit = train.recalibrate_bn, train.fit
+
+    def recal(model, batches, **kw):
+        calls.append("recalibrate")
+        out = real_recal(model, batches, **kw)
+        calls.append({k: v.clone() for k, v in model.state_dict().items() if "running" in k})
+        return out
+
+    def fit(model, bundle, **kw):
+        stats = {k: v for k, v in model.state_dict().items() if "running" in k}
+        assert all(torch.equal(stats[k], calls[-1][k]) for k in stats)  # starts recalibrated
+        calls.append(("fit", kw["optimizer"], kw["patience"], kw["masks"] is not None))
+        return real_fit(model, bundle, **kw)
+
+    monkeypatch.setattr(train, "recalibrate_bn", recal)
+    monkeypatch.setattr(train, "fit", fit)
+    pruned, plan, rep = runs.run_unstructured(
+        trained_tiny, digits, "magnitude", runs.Unstructured(sparsity=0.7, keep=0.5),
+        finetune=runs.FineTune(epochs=1, optimizer="adam", lr=1e-3, patience=3),
+        measurement=runs.Measurement(repeats=1, warmup=1))
+    assert calls[0] == "recalibrate" and calls[2] == ("fit", "adam", 3, True)
+    acc = rep["accuracy"]
+    assert set(acc) == set(runs.STAGES)
+    assert acc["dense"] == runs.accuracy(trained_tiny, digits)
+    assert acc["finetuned"] == runs.accuracy(pruned, digits)  # the model handed back
+    assert rep["sparsity"] == plan.sparsity and abs(plan.sparsity - 0.7) < 1e-3
+    assert rep["params"]["counted"] == "nonzero"
+    assert rep["params"]["pruned"] == measure.params(pruned, nonzero=True)
+    assert rep["macs"]["pruned"] == runs.nonzero_macs(pruned, runs.example(digits))
+    assert rep["macs"]["pruned"] < rep["macs"]["dense"]
+    assert set(rep["latency_ms"]) == {"1", "64"} and rep["latency_ms"]["64"]["pruned"] > 0
+    assert rep["config"]["finetune"]["optimizer"] == "adam"
+    params = dict(pruned.named_parameters())
+    assert all(bool((params[k][~m] == 0).all()) for k, m in plan.masks.items())
+    report.validate({**rep, "versions": report.versions()})
+
+
+def test_no_recalibration_and_no_finetune_leave_those_stages_null(trained_tiny, digits):
+    pruned, _, rep = runs.run_unstructured(
+        trained_tiny, digits, "random", runs.Unstructured(sparsity=0.5, keep=0.5),
+        recalibration=runs.Recalibration(enabled=False), measurement=NO_LATENCY)
+    assert rep["accuracy"]["recalibrated"] is None and rep["accuracy"]["finetuned"] is None
+    assert rep["latency_ms"] is None
+    dense_stats = {k: v for k, v in trained_tiny.state_dict().items() if "running" in k}
+    assert all(torch.equal(v, pruned.state_dict()[k]) for k, v in dense_stats.items())
+    assert rep["accuracy"]["pruned"] == runs.accuracy(pruned, digits)
+
+
+def test_patience_stops_when_validation_stops_improving(digits):
+    model = tiny(bn=False)
+    plan = MaskPlan({"2.weight": torch.ones(8, 8, 3, 3, dtype=torch.bool)}, method="magnitude")
+    _, rep = runs.finish_masks(model, digits, plan, measurement=NO_LATENCY,
+                               finetune=runs.FineTune(epochs=30, lr=1e-9, patience=2))
+    # lr 1e-9 and no BatchNorm: validation accuracy never changes after epoch 1
+    assert rep["finetune"]["best_epoch"] == 1 and rep["finetune"]["epochs_run"] == 3
+
+
+def test_nonzero_macs_count_only_the_kept_weights():
+    conv = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 25, 3))
+    x = torch.zeros(1, 2, 5, 5)
+    assert runs.nonzero_macs(conv, x) == measure.macs(conv, x)
+    with torch.no_grad():
+        conv[0].weight[:2] = 0  # half the filters
+        conv[2].weight[:, :50] = 0  # half the linear inputs
+    assert runs.nonzero_macs(conv, x) == measure.macs(conv, x) // 2
+
+
+def test_structured_run_is_smaller_and_reports_speed(digits):
+    torch.manual_seed(0)
+    model = models.create("resnet20", num_classes=10, in_channels=1)
+    pruned, plan, rep = runs.run_structured(
+        model, digits, "l1", runs.Structured(macs=0.5),
+        measurement=runs.Measurement(repeats=2, warmup=1))
+    assert 0.45 <= rep["macs"]["ratio"] <= 0.5 and rep["macs"]["counted"] == "all"
+    assert rep["macs"]["pruned"] == measure.macs(pruned, runs.example(digits))
+    assert rep["params"]["pruned"] == measure.params(pruned) < rep["params"]["dense"]
+    assert 0.3 < rep["sparsity"] < 0.7
+    assert rep["accuracy"]["recalibrated"] == runs.accuracy(pruned, digits)
+    assert rep["latency_ms"]["64"]["speedup"] > 0 and rep["counts"] == plan.counts
+    report.validate({**rep, "versions": report.versions()})
+
+
+def test_loop_recalibration_is_passed_to_the_method(trained_tiny, digits, monkeypatch):
+    seen = {}
+    real_get = baselines.get
+
+    def get(method):
+        fn = real_get(method)
+
+        @functools.wraps(fn)
+        def spy(*a, **kw):
+            seen.update(kw)
+            return fn(*a, **kw)
+        return spy
+
+    monkeypatch.setattr(baselines, "get", get)
+    settings = runs.Unstructured(sparsity=0.5, keep=0.5, loop_recalibrate=True)
+    runs.prune_masks(trained_tiny, digits, "magnitude", settings)
+    assert seen["recalibrate"] is True
+    monkeypatch.setattr(baselines, "get", lambda m: lambda model, batches, *, sparsity: None)
+    with pytest.raises(PrunewiseError, match="inside its loop"):
+        runs.prune_masks(trained_tiny, digits, "magnitude", settings)
+
+
+@pytest.mark.parametrize("method, settings, word", [
+    ("lottery", runs.Unstructured(sparsity=0.5), "lottery"),
+    ("magnitude", runs.Unstructured(sparsity=0.5, class_groups=2), "fvw only"),
+    ("fvw", runs.Unstructured(sparsity=0.5, alpha=0.0), "alpha"),
+    ("fvw", runs.Unstructured(sparsity=1.0), "sparsity"),
+    ("fvw", runs.Unstructured(sparsity=0.5, samples=0), "samples"),
+])
+def test_bad_unstructured_settings(method, settings, word):
+    with pytest.raises(PrunewiseError, match=word):
+        runs.check_unstructured(method, settings)
+
+
+@pytest.mark.parametrize("settings, word", [
+    (runs.Structured(), "exactly one"), (runs.Structured(macs=0.5, params=0.5), "exactly one"),
+    (runs.Structured(macs=1.5), r"\(0, 1\)"), (runs.Structured(macs=0.5, plan="p"), "plan"),
+])
+def test_bad_structured_settings(settings, word):
+    with pytest.raises(PrunewiseError, match=word):
+        runs.check_structured("sliming", settings)
+
+
+@pytest.mark.parametrize("obj, word", [(runs.FineTune(epochs=-1), "epochs"),
+                                       (runs.FineTune(optimizer="lbfgs"), "lbfgs"),
+                                       (runs.FineTune(lr=0.0), "learning rate"),
+                                       (runs.Recalibration(samples=0), "samples")])
+def test_bad_step_settings(obj, word):
+    with pytest.raises(PrunewiseError, match=word):
+        obj.check()
