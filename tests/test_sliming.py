@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from helpers import run
-from prunewise import PrunewiseError, data as D, files, filter_baselines, measure, models, sliming
+from prunewise import (PrunewiseError, data as D, files, filters, measure, models, sliming,
+                       surgery, toy)
 from prunewise.sliming import gem
 
 
@@ -26,10 +27,8 @@ def test_gem_keeps_exactly_one_of_each_duplicate_pair(n, exact):
     kept = (gem.greedy_exact if exact else gem.greedy_fast)(R, n)
     assert sorted(pair[kept].tolist()) == list(range(n))
     assert sorted(pair[sliming.select(R, n)].tolist()) == list(range(n))
-    # a one-shot leave-one-out score rates both copies of a pair alike: it cannot do this
-    U, S, _ = torch.linalg.svd(R, full_matrices=False)
-    score = (U * U * S).sum(1)
-    assert torch.allclose(score[pair == 0].min(), score[pair == 0].max())
+    # a one-shot leave-one-out score rates both copies of a pair alike: it keeps pairs together
+    assert len(set(pair[toy.one_shot(R, n)].tolist())) <= n // 2 + 1
 
 
 def _redundant(C, D, seed):
@@ -121,12 +120,12 @@ def test_sliming_keeps_duplicated_filters_once_in_a_real_model():
     assert len({int(i) % 32 for i in kept}) == kept.numel()
 
 
-@pytest.mark.parametrize("method", filter_baselines.METHODS)
+@pytest.mark.parametrize("method", filters.METHODS)
 def test_baselines_meet_the_same_macs_budget(method, digits):
     model = models.create("resnet20", num_classes=10, in_channels=1)
     x = torch.zeros(1, 1, 16, 16)
     batches = D.batches(digits.train, digits, 32)
-    pruned, plan = filter_baselines.prune(model, x, method, macs=0.5, batches=batches, seed=1)
+    pruned, plan = filters.prune(model, x, method, macs=0.5, batches=batches, seed=1)
     ratio = measure.macs(pruned, x) / measure.macs(model, x)
     assert 0.49 <= ratio <= 0.5, ratio
     assert plan.meta.get("method") == method
@@ -135,7 +134,7 @@ def test_baselines_meet_the_same_macs_budget(method, digits):
 
 def test_chip_without_data_is_an_error():
     with pytest.raises(PrunewiseError, match="batches"):
-        filter_baselines.prune(models.create("resnet20"), X, "chip", macs=0.5)
+        filters.prune(models.create("resnet20"), X, "chip", macs=0.5)
 
 
 # ------------------------------------------------------------------ the command
@@ -146,12 +145,14 @@ def test_cli_prune_sliming_writes_model_report_and_plot(digits_checkpoint, tmp_p
     assert r.returncode == 0, r.stderr
     assert "layer1.0.conv1" in r.stdout                      # the per-layer table
     rep = json.loads((out / "report.json").read_text())
-    for key in ("method", "macs", "params", "macs_ratio", "test_accuracy", "finetuned_accuracy"):
-        assert key in rep
-    assert rep["method"] == "sliming" and 0.49 <= rep["macs_ratio"] <= 0.5
+    assert rep["method"] == "sliming" and 0.49 <= rep["macs"]["ratio"] <= 0.5
+    for stage in ("dense", "pruned", "finetuned"):
+        assert 0 <= rep["accuracy"][stage]["test"] <= 1
+    assert rep["params"]["pruned"] < rep["params"]["dense"]
     assert (out / "spectra.png").stat().st_size > 1000
     model = files.load_model(out / "model")
-    assert measure.macs(model, torch.zeros(1, 1, 16, 16)) == rep["macs"]
+    assert measure.macs(model, torch.zeros(1, 1, 16, 16)) == rep["macs"]["pruned"]
+    assert surgery.ChannelPlan.load(out / "plan").counts == rep["counts"]
 
 
 @pytest.mark.parametrize("args, words", [
@@ -178,7 +179,8 @@ def test_cli_saved_plan_reapplies_and_rejects_another_architecture(digits_checkp
     assert r.returncode == 0, r.stderr
     a = json.loads((first / "report.json").read_text())
     b = json.loads((again / "report.json").read_text())
-    assert a["macs"] == b["macs"] and a["test_accuracy"] == b["test_accuracy"]
+    assert a["macs"] == b["macs"] and a["counts"] == b["counts"]
+    assert a["accuracy"]["pruned"] == b["accuracy"]["pruned"]
     other = tmp_path / "r32"
     files.save_model(models.create("resnet32", num_classes=10, in_channels=1), other,
                      meta={"data": {"name": "digits", "root": None, "image_size": 16, "seed": 0}})

@@ -1,5 +1,7 @@
 """Structured surgery: every zoo model pruned to 50% / 25% MACs, a hand-made model with a
 residual add, a concat and a depthwise conv, the channel plan's save / load / apply, errors."""
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -101,6 +103,35 @@ def test_plan_on_a_different_architecture_is_an_error(tmp_path):
 def test_corrupt_or_missing_plan_is_an_error(tmp_path):
     with pytest.raises(PrunewiseError, match="not found"):
         surgery.ChannelPlan.load(tmp_path / "nope")
+    x = torch.randn(1, 3, 32, 32)
+    _, plan = sliming.prune(models.create("resnet20"), x, macs=0.5)
+    folder = plan.save(tmp_path / "p")
+    cfg = json.loads((folder / surgery.PLAN_JSON).read_text())
+    (folder / surgery.PLAN_JSON).write_text(json.dumps({**cfg, "sizes": {**cfg["sizes"], "x": 3}}))
+    with pytest.raises(PrunewiseError, match="corrupt channel plan"):
+        surgery.ChannelPlan.load(folder)
+    (folder / surgery.PLAN_JSON).write_text(json.dumps({**cfg, "kind": "masks"}))
+    with pytest.raises(PrunewiseError, match="not a channel plan"):
+        surgery.ChannelPlan.load(folder)
+
+
+@pytest.mark.parametrize("keep, sizes, words", [
+    ({"fc": torch.arange(5)}, {"fc": 10}, "cannot be pruned"),
+    ({"nowhere": torch.arange(5)}, {"nowhere": 10}, "does not have"),
+    ({"layer1.0.conv1": torch.arange(5)}, {"layer1.0.conv1": 12}, "has 12 channels"),
+])
+def test_plan_that_does_not_fit_the_model_is_an_error(keep, sizes, words):
+    plan = surgery.ChannelPlan(keep=keep, sizes=sizes)
+    with pytest.raises(PrunewiseError, match=words):
+        surgery.apply(models.create("resnet20"), plan, torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("kept", [[], [3, 3], [-1], [16]])
+def test_bad_kept_channels_are_an_error(kept):
+    model = models.create("resnet20")
+    a = sliming.analyze(model, torch.randn(1, 3, 32, 32), spectra=False)
+    with pytest.raises(PrunewiseError, match="bad kept channels"):
+        surgery.make_plan(model, a.infos, {"layer1.0.conv1": torch.tensor(kept, dtype=torch.long)})
 
 
 class Detached(nn.Module):

@@ -5,19 +5,15 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
-from prunewise.sliming import toy
+from prunewise import toy
+from prunewise.utils import one_thread
 
 
 @pytest.fixture(scope="module")
 def result():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         return toy.run(seed=0, complete=True)
-    finally:
-        torch.set_num_threads(old)
 
 
 def test_svgg_sizes_match_the_paper():

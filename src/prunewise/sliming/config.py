@@ -29,13 +29,14 @@ def floors(sizes: Sequence[int], min_channels: int, min_ratio: float = 0.0) -> n
 
 
 def counts_at(s: Sequence[np.ndarray], tau: float, floor: np.ndarray, round_to: int | None):
-    """N_g for threshold ``tau`` (respecting the per-group floor and rounding)."""
+    """N_g for threshold ``tau``: at least the per-group floor, then rounded up to a multiple
+    of ``round_to`` (the floor too, so every count is a multiple unless it is the whole group)."""
     out = []
     for sg, lo in zip(s, floor):
-        n = int(np.sum(sg >= tau))
+        n = max(int(np.sum(sg >= tau)), int(lo))
         if round_to and round_to > 1:
             n = int(np.ceil(n / round_to) * round_to)
-        out.append(min(len(sg), max(n, int(lo))))
+        out.append(min(len(sg), n))
     return np.array(out)
 
 
@@ -48,7 +49,8 @@ def configure(sigmas: Sequence[torch.Tensor], cost: Callable[[np.ndarray], float
     ``min_ratio`` keeps at least that fraction of every group. The paper's threshold alone can
     starve a group whose spectrum is short (a first conv on grayscale input has rank <= 9) or
     steep (a classifier layer), which on our digits benchmark wrecked vgg16_bn; 0 is the
-    method exactly as specified.
+    method exactly as specified. ``round_to`` rounds every count (floors included) up to a
+    multiple of it, capped at the group's size; the top-up then moves in steps of ``round_to``.
     """
     if normalize not in ("max", "sum"):
         raise PrunewiseError(f"normalize must be 'max' or 'sum', got {normalize!r}")
@@ -56,13 +58,17 @@ def configure(sigmas: Sequence[torch.Tensor], cost: Callable[[np.ndarray], float
         raise PrunewiseError(f"min_channels must be an integer >= 1, got {min_channels!r}")
     if not 0 <= min_ratio < 1:
         raise PrunewiseError(f"min_ratio must be in [0, 1), got {min_ratio!r}")
+    if round_to is not None and (isinstance(round_to, bool)
+                                 or not isinstance(round_to, (int, np.integer)) or round_to < 1):
+        raise PrunewiseError(f"round_to must be an integer >= 1, got {round_to!r}")
     s = [normalized(torch.as_tensor(sg, dtype=torch.float64), normalize).numpy() for sg in sigmas]
     sizes = np.array([len(sg) for sg in s])
     lowest = floors(sizes, min_channels, min_ratio)
     floor = counts_at(s, np.inf, lowest, round_to)
     if cost(floor) > budget * (1 + 1e-12):
+        rounding = f", round_to={round_to}" if round_to and round_to > 1 else ""
         raise PrunewiseError(f"{what} is below what min_channels={min_channels}, "
-                             f"min_ratio={min_ratio:g} allow: the floor is "
+                             f"min_ratio={min_ratio:g}{rounding} allow: the floor is "
                              f"{cost(floor) / max(cost(sizes), 1e-300):.4f} of the original; "
                              f"ask for at least that or lower --min-channels / --min-ratio")
     if cost(sizes) <= budget:
