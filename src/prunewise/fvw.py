@@ -97,10 +97,6 @@ def sweep(model: nn.Module, data: Iterable) -> tuple[float, int, int]:
     return total, counted, seen
 
 
-# Compatibility alias for callers that still use the old private name; use sweep instead.
-_sweep = sweep
-
-
 def _attack_copy(model: nn.Module, names: list[str], masks) -> tuple[nn.Module, list, list]:
     """An eval-mode copy with masked weights zeroed; only the prunable weights need grads."""
     work = copy.deepcopy(model)
