@@ -88,8 +88,9 @@ def test_levels_do_not_depend_on_the_cells_already_done(tmp_path, bases, monkeyp
 def test_structured_grid_with_finetuning(tmp_path, bases):
     out = tmp_path / "grid"
     r = invoke("bench", "--macs", "0.5", "--methods", "l1", "--seeds", "0", "--base", bases,
-               "--finetune-epochs", "1", "--latency-repeats", "1", "--quiet", "--out", out)
+               "--finetune-epochs", "1", "--latency-repeats", "1", "--out", out)
     assert r.returncode == 0, r.stderr
+    assert "cell l1 0.5 seed 0: test top-1 pruned" in r.stderr  # one log line per cell
     cell = json.loads((out / "cells" / "l1-0.5-s0.json").read_text())
     assert all(cell["accuracy"][s] is not None for s in runs.STAGES)
     assert cell["latency_ms"]["64"]["speedup"] > 0 and cell["macs"]["ratio"] <= 0.5

@@ -22,6 +22,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -185,6 +186,14 @@ def dense_measures(out: Path, model: nn.Module, bundle: D.DataBundle, seed: int,
     return dense
 
 
+def cell_line(rep: dict, level: float, seconds: float) -> str:
+    """One log line per finished cell: method, budget, seed and the accuracy of every stage."""
+    acc = rep["accuracy"]
+    stages = " -> ".join(f"{s} {acc[s]['test']:.4f}" for s in STAGES if acc.get(s))
+    return (f"cell {rep['method']} {level:g} seed {rep['seed']}: test top-1 {stages} "
+            f"(dense {acc['dense']['test']:.4f}; {seconds:.0f}s)")
+
+
 def unstructured_cells(out: Path, model, bundle, method: str, seed: int, ctx: dict) -> None:
     """All sparsity levels of one (method, seed): one pruning run over the FULL level list,
     finishing (recalibrate, fine-tune, measure) and writing only the cells that are missing."""
@@ -201,13 +210,14 @@ def unstructured_cells(out: Path, model, bundle, method: str, seed: int, ctx: di
         _, rep = runs.finish_masks(model, bundle, plan, finetune=ctx["finetune"],
                                    recalibration=ctx["recalibration"],
                                    measurement=ctx["measurement"], seed=seed,
-                                   dense=ctx["dense"])
+                                   progress=ctx["progress"], dense=ctx["dense"])
         rep["budget"] = {"sparsity": level}
         rep["stage_seconds"]["prune"] = t0 - clock["start"] - clock["other"]
         rep["config"] = runs.config(method, replace(ctx["prune"], sparsity=level),
                                     ctx["finetune"], ctx["recalibration"], seed)
         files.write_json(paths[level], runs.cell(rep))
         clock["other"] += time.perf_counter() - t0
+        ctx["log"](cell_line(rep, level, time.perf_counter() - clock["start"]))
 
     runs.prune_masks(model, bundle, method, replace(ctx["prune"], sparsity=max(levels)),
                      seed=seed, progress=ctx["progress"], levels=levels, on_level=on_level)
@@ -227,20 +237,21 @@ def structured_cells(out: Path, model, bundle, method: str, seed: int, ctx: dict
                                         finetune=ctx["finetune"],
                                         recalibration=ctx["recalibration"],
                                         measurement=ctx["measurement"], seed=seed,
-                                        dense=ctx["dense"])
+                                        progress=ctx["progress"], dense=ctx["dense"])
         files.write_json(path, runs.cell(rep))
+        ctx["log"](cell_line(rep, level, rep["seconds"]))
 
 
 def run(out: str | Path, grid: Grid, *, prune: runs.Unstructured = runs.Unstructured(0.0),
         finetune: runs.FineTune = runs.FineTune(epochs=5, lr=0.05),
         recalibration: runs.Recalibration = runs.Recalibration(),
         measurement: runs.Measurement = runs.Measurement(repeats=10),
-        progress: bool = False) -> dict:
+        progress: bool = False, log: Callable[[str], None] | None = None) -> dict:
     """Run (or complete) the grid in ``out``; returns the summary written to ``grid.json``.
 
     ``prune`` holds the unstructured settings (its ``sparsity`` is replaced by each level).
     Every option is checked, and the data and ``--base`` checkpoints are read, before anything
-    is written or trained.
+    is written or trained. ``log`` receives one line per finished cell.
     """
     check_grid(grid)
     prune = replace(prune, track_accuracy=False)  # cells keep no per-iteration history
@@ -259,7 +270,7 @@ def run(out: str | Path, grid: Grid, *, prune: runs.Unstructured = runs.Unstruct
     check_settings(out, settings)
     files.write_json(out / "settings.json", settings)
     ctx = {"grid": grid, "prune": prune, "finetune": finetune, "recalibration": recalibration,
-           "measurement": measurement, "progress": progress}
+           "measurement": measurement, "progress": progress, "log": log or (lambda line: None)}
     start = time.perf_counter()
     dense = {}
     for seed in grid.seeds:

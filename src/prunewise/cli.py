@@ -456,7 +456,7 @@ def bench_cmd(model_name, data_name, root, methods, sparsities, macs_list, seeds
                               loop_recalibrate=loop_recalibrate)
     summary = bench.run(out, grid, prune=prune, finetune=finetune_of(kw),
                         recalibration=recalibration_of(kw), measurement=measurement_of(kw),
-                        progress=progress_on(quiet))
+                        progress=progress_on(quiet), log=lambda line: say(quiet, line))
     click.echo(bench.grid_markdown(summary), nl=False)
     say(quiet, f"wrote {Path(out) / 'grid.md'}, grid.csv, grid.json, grid.png "
                f"({summary['seconds_this_run']:.1f}s)")

@@ -42,8 +42,9 @@ def run_demo(out: str | Path = "runs/demo", *, epochs: int | None = None, seed: 
              recalibration: runs.Recalibration = runs.Recalibration()) -> dict:
     """Run the demo and return its report (also written to ``out/report.json``).
 
-    ``quick`` shrinks every step (2 training epochs, 1 fine-tune epoch, 128 attribution
-    samples, few latency repeats) to check the wiring in seconds; its accuracies mean nothing.
+    ``quick`` shrinks every step (2 training epochs, keep 0.5 per iteration, 64 attribution
+    samples, 1 fine-tune epoch, few latency repeats) to check the wiring in seconds; its
+    accuracies mean nothing.
     """
     out = Path(out)
     start = time.perf_counter()
@@ -54,7 +55,7 @@ def run_demo(out: str | Path = "runs/demo", *, epochs: int | None = None, seed: 
     epochs = (2 if quick else DEMO_EPOCHS) if epochs is None else epochs
     hist = train.fit(model, bundle, epochs=epochs, seed=seed, progress=progress,
                      desc=f"train {DEMO_MODEL} on digits")
-    measurement = runs.Measurement(repeats=3 if quick else 20, warmup=1 if quick else 3)
+    measurement = runs.Measurement(repeats=3 if quick else 10, warmup=1 if quick else 3)
     dense = runs.measure_dense(model, bundle, measurement)
     data_meta = {"name": "digits", "root": None, "image_size": bundle.image_size, "seed": seed}
     meta = {"data": data_meta, "seed": seed, "test_accuracy": dense["accuracy"]["test"]}
@@ -70,11 +71,11 @@ def run_demo(out: str | Path = "runs/demo", *, epochs: int | None = None, seed: 
     common = {"finetune": runs.FineTune(epochs=1 if quick else FINETUNE_EPOCHS, lr=FINETUNE_LR),
               "recalibration": recalibration, "measurement": measurement, "seed": seed,
               "progress": progress, "dense": dense}
-    settings = runs.Unstructured(sparsity=FVW_SPARSITY, keep=FVW_KEEP,
-                                 samples=128 if quick else FVW_SAMPLES)
+    settings = runs.Unstructured(sparsity=FVW_SPARSITY, keep=0.5 if quick else FVW_KEEP,
+                                 samples=64 if quick else FVW_SAMPLES)
     for key, method in UNSTRUCTURED_RUNS:
         pruned, plan, rep = runs.run_unstructured(model, bundle, method, settings, **common)
-        rep["note"] = (f"demo settings: keep {FVW_KEEP} per iteration (reference 0.98), "
+        rep["note"] = (f"demo settings: keep {settings.keep} per iteration (reference 0.98), "
                        f"{settings.samples} attribution samples")
         report["runs"][key] = runs.save(out / key, pruned, plan, rep, meta=meta)
     for key, method in STRUCTURED_RUNS:
@@ -86,7 +87,7 @@ def run_demo(out: str | Path = "runs/demo", *, epochs: int | None = None, seed: 
         report["runs"][key] = runs.save(out / key, pruned, plan, rep, meta=meta)
     report["seconds"] = time.perf_counter() - start
     config = {"model": DEMO_MODEL, "data": "digits", "epochs": epochs, "seed": seed,
-              "quick": quick, "fvw": {"sparsity": FVW_SPARSITY, "keep": FVW_KEEP,
+              "quick": quick, "fvw": {"sparsity": FVW_SPARSITY, "keep": settings.keep,
                                       "samples": settings.samples},
               "sliming": {"macs": SLIMING_MACS}, "finetune": asdict(common["finetune"]),
               "recalibration": asdict(recalibration)}
