@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import files
+from . import files, schema
 from .errors import PrunewiseError
 
 MASKS_FILE = "masks.safetensors"
@@ -110,25 +110,61 @@ class MaskPlan:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> "MaskPlan":
-        """Read a plan saved by :meth:`save`; missing or corrupt files raise PrunewiseError."""
+    def load(cls, folder: str | Path, *, allow_all_pruned: bool = False) -> "MaskPlan":
+        """Read a plan saved by :meth:`save`; missing or corrupt files raise PrunewiseError.
+
+        ``plan.json`` is checked against :data:`schema.MASK_PLAN`, the tensor file's header against
+        the file (and ``plan.json``'s shapes) before anything is loaded, and the masks by
+        :func:`check_masks` (0/1 only; not every weight pruned unless ``allow_all_pruned``).
+        """
         folder = Path(folder)
         if not folder.is_dir():
             raise PrunewiseError(f"plan folder not found: {folder}")
         info = files.read_json(folder / PLAN_FILE, "plan file")
-        if info.get("kind") != "masks" or "shapes" not in info:
+        if info.get("kind") != "masks":
             raise PrunewiseError(f"corrupt plan file {folder / PLAN_FILE}: not a mask plan")
-        masks = files.read_tensors(folder / MASKS_FILE, "plan masks")
+        schema.check(info, schema.MASK_PLAN, str(folder / PLAN_FILE))
+        header, _ = files.read_header(folder / MASKS_FILE, "plan masks")
         shapes = info["shapes"]
-        if set(shapes) != set(masks):
+        if set(shapes) != set(header):
             raise PrunewiseError(f"corrupt plan {folder}: {PLAN_FILE} and {MASKS_FILE} name "
                                  f"different tensors")
-        for k, m in masks.items():
-            if list(m.shape) != list(shapes[k]):
-                raise PrunewiseError(f"corrupt plan {folder}: mask '{k}' has shape "
-                                     f"{list(m.shape)}, {PLAN_FILE} says {shapes[k]}")
+        for k, entry in header.items():
+            if entry["shape"] != shapes[k] or entry["dtype"] not in ("BOOL", "U8"):
+                raise PrunewiseError(f"corrupt plan {folder}: mask '{k}' is {entry['dtype']} of "
+                                     f"shape {entry['shape']}, {PLAN_FILE} says a BOOL of {shapes[k]}")
+        masks = files.read_tensors(folder / MASKS_FILE, "plan masks")
         ordered = {k: masks[k] for k in shapes}
-        return cls(ordered, method=str(info.get("method", "unknown")), meta=info.get("meta", {}))
+        check_masks(ordered, str(folder / MASKS_FILE), allow_all_pruned=allow_all_pruned)
+        return cls(ordered, method=info.get("method", "unknown"), meta=info.get("meta", {}))
+
+
+def check_masks(masks: dict[str, torch.Tensor], where: str, *, allow_all_pruned: bool = False,
+                model: nn.Module | None = None) -> None:
+    """Raise a PrunewiseError naming ``where`` unless every mask holds only 0 and 1, masks at
+    least one weight, keeps at least one weight overall (unless ``allow_all_pruned``), and, with
+    ``model``, names one of its parameters with the parameter's shape.
+
+    Use it on every mask set read from a file (a saved plan, a resume checkpoint).
+    """
+    params = dict(model.named_parameters()) if model is not None else None
+    kept = total = 0
+    for name, m in masks.items():
+        if not isinstance(m, torch.Tensor) or m.dtype.is_complex:
+            raise PrunewiseError(f"{where}: mask '{name}' must be a real tensor")
+        if m.dtype != torch.bool and not bool(((m == 0) | (m == 1)).all()):
+            raise PrunewiseError(f"{where}: mask '{name}' must hold only 0 and 1")
+        if params is not None and (name not in params or tuple(params[name].shape) != tuple(m.shape)):
+            want = tuple(params[name].shape) if name in params else "no such parameter"
+            raise PrunewiseError(f"{where}: mask '{name}' has shape {tuple(m.shape)}, the model "
+                                 f"has {want}")
+        kept += int(torch.count_nonzero(m))
+        total += m.numel()
+    if total == 0:
+        raise PrunewiseError(f"{where}: the masks cover no weight")
+    if kept == 0 and not allow_all_pruned:
+        raise PrunewiseError(f"{where}: every mask is all zero (sparsity 1.0); a plan must keep "
+                             f"some weights")
 
 
 def _as_bool(name: str, m) -> torch.Tensor:

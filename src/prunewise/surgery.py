@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import files, measure, models
+from . import files, measure, models, schema
 from .errors import PrunewiseError
 from .models.cifar_resnet import PadShortcut
 from .utils import one_thread
@@ -261,17 +261,50 @@ class ChannelPlan:
 
     @classmethod
     def load(cls, folder: str | Path) -> "ChannelPlan":
+        """Read a plan saved by :meth:`save`. ``plan.json`` is checked against
+        :data:`schema.CHANNEL_PLAN`, the tensor header against it before loading, and every
+        group's kept indices by :func:`check_keep`; anything wrong is a PrunewiseError."""
         folder = Path(folder)
         cfg = files.read_json(folder / PLAN_JSON, "channel plan")
         if cfg.get("kind") != "channels" or "sizes" not in cfg:
             raise PrunewiseError(f"{folder / PLAN_JSON} is not a channel plan")
-        keep = files.read_tensors(folder / PLAN_TENSORS, "channel plan tensors")
-        if set(keep) != set(cfg["sizes"]):
+        schema.check(cfg, schema.CHANNEL_PLAN, str(folder / PLAN_JSON))
+        sizes, where = cfg["sizes"], str(folder / PLAN_TENSORS)
+        header, _ = files.read_header(folder / PLAN_TENSORS, "channel plan tensors")
+        if set(header) != set(sizes):
             raise PrunewiseError(f"corrupt channel plan {folder}: groups in {PLAN_JSON} and "
                                  f"{PLAN_TENSORS} differ")
-        return cls(keep={k: v.to(torch.long) for k, v in keep.items()},
-                   sizes={k: int(v) for k, v in cfg["sizes"].items()},
+        counts = cfg.get("counts", {})
+        for k, entry in header.items():
+            n = entry["shape"][0] if len(entry["shape"]) == 1 else -1
+            if n < 0 or entry["dtype"] not in ("I64", "I32") or n > sizes[k] \
+                    or counts.get(k, n) != n:
+                raise PrunewiseError(f"{where}: group '{k}' must be a list of at most {sizes[k]} "
+                                     f"integer indices (as counts says), got {entry['dtype']} "
+                                     f"of shape {entry['shape']}")
+        keep = files.read_tensors(folder / PLAN_TENSORS, "channel plan tensors")
+        check_keep(keep, sizes, where)
+        return cls(keep={k: v.to(torch.long) for k, v in keep.items()}, sizes=dict(sizes),
                    arch=cfg.get("arch", ""), meta=cfg.get("meta", {}))
+
+
+def check_keep(keep: dict[str, torch.Tensor], sizes: dict[str, int], where: str) -> None:
+    """Raise a PrunewiseError naming ``where`` unless every group's kept channels are a
+    non-empty 1-D list of integers ``i`` with ``0 <= i < sizes[group]``, sorted and unique."""
+    for k, v in keep.items():
+        if k not in sizes:
+            raise PrunewiseError(f"{where}: group '{k}' has no channel count")
+        if v.dim() != 1 or v.numel() < 1 or v.dtype.is_floating_point or v.dtype == torch.bool:
+            raise PrunewiseError(f"{where}: group '{k}' must keep a non-empty 1-D list of integer "
+                                 f"channel indices, got {str(v.dtype).replace('torch.', '')} of "
+                                 f"shape {list(v.shape)}")
+        v = v.to(torch.long)
+        lo, hi = int(v.min()), int(v.max())
+        if lo < 0 or hi >= sizes[k]:
+            raise PrunewiseError(f"{where}: group '{k}' keeps channel {lo if lo < 0 else hi}, "
+                                 f"outside 0..{sizes[k] - 1}")
+        if v.numel() > 1 and not bool((v[1:] > v[:-1]).all()):
+            raise PrunewiseError(f"{where}: group '{k}' kept channels must be sorted and unique")
 
 
 def make_plan(model: nn.Module, infos: list[GroupInfo], keep: dict[str, torch.Tensor],

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .registry import init_weights, register
+from ..schema import MAX_WIDTH_MULT
+from .registry import check_number, init_weights, register
 
 # expansion t, output channels c, repeats n, stride s (ImageNet strides)
 CFG = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
@@ -50,6 +51,8 @@ class MobileNetV2(nn.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0,
                  cifar: bool = False, dropout: float = 0.2):
         super().__init__()
+        width_mult = check_number("width_mult", width_mult, 0.0, MAX_WIDTH_MULT, low_open=True)
+        dropout = check_number("dropout", dropout, 0.0, 1.0)
         c = _make_divisible(32 * width_mult)
         last = _make_divisible(1280 * max(1.0, width_mult))
         layers: list[nn.Module] = [nn.Sequential(*_cbr(in_channels, c, 3, 1 if cifar else 2))]

@@ -6,12 +6,14 @@ The package (:mod:`prunewise.models`) re-exports everything here and imports eve
 from __future__ import annotations
 
 import inspect
+import math
 import operator
 from typing import Callable
 
 from torch import nn
 
 from prunewise.errors import PrunewiseError
+from prunewise.schema import MAX_CLASSES, MAX_IN_CHANNELS
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 _INPUT_SIZES: dict[str, int] = {}
@@ -44,23 +46,34 @@ def input_size(name: str) -> int:
     return _INPUT_SIZES[name]
 
 
-def _positive_int(what: str, value) -> int:
+def _positive_int(what: str, value, most: int) -> int:
     try:
         if isinstance(value, bool):
             raise TypeError
         value = operator.index(value)
     except TypeError:
         raise PrunewiseError(f"{what} must be an integer >= 1, got {value!r}") from None
-    if value < 1:
-        raise PrunewiseError(f"{what} must be an integer >= 1, got {value}")
+    if not 1 <= value <= most:
+        raise PrunewiseError(f"{what} must be an integer in [1, {most}], got {value}")
     return value
+
+
+def check_number(what: str, value, low: float, high: float, *, low_open: bool = False) -> float:
+    """``value`` as a float if it is a finite real number in ``[low, high]`` (``(low, high]`` with
+    ``low_open``); otherwise a PrunewiseError naming ``what``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        span = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        raise PrunewiseError(f"{what} must be a number in {span}, got {value!r}"[:200])
+    return float(value)
 
 
 def create(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs) -> nn.Module:
     """Build model ``name``; sets ``model.prunewise_config`` to the construction arguments."""
     _check(name)
-    num_classes = _positive_int("num_classes", num_classes)
-    in_channels = _positive_int("in_channels", in_channels)
+    num_classes = _positive_int("num_classes", num_classes, MAX_CLASSES)
+    in_channels = _positive_int("in_channels", in_channels, MAX_IN_CHANNELS)
     fn = _BUILDERS[name]
     try:
         inspect.signature(fn).bind(num_classes=num_classes, in_channels=in_channels, **kwargs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import PrunewiseError
 from .registry import init_weights, register
 
 
@@ -78,4 +79,6 @@ class ResNet(nn.Module):
 @register("resnet50", 224)
 def resnet50(num_classes: int = 1000, in_channels: int = 3,
              zero_init_residual: bool = False) -> nn.Module:
+    if not isinstance(zero_init_residual, bool):
+        raise PrunewiseError(f"zero_init_residual must be true or false, got {zero_init_residual!r}"[:200])
     return ResNet((3, 4, 6, 3), num_classes, in_channels, zero_init_residual)
