@@ -19,10 +19,10 @@ import platform
 import sys
 from pathlib import Path
 
-from . import files
+from . import files, schema
 from .errors import PrunewiseError
 
-SCHEMA_PATH = Path(__file__).with_name("report_schema.json")
+SCHEMA_PATH = schema.REPORT_SCHEMA_PATH
 REPORT = "report.json"
 
 
@@ -50,69 +50,10 @@ def _version() -> str:
         return "unknown"
 
 
-def validate(report: dict, schema: dict | None = None) -> None:
-    """Check ``report`` against the repository's report schema (a small subset of JSON Schema:
-    type, required, properties, additionalProperties, items, enum, minimum, maximum, $ref to
-    ``#/$defs/...`` and if/then). Raises PrunewiseError."""
-    schema = schema or json.loads(SCHEMA_PATH.read_text())
-    _check(report, schema, "report", schema)
-
-
-_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool,
-          "integer": int, "number": (int, float), "null": type(None)}
-
-
-def _resolve(schema: dict, root: dict) -> dict:
-    ref = schema.get("$ref")
-    if ref is None:
-        return schema
-    if not ref.startswith("#/$defs/"):
-        raise PrunewiseError(f"report schema: unsupported $ref {ref!r}")
-    return {**root["$defs"][ref.split("/")[-1]], **{k: v for k, v in schema.items() if k != "$ref"}}
-
-
-def _matches(value, schema: dict, root: dict) -> bool:
-    try:
-        _check(value, schema, "", root)
-    except PrunewiseError:
-        return False
-    return True
-
-
-def _check(value, schema: dict, where: str, root: dict) -> None:
-    schema = _resolve(schema, root)
-    kinds = schema.get("type")
-    if kinds is not None:
-        kinds = [kinds] if isinstance(kinds, str) else kinds
-        ok = any(isinstance(value, _TYPES[k]) and not (k in ("integer", "number") and
-                                                        isinstance(value, bool)) for k in kinds)
-        if not ok:
-            raise PrunewiseError(f"invalid report: {where} should be {' or '.join(kinds)}, "
-                                 f"got {type(value).__name__}")
-    if "enum" in schema and value not in schema["enum"]:
-        raise PrunewiseError(f"invalid report: {where} is {value!r}, allowed: {schema['enum']}")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if "minimum" in schema and value < schema["minimum"]:
-            raise PrunewiseError(f"invalid report: {where} = {value} < {schema['minimum']}")
-        if "maximum" in schema and value > schema["maximum"]:
-            raise PrunewiseError(f"invalid report: {where} = {value} > {schema['maximum']}")
-    if isinstance(value, dict):
-        for key in schema.get("required", []):
-            if key not in value:
-                raise PrunewiseError(f"invalid report: {where} lacks required '{key}'")
-        props = schema.get("properties", {})
-        for key, sub in props.items():
-            if key in value:
-                _check(value[key], sub, f"{where}.{key}", root)
-        extra = schema.get("additionalProperties")
-        if isinstance(extra, dict):
-            for key in value.keys() - props.keys():
-                _check(value[key], extra, f"{where}.{key}", root)
-    if isinstance(value, list) and "items" in schema:
-        for i, item in enumerate(value):
-            _check(item, schema["items"], f"{where}[{i}]", root)
-    if "if" in schema and "then" in schema and _matches(value, schema["if"], root):
-        _check(value, schema["then"], where, root)
+def validate(report: dict) -> None:
+    """Check ``report`` against ``report_schema.json`` (through :func:`prunewise.schema.check`,
+    the checker every JSON file prunewise reads goes through). Raises PrunewiseError."""
+    schema.check_report(report, "report")
 
 
 def write(out: str | Path, report: dict, *, kind: str, config: dict | None = None) -> dict:
