@@ -60,7 +60,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("engines", {"masking", "structured", "surgery", "interop"}),
     ("core", {"plan", "train", "measure", "files"}),
     ("inputs", {"data", "models"}),
-    ("base", {"utils", "errors", "schema"}),
+    ("base", {"utils", "errors", "schema", "device", "dist"}),
 ]
 MAX_FUNCTION_LINES = 80
 MAX_PARAMS = 12
