@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import models, schema
+from . import dist, models, schema
 from .errors import PrunewiseError
 
 CONFIG = "config.json"
@@ -82,8 +82,15 @@ def atomic_write(path: str | Path, write) -> None:
     exception propagates. The temp file is named ``.<name>.prunewise-tmp-<pid>-<random>``; stale
     ones left by a killed process are removed first (:func:`clean_stale_temps`). The temp file is
     created exclusively (never through a symlink) and must still be a regular file at the rename.
+
+    Under ``torchrun`` only rank 0 writes; the other ranks wait until the file is in place and
+    raise too if rank 0 failed (:func:`prunewise.dist.main_writes`).
     """
-    path = Path(path)
+    dist.main_writes(lambda: _replace(Path(path), write))
+
+
+def _replace(path: Path, write) -> None:
+    """The write-then-rename of :func:`atomic_write`, in this process."""
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}{os.getpid()}-", dir=path.parent)

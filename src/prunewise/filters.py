@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import sliming, structured
+from . import device, dist, sliming, structured
 from .errors import PrunewiseError
 from .sliming.spectrum import singular_values
 
@@ -59,12 +59,22 @@ def random_select(C: int, k: int, gen: torch.Generator) -> torch.LongTensor:
 def chip_scores(maps: torch.Tensor) -> torch.Tensor:
     """CHIP-style channel importance: mean over images of ||F||_* - ||F without channel c||_*.
 
-    ``maps``: (N, C, H, W) or (N, C) feature maps. Computed once (one-shot), never recomputed.
+    ``maps``: (N, C, H, W) or (N, C) feature maps. Computed once (one-shot), never recomputed,
+    on the maps' device. Under torchrun each rank takes its share of the images and the sums
+    are added over the ranks in float64, so every rank has the same scores.
     """
     F = maps.detach().double().reshape(maps.shape[0], maps.shape[1], -1)   # N x C x P
     N, C, P = F.shape
-    scores = torch.zeros(C, dtype=torch.float64)
-    eye = torch.eye(C, dtype=torch.bool)
+    if dist.active():
+        return dist.all_reduce_sum(chip_sums(F[dist.shard(N)])) / max(N, 1)
+    return chip_sums(F) / max(N, 1)
+
+
+def chip_sums(F: torch.Tensor) -> torch.Tensor:
+    """Sum over the images of ``F`` (N x C x P, float64) of ||F||_* - ||F without channel c||_*."""
+    N, C, P = F.shape
+    scores = torch.zeros(C, dtype=torch.float64, device=F.device)
+    eye = torch.eye(C, dtype=torch.bool, device=F.device)
     for n in range(N):
         A = F[n]
         full = torch.linalg.eigvalsh(A @ A.T if C <= P else A.T @ A).clamp_min(0).sqrt().sum()
@@ -77,7 +87,7 @@ def chip_scores(maps: torch.Tensor) -> torch.Tensor:
             G = K[idx[:, :, None], idx[:, None, :]]
         left = torch.linalg.eigvalsh(G).clamp_min(0).sqrt().sum(1)
         scores += full - left
-    return scores / max(N, 1)
+    return scores
 
 
 def collect_maps(model: nn.Module, infos: list, batches: Iterable, n_images: int = 16) -> dict:
@@ -89,10 +99,11 @@ def collect_maps(model: nn.Module, infos: list, batches: Iterable, n_images: int
     seen = 0
     was = model.training
     model.eval()
+    dev = device.of(model)
     try:
         with torch.no_grad():
             for x, _ in batches:
-                x = x[: n_images - seen]
+                x = device.to(x[: n_images - seen], dev)
                 model(x)
                 seen += len(x)
                 if seen >= n_images:

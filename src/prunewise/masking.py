@@ -32,7 +32,7 @@ from safetensors import safe_open
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import files
+from . import dist, files
 from .errors import PrunewiseError
 from .plan import MaskPlan
 from .train import evaluate, recalibrate_bn
@@ -155,7 +155,7 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     """Multiply every masked parameter of ``model`` by its 0/1 mask, in place."""
     named = dict(model.named_parameters())
     for n, m in masks.items():
-        named[n].mul_(m.to(named[n].dtype))
+        named[n].mul_(m.to(device=named[n].device, dtype=named[n].dtype))
 
 
 # ------------------------------------------------------------------------------------------
@@ -280,7 +280,7 @@ def schedule(total: int, sparsity: float, keep: float, levels: Sequence[float] =
 def _top(values: torch.Tensor, k: int) -> torch.Tensor:
     """Bool vector keeping the ``k`` largest values; ties go to the lower position; NaN is lowest."""
     n = values.numel()
-    keep = torch.zeros(n, dtype=torch.bool)
+    keep = torch.zeros(n, dtype=torch.bool, device=values.device)
     if k <= 0:
         return keep
     if k >= n:
@@ -310,12 +310,16 @@ def select(scores: Scores, masks: dict[str, torch.Tensor], kept: int) -> dict[st
     ``scores`` is one dict (name -> score tensor shaped like the mask) or, for union mode, a
     list of dicts: an element is kept when it ranks high in any of them (smallest best rank
     over the lists; exactly ``kept`` elements).
+
+    Runs on the masks' device (the weights' device; scores move there); the result is exact
+    and the same on every device.
     """
     names = list(masks)
     flat_m = [masks[n].flatten() for n in names]
 
     def pooled(sc):
-        return torch.cat([sc[n].detach().flatten().cpu()[fm] for n, fm in zip(names, flat_m)])
+        return torch.cat([sc[n].detach().flatten().to(fm.device)[fm]
+                          for n, fm in zip(names, flat_m)])
 
     if isinstance(scores, (list, tuple)):
         if not scores:
@@ -325,7 +329,7 @@ def select(scores: Scores, masks: dict[str, torch.Tensor], kept: int) -> dict[st
             v = pooled(sc).to(torch.float64).nan_to_num(nan=-math.inf)
             order = torch.sort(v, descending=True, stable=True).indices
             rank = torch.empty_like(order)
-            rank[order] = torch.arange(order.numel())
+            rank[order] = torch.arange(order.numel(), device=order.device)
             best = rank if best is None else torch.minimum(best, rank)
         keep = _top(-best.to(torch.float64), kept)
     else:
@@ -434,6 +438,9 @@ def run(model: nn.Module, batches, score: Scorer, loop: LoopSettings, *, method:
     """
     loop.check()
     data = Source(batches, loop.samples) if (needs_data or batches is not None) else None
+    if data is not None and dist.active():  # each rank scores with its share of the samples
+        whole = data
+        data = Source(lambda: dist.shard_pairs(whole))
     if loop.recalibrate and data is None:
         raise PrunewiseError("recalibrate needs attribution data (batches) to re-estimate "
                              "BatchNorm statistics on")
@@ -474,12 +481,14 @@ def _start(model: nn.Module, loop: LoopSettings, method: str, settings: dict | N
               "weights": _fingerprint(model, names)}
     if loop.recalibrate:  # only when on, so that plans and resume files without it are unchanged
         config["recalibrate"] = {"samples": loop.recalibrate_samples}
-    masks = {n: torch.ones(named[n].shape, dtype=torch.bool) for n in names}
+    masks = {n: torch.ones(named[n].shape, dtype=torch.bool, device=named[n].device)
+             for n in names}
     history: list[dict] = []
     start = 0
     ckpt = Path(loop.checkpoint_dir) / RESUME_FILE if loop.checkpoint_dir is not None else None
     if ckpt is not None and ckpt.exists():
         masks, start, history = _read_resume(ckpt, config, masks)
+        masks = {n: m.to(named[n].device) for n, m in masks.items()}  # masks live by their weight
     return _State(method, config, counts, level_at, total, masks, history, start, ckpt)
 
 
@@ -509,7 +518,8 @@ def _recalibrate(work: nn.Module, data: Source | None, loop: LoopSettings) -> No
 
 def _fingerprint(model: nn.Module, names: list[str]) -> str:
     named = dict(model.named_parameters())
-    return repr(float(sum(float(named[n].detach().double().abs().sum()) for n in names)))
+    # on CPU, so that a run resumes on another device (a GPU sum may differ in the last bits)
+    return repr(float(sum(float(named[n].detach().cpu().double().abs().sum()) for n in names)))
 
 
 def _plan(st: _State) -> MaskPlan:

@@ -7,6 +7,8 @@ import time
 import torch
 from torch import nn
 
+from . import device
+
 _COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
@@ -48,6 +50,7 @@ def layer_table(model: nn.Module, example_inputs: torch.Tensor) -> list[dict]:
         })
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _COUNTED)]
+    example_inputs = device.to(example_inputs, device.of(model))
     was_training = model.training
     try:
         model.eval()
@@ -88,7 +91,10 @@ def sparsity(model: nn.Module, names: list[str] | None = None) -> dict:
 
 def latency_ms(model: nn.Module, example_inputs: torch.Tensor, *, warmup: int = 5,
                repeats: int = 30, threads: int | None = None) -> float:
-    """Median wall time of one forward pass on CPU, in milliseconds, after ``warmup`` passes."""
+    """Median wall time of one forward pass on the model's device, in milliseconds, after
+    ``warmup`` passes (on CUDA the queue is synchronized before and after every timed pass)."""
+    dev = device.of(model)
+    example_inputs = device.to(example_inputs, dev)
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -98,8 +104,10 @@ def latency_ms(model: nn.Module, example_inputs: torch.Tensor, *, warmup: int = 
         times = []
         with torch.inference_mode():
             for i in range(warmup + repeats):
+                device.synchronize(dev)
                 t0 = time.perf_counter()
                 model(example_inputs)
+                device.synchronize(dev)
                 if i >= warmup:
                     times.append((time.perf_counter() - t0) * 1e3)
         return statistics.median(times)

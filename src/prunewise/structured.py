@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import surgery
+from . import device, surgery
 from .errors import PrunewiseError
 from .utils import one_thread
 
@@ -56,6 +56,7 @@ def analyze(model: nn.Module, example_inputs: torch.Tensor, ignored_layers=None,
     if not isinstance(example_inputs, torch.Tensor):
         raise PrunewiseError("example_inputs must be a tensor (one batch of inputs)")
     ignored = list(ignored_layers or [])
+    example_inputs = device.to(example_inputs, device.of(model))  # trace where the model is
     dg = surgery.build_graph(model, example_inputs, ignored)
     infos = surgery.groups(dg, ignored)
     prunable = [g for g in infos if g.prunable]

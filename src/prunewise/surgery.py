@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import files, measure, models, schema
+from . import device, files, measure, models, schema
 from .errors import PrunewiseError
 from .models.cifar_resnet import PadShortcut
 from .utils import one_thread
@@ -52,6 +52,7 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor, ignored_layers=N
 
     names = {m: n for n, m in model.named_modules()}
     ignored = list(ignored_layers or [])
+    example_inputs = device.to(example_inputs, device.of(model))  # trace on the model's device
     # Modules with their own parameters that Torch-Pruning has no pruner for (and that are not
     # built from standard layers) would be pruned blindly as "unwrapped parameters": refuse.
     known = tuple(models.customized_pruners()) + _LAYERS + _NORMS + (nn.PReLU, nn.LayerNorm,
@@ -153,12 +154,13 @@ def groups(dg, ignored_layers=None) -> list[GroupInfo]:
 
 
 def group_matrix(model: nn.Module, info: GroupInfo) -> torch.Tensor:
-    """R (C x D): row c = the output-side weights of channel c in every conv/linear of the group."""
+    """R (C x D): row c = the output-side weights of channel c in every conv/linear of the group,
+    on the model's device (the spectra and GEM run there)."""
     mods = dict(model.named_modules())
-    parts = [mods[n].weight.detach().cpu()[idxs].reshape(len(idxs), -1).float()
+    parts = [mods[n].weight.detach()[idxs].reshape(len(idxs), -1).float()
              for n, idxs in info.out_layers]
     if not parts:
-        return torch.zeros(info.size, 1)
+        return torch.zeros(info.size, 1, device=device.of(model))
     return torch.cat(parts, 1)
 
 

@@ -168,6 +168,7 @@ def batches(
     seed: int = 0,
     limit: int | None = None,
     drop_last: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(x, y)`` mini-batches: ``x`` float32 normalized ``N x C x H x W``, ``y`` int64.
 
@@ -180,6 +181,10 @@ def batches(
       Augmentation acts on raw pixels, before normalization (so padding is black).
     * ``limit``: use only the first ``limit`` samples (after shuffling).
     * ``drop_last``: skip a final partial batch.
+    * ``shard``: ``(rank, world)`` -- yield only this rank's share of every batch (positions
+      ``rank, rank + world, ...``), cut after shuffling and augmentation, so the ranks' shares
+      of one seed are disjoint and together exactly the single-process batches
+      (:func:`prunewise.dist.part` gives it under torchrun; None = the whole batch).
 
     Arguments are checked when this is called, not when iteration starts.
     """
@@ -189,6 +194,8 @@ def batches(
     n = _effective_len(len(split), limit)
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise PrunewiseError(f"seed={seed!r} is invalid; it must be an integer")
+    if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
+        raise PrunewiseError(f"shard={shard!r} is invalid; it must be (rank, world), 0 <= rank < world")
     if mean is not None:
         channels = split.x.shape[1] if split.x.dim() == 4 else None
         if channels is not None and (len(mean) != channels or len(std) != channels):
@@ -196,10 +203,11 @@ def batches(
                 f"normalization stats have {len(mean)} channel(s) but the split has {channels}; "
                 "pass the DataBundle this split belongs to"
             )
-    return _iterate(split, mean, std, int(batch_size), bool(shuffle), crop_padding, flip_p, int(seed), n, drop_last)
+    return _iterate(split, mean, std, int(batch_size), bool(shuffle), crop_padding, flip_p, int(seed), n, drop_last,
+                    shard)
 
 
-def _iterate(split, mean, std, batch_size, shuffle, crop_padding, flip_p, seed, n, drop_last):
+def _iterate(split, mean, std, batch_size, shuffle, crop_padding, flip_p, seed, n, drop_last, shard=None):
     gen = torch.Generator().manual_seed(seed)
     if shuffle:
         order = torch.randperm(len(split), generator=gen)[:n]
@@ -213,6 +221,8 @@ def _iterate(split, mean, std, batch_size, shuffle, crop_padding, flip_p, seed, 
             xb = random_crop(xb, crop_padding, gen)
         if flip_p:
             xb = hflip(xb, gen, flip_p)
+        if shard is not None:  # after the random draws: every rank draws the same numbers
+            idx, xb = idx[shard[0] :: shard[1]], xb[shard[0] :: shard[1]]
         if mean is None:
             xb = xb.to(torch.float32).div_(255.0) if xb.dtype == torch.uint8 else xb.to(torch.float32)
         else:

@@ -61,7 +61,9 @@ def configure(sigmas: Sequence[torch.Tensor], cost: Callable[[np.ndarray], float
     if round_to is not None and (isinstance(round_to, bool)
                                  or not isinstance(round_to, (int, np.integer)) or round_to < 1):
         raise PrunewiseError(f"round_to must be an integer >= 1, got {round_to!r}")
-    s = [normalized(torch.as_tensor(sg, dtype=torch.float64), normalize).numpy() for sg in sigmas]
+    # numpy (the bisection and the top-up) needs the spectra on the CPU
+    s = [normalized(torch.as_tensor(sg, dtype=torch.float64), normalize).cpu().numpy()
+         for sg in sigmas]
     sizes = np.array([len(sg) for sg in s])
     lowest = floors(sizes, min_channels, min_ratio)
     floor = counts_at(s, np.inf, lowest, round_to)

@@ -42,10 +42,10 @@ def greedy_exact(R: torch.Tensor, k: int) -> torch.LongTensor:
     K = R @ R.T
     C = K.shape[0]
     chosen: list[int] = []
-    remaining = torch.ones(C, dtype=torch.bool)
+    remaining = torch.ones(C, dtype=torch.bool, device=K.device)
     for t in range(int(k)):
         cand = remaining.nonzero().flatten()
-        S = torch.tensor(chosen, dtype=torch.long)
+        S = torch.tensor(chosen, dtype=torch.long, device=K.device)
         idx = torch.cat([S.expand(len(cand), t), cand[:, None]], 1)    # (n, t+1)
         sub = K[idx[:, :, None], idx[:, None, :]]                       # (n, t+1, t+1)
         score = torch.linalg.eigvalsh(sub).clamp_min(0).sqrt().sum(1)
@@ -60,11 +60,11 @@ def greedy_fast(R: torch.Tensor, k: int, K: torch.Tensor | None = None) -> torch
     R = _check(R, k)
     K = (R @ R.T) if K is None else K.double()
     C = K.shape[0]
-    L = torch.zeros(C, int(k), dtype=torch.float64)
+    L = torch.zeros(C, int(k), dtype=torch.float64, device=K.device)
     resid = K.diagonal().clone()            # squared residual norm of every row
     scale = float(resid.max()) if C else 0.0
     chosen: list[int] = []
-    taken = torch.zeros(C, dtype=torch.bool)
+    taken = torch.zeros(C, dtype=torch.bool, device=K.device)
     for t in range(int(k)):
         score = resid.masked_fill(taken, -1.0)
         p = int(torch.argmax(score))

@@ -22,7 +22,7 @@ def singular_values(R: torch.Tensor, K: torch.Tensor | None = None) -> torch.Ten
     else:
         ev = torch.linalg.eigvalsh(Rd.T @ Rd)
     s = ev.clamp_min(0).sqrt().flip(0)
-    out = torch.zeros(C, dtype=torch.float64)
+    out = torch.zeros(C, dtype=torch.float64, device=s.device)
     out[: min(C, s.numel())] = s[:C]
     return out
 
