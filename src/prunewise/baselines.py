@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fvw, masking
+from . import device, dist, fvw, masking
 from .errors import PrunewiseError
 from .plan import MaskPlan
 
@@ -35,7 +35,9 @@ def magnitude_score(work, masks, data, iteration):
 
 
 def taylor_score(work, masks, data, iteration):
-    """Scorer: ``|w * dL/dw| * M`` with L the mean cross-entropy over all of ``data``."""
+    """Scorer: ``|w * dL/dw| * M`` with L the mean cross-entropy over all of ``data``, on the
+    model's device; under torchrun each rank takes its share and the gradient sums and sample
+    counts are summed over the ranks (float64)."""
     model = copy.deepcopy(work)
     model.eval()
     named = dict(model.named_parameters())
@@ -44,10 +46,15 @@ def taylor_score(work, masks, data, iteration):
     for n in masks:
         named[n].requires_grad_(True)
     seen = 0
+    dev = device.of(model)
     for x, y in data:
+        x, y = device.pair(x, y, dev)
         loss = F.cross_entropy(model(x), y, reduction="sum")
         loss.backward()
         seen += len(y)
+    if dist.active():
+        dist.sum_grads([named[n] for n in masks])
+        seen = int(dist.all_reduce_sum(torch.tensor([float(seen)])))
     if seen == 0:
         raise PrunewiseError("the attribution data is empty: no samples to score with")
     out = {}

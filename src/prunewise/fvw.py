@@ -32,6 +32,15 @@ caller's model still holds ``w0``), a pass holds the accumulator ``A``, the grad
 ``g_s`` and ``sign(g_{s-1})`` as int8 (a quarter copy): the trapezoid sum is rewritten as
 ``sum_{s<K} |g_s| + sum_{s>0} sign(g_{s-1}) g_s``, so ``g_{s-1}`` itself never has to be kept.
 All other temporaries are per tensor.
+
+**Precision and devices.** The attack and the attribution always run in float32, never under
+autocast or ``--amp``: the step ``alpha = 1e-8`` is far below bf16's resolution (about 3
+significant digits) and below fp16's smallest normal steps near typical weights, so in half
+precision the sign steps would not move the weights at all. They run on the model's device;
+the batches follow it. Under torchrun each rank attacks with its share of the samples and the
+per-step gradients, losses and counts are summed over the ranks in float64
+(:func:`prunewise.dist.sum_grads`), so every rank holds the same ``A`` and selects the same
+masks.
 """
 from __future__ import annotations
 
@@ -46,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import masking
+from . import device, dist, masking
 from .errors import PrunewiseError
 from .masking import PruningWarning, Source, check_targets, mask_list, prunable
 from .plan import MaskPlan
@@ -81,9 +90,12 @@ def sweep(model: nn.Module, data: Iterable) -> tuple[float, int, int]:
 
     Returns (loss sum, number counted, number seen); gradients accumulate in ``.grad`` of the
     parameters that require them. This is the sweep the attack runs ``steps + 1`` times.
+    Batches move to the model's device.
     """
     total, counted, seen = 0.0, 0, 0
+    dev = device.of(model)
     for x, y in data:
+        x, y = device.pair(x, y, dev)
         seen += len(y)
         out = model(x)
         ok = out.argmax(dim=1) == y
@@ -148,7 +160,8 @@ def attribute(model: nn.Module, batches, *, alpha: float = 1e-8, steps: int = 2,
     ``batches``: a callable returning an iterable of ``(x, y)``, or a re-iterable; it is read
     ``steps + 1`` times. ``masks`` (name -> 0/1) zero the gradients (and weights) of pruned
     elements. ``params`` picks the scope (see :func:`prunewise.masking.prunable`). ``model``
-    is not modified.
+    is not modified. Float32 on the model's device (see the module notes); under torchrun pass
+    each rank its share of the samples, the sums are taken over the ranks.
     """
     check_attack(alpha, steps, direction)
     names = prunable(model, params)
@@ -163,6 +176,11 @@ def attribute(model: nn.Module, batches, *, alpha: float = 1e-8, steps: int = 2,
             if p.grad is not None:
                 p.grad.zero_()
         loss, counted, seen = sweep(work, data)
+        if dist.active():  # this rank swept its share: sum gradients, losses and counts
+            dist.sum_grads(ps)
+            loss, counted, seen = dist.all_reduce_sum(
+                torch.tensor([loss, counted, seen], dtype=torch.float64)).tolist()
+            counted, seen = int(counted), int(seen)
         if s == 0:
             if seen == 0:
                 raise PrunewiseError("the attribution data is empty: no samples to attack with")

@@ -2,6 +2,12 @@
 
 Shared by every method: a pruning method never trains. ``fit`` picks the epoch with the best
 validation accuracy (never the test set) and can stop early on it.
+
+Everything computes on the model's own device (move the model with ``model.to(device)``, or
+pass ``--device`` on the command line); batches follow it (:func:`prunewise.device.to`). Under
+``torchrun`` (:mod:`prunewise.dist`) ``fit`` trains with DistributedDataParallel, each rank on
+its share of every batch, and :func:`evaluate_split` / :func:`recalibrate_bn` combine the ranks'
+shares, so every rank ends with the same weights, statistics and numbers.
 """
 from __future__ import annotations
 
@@ -13,9 +19,11 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from . import data as D
+from . import device, dist
 from .errors import PrunewiseError
 
 OPTIMIZERS = ("sgd", "adam")
@@ -23,12 +31,20 @@ OPTIMIZERS = ("sgd", "adam")
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable) -> dict:
-    """Top-1 / top-5 accuracy (fractions) and mean cross-entropy over ``(x, y)`` batches."""
+    """Top-1 / top-5 accuracy (fractions) and mean cross-entropy over ``(x, y)`` batches
+    (moved to the model's device). In this process only: :func:`evaluate_split` combines the
+    ranks' shares under torchrun."""
+    return _result(*_counts(model, batches))
+
+
+def _counts(model: nn.Module, batches: Iterable) -> tuple[int, int, int, float]:
     was_training = model.training
     model.eval()
+    dev = device.of(model)
     n = correct1 = correct5 = 0
     loss = 0.0
     for x, y in batches:
+        x, y = device.pair(x, y, dev)
         out = model(x)
         loss += float(F.cross_entropy(out, y, reduction="sum"))
         top = out.topk(min(5, out.shape[1]), dim=1).indices
@@ -36,15 +52,26 @@ def evaluate(model: nn.Module, batches: Iterable) -> dict:
         correct5 += int((top == y[:, None]).any(dim=1).sum())
         n += len(y)
     model.train(was_training)
+    return n, correct1, correct5, loss
+
+
+def _result(n, correct1, correct5, loss) -> dict:
     if n == 0:
         raise PrunewiseError("evaluation set is empty")
     return {"top1": correct1 / n, "top5": correct5 / n, "loss": loss / n, "n": n}
 
 
+@torch.no_grad()
 def evaluate_split(model: nn.Module, bundle: "D.DataBundle", split: str = "test",
                    batch_size: int = 256) -> dict:
-    """:func:`evaluate` on one split ('train', 'val' or 'test') of a data bundle."""
-    return evaluate(model, D.batches(getattr(bundle, split), bundle, batch_size))
+    """:func:`evaluate` on one split ('train', 'val' or 'test') of a data bundle; under torchrun
+    each rank evaluates its share of every batch and the counts are summed over the ranks."""
+    batches = D.batches(getattr(bundle, split), bundle, batch_size, shard=dist.part())
+    if not dist.active():
+        return evaluate(model, batches)
+    total = dist.all_reduce_sum(torch.tensor(_counts(model, batches), dtype=torch.float64))
+    n, c1, c5, loss = total.tolist()
+    return _result(int(n), int(c1), int(c5), loss)
 
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -59,7 +86,9 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, *, samples: int | None =
     resets the statistics and averages them cumulatively (``momentum=None``) over forward
     passes without gradients, on at most ``samples`` images (all of ``batches`` when None).
     Only the labels-free inputs are used. The model's train/eval mode and each layer's
-    momentum are restored. A model without BatchNorm is returned untouched.
+    momentum are restored. A model without BatchNorm is returned untouched. Under torchrun pass
+    each rank its share of the batches (``samples`` counts them all): the ranks' statistics are
+    averaged, weighted by their batch counts, so every rank ends with the same ones.
     """
     norms = [m for m in model.modules() if isinstance(m, _BN_TYPES) and m.track_running_stats]
     if not norms:
@@ -73,9 +102,12 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, *, samples: int | None =
         m.momentum = None  # cumulative moving average: every batch counts equally
     model.train()
     seen = 0
+    dev = device.of(model)
+    if samples is not None and dist.active():  # this rank's share of the first `samples`
+        samples = max(1, len(range(dist.rank(), samples, dist.world())))
     try:
         for batch in batches:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            x = device.to(batch[0] if isinstance(batch, (tuple, list)) else batch, dev)
             if samples is not None and seen + len(x) > samples:
                 x = x[: samples - seen]
             if len(x) == 0:
@@ -88,9 +120,25 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, *, samples: int | None =
         for m, mom in zip(norms, momenta):
             m.momentum = mom
         model.train(was_training)
+    if dist.active():
+        seen = int(dist.all_reduce_sum(torch.tensor([float(seen)])))
+        if seen:
+            _merge_statistics(norms)
     if seen == 0:
         raise PrunewiseError("BatchNorm recalibration got no samples")
     return model
+
+
+def _merge_statistics(norms: list) -> None:
+    """Average the ranks' cumulative BatchNorm statistics, weighted by their batch counts."""
+    counts = [m.num_batches_tracked.to(torch.float64) for m in norms]
+    total = [dist.all_reduce_sum(c) for c in counts]
+    for m, c, t in zip(norms, counts, total):
+        for name in ("running_mean", "running_var"):
+            buf = getattr(m, name)
+            merged = dist.all_reduce_sum(buf.to(torch.float64) * c) / t.clamp_min(1)
+            buf.copy_(merged.to(buf.dtype))
+        m.num_batches_tracked.copy_(t.to(m.num_batches_tracked.dtype))
 
 
 class MaskKeeper:
@@ -134,17 +182,27 @@ def fit(model: nn.Module, bundle: "D.DataBundle", *, epochs: int, lr: float = 0.
         optimizer: str = "sgd", weight_decay: float = 5e-4, batch_size: int = 64,
         masks: dict[str, torch.Tensor] | None = None, patience: int | None = None,
         seed: int = 0, augment: bool = True, progress: bool = True,
-        on_epoch: Callable[[dict], None] | None = None, desc: str = "train") -> dict:
+        on_epoch: Callable[[dict], None] | None = None, desc: str = "train",
+        amp: str | None = None) -> dict:
     """Train ``model`` in place with a cosine schedule; restore the best-on-validation weights.
 
     ``masks`` keeps pruned weights exactly zero after every optimizer step (fine-tuning).
     ``patience`` stops after that many epochs without a better validation accuracy.
+    Trains on the model's device; ``amp`` ('bf16' or 'fp16', CUDA only) runs the forward pass
+    in mixed precision (fp16 with a gradient scaler). Under torchrun every rank trains the same
+    DistributedDataParallel model on its share of each batch (``batch_size`` is the global
+    batch) and ends with the same weights.
     Returns the history: per-epoch train loss and validation accuracy, best epoch, seconds.
     """
     if epochs < 0:
         raise PrunewiseError(f"epochs must be >= 0, got {epochs}")
     if lr <= 0:
         raise PrunewiseError(f"learning rate must be > 0, got {lr}")
+    if batch_size < dist.world():
+        raise PrunewiseError(f"batch size {batch_size} is smaller than the {dist.world()} "
+                             f"processes it is split over")
+    dev = device.of(model)
+    device.check_amp(amp, dev)
     torch.manual_seed(seed)
     opt = make_optimizer(model, optimizer, lr, weight_decay)
     steps_per_epoch = D.num_batches(bundle.train, batch_size, drop_last=True)
@@ -158,24 +216,16 @@ def fit(model: nn.Module, bundle: "D.DataBundle", *, epochs: int, lr: float = 0.
     if epochs == 0 or len(bundle.val) == 0:
         best["val_top1"] = evaluate_split(model, bundle, "val")["top1"] if len(bundle.val) else -1.0
     history = []
-    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(total=total, desc=desc, disable=not progress or not dist.is_main(), leave=False,
+               dynamic_ncols=True)
+    step = _Stepper(model, opt, sched, keeper, dev, amp, batch_size, bar)
     for epoch in range(1, epochs + 1):
         model.train()
-        loss_sum = seen = 0.0
-        for x, y in D.batches(bundle.train, bundle, batch_size, shuffle=True, augment=aug,
-                              seed=seed * 100_003 + epoch, drop_last=True):
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            keeper.apply()
-            opt.step()
-            keeper.apply()
-            sched.step()
-            loss_sum += float(loss.detach()) * len(y)
-            seen += len(y)
-            bar.update(1)
+        train_loss = step.epoch(D.batches(bundle.train, bundle, batch_size, shuffle=True,
+                                          augment=aug, seed=seed * 100_003 + epoch,
+                                          drop_last=True, shard=dist.part()))
         val = evaluate_split(model, bundle, "val") if len(bundle.val) else {"top1": float("nan")}
-        row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "val_top1": val["top1"],
+        row = {"epoch": epoch, "train_loss": train_loss, "val_top1": val["top1"],
                "lr": opt.param_groups[0]["lr"]}
         history.append(row)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{val['top1']:.3f}")
@@ -192,3 +242,59 @@ def fit(model: nn.Module, bundle: "D.DataBundle", *, epochs: int, lr: float = 0.
     model.eval()
     return {"history": history, "best_epoch": best["epoch"], "best_val_top1": best["val_top1"],
             "seconds": time.perf_counter() - start}
+
+
+class _Stepper:
+    """The optimizer steps of :func:`fit`: device, mixed precision, DDP and masks in one place.
+
+    In a single process a step is exactly ``loss.backward(); keep masks; opt.step(); keep
+    masks``. Under torchrun the model is wrapped in DistributedDataParallel (which averages the
+    gradients over the ranks); each rank's loss is its share's summed cross-entropy scaled by
+    ``world / batch_size``, so the average is the global batch's mean loss even when the shares
+    differ by one sample. BatchNorm buffers are copied from rank 0 after every epoch.
+    """
+
+    def __init__(self, model, opt, sched, keeper, dev, amp, batch_size, bar):
+        self.model, self.opt, self.sched, self.keeper = model, opt, sched, keeper
+        self.dev, self.amp, self.batch_size, self.bar = dev, amp, batch_size, bar
+        self.scaler = device.grad_scaler(dev, amp)
+        self.net = model
+        if dist.active():
+            ids = [dev.index] if dev.type == "cuda" else None
+            self.net = DistributedDataParallel(model, device_ids=ids)
+
+    def loss(self, x, y):
+        with device.autocast(self.dev, self.amp):
+            out = self.net(x)
+        if not dist.active():
+            return F.cross_entropy(out.float(), y) if self.amp else F.cross_entropy(out, y)
+        scale = dist.world() / self.batch_size
+        return F.cross_entropy(out.float(), y, reduction="sum") * scale
+
+    def epoch(self, batches) -> float:
+        """One pass over ``batches``; the mean training loss over every rank's samples."""
+        loss_sum = seen = 0.0
+        for x, y in batches:
+            x, y = device.pair(x, y, self.dev)
+            loss = self.loss(x, y)
+            self.opt.zero_grad(set_to_none=True)
+            if self.scaler is None:
+                loss.backward()
+                self.keeper.apply()
+                self.opt.step()
+            else:  # fp16: scaled gradients; a step with inf/NaN gradients is skipped
+                self.scaler.scale(loss).backward()
+                self.keeper.apply()
+                self.scaler.step(self.opt)
+                self.scaler.update()
+            self.keeper.apply()
+            self.sched.step()
+            per_sample = float(loss.detach()) / (dist.world() / self.batch_size) / len(y) \
+                if dist.active() else float(loss.detach())
+            loss_sum += per_sample * len(y)
+            seen += len(y)
+            self.bar.update(1)
+        if dist.active():
+            loss_sum, seen = dist.all_reduce_sum(torch.tensor([loss_sum, seen])).tolist()
+            dist.broadcast_buffers(self.model)
+        return loss_sum / max(seen, 1)
