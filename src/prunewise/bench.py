@@ -158,16 +158,17 @@ def cell_path(out: Path, method: str, budget: float, seed: int) -> Path:
 
 
 def base_model(grid: Grid, out: Path, bundle: D.DataBundle, seed: int,
-               progress: bool) -> nn.Module:
-    """The dense model for one seed: from ``--base``, else trained once into OUT/base/seed-S."""
+               progress: bool, compute: runs.Compute = runs.Compute()) -> nn.Module:
+    """The dense model for one seed (on the compute device): from ``--base``, else trained once
+    into OUT/base/seed-S."""
     folder = base_folder(grid, out, seed)
     if (folder / files.WEIGHTS).is_file() or grid.base is not None:
-        return files.load_model(folder)
+        return compute.place(files.load_model(folder))
     torch.manual_seed(seed)
-    model = models.create(grid.model_name, num_classes=bundle.num_classes,
-                          in_channels=bundle.in_channels)
+    model = compute.place(models.create(grid.model_name, num_classes=bundle.num_classes,
+                                        in_channels=bundle.in_channels))
     train.fit(model, bundle, epochs=grid.epochs, seed=seed, progress=progress,
-              desc=f"train {grid.model_name} seed {seed}")
+              desc=f"train {grid.model_name} seed {seed}", amp=compute.amp)
     acc = train.evaluate_split(model, bundle, "test")["top1"]
     files.save_model(model, folder, meta={"data": {"name": bundle.name, "root": grid.root,
                                                    "image_size": bundle.image_size, "seed": 0},
@@ -210,7 +211,8 @@ def unstructured_cells(out: Path, model, bundle, method: str, seed: int, ctx: di
         _, rep = runs.finish_masks(model, bundle, plan, finetune=ctx["finetune"],
                                    recalibration=ctx["recalibration"],
                                    measurement=ctx["measurement"], seed=seed,
-                                   progress=ctx["progress"], dense=ctx["dense"])
+                                   progress=ctx["progress"], dense=ctx["dense"],
+                                   compute=ctx["compute"])
         rep["budget"] = {"sparsity": level}
         rep["stage_seconds"]["prune"] = t0 - clock["start"] - clock["other"]
         rep["config"] = runs.config(method, replace(ctx["prune"], sparsity=level),
@@ -237,7 +239,8 @@ def structured_cells(out: Path, model, bundle, method: str, seed: int, ctx: dict
                                         finetune=ctx["finetune"],
                                         recalibration=ctx["recalibration"],
                                         measurement=ctx["measurement"], seed=seed,
-                                        progress=ctx["progress"], dense=ctx["dense"])
+                                        progress=ctx["progress"], dense=ctx["dense"],
+                                        compute=ctx["compute"])
         files.write_json(path, runs.cell(rep))
         ctx["log"](cell_line(rep, level, rep["seconds"]))
 
@@ -246,14 +249,17 @@ def run(out: str | Path, grid: Grid, *, prune: runs.Unstructured = runs.Unstruct
         finetune: runs.FineTune = runs.FineTune(epochs=5, lr=0.05),
         recalibration: runs.Recalibration = runs.Recalibration(),
         measurement: runs.Measurement = runs.Measurement(repeats=10),
-        progress: bool = False, log: Callable[[str], None] | None = None) -> dict:
+        progress: bool = False, log: Callable[[str], None] | None = None,
+        compute: runs.Compute = runs.Compute()) -> dict:
     """Run (or complete) the grid in ``out``; returns the summary written to ``grid.json``.
 
     ``prune`` holds the unstructured settings (its ``sparsity`` is replaced by each level).
     Every option is checked, and the data and ``--base`` checkpoints are read, before anything
-    is written or trained. ``log`` receives one line per finished cell.
+    is written or trained. ``log`` receives one line per finished cell. ``compute``: the device
+    (and fine-tuning precision) of every model; it does not change which cells a folder holds.
     """
     check_grid(grid)
+    compute.place(torch.nn.Linear(1, 1))  # check the device and amp before any work
     prune = replace(prune, track_accuracy=False)  # cells keep no per-iteration history
     finetune.check()
     recalibration.check()
@@ -270,11 +276,12 @@ def run(out: str | Path, grid: Grid, *, prune: runs.Unstructured = runs.Unstruct
     check_settings(out, settings)
     files.write_json(out / "settings.json", settings)
     ctx = {"grid": grid, "prune": prune, "finetune": finetune, "recalibration": recalibration,
-           "measurement": measurement, "progress": progress, "log": log or (lambda line: None)}
+           "measurement": measurement, "progress": progress, "log": log or (lambda line: None),
+           "compute": compute}
     start = time.perf_counter()
     dense = {}
     for seed in grid.seeds:
-        model = base_model(grid, out, bundle, seed, progress)
+        model = base_model(grid, out, bundle, seed, progress, compute)
         ctx["dense"] = dense[seed] = dense_measures(out, model, bundle, seed, measurement)
         for method in grid.methods:
             cells = structured_cells if grid.structured else unstructured_cells

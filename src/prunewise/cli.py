@@ -5,6 +5,7 @@ Exit codes: 0 success, 2 bad input (one line on stderr, no traceback), 1 interna
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -13,11 +14,34 @@ import click
 import torch
 
 from . import data as D
-from . import files, measure, models, runs, train
+from . import device, dist, files, measure, models, runs, train
 from . import report as report_mod
 from .errors import PrunewiseError
 
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bars or chatter.")
+
+
+def device_option(f):
+    """--device, on every command that computes."""
+    return click.option("--device", "device_name", default="auto", show_default=True,
+                        help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps.")(f)
+
+
+def amp_option(f):
+    """--amp, on every command that trains or fine-tunes."""
+    return click.option("--amp", type=click.Choice(device.AMP), default=None,
+                        help="Mixed-precision training / fine-tuning on CUDA (fp16 with a "
+                             "gradient scaler); pruning criteria stay float32.")(f)
+
+
+def compute_of(device_name: str, amp: str | None = None) -> runs.Compute:
+    """Resolve --device / --amp, join the torchrun process group when launched by torchrun,
+    and silence the standard output of every rank but 0 (one copy of every printed line)."""
+    dev = device.resolve(device_name)
+    device.check_amp(amp, dev)
+    if dist.init(dev) and not dist.is_main():
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 -- for the life of the process
+    return runs.Compute(device=str(dev), amp=amp)
 
 
 def data_options(f):
@@ -34,7 +58,7 @@ def data_options(f):
 
 
 def say(quiet: bool, msg: str) -> None:
-    if not quiet:
+    if not quiet and dist.is_main():
         click.echo(msg, err=True)
 
 
@@ -102,19 +126,23 @@ def cli():
 @click.option("--num-classes", type=int, default=None, help="Must match the data (default: the data's).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(), required=True, help="Checkpoint folder to write.")
+@device_option
+@amp_option
 @quiet_option
 def train_cmd(model_name, data_name, root, image_size, data_seed, epochs, lr, batch_size,
-              optimizer, weight_decay, num_classes, seed, out, quiet):
+              optimizer, weight_decay, num_classes, seed, out, quiet, device_name, amp):
     """Train a zoo model and save the best-on-validation checkpoint to OUT."""
+    compute = compute_of(device_name, amp)
     bundle = load_data(data_name, root, image_size, data_seed)
     if num_classes is not None and num_classes != bundle.num_classes:
         raise PrunewiseError(f"--num-classes {num_classes} does not match data set "
                              f"'{bundle.name}', which has {bundle.num_classes} classes")
     torch.manual_seed(seed)
-    model = models.create(model_name, num_classes=bundle.num_classes, in_channels=bundle.in_channels)
+    model = compute.place(models.create(model_name, num_classes=bundle.num_classes,
+                                        in_channels=bundle.in_channels))
     hist = train.fit(model, bundle, epochs=epochs, lr=lr, batch_size=batch_size,
                      optimizer=optimizer, weight_decay=weight_decay, seed=seed,
-                     progress=progress_on(quiet), desc=f"train {model_name}")
+                     progress=progress_on(quiet), desc=f"train {model_name}", amp=amp)
     test = train.evaluate_split(model, bundle, "test")
     meta = {"data": data_meta(bundle, root, data_seed or 0), "seed": seed,
             "train": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer,
@@ -131,9 +159,12 @@ def train_cmd(model_name, data_name, root, image_size, data_seed, epochs, lr, ba
 @data_options
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def eval_cmd(checkpoint, data_name, root, image_size, data_seed, split, as_json):
+@device_option
+def eval_cmd(checkpoint, data_name, root, image_size, data_seed, split, as_json, device_name):
     """Evaluate a checkpoint: top-1, top-5, loss."""
+    compute = compute_of(device_name)
     model, bundle = load_checkpoint(checkpoint, data_name, root, image_size, data_seed)
+    model = compute.place(model)
     emit({"data": bundle.name, "split": split, **train.evaluate_split(model, bundle, split)}, as_json)
 
 
@@ -294,10 +325,12 @@ UNSTRUCTURED = runs.UNSTRUCTURED
 @latency_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(), required=True, help="Folder for the plan and report.")
+@device_option
+@amp_option
 @quiet_option
 def prune_fvw_cmd(checkpoint, data_name, root, image_size, data_seed, sparsity, keep, alpha, steps,
                   samples, class_groups, aggregate, descent, method, batch_size, seed, out, quiet,
-                  loop_recalibrate, **kw):
+                  loop_recalibrate, device_name, amp, **kw):
     """Unstructured pruning of CHECKPOINT to --sparsity with FVW (or a baseline --method).
 
     Writes OUT/masks.safetensors + OUT/plan.json (the plan), OUT/model (the masked, recalibrated
@@ -315,11 +348,12 @@ def prune_fvw_cmd(checkpoint, data_name, root, image_size, data_seed, sparsity, 
     runs.check_unstructured(method, settings)
     finetune.check()
     recalibration.check()
+    compute = compute_of(device_name, amp)
     model, bundle = load_checkpoint(checkpoint, data_name, root, image_size, data_seed)
     pruned, plan, rep = runs.run_unstructured(
         model, bundle, method, settings, finetune=finetune, recalibration=recalibration,
         measurement=measurement, seed=seed, progress=progress_on(quiet),
-        resume_dir=Path(out) / "resume")
+        resume_dir=Path(out) / "resume", compute=compute)
     click.echo(f"{method}: sparsity {rep['sparsity']:.4f}, nonzero params "
                f"{rep['params']['pruned']:,}, {accuracy_line(rep)}")
     save_run(out, model, pruned, plan, rep, checkpoint, quiet)
@@ -343,9 +377,12 @@ def prune_fvw_cmd(checkpoint, data_name, root, image_size, data_seed, sparsity, 
 @click.option("--plan", "plan_dir", type=click.Path(), default=None,
               help="Apply a saved channel plan (OUT/plan of an earlier run) instead of a budget.")
 @click.option("--out", type=click.Path(), required=True, help="Folder for the pruned model and report.")
+@device_option
+@amp_option
 @quiet_option
 def prune_sliming_cmd(checkpoint, data_name, root, image_size, data_seed, macs, params, normalize,
-                      min_channels, min_ratio, method, seed, plan_dir, out, quiet, **kw):
+                      min_channels, min_ratio, method, seed, plan_dir, out, quiet, device_name,
+                      amp, **kw):
     """SLIMING (or a structured baseline) pruning of CHECKPOINT into a physically smaller model.
 
     Writes OUT/model (the smaller, recalibrated and optionally fine-tuned checkpoint), OUT/plan
@@ -358,11 +395,12 @@ def prune_sliming_cmd(checkpoint, data_name, root, image_size, data_seed, macs, 
     runs.check_structured(method, settings)
     finetune.check()
     recalibration.check()
+    compute = compute_of(device_name, amp)
     model, bundle = load_checkpoint(checkpoint, data_name, root, image_size, data_seed)
     pruned, plan, rep = runs.run_structured(model, bundle, method, settings, finetune=finetune,
                                             recalibration=recalibration,
                                             measurement=measurement, seed=seed,
-                                            progress=progress_on(quiet))
+                                            progress=progress_on(quiet), compute=compute)
     click.echo(format_layers(rep["layers"]))
     speed = (rep["latency_ms"] or {}).get("64", {}).get("speedup")
     click.echo(f"{rep['method']}: MACs {rep['macs']['pruned']:,} ({rep['macs']['ratio']:.4f} of "
@@ -429,9 +467,11 @@ def toy_svgg_cmd(seed, no_complete, as_json):
 @loop_recalibrate_option
 @latency_option
 @click.option("--out", type=click.Path(), default="runs/bench", show_default=True)
+@device_option
+@amp_option
 @quiet_option
 def bench_cmd(model_name, data_name, root, methods, sparsities, macs_list, seeds, base, epochs,
-              keep, samples, loop_recalibrate, out, quiet, **kw):
+              keep, samples, loop_recalibrate, out, quiet, device_name, amp, **kw):
     """Compare methods over budgets and seeds: OUT/grid.{md,csv,json,png}; resumable.
 
     Every cell records the test top-1 pruned, after BatchNorm recalibration and after
@@ -456,7 +496,8 @@ def bench_cmd(model_name, data_name, root, methods, sparsities, macs_list, seeds
                               loop_recalibrate=loop_recalibrate)
     summary = bench.run(out, grid, prune=prune, finetune=finetune_of(kw),
                         recalibration=recalibration_of(kw), measurement=measurement_of(kw),
-                        progress=progress_on(quiet), log=lambda line: say(quiet, line))
+                        progress=progress_on(quiet), log=lambda line: say(quiet, line),
+                        compute=compute_of(device_name, amp))
     click.echo(bench.grid_markdown(summary), nl=False)
     say(quiet, f"wrote {Path(out) / 'grid.md'}, grid.csv, grid.json, grid.png "
                f"({summary['seconds_this_run']:.1f}s)")
@@ -503,8 +544,10 @@ def export_cmd(folder, onnx_path, input_size):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="Tiny settings that only check the wiring.")
 @recalibration_options
+@device_option
+@amp_option
 @quiet_option
-def demo_cmd(out, epochs, seed, quick, quiet, **kw):
+def demo_cmd(out, epochs, seed, quick, quiet, device_name, amp, **kw):
     """Train resnet20 on the embedded digits data, prune it with FVW and SLIMING next to their
     baselines, and write OUT/report.json, report.md and plots."""
     from .demo import run_demo
@@ -514,7 +557,7 @@ def demo_cmd(out, epochs, seed, quick, quiet, **kw):
     recalibration = recalibration_of(kw)
     recalibration.check()
     rep = run_demo(out, epochs=epochs, seed=seed, progress=progress_on(quiet), quick=quick,
-                   recalibration=recalibration)
+                   recalibration=recalibration, compute=compute_of(device_name, amp))
     lat = (rep.get("latency_ms") or {}).get("1", {}).get("dense")
     click.echo(f"dense {rep['model']} on digits: test top-1 {rep['accuracy']['dense']['test']:.4f}"
                f", params {rep['params']['dense']:,}, MACs {rep['macs']['dense']:,}"
@@ -533,7 +576,8 @@ def main(argv: list[str] | None = None) -> int:
         code = rv if isinstance(rv, int) else 0
     except (PrunewiseError, click.ClickException) as e:
         msg = e.format_message() if isinstance(e, click.ClickException) else str(e)
-        click.echo(f"prunewise: error: {' '.join(msg.split())}", err=True)
+        where = f" (rank {dist.rank()} of {dist.world()})" if dist.active() else ""
+        click.echo(f"prunewise: error{where}: {' '.join(msg.split())}", err=True)
         code = 2
     except click.exceptions.Abort:
         click.echo("prunewise: aborted", err=True)
@@ -545,6 +589,8 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         click.echo("prunewise: internal error (please report it with the traceback above)", err=True)
         code = 1
+    if code == 0:
+        dist.finish()  # after a failure the peers are stopped by torchrun or the timeout
     return code
 
 

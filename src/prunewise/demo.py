@@ -39,22 +39,24 @@ STRUCTURED_RUNS = (("sliming", "sliming"), ("l1_uniform", "l1"))
 
 def run_demo(out: str | Path = "runs/demo", *, epochs: int | None = None, seed: int = 0,
              progress: bool = False, quick: bool = False,
-             recalibration: runs.Recalibration = runs.Recalibration()) -> dict:
+             recalibration: runs.Recalibration = runs.Recalibration(),
+             compute: runs.Compute = runs.Compute()) -> dict:
     """Run the demo and return its report (also written to ``out/report.json``).
 
     ``quick`` shrinks every step (2 training epochs, keep 0.5 per iteration, 64 attribution
     samples, 1 fine-tune epoch, few latency repeats) to check the wiring in seconds; its
-    accuracies mean nothing.
+    accuracies mean nothing. ``compute`` picks the device (and the training precision).
     """
     out = Path(out)
     start = time.perf_counter()
     recalibration.check()
     torch.manual_seed(seed)
     bundle = D.load("digits", seed=seed)
-    model = models.create(DEMO_MODEL, num_classes=bundle.num_classes, in_channels=bundle.in_channels)
+    model = compute.place(models.create(DEMO_MODEL, num_classes=bundle.num_classes,
+                                        in_channels=bundle.in_channels))
     epochs = (2 if quick else DEMO_EPOCHS) if epochs is None else epochs
     hist = train.fit(model, bundle, epochs=epochs, seed=seed, progress=progress,
-                     desc=f"train {DEMO_MODEL} on digits")
+                     desc=f"train {DEMO_MODEL} on digits", amp=compute.amp)
     measurement = runs.Measurement(repeats=3 if quick else 10, warmup=1 if quick else 3)
     dense = runs.measure_dense(model, bundle, measurement)
     data_meta = {"name": "digits", "root": None, "image_size": bundle.image_size, "seed": seed}
@@ -70,7 +72,7 @@ def run_demo(out: str | Path = "runs/demo", *, epochs: int | None = None, seed: 
     }
     common = {"finetune": runs.FineTune(epochs=1 if quick else FINETUNE_EPOCHS, lr=FINETUNE_LR),
               "recalibration": recalibration, "measurement": measurement, "seed": seed,
-              "progress": progress, "dense": dense}
+              "progress": progress, "dense": dense, "compute": compute}
     settings = runs.Unstructured(sparsity=FVW_SPARSITY, keep=0.5 if quick else FVW_KEEP,
                                  samples=64 if quick else FVW_SAMPLES)
     for key, method in UNSTRUCTURED_RUNS:

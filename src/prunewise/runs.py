@@ -26,16 +26,20 @@ Report keys (the same in every report, bench cell and demo run):
 ``params``, ``macs`` ``{"dense", "pruned", "ratio", "counted"}``; a masked model counts only its
                     non-zero parameters and the MACs of its non-zero weights
                     (``counted`` says which)
-``latency_ms``      CPU forward time per batch size, ``{"1": {"dense", "pruned", "speedup"},
-                    "64": {...}}`` (null when not measured); masked models keep the dense time
+``latency_ms``      forward time on the run's device per batch size, ``{"1": {"dense",
+                    "pruned", "speedup"}, "64": {...}}`` (null when not measured); masked
+                    models keep the dense time
 ``finetune``        null, or ``{"epochs_run", "best_epoch", "best_val_top1", "seconds"}``
 ``seconds``         the whole run; ``stage_seconds``: ``{"prune", "recalibrate", "finetune"}``
 ``layers``          per-layer sparsity (masks) or weight shapes before/after (channels)
 ``history``, ``iterations`` (masks); ``counts``, ``spectra`` (channels)
 ``config``          the settings dataclasses, as dicts
+``compute``         where it ran: ``{"device", "amp", "world"}`` (:class:`Compute`; world =
+                    processes under torchrun)
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import time
@@ -46,7 +50,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from . import baselines, files, filter_baselines, fvw, measure, surgery, train
+from . import baselines, device, dist, files, filter_baselines, fvw, measure, surgery, train
 from . import data as D
 from .errors import PrunewiseError
 from .plan import MaskPlan
@@ -84,6 +88,29 @@ class FineTune:
 
 
 @dataclass(frozen=True)
+class Compute:
+    """Where a run computes. ``device``: auto, cpu, cuda, cuda:N or mps (None = wherever the
+    model already is; otherwise a copy moves there, the caller's model stays put). ``amp``:
+    'bf16' or 'fp16' mixed precision for training and fine-tuning, CUDA only; pruning criteria
+    (FVW's attack, Taylor, CHIP, SLIMING) always compute in float32 or float64."""
+    device: str | None = None
+    amp: str | None = None
+
+    def place(self, model: nn.Module) -> nn.Module:
+        """``model`` on this device (itself when it is there already, else a moved copy);
+        raises PrunewiseError for an unavailable device or ``amp`` off CUDA."""
+        dev = device.of(model) if self.device is None else device.resolve(self.device)
+        device.check_amp(self.amp, dev)
+        if device.of(model) == dev:
+            return model
+        return copy.deepcopy(model).to(dev)
+
+    def record(self, model: nn.Module) -> dict:
+        """What the report's ``compute`` says about a run on ``model``."""
+        return {"device": str(device.of(model)), "amp": self.amp, "world": dist.world()}
+
+
+@dataclass(frozen=True)
 class Recalibration:
     """BatchNorm recalibration on ``samples`` training images after pruning."""
     samples: int = 512
@@ -97,7 +124,8 @@ class Recalibration:
 
 @dataclass(frozen=True)
 class Measurement:
-    """CPU latency: median of ``repeats`` forward passes per batch size (``latency=False``: none)."""
+    """Latency on the run's device: median of ``repeats`` forward passes per batch size
+    (``latency=False``: none)."""
     latency: bool = True
     batch_sizes: tuple[int, ...] = (1, 64)
     repeats: int = 20
@@ -200,7 +228,7 @@ def nonzero_macs(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def latency(model: nn.Module, bundle: D.DataBundle, measurement: Measurement) -> dict | None:
-    """Median CPU milliseconds per forward pass, keyed by batch size (as a string)."""
+    """Median milliseconds per forward pass on the model's device, keyed by batch size."""
     if not measurement.latency:
         return None
     return {str(b): measure.latency_ms(model, example(bundle, b), warmup=measurement.warmup,
@@ -240,14 +268,15 @@ def _latency(dense: dict, pruned: nn.Module, bundle, measurement: Measurement) -
 # ---- the steps after pruning (shared) -------------------------------------------------------
 
 def recalibration_batches(bundle: D.DataBundle, recalibration: Recalibration, seed: int):
-    """Training images (no augmentation), shuffled by ``seed``, capped at the sample count."""
+    """Training images (no augmentation), shuffled by ``seed``, capped at the sample count
+    (under torchrun, this rank's share of every batch)."""
     return D.batches(bundle.train, bundle, recalibration.batch_size, shuffle=True, seed=seed,
-                     limit=min(recalibration.samples, len(bundle.train)))
+                     limit=min(recalibration.samples, len(bundle.train)), shard=dist.part())
 
 
 def finish(pruned: nn.Module, bundle: D.DataBundle, *, masks: dict | None, finetune: FineTune,
            recalibration: Recalibration, seed: int = 0, progress: bool = False,
-           desc: str = "fine-tune") -> dict:
+           desc: str = "fine-tune", amp: str | None = None) -> dict:
     """Measure, recalibrate BatchNorm, measure, fine-tune (masked), measure; in place on
     ``pruned``. Returns ``{"accuracy": {pruned, recalibrated, finetuned}, "finetune",
     "stage_seconds"}`` (a stage that did not run is None)."""
@@ -264,7 +293,7 @@ def finish(pruned: nn.Module, bundle: D.DataBundle, *, masks: dict | None, finet
         h = train.fit(pruned, bundle, epochs=finetune.epochs, lr=finetune.lr,
                       optimizer=finetune.optimizer, weight_decay=finetune.weight_decay,
                       batch_size=finetune.batch_size, masks=masks, patience=finetune.patience,
-                      seed=seed, progress=progress, desc=desc)
+                      seed=seed, progress=progress, desc=desc, amp=amp)
         secs["finetune"] = h["seconds"]
         hist = {"epochs_run": len(h["history"]), "best_epoch": h["best_epoch"],
                 "best_val_top1": h["best_val_top1"], "seconds": h["seconds"]}
@@ -315,14 +344,16 @@ def supports_loop_recalibration(method: str) -> bool:
 def finish_masks(model: nn.Module, bundle: D.DataBundle, plan: MaskPlan, *,
                  finetune: FineTune = FineTune(), recalibration: Recalibration = Recalibration(),
                  measurement: Measurement = Measurement(), seed: int = 0,
-                 progress: bool = False, dense: dict | None = None) -> tuple[nn.Module, dict]:
+                 progress: bool = False, dense: dict | None = None,
+                 compute: Compute = Compute()) -> tuple[nn.Module, dict]:
     """Steps 2-6 for a mask plan of ``model``: the masked copy and its report (no config)."""
     start = time.perf_counter()
+    model = compute.place(model)
     dense = dense or measure_dense(model, bundle, measurement)
     pruned = plan.apply(model)
     steps = finish(pruned, bundle, masks=plan.masks, finetune=finetune,
                    recalibration=recalibration, seed=seed, progress=progress,
-                   desc=f"fine-tune {plan.method}")
+                   desc=f"fine-tune {plan.method}", amp=compute.amp)
     settings = plan.meta.get("settings", {})
     rep = {"kind": "prune-unstructured", "method": plan.method, "data": bundle.name, "seed": seed,
            "budget": {"sparsity": settings.get("sparsity", plan.sparsity)},
@@ -341,24 +372,29 @@ def run_unstructured(model: nn.Module, bundle: D.DataBundle, method: str, settin
                      recalibration: Recalibration = Recalibration(),
                      measurement: Measurement = Measurement(), seed: int = 0,
                      progress: bool = False, dense: dict | None = None,
-                     resume_dir: str | Path | None = None) -> tuple[nn.Module, MaskPlan, dict]:
+                     resume_dir: str | Path | None = None,
+                     compute: Compute = Compute()) -> tuple[nn.Module, MaskPlan, dict]:
     """Mask pruning of ``model`` (untouched) with ``method`` (fvw, magnitude, taylor, random):
     prune, measure, recalibrate, measure, masked fine-tune, measure. Returns (masked copy, plan,
     report). ``resume_dir`` makes the pruning loop resumable; ``dense`` is a
-    :func:`measure_dense` result to reuse."""
+    :func:`measure_dense` result to reuse; ``compute`` says where (and with which fine-tuning
+    precision) it runs."""
     check_unstructured(method, settings)
     finetune.check()
     recalibration.check()
+    model = compute.place(model)
     dense = dense or measure_dense(model, bundle, measurement)
     t0 = time.perf_counter()
     plan = prune_masks(model, bundle, method, settings, seed=seed, progress=progress,
                        resume_dir=resume_dir)
     prune_s = time.perf_counter() - t0
     pruned, rep = finish_masks(model, bundle, plan, finetune=finetune, recalibration=recalibration,
-                               measurement=measurement, seed=seed, progress=progress, dense=dense)
+                               measurement=measurement, seed=seed, progress=progress, dense=dense,
+                               compute=compute)
     rep["stage_seconds"]["prune"] = prune_s
     rep["seconds"] += prune_s
     rep["config"] = config(method, settings, finetune, recalibration, seed)
+    rep["compute"] = compute.record(pruned)
     return pruned, plan, rep
 
 
@@ -393,21 +429,24 @@ def run_structured(model: nn.Module, bundle: D.DataBundle, method: str, settings
                    finetune: FineTune = FineTune(),
                    recalibration: Recalibration = Recalibration(),
                    measurement: Measurement = Measurement(), seed: int = 0,
-                   progress: bool = False, dense: dict | None = None
+                   progress: bool = False, dense: dict | None = None,
+                   compute: Compute = Compute()
                    ) -> tuple[nn.Module, surgery.ChannelPlan, dict]:
     """Channel pruning of ``model`` (untouched) with ``method`` (sliming, l1, random, chip,
     sliming-l1) or a saved plan: prune, measure, recalibrate, measure, fine-tune, measure.
-    Returns (smaller model, channel plan, report)."""
+    Returns (smaller model, channel plan, report); ``compute`` as for
+    :func:`run_unstructured`."""
     check_structured(method, settings)
     finetune.check()
     recalibration.check()
+    model = compute.place(model)
     dense = dense or measure_dense(model, bundle, measurement)
     start = time.perf_counter()
     pruned, plan = prune_channels(model, bundle, method, settings, seed=seed)
     prune_s = time.perf_counter() - start
     method = plan.meta.get("method", method) if settings.plan else method
     steps = finish(pruned, bundle, masks=None, finetune=finetune, recalibration=recalibration,
-                   seed=seed, progress=progress, desc=f"fine-tune {method}")
+                   seed=seed, progress=progress, desc=f"fine-tune {method}", amp=compute.amp)
     size = _size(dense, pruned, bundle, masked=False)
     rep = {"kind": "prune-structured", "method": method, "data": bundle.name, "seed": seed,
            "budget": {"macs": settings.macs, "params": settings.params},
@@ -418,7 +457,8 @@ def run_structured(model: nn.Module, bundle: D.DataBundle, method: str, settings
            "stage_seconds": {"prune": prune_s, **steps["stage_seconds"]},
            "counts": plan.counts, "layers": layer_rows(model, pruned),
            "spectra": {k: v.tolist() for k, v in (getattr(plan, "spectra", None) or {}).items()},
-           "config": config(method, settings, finetune, recalibration, seed)}
+           "config": config(method, settings, finetune, recalibration, seed),
+           "compute": compute.record(pruned)}
     rep["seconds"] = time.perf_counter() - start
     return pruned, plan, rep
 
