@@ -1,0 +1,150 @@
+"""Two processes on CPU (Gloo), as under ``torchrun``: identical masks on every rank and equal to
+one process's, identical weights after every fine-tuning epoch, one copy of every file.
+
+One spawned pair of processes does all the library checks (starting processes is the slow part);
+one ``torchrun`` run checks the command line end to end.
+"""
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+from prunewise import data as D
+from prunewise import dist, files, fvw, models, train
+from prunewise.errors import PrunewiseError
+
+SAMPLES = 96
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return models.create("resnet20", num_classes=10, in_channels=1)
+
+
+def attribution(bundle):
+    return lambda: D.batches(bundle.train, bundle, 32, shuffle=True, seed=0, limit=SAMPLES)
+
+
+def prune(model, bundle):
+    return fvw.prune(model, attribution(bundle), sparsity=0.5, keep=0.6, samples=SAMPLES)
+
+
+def digest(model) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def worker(rank: int, folder: str, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    out = Path(folder)
+    assert dist.init(torch.device("cpu")) and dist.world() == 2 and dist.rank() == rank
+    bundle = D.load("digits", seed=0)
+    model = tiny_model()
+    plan = prune(model, bundle)  # (a) each rank attacks with its half of the samples
+    save_file({k: v.to(torch.uint8) for k, v in plan.masks.items()}, out / f"masks-{rank}.st")
+    epochs = []  # (b) masked fine-tuning with DDP
+
+    def on_epoch(row):
+        epochs.append({"digest": digest(work), "row": row,
+                       "zeros": all(bool((dict(work.named_parameters())[n][~m] == 0).all())
+                                    for n, m in plan.masks.items())})
+
+    work = plan.apply(model)
+    train.fit(work, bundle, epochs=2, lr=0.02, batch_size=32, masks=plan.masks,
+              progress=False, on_epoch=on_epoch)
+    result = {"epochs": epochs, "final": digest(work),
+              "test": train.evaluate_split(work, bundle, "test")}
+    files.write_json(out / "shared" / "written.json", {"rank": rank})  # (c) rank 0 only
+    files.save_model(work, out / "shared" / "model")
+
+    def failing(tmp):
+        raise OSError("disk full")
+    try:  # a write that fails on rank 0 fails on every rank, no rank waits forever
+        files.atomic_write(out / "shared" / "never.json", failing)
+    except (OSError, PrunewiseError) as e:
+        result["write_error"] = type(e).__name__
+    (out / f"result-{rank}.json").write_text(json.dumps(result))
+    dist.finish()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dist")
+    mp.spawn(worker, args=(str(folder), free_port()), nprocs=2, join=True)
+    return folder
+
+
+def test_fvw_masks_identical_on_both_ranks_and_to_one_process(two_ranks, digits):
+    m0 = load_file(two_ranks / "masks-0.st")
+    m1 = load_file(two_ranks / "masks-1.st")
+    assert m0.keys() == m1.keys()
+    assert all(torch.equal(m0[k], m1[k]) for k in m0)
+    single = prune(tiny_model(), digits)
+    assert all(torch.equal(single.masks[k].to(torch.uint8), m0[k]) for k in m0)
+
+
+def test_fine_tuning_ranks_hold_identical_weights_every_epoch(two_ranks):
+    r0 = json.loads((two_ranks / "result-0.json").read_text())
+    r1 = json.loads((two_ranks / "result-1.json").read_text())
+    assert len(r0["epochs"]) == len(r1["epochs"]) == 2
+    for e0, e1 in zip(r0["epochs"], r1["epochs"]):
+        assert e0["digest"] == e1["digest"]
+        assert e0["row"] == e1["row"]  # same loss and validation accuracy (all-reduced)
+        assert e0["zeros"] and e1["zeros"]  # pruned weights exactly zero on every rank
+    assert r0["final"] == r1["final"] and r0["test"] == r1["test"]
+
+
+def test_only_rank_zero_writes_and_a_failed_write_fails_everywhere(two_ranks):
+    shared = two_ranks / "shared"
+    assert json.loads((shared / "written.json").read_text()) == {"rank": 0}
+    assert sorted(p.name for p in shared.iterdir()) == ["model", "written.json"]
+    assert not [p for p in shared.rglob("*") if files.TMP_MARK in p.name]
+    assert files.load_model(shared / "model") is not None
+    r0 = json.loads((two_ranks / "result-0.json").read_text())
+    r1 = json.loads((two_ranks / "result-1.json").read_text())
+    assert r0["write_error"] == "OSError" and r1["write_error"] == "PrunewiseError"
+    assert not (shared / "never.json").exists()
+
+
+def test_torchrun_cli_prune_writes_one_report(digits_checkpoint, tmp_path):
+    out = tmp_path / "fvw"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(free_port()), "-m", "prunewise", "prune", "fvw",
+           str(digits_checkpoint), "--sparsity", "0.5", "--keep", "0.5", "--samples", "64",
+           "--latency-repeats", "0", "--device", "cpu", "--quiet", "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("fvw: sparsity 0.5") == 1  # printed by rank 0 only
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["compute"] == {"device": "cpu", "amp": None, "world": 2}
+    assert (out / "masks.safetensors").is_file() and (out / "model").is_dir()
+    assert not [p for p in out.rglob("*") if files.TMP_MARK in p.name]
+
+
+def test_torchrun_bad_option_ends_every_rank(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(free_port()), "-m", "prunewise", "train", "resnet20",
+           "--epochs", "1", "--amp", "bf16", "--device", "cpu", "--out", str(tmp_path / "m")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    assert "--amp bf16 needs a CUDA device" in res.stderr
