@@ -289,9 +289,9 @@ class _Stepper:
                 self.scaler.update()
             self.keeper.apply()
             self.sched.step()
-            per_sample = float(loss.detach()) / (dist.world() / self.batch_size) / len(y) \
-                if dist.active() else float(loss.detach())
-            loss_sum += per_sample * len(y)
+            # this rank's summed cross-entropy (its loss is that sum times world / batch_size)
+            loss_sum += float(loss.detach()) * (self.batch_size / dist.world() if dist.active()
+                                                else len(y))
             seen += len(y)
             self.bar.update(1)
         if dist.active():
