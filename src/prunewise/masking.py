@@ -28,13 +28,12 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, Union
 
 import torch
-from safetensors import safe_open
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import dist, files
+from . import dist, files, schema
 from .errors import PrunewiseError
-from .plan import MaskPlan
+from .plan import MaskPlan, check_masks
 from .train import evaluate, recalibrate_bn
 
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -535,15 +534,10 @@ def _write_resume(path: Path, config: dict, masks, done: int, history: list) -> 
 
 
 def _read_resume(path: Path, config: dict, masks: dict):
+    _, meta = files.read_header(path, "resume checkpoint")
+    saved, done, history = schema.decode_resume(meta, str(path))
     tensors = files.read_tensors(path, "resume checkpoint")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        saved = json.loads(meta["config"])
-        done = int(meta["iteration"])
-        history = json.loads(meta["history"])
-    except (KeyError, ValueError, OSError) as e:
-        raise PrunewiseError(f"corrupt resume checkpoint {path}: {e}") from None
+    check_masks(tensors, str(path))
     want = json.loads(json.dumps(config, sort_keys=True, default=files.jsonable))
     if saved != want:
         diff = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))

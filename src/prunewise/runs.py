@@ -83,8 +83,9 @@ class FineTune:
         if self.optimizer not in train.OPTIMIZERS:
             raise PrunewiseError(f"unknown optimizer '{self.optimizer}'; choose one of: "
                                  f"{', '.join(train.OPTIMIZERS)}")
-        if self.weight_decay < 0:
-            raise PrunewiseError(f"weight decay must be >= 0, got {self.weight_decay}")
+        wd = self.weight_decay
+        if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not 0 <= wd <= 1:
+            raise PrunewiseError(f"weight decay must be a number in [0, 1], got {wd!r}")
 
 
 @dataclass(frozen=True)
