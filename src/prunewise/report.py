@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import sys
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def render(out: str | Path) -> dict:
     out = Path(out)
     if not out.is_dir():
         raise PrunewiseError(f"report folder not found: {out}")
-    return _emit(out, files.read_json(out / REPORT, "report"))
+    return _emit(out, files.read_json(out / REPORT, "report", schema.report_spec()))
 
 
 def _emit(out: Path, report: dict) -> dict:
@@ -177,19 +178,38 @@ def pyplot():
     return plt
 
 
+UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+MAX_FILE_NAME = 100
+
+
+def safe_name(name) -> str:
+    """A file name made of ``name``: letters, digits, '-', '_' and '.' only (anything else
+    becomes '_'), no leading dot, at most :data:`MAX_FILE_NAME` characters, never empty. Names
+    from a report (run names) go through it, so no file lands outside the report's folder."""
+    text = UNSAFE.sub("_", str(name)).lstrip(".")[:MAX_FILE_NAME]
+    return text or "run"
+
+
+def plot_path(out: Path, prefix: str, stem: str) -> Path:
+    """``out/<prefix><stem>.png``, always directly inside ``out`` (the prefix made safe and cut
+    so that the whole name stays within :data:`MAX_FILE_NAME`)."""
+    head = UNSAFE.sub("_", prefix).lstrip(".")[: MAX_FILE_NAME - len(stem)]
+    return out / f"{head}{stem}.png"
+
+
 def plot(out: Path, report: dict, prefix: str = "") -> list[str]:
     """Draw every plot the report has data for into ``out``; returns the file names."""
     made = []
     label = report.get("method") or report.get("model") or "run"
     if report.get("layers"):
-        made.append(plot_layers(out / f"{prefix}layers.png", report["layers"], label))
+        made.append(plot_layers(plot_path(out, prefix, "layers"), report["layers"], label))
     if report.get("history"):
-        made.append(plot_history(out / f"{prefix}history.png", report["history"], label))
+        made.append(plot_history(plot_path(out, prefix, "history"), report["history"], label))
     if report.get("spectra"):
-        made.append(plot_spectra(out / f"{prefix}spectra.png", report["spectra"],
+        made.append(plot_spectra(plot_path(out, prefix, "spectra"), report["spectra"],
                                  report.get("config", {}).get("normalize", "max")))
     for name, step in (report.get("runs") or {}).items():
-        made += plot(out, step, prefix=f"{prefix}{name}_")
+        made += plot(out, step, prefix=f"{prefix}{safe_name(name)}_")
     return [p.name if isinstance(p, Path) else p for p in made]
 
 
