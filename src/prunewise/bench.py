@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from . import data as D
-from . import files, models, runs, train
+from . import files, models, runs, schema, train
 from .errors import PrunewiseError
 from .report import pyplot, save_figure
 
@@ -39,6 +39,39 @@ FORMAT = 2
 # settings that change what a cell holds: a grid folder only accepts runs that agree on them
 FIXED = ("format", "model", "data", "root", "epochs", "base", "prune", "finetune",
          "recalibration")
+MAX_SEED = 2 ** 32 - 1
+
+_TOP1 = {"type": "number", "minimum": 0, "maximum": 1}
+_SPLITS = {"type": "object", "required": ["test"],
+           "properties": {"val": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+                          "test": _TOP1}}
+SETTINGS_SPEC = {"type": "object", "required": list(FIXED),
+                 "properties": {"format": {"type": "integer"},
+                                "prune": {"type": ["object", "null"]},
+                                "finetune": {"type": "object"},
+                                "recalibration": {"type": "object"}}}
+"""OUT/settings.json: the grid configuration its cells were made with."""
+CELL_SPEC = {"type": "object", "required": ["method", "seed", "accuracy", "params", "macs"],
+             "properties": {
+                 "method": {"type": "string", "maxLength": schema.MAX_NAME},
+                 "seed": {"type": "integer"},
+                 "accuracy": {"type": "object", "required": ["dense", "pruned"],
+                              "properties": {s: {**_SPLITS, "type": ["object", "null"]}
+                                             for s in ("dense",) + STAGES}},
+                 "params": {"type": "object", "required": ["ratio"],
+                            "properties": {"ratio": {"type": "number", "minimum": 0}}},
+                 "macs": {"type": "object", "required": ["ratio"],
+                          "properties": {"ratio": {"type": "number", "minimum": 0}}}}}
+"""OUT/cells/*.json: one finished cell (what :func:`summarize` reads of it)."""
+DENSE_SPEC = {"type": "object", "required": ["accuracy", "params", "macs", "weights"],
+              "properties": {"accuracy": _SPLITS,
+                             "params": {"type": "integer", "minimum": 1},
+                             "macs": {"type": "integer", "minimum": 0},
+                             "weights": {"type": "integer", "minimum": 1},
+                             "latency_ms": {"type": ["object", "null"],
+                                            "additionalProperties": {"type": "number",
+                                                                     "minimum": 0}}}}
+"""OUT/dense/seed-S.json: the base model's measures."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +118,9 @@ def check_grid(grid: Grid) -> None:
                                  f"in (0, 1), got {b}")
     if not grid.seeds:
         raise PrunewiseError("empty seed list: give at least one seed")
+    for s in grid.seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
+            raise PrunewiseError(f"--seeds values must be integers in 0..{MAX_SEED}, got {s}")
     for what, values in (("method", grid.methods), ("budget", grid.budgets),
                          ("seed", grid.seeds)):
         if len(set(values)) != len(values):
@@ -146,7 +182,7 @@ def check_settings(out: Path, settings: dict) -> None:
     path = out / "settings.json"
     if not path.is_file():
         return
-    prev = files.read_json(path, "bench settings")
+    prev = files.read_json(path, "bench settings", SETTINGS_SPEC)
     for key in FIXED:
         if prev.get(key) != settings[key]:
             raise PrunewiseError(f"{out} holds a grid made with {key}={prev.get(key)!r}, not "
@@ -181,7 +217,7 @@ def dense_measures(out: Path, model: nn.Module, bundle: D.DataBundle, seed: int,
     """The base model's accuracy, size and latency, measured once per seed (OUT/dense/)."""
     path = out / "dense" / f"seed-{seed}.json"
     if path.is_file():
-        return files.read_json(path, "dense measures")
+        return files.read_json(path, "dense measures", DENSE_SPEC)
     dense = runs.measure_dense(model, bundle, measurement)
     files.write_json(path, dense)
     return dense
@@ -270,6 +306,9 @@ def run(out: str | Path, grid: Grid, *, prune: runs.Unstructured = runs.Unstruct
                 raise PrunewiseError(f"method '{method}' cannot recalibrate BatchNorm inside its "
                                      f"loop in this version")
     bundle = D.load(grid.data_name, grid.root)
+    if finetune.epochs and finetune.batch_size > len(bundle.train):
+        raise PrunewiseError(f"--finetune-batch-size {finetune.batch_size} is larger than the "
+                             f"{len(bundle.train)} training images: no step would be taken")
     check_bases(grid, bundle)
     out = Path(out)
     settings = settings_of(grid, prune, finetune, recalibration)
@@ -302,7 +341,7 @@ def summarize(out: Path, grid: Grid, dense: dict) -> dict:
     rows = []
     for method in grid.methods:
         for b in grid.budgets:
-            cells = [files.read_json(cell_path(out, method, b, s), "grid cell")
+            cells = [files.read_json(cell_path(out, method, b, s), "grid cell", CELL_SPEC)
                      for s in grid.seeds]
             row = {"method": method, "budget": b, "n": len(cells)}
             for stage in STAGES:
