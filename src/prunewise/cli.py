@@ -5,6 +5,7 @@ Exit codes: 0 success, 2 bad input (one line on stderr, no traceback), 1 interna
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import traceback
@@ -14,11 +15,87 @@ import click
 import torch
 
 from . import data as D
-from . import device, dist, files, measure, models, runs, train
+from . import device, dist, files, measure, models, runs, schema, train
 from . import report as report_mod
 from .errors import PrunewiseError
 
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bars or chatter.")
+
+
+# ---- checking options before any work ----
+class FiniteFloat(click.ParamType):
+    """A click FLOAT that refuses NaN and infinities and, optionally, values outside a range
+    (``min_open`` / ``max_open``: the bound itself is excluded)."""
+
+    name = "number"
+
+    def __init__(self, min: float | None = None, max: float | None = None, *,
+                 min_open: bool = False, max_open: bool = False):
+        self.min, self.max, self.min_open, self.max_open = min, max, min_open, max_open
+
+    def describe(self) -> str:
+        lo = "" if self.min is None else f"{self.min:g} {'<' if self.min_open else '<='} "
+        hi = "" if self.max is None else f" {'<' if self.max_open else '<='} {self.max:g}"
+        return f"{lo}x{hi}"
+
+    def convert(self, value, param, ctx):
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if isinstance(value, bool) or not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        low = self.min is not None and (v < self.min or (self.min_open and v == self.min))
+        high = self.max is not None and (v > self.max or (self.max_open and v == self.max))
+        if low or high:
+            self.fail(f"{value!r} is not in the range {self.describe()}", param, ctx)
+        return v
+
+
+MAX_COUNT = 10 ** 9
+SEED = click.IntRange(0, 2 ** 32 - 1)
+SIDE = click.IntRange(1, schema.MAX_IMAGE_SIZE)
+CLASSES = click.IntRange(1, schema.MAX_CLASSES)
+LR = FiniteFloat(0, 10, min_open=True)
+WEIGHT_DECAY = FiniteFloat(0, 1)
+FRACTION = FiniteFloat(0, 1, min_open=True, max_open=True)
+
+
+def count(low: int) -> click.IntRange:
+    """An integer option in ``low .. MAX_COUNT``."""
+    return click.IntRange(low, MAX_COUNT)
+
+
+def check_output(path, what: str = "--out", *, folder: bool = True) -> Path:
+    """Refuse, before any work, an output path that cannot be written: empty, an existing file
+    where a folder is wanted (or the reverse), under a file, or where we may not write."""
+    text = "" if path is None else str(path)
+    kind = "folder" if folder else "file"
+    if not text.strip() or "\0" in text:
+        raise PrunewiseError(f"{what} must name a {kind}, got {text!r}")
+    p = Path(text)
+    if p.exists() and p.is_dir() != folder:
+        raise PrunewiseError(f"{what} {p} is {'a file' if folder else 'a folder'}; give a {kind}")
+    at = p if (folder and p.is_dir()) else p.parent
+    while not at.exists() and at != at.parent:
+        at = at.parent
+    if not at.is_dir():
+        raise PrunewiseError(f"{what} {p} lies under {at}, which is not a folder")
+    if not os.access(at, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise PrunewiseError(f"{what} {p} is not writable (no write permission on {at})")
+    return p
+
+
+def check_batch(bundle: D.DataBundle, batch_size: int, what: str) -> None:
+    """Training uses full batches only: one larger than the training split takes no step."""
+    if batch_size > len(bundle.train):
+        raise PrunewiseError(f"{what} {batch_size} is larger than the {len(bundle.train)} "
+                             f"training images of '{bundle.name}': no step would be taken")
+
+
+def check_model_name(name: str) -> None:
+    if name not in models.names():
+        raise PrunewiseError(f"unknown model '{name}'; choose one of: {', '.join(models.names())}")
 
 
 def device_option(f):
@@ -46,9 +123,9 @@ def compute_of(device_name: str, amp: str | None = None) -> runs.Compute:
 
 def data_options(f):
     """--data/--root/--image-size/--data-seed, shared by every command that reads data."""
-    f = click.option("--data-seed", type=int, default=None,
+    f = click.option("--data-seed", type=SEED, default=None,
                      help="Seed of the train/val split (default: the checkpoint's, else 0).")(f)
-    f = click.option("--image-size", type=int, default=None,
+    f = click.option("--image-size", type=SIDE, default=None,
                      help="Resize images to this side (default: the data set's own).")(f)
     f = click.option("--root", type=click.Path(file_okay=False), default=None,
                      help="Folder of a local data set (cifar10, cifar100, imagefolder).")(f)
@@ -118,13 +195,13 @@ def cli():
 @cli.command("train")
 @click.argument("model_name")
 @data_options
-@click.option("--epochs", type=int, default=30, show_default=True)
-@click.option("--lr", type=float, default=0.05, show_default=True)
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--epochs", type=count(1), default=30, show_default=True)
+@click.option("--lr", type=LR, default=0.05, show_default=True)
+@click.option("--batch-size", type=count(1), default=64, show_default=True)
 @click.option("--optimizer", type=click.Choice(train.OPTIMIZERS), default="sgd", show_default=True)
-@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
-@click.option("--num-classes", type=int, default=None, help="Must match the data (default: the data's).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--weight-decay", type=WEIGHT_DECAY, default=5e-4, show_default=True)
+@click.option("--num-classes", type=CLASSES, default=None, help="Must match the data (default: the data's).")
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--out", type=click.Path(), required=True, help="Checkpoint folder to write.")
 @device_option
 @amp_option
@@ -132,8 +209,11 @@ def cli():
 def train_cmd(model_name, data_name, root, image_size, data_seed, epochs, lr, batch_size,
               optimizer, weight_decay, num_classes, seed, out, quiet, device_name, amp):
     """Train a zoo model and save the best-on-validation checkpoint to OUT."""
+    check_output(out)
+    check_model_name(model_name)
     compute = compute_of(device_name, amp)
     bundle = load_data(data_name, root, image_size, data_seed)
+    check_batch(bundle, batch_size, "--batch-size")
     if num_classes is not None and num_classes != bundle.num_classes:
         raise PrunewiseError(f"--num-classes {num_classes} does not match data set "
                              f"'{bundle.name}', which has {bundle.num_classes} classes")
@@ -170,9 +250,10 @@ def eval_cmd(checkpoint, data_name, root, image_size, data_seed, split, as_json,
 
 @cli.command("info")
 @click.argument("name")
-@click.option("--num-classes", type=int, default=10, show_default=True)
-@click.option("--in-channels", type=int, default=3, show_default=True)
-@click.option("--input-size", type=int, default=None, help="Input side (default: the model's natural one).")
+@click.option("--num-classes", type=CLASSES, default=10, show_default=True)
+@click.option("--in-channels", type=click.IntRange(1, schema.MAX_IN_CHANNELS), default=3,
+              show_default=True)
+@click.option("--input-size", type=SIDE, default=None, help="Input side (default: the model's natural one).")
 @click.option("--json", "as_json", is_flag=True)
 def info_cmd(name, num_classes, in_channels, input_size, as_json):
     """Params, MACs and a layer table of a zoo model NAME or a checkpoint folder."""
@@ -217,14 +298,14 @@ def finetune_options(epochs: int = 0, lr: float = 0.01):
 
 def _add_finetune_options(f, epochs: int, lr: float):
     for opt in reversed([
-            click.option("--finetune-epochs", type=int, default=epochs, show_default=True),
-            click.option("--lr", type=float, default=lr, show_default=True,
+            click.option("--finetune-epochs", type=count(0), default=epochs, show_default=True),
+            click.option("--lr", type=LR, default=lr, show_default=True,
                          help="Fine-tuning learning rate."),
             click.option("--optimizer", type=click.Choice(train.OPTIMIZERS), default="sgd",
                          show_default=True, help="Fine-tuning optimizer."),
-            click.option("--weight-decay", type=float, default=5e-4, show_default=True),
-            click.option("--finetune-batch-size", type=int, default=64, show_default=True),
-            click.option("--patience", type=int, default=None,
+            click.option("--weight-decay", type=WEIGHT_DECAY, default=5e-4, show_default=True),
+            click.option("--finetune-batch-size", type=count(1), default=64, show_default=True),
+            click.option("--patience", type=count(1), default=None,
                          help="Fine-tuning early-stopping patience (epochs).")]):
         f = opt(f)
     return f
@@ -240,7 +321,7 @@ def recalibration_options(f):
 
 
 def latency_option(f):
-    return click.option("--latency-repeats", type=int, default=20, show_default=True,
+    return click.option("--latency-repeats", type=count(0), default=20, show_default=True,
                         help="Timed CPU forward passes per batch size (1 and 64) for the dense "
                              "and the pruned model; 0 = no latency.")(f)
 
@@ -305,25 +386,27 @@ UNSTRUCTURED = runs.UNSTRUCTURED
 @prune_group.command("fvw")
 @click.argument("checkpoint", type=click.Path())
 @data_options
-@click.option("--sparsity", type=float, required=True, help="Target global sparsity in [0, 1).")
-@click.option("--keep", type=float, default=0.98, show_default=True,
+@click.option("--sparsity", type=FRACTION, required=True, help="Target global sparsity in (0, 1).")
+@click.option("--keep", type=FRACTION, default=0.98, show_default=True,
               help="Fraction of the unpruned weights kept per iteration.")
-@click.option("--alpha", type=float, default=1e-8, show_default=True, help="Attack step size.")
-@click.option("--steps", type=int, default=2, show_default=True, help="Attack steps K.")
-@click.option("--samples", type=int, default=2048, show_default=True,
+@click.option("--alpha", type=FiniteFloat(0, min_open=True), default=1e-8, show_default=True,
+              help="Attack step size.")
+@click.option("--steps", type=click.IntRange(1, 10_000), default=2, show_default=True,
+              help="Attack steps K.")
+@click.option("--samples", type=count(0), default=2048, show_default=True,
               help="Attribution samples from the training split (0 = all).")
-@click.option("--class-groups", type=int, default=None,
+@click.option("--class-groups", type=CLASSES, default=None,
               help="Class-group mode with this many groups (FVW only).")
 @click.option("--aggregate", type=click.Choice(["union", "sum"]), default="union", show_default=True)
 @click.option("--descent", is_flag=True, help="Class-group mode: add a descent pass per group.")
 @click.option("--method", type=click.Choice(UNSTRUCTURED), default="fvw", show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True,
+@click.option("--batch-size", type=count(1), default=128, show_default=True,
               help="Attribution batch size.")
 @finetune_options()
 @recalibration_options
 @loop_recalibrate_option
 @latency_option
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--out", type=click.Path(), required=True, help="Folder for the plan and report.")
 @device_option
 @amp_option
@@ -337,6 +420,7 @@ def prune_fvw_cmd(checkpoint, data_name, root, image_size, data_seed, sparsity, 
     and optionally fine-tuned checkpoint) and OUT/report.json. Re-running after an interruption
     resumes the pruning from OUT/resume.
     """
+    check_output(out)
     if samples < 0:
         raise PrunewiseError(f"--samples must be >= 0 (0 = all), got {samples}")
     settings = runs.Unstructured(sparsity=sparsity, keep=keep, samples=samples or None,
@@ -350,6 +434,8 @@ def prune_fvw_cmd(checkpoint, data_name, root, image_size, data_seed, sparsity, 
     recalibration.check()
     compute = compute_of(device_name, amp)
     model, bundle = load_checkpoint(checkpoint, data_name, root, image_size, data_seed)
+    if finetune.epochs:
+        check_batch(bundle, finetune.batch_size, "--finetune-batch-size")
     pruned, plan, rep = runs.run_unstructured(
         model, bundle, method, settings, finetune=finetune, recalibration=recalibration,
         measurement=measurement, seed=seed, progress=progress_on(quiet),
@@ -362,18 +448,20 @@ def prune_fvw_cmd(checkpoint, data_name, root, image_size, data_seed, sparsity, 
 @prune_group.command("sliming")
 @click.argument("checkpoint", type=click.Path())
 @data_options
-@click.option("--macs", type=float, default=None, help="Keep this fraction of the MACs, in (0, 1).")
-@click.option("--params", type=float, default=None, help="Keep this fraction of the params, in (0, 1).")
+@click.option("--macs", type=FiniteFloat(), default=None,
+              help="Keep this fraction of the MACs, in (0, 1).")
+@click.option("--params", type=FiniteFloat(), default=None,
+              help="Keep this fraction of the params, in (0, 1).")
 @click.option("--normalize", type=click.Choice(["max", "sum"]), default="max", show_default=True)
-@click.option("--min-channels", type=int, default=1, show_default=True)
-@click.option("--min-ratio", type=float, default=0.0, show_default=True,
+@click.option("--min-channels", type=count(1), default=1, show_default=True)
+@click.option("--min-ratio", type=FiniteFloat(0, 1, max_open=True), default=0.0, show_default=True,
               help="Keep at least this fraction of every group (0 = the paper's configuration).")
 @click.option("--method", type=click.Choice(runs.STRUCTURED), default="sliming", show_default=True,
               help="SLIMING or a baseline at the same budget.")
 @finetune_options()
 @recalibration_options
 @latency_option
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--plan", "plan_dir", type=click.Path(), default=None,
               help="Apply a saved channel plan (OUT/plan of an earlier run) instead of a budget.")
 @click.option("--out", type=click.Path(), required=True, help="Folder for the pruned model and report.")
@@ -388,6 +476,7 @@ def prune_sliming_cmd(checkpoint, data_name, root, image_size, data_seed, macs, 
     Writes OUT/model (the smaller, recalibrated and optionally fine-tuned checkpoint), OUT/plan
     (the channel plan) and OUT/report.json.
     """
+    check_output(out)
     settings = runs.Structured(macs=macs, params=params, normalize=normalize,
                                min_channels=min_channels, min_ratio=min_ratio, plan=plan_dir)
     finetune, recalibration = finetune_of(kw), recalibration_of(kw)
@@ -397,6 +486,8 @@ def prune_sliming_cmd(checkpoint, data_name, root, image_size, data_seed, macs, 
     recalibration.check()
     compute = compute_of(device_name, amp)
     model, bundle = load_checkpoint(checkpoint, data_name, root, image_size, data_seed)
+    if finetune.epochs:
+        check_batch(bundle, finetune.batch_size, "--finetune-batch-size")
     pruned, plan, rep = runs.run_structured(model, bundle, method, settings, finetune=finetune,
                                             recalibration=recalibration,
                                             measurement=measurement, seed=seed,
@@ -416,7 +507,7 @@ def toy_group():
 
 
 @toy_group.command("svgg")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--no-complete", is_flag=True, help="Skip the complete search on the reduced SVGG.")
 @click.option("--json", "as_json", is_flag=True)
 def toy_svgg_cmd(seed, no_complete, as_json):
@@ -456,11 +547,11 @@ def toy_svgg_cmd(seed, no_complete, as_json):
 @click.option("--base", default=None,
               help="Reuse base checkpoints: a folder holding seed-S/ checkpoint folders, or a "
                    "path pattern with {seed} (default: train them into OUT/base).")
-@click.option("--epochs", type=int, default=20, show_default=True,
+@click.option("--epochs", type=count(1), default=20, show_default=True,
               help="Base model training epochs (without --base).")
-@click.option("--keep", type=float, default=0.9, show_default=True,
+@click.option("--keep", type=FRACTION, default=0.9, show_default=True,
               help="Unstructured: fraction kept per iteration (the papers' 0.98 is slower).")
-@click.option("--samples", type=int, default=512, show_default=True,
+@click.option("--samples", type=count(0), default=512, show_default=True,
               help="Unstructured: attribution samples (0 = all).")
 @finetune_options(epochs=5, lr=0.05)
 @recalibration_options
@@ -479,12 +570,14 @@ def bench_cmd(model_name, data_name, root, methods, sparsities, macs_list, seeds
     """
     from . import bench
 
+    check_output(out)
     if sparsities is not None and macs_list is not None:
         raise PrunewiseError("give --sparsity (unstructured grid) or --macs (structured grid), not both")
     if samples < 0:
         raise PrunewiseError(f"--samples must be >= 0 (0 = all), got {samples}")
     structured = macs_list is not None
-    budgets = bench.parse_list(macs_list if structured else (sparsities or "0.8,0.9,0.95"),
+    default = "0.8,0.9,0.95" if sparsities is None else sparsities
+    budgets = bench.parse_list(macs_list if structured else default,
                                "--macs" if structured else "--sparsity")
     method_list = bench.parse_list(methods, "--methods", str) if methods is not None \
         else list(bench.STRUCTURED if structured else bench.UNSTRUCTURED)
@@ -509,6 +602,8 @@ def report_cmd(folder):
     """Re-render FOLDER/report.md and the plots from FOLDER/report.json."""
     from . import report
 
+    if Path(folder).is_dir():
+        check_output(folder, "report folder")
     rep = report.render(folder)
     click.echo(f"rendered {Path(folder) / 'report.md'} and {len(rep['plots'])} plot(s): "
                + ", ".join(rep["plots"]))
@@ -518,7 +613,7 @@ def report_cmd(folder):
 @click.argument("folder", type=click.Path())
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), required=True,
               help="ONNX file to write.")
-@click.option("--input-size", type=int, default=None,
+@click.option("--input-size", type=SIDE, default=None,
               help="Input side (default: the data the model was trained on, else the natural one).")
 def export_cmd(folder, onnx_path, input_size):
     """Export a checkpoint (dense, masked or structurally pruned) to ONNX.
@@ -527,6 +622,9 @@ def export_cmd(folder, onnx_path, input_size):
     """
     from . import interop
 
+    check_output(onnx_path, "--onnx", folder=False)
+    if Path(onnx_path).suffix.lower() != ".onnx":
+        raise PrunewiseError(f"--onnx must name a .onnx file, got {onnx_path!r}")
     folder = Path(folder)
     if (folder / "model" / files.CONFIG).is_file() and not (folder / files.CONFIG).is_file():
         folder = folder / "model"
@@ -540,8 +638,8 @@ def export_cmd(folder, onnx_path, input_size):
 
 @cli.command("demo")
 @click.option("--out", type=click.Path(), default="runs/demo", show_default=True)
-@click.option("--epochs", type=int, default=None, help="Training epochs (default: the demo's).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--epochs", type=count(1), default=None, help="Training epochs (default: the demo's).")
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="Tiny settings that only check the wiring.")
 @recalibration_options
 @device_option
@@ -552,6 +650,7 @@ def demo_cmd(out, epochs, seed, quick, quiet, device_name, amp, **kw):
     baselines, and write OUT/report.json, report.md and plots."""
     from .demo import run_demo
 
+    check_output(out)
     if epochs is not None and epochs < 1:
         raise PrunewiseError(f"--epochs must be >= 1, got {epochs}")
     recalibration = recalibration_of(kw)
@@ -585,6 +684,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("prunewise: interrupted", err=True)
         code = 130
+    except OSError as e:  # our own paths (unreadable, unwritable, disk full): bad input
+        if e.filename is None:
+            traceback.print_exc()
+            click.echo("prunewise: internal error (please report it with the traceback above)",
+                       err=True)
+            code = 1
+        else:
+            click.echo(f"prunewise: error: {e.strerror or e}: {e.filename}", err=True)
+            code = 2
     except Exception:  # a genuine internal failure: keep the traceback for the bug report
         traceback.print_exc()
         click.echo("prunewise: internal error (please report it with the traceback above)", err=True)
