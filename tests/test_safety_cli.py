@@ -1,0 +1,521 @@
+"""The CLI half of the safety contract (docs/safety.md).
+
+- A table of bad inputs across every command: each is exit 2, exactly one non-empty stderr line,
+  no traceback, refused before any work (milliseconds each) and nothing changed on disk.
+- Output paths are checked before any work; OSError on our own paths is exit 2, one line.
+- `prunewise report` writes only inside its folder, whatever the run names in report.json.
+- Bench cells and `prune fvw` outputs are identical after a kill and a re-run.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import assert_bad_input, invoke
+from prunewise import cli, files, models, report
+
+MISSING = "missing-folder"
+
+
+def stage(test, val=None):
+    return {"val": val, "test": test}
+
+
+def sample_run(**extra) -> dict:
+    """A masked run's report, shaped as prunewise.runs writes it."""
+    return {"kind": "prune-unstructured", "method": "fvw", "seed": 0, "seconds": 1.0,
+            "sparsity": 0.5, "budget": {"sparsity": 0.5},
+            "accuracy": {"dense": stage(0.9), "pruned": stage(0.5), "recalibrated": None,
+                         "finetuned": None},
+            "params": {"dense": 100, "pruned": 50, "ratio": 0.5, "counted": "nonzero"},
+            "macs": {"dense": 100, "pruned": 50, "ratio": 0.5, "counted": "nonzero weights"},
+            "latency_ms": None, "layers": [{"layer": "a.weight", "sparsity": 0.5}],
+            "history": [{"iteration": 1, "sparsity": 0.5}], "config": {}, **extra}
+
+
+def save_digits_model(folder: Path, seed: int = 0) -> None:
+    torch.manual_seed(seed)
+    files.save_model(models.create("resnet20", num_classes=10, in_channels=1), folder,
+                     meta={"data": {"name": "digits", "root": None, "image_size": 16, "seed": 0}})
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """Everything the bad inputs point at, in one folder that each case snapshots."""
+    w = tmp_path_factory.mktemp("world")
+    save_digits_model(w / "ck")
+    save_digits_model(w / "bases" / "seed-0")
+    (w / "afile").write_text("not a folder\n")
+    (w / "ro").mkdir()
+    (w / "badck").mkdir()
+    (w / "badck" / "config.json").write_text("{broken")
+    (w / "wrongck").mkdir()
+    (w / "wrongck" / "config.json").write_text(json.dumps(
+        {"format": 1, "arch": "resnet20", "num_classes": "ten", "in_channels": 1}))
+    good = report.write(w / "ro" / "rep", sample_run(), kind="prune-unstructured")
+    (w / "rep_corrupt").mkdir()
+    (w / "rep_corrupt" / "report.json").write_text("{")
+    (w / "rep_empty").mkdir()
+    for name, body in (("rep_types", {**good, "kind": 3}),
+                       ("rep_accuracy", {**good, "accuracy": {"dense": stage(1.5)}}),
+                       ("rep_list", [1, 2]),
+                       ("rep_sparsity", {**good, "sparsity": "high"}),
+                       ("rep_runs", {**good, "kind": "demo", "runs": {"x": {"seed": "0"}}})):
+        (w / name).mkdir()
+        (w / name / "report.json").write_text(json.dumps(body))
+    return w
+
+
+@pytest.fixture
+def in_world(world, monkeypatch):
+    """Run inside the world folder (defaults such as runs/demo land there); folders under
+    world/ro are read-only (os.access is mocked: the tests run as root, which chmod cannot stop)."""
+    monkeypatch.chdir(world)
+    real = os.access
+    ro = str(world / "ro")
+
+    def access(path, mode, *a, **kw):
+        p = str(Path(os.path.abspath(path)))
+        if mode & os.W_OK and (p == ro or p.startswith(ro + os.sep)):
+            return False
+        return real(path, mode, *a, **kw)
+
+    monkeypatch.setattr(os, "access", access)
+    return world
+
+
+def snapshot(root: Path) -> dict:
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            st = p.lstat()
+            out[str(p.relative_to(root))] = (p.is_dir(), st.st_size, st.st_mtime_ns)
+    return out
+
+
+# ---- the table of bad inputs ----------------------------------------------------------------
+
+BASE = {
+    "train": ["train", "resnet20", "--epochs", "1"],
+    "eval": ["eval", "{w}/ck"],
+    "info": ["info", "resnet20"],
+    "fvw": ["prune", "fvw", "{w}/ck", "--sparsity", "0.5"],
+    "sliming": ["prune", "sliming", "{w}/ck", "--macs", "0.5"],
+    "bench": ["bench", "--base", "{w}/bases", "--seeds", "0", "--methods", "magnitude",
+              "--sparsity", "0.5"],
+    "export": ["export", "{w}/ck"],
+    "report": ["report"],
+    "toy": ["toy", "svgg"],
+    "demo": ["demo", "--quick"],
+}
+WRITES = ("train", "fvw", "sliming", "bench", "demo")  # commands with --out
+
+CASES = []
+
+
+def case(cmd, *extra, words=(), out="{w}/out", ident=None):
+    args = BASE[cmd] + list(extra)
+    if cmd in WRITES and out is not None:
+        args += ["--out", out]
+    CASES.append(pytest.param(args, list(words), id=ident or f"{cmd}:{' '.join(extra)}"[:80]))
+
+
+NOT_FINITE = ("nan", "inf", "-inf", "NaN", "x", "")
+# bad --out for every command that writes
+for cmd in WRITES:
+    for out, words in (("", ["--out"]), ("   ", ["--out"]), ("{w}/afile", ["is a file"]),
+                       ("{w}/afile/sub", ["not a folder"]), ("{w}/ro/new", ["not writable"]),
+                       ("{w}/ro", ["not writable"])):
+        case(cmd, out=out, words=words, ident=f"{cmd}:--out {out!r}")
+
+# train
+for v in ("0", "-1", "x", "1.5", "nan"):
+    case("train", "--epochs", v, words=["--epochs"])
+for v in NOT_FINITE + ("0", "-0.1", "11"):
+    case("train", "--lr", v, words=["--lr"])
+for v in ("nan", "inf", "-1", "2"):
+    case("train", "--weight-decay", v, words=["--weight-decay"])
+for v in ("0", "-5", "x"):
+    case("train", "--batch-size", v, words=["--batch-size"])
+case("train", "--batch-size", "100000", words=["--batch-size", "no step"])
+for v in ("0", "100001", "x"):
+    case("train", "--num-classes", v, words=["--num-classes"])
+case("train", "--num-classes", "7", words=["7", "10"])
+for v in ("0", "-1", "4097", "x"):
+    case("train", "--image-size", v, words=["--image-size"])
+for v in ("-1", "x", "4294967296"):
+    case("train", "--data-seed", v, words=["--data-seed"])
+    case("train", "--seed", v, words=["--seed"])
+case("train", "--optimizer", "lbfgs", words=["lbfgs"])
+case("train", "--data", "nope", words=["nope"])
+case("train", "--root", "{w}/afile", words=["--root"])
+case("train", "--device", "tpu", words=["device"])
+case("train", "--bogus", words=["--bogus"])
+CASES.append(pytest.param(["train", "resnet21", "--out", "{w}/out"], ["resnet21"], id="train:resnet21"))
+CASES.append(pytest.param(["train", "resnet20"], ["--out"], id="train:no --out"))
+
+# eval
+case("eval", "--split", "x", words=["--split"])
+case("eval", "--image-size", "0", words=["--image-size"])
+case("eval", "--data-seed", "-1", words=["--data-seed"])
+case("eval", "--data", "nope", words=["nope"])
+case("eval", "--device", "tpu", words=["device"])
+for target, words in (("{w}/" + MISSING, [MISSING]), ("{w}/badck", ["config"]),
+                      ("{w}/wrongck", ["num_classes"]), ("{w}/afile", ["afile"]),
+                      ("{w}/rep_empty", ["rep_empty"])):
+    CASES.append(pytest.param(["eval", target], words, id=f"eval:{target}"))
+
+# info
+CASES.append(pytest.param(["info", "resnet21"], ["resnet21"], id="info:resnet21"))
+CASES.append(pytest.param(["info", "{w}/badck"], ["config"], id="info:badck"))
+CASES.append(pytest.param(["info"], ["NAME"], id="info:no name"))
+for opt, vals in (("--num-classes", ("0", "100001", "x", "nan")),
+                  ("--in-channels", ("0", "5000", "x")),
+                  ("--input-size", ("0", "-1", "4097", "x", "nan"))):
+    for v in vals:
+        case("info", opt, v, words=[opt])
+
+# prune fvw
+for v in NOT_FINITE + ("0", "1", "1.5", "-0.1"):
+    case("fvw", "--sparsity", v, words=["--sparsity"])
+for v in ("nan", "0", "1", "2"):
+    case("fvw", "--keep", v, words=["--keep"])
+for v in ("nan", "inf", "0", "-1"):
+    case("fvw", "--alpha", v, words=["--alpha"])
+for opt, vals in (("--steps", ("0", "-1", "x")), ("--samples", ("-1", "x")),
+                  ("--class-groups", ("0",)), ("--batch-size", ("0",)),
+                  ("--finetune-epochs", ("-1", "x")), ("--finetune-batch-size", ("0",)),
+                  ("--patience", ("0", "-1")), ("--latency-repeats", ("-1",)),
+                  ("--image-size", ("0", "4097")), ("--seed", ("-1",))):
+    for v in vals:
+        case("fvw", opt, v, words=[opt])
+for v in NOT_FINITE + ("0", "-1"):
+    case("fvw", "--finetune-epochs", "1", "--lr", v, words=["--lr"])
+for v in ("nan", "inf", "-1"):
+    case("fvw", "--finetune-epochs", "1", "--weight-decay", v, words=["--weight-decay"])
+case("fvw", "--finetune-epochs", "1", "--finetune-batch-size", "100000",
+     words=["--finetune-batch-size", "no step"])
+case("fvw", "--recalibrate-samples", "0", words=["recalibration samples"])
+case("fvw", "--method", "magnitude", "--class-groups", "2", words=["fvw only"])
+case("fvw", "--method", "lottery", words=["lottery"])
+case("fvw", "--aggregate", "x", words=["--aggregate"])
+case("fvw", "--optimizer", "x", words=["--optimizer"])
+case("fvw", "--data", "nope", words=["nope"])
+CASES.append(pytest.param(["prune", "fvw", "{w}/ck", "--out", "{w}/out"], ["--sparsity"],
+                          id="fvw:no --sparsity"))
+CASES.append(pytest.param(["prune", "fvw", "{w}/" + MISSING, "--sparsity", "0.5", "--out",
+                           "{w}/out"], [MISSING], id="fvw:missing checkpoint"))
+CASES.append(pytest.param(["prune", "fvw", "{w}/badck", "--sparsity", "0.5", "--out",
+                           "{w}/out"], ["config"], id="fvw:corrupt checkpoint"))
+CASES.append(pytest.param(["prune", "lottery", "{w}/ck"], ["lottery"], id="prune:unknown"))
+
+# prune sliming
+for v in NOT_FINITE:
+    case("sliming", "--macs", v, words=["--macs"])
+for v in ("0", "1", "1.5", "-0.5"):
+    case("sliming", "--macs", v, words=["(0, 1)"])
+case("sliming", "--params", "nan", words=["--params"])
+case("sliming", "--params", "0.5", words=["exactly one"])
+for v in ("nan", "1", "-0.1", "x"):
+    case("sliming", "--min-ratio", v, words=["--min-ratio"])
+case("sliming", "--min-channels", "0", words=["--min-channels"])
+case("sliming", "--normalize", "x", words=["--normalize"])
+case("sliming", "--method", "x", words=["--method"])
+case("sliming", "--plan", "{w}/" + MISSING, words=["plan"])
+case("sliming", "--macs", "0.5", "--min-channels", "16", "--latency-repeats", "0",
+     words=["min_channels=16"])
+for opt, v in (("--lr", "nan"), ("--lr", "inf"), ("--weight-decay", "nan"), ("--patience", "-1"),
+               ("--finetune-epochs", "-1"), ("--latency-repeats", "-1"), ("--seed", "-1")):
+    case("sliming", "--finetune-epochs", "1", opt, v, words=[opt])
+case("sliming", "--finetune-epochs", "2", "--finetune-batch-size", "100000",
+     words=["no step"])
+CASES.append(pytest.param(["prune", "sliming", "{w}/ck", "--out", "{w}/out"], ["exactly one"],
+                          id="sliming:no budget"))
+CASES.append(pytest.param(["prune", "sliming", "{w}/ck", "--plan", "{w}/" + MISSING, "--out",
+                           "{w}/out"], [MISSING], id="sliming:missing plan"))
+
+# bench
+for v in ("", ",", "nan", "inf", "0", "1", "0.5,x", "-0.5"):
+    case("bench", "--sparsity", v, words=["sparsity"])
+case("bench", "--sparsity", "0.5,0.5", words=["repeats"])
+for v in ("", "nan", "1.5"):
+    CASES.append(pytest.param(["bench", "--base", "{w}/bases", "--seeds", "0", "--macs", v,
+                               "--out", "{w}/out"], ["macs"], id=f"bench:--macs {v!r}"))
+for v in ("", "-1", "x", "0,0", "4294967296"):
+    case("bench", "--seeds", v, words=["seed"])
+for v in ("", "lottery", "sliming"):
+    case("bench", "--methods", v, words=["method" if v != "lottery" else "lottery"])
+for opt, vals in (("--epochs", ("0",)), ("--keep", ("nan", "0", "1")), ("--samples", ("-1",)),
+                  ("--lr", ("nan", "inf", "0")), ("--weight-decay", ("nan",)),
+                  ("--patience", ("-1",)), ("--latency-repeats", ("-1",)),
+                  ("--finetune-epochs", ("-1",)), ("--finetune-batch-size", ("0",))):
+    for v in vals:
+        case("bench", opt, v, words=[opt])
+case("bench", "--finetune-batch-size", "100000", words=["no step"])
+case("bench", "--recalibrate-samples", "0", words=["recalibration samples"])
+case("bench", "--model", "resnet32", words=["resnet32"])
+case("bench", "--data", "nope", words=["nope"])
+case("bench", "--base", "{w}/" + MISSING, words=[MISSING])
+case("bench", "--macs", "0.5", words=["not both"])
+
+# export
+for onnx, words in (("", ["--onnx"]), ("{w}/afile/m.onnx", ["not a folder"]),
+                    ("{w}/ro/m.onnx", ["not writable"]), ("{w}/bases", ["--onnx"]),
+                    ("{w}/ck/model.safetensors", [".onnx"]), ("{w}/m.txt", [".onnx"])):
+    case("export", "--onnx", onnx, words=words)
+for v in ("0", "4097", "x", "nan"):
+    case("export", "--onnx", "{w}/m.onnx", "--input-size", v, words=["--input-size"])
+CASES.append(pytest.param(["export", "{w}/" + MISSING, "--onnx", "{w}/m.onnx"], [MISSING],
+                          id="export:missing folder"))
+CASES.append(pytest.param(["export", "{w}/badck", "--onnx", "{w}/m.onnx"], ["config"],
+                          id="export:corrupt checkpoint"))
+CASES.append(pytest.param(["export", "{w}/ck"], ["--onnx"], id="export:no --onnx"))
+
+# report
+for folder, words in (("{w}/" + MISSING, ["not found"]), ("{w}/rep_empty", ["not found"]),
+                      ("{w}/rep_corrupt", ["corrupt"]), ("{w}/rep_types", ["kind"]),
+                      ("{w}/rep_accuracy", ["accuracy.dense.test"]),
+                      ("{w}/rep_list", ["object"]), ("{w}/rep_sparsity", ["sparsity"]),
+                      ("{w}/rep_runs", ["runs.x"]), ("{w}/ro/rep", ["not writable"]),
+                      ("{w}/afile", ["afile"])):
+    CASES.append(pytest.param(["report", folder], words, id=f"report:{folder}"))
+
+# toy
+for v in ("-1", "x", "4294967296", "nan"):
+    case("toy", "--seed", v, words=["--seed"])
+case("toy", "extra", words=["extra"])
+case("toy", "--bogus", words=["--bogus"])
+CASES.append(pytest.param(["toy", "nope"], ["nope"], id="toy:unknown"))
+
+# demo
+for opt, vals in (("--epochs", ("0", "-1", "x")), ("--seed", ("-1", "x")),
+                  ("--recalibrate-samples", ("x",))):
+    for v in vals:
+        case("demo", opt, v, words=[opt])
+case("demo", "--recalibrate-samples", "0", words=["recalibration samples"])
+case("demo", "--device", "tpu", words=["device"])
+CASES.append(pytest.param(["nope"], ["nope"], id="unknown command"))
+
+
+def test_the_table_is_large():
+    assert len(CASES) >= 150, len(CASES)
+    covered = {p.values[0][0] if p.values[0][0] != "prune" else p.values[0][1] for p in CASES}
+    assert {"train", "eval", "info", "fvw", "sliming", "bench", "export", "report", "toy",
+            "demo"} <= covered
+
+
+@pytest.mark.parametrize("args, words", CASES)
+def test_bad_input_is_exit_2_one_line_nothing_written(in_world, args, words):
+    w = in_world
+    args = [a.format(w=w) for a in args]
+    words = [x.format(w=w) for x in words]
+    before = snapshot(w)
+    t0 = time.perf_counter()
+    r = invoke(*args)
+    seconds = time.perf_counter() - t0
+    assert_bad_input(r, *words)
+    assert "Traceback" not in r.stdout
+    assert snapshot(w) == before, "a refused command changed files"
+    assert seconds < 10, f"refused after {seconds:.1f}s: the check comes too late"
+
+
+# ---- output paths, OSError, report file names ----------------------------------------------
+
+def test_empty_out_never_writes_into_the_current_folder(in_world):
+    """`--out ""` once wrote into the current folder and replaced its model.safetensors."""
+    save_digits_model(in_world / "cwd")
+    os.chdir(in_world / "cwd")
+    before = snapshot(in_world / "cwd")
+    for args in (["train", "resnet20", "--epochs", "1"],
+                 ["prune", "fvw", str(in_world / "ck"), "--sparsity", "0.5"]):
+        assert_bad_input(invoke(*args, "--out", ""), "--out")
+    assert snapshot(in_world / "cwd") == before
+
+
+def test_out_is_checked_before_any_work(world, tmp_path, monkeypatch):
+    from prunewise import runs, train
+
+    def boom(*a, **kw):
+        raise AssertionError("work started before the output path was checked")
+
+    for name in ("run_unstructured", "run_structured"):
+        monkeypatch.setattr(runs, name, boom)
+    monkeypatch.setattr(train, "fit", boom)
+    monkeypatch.setattr(files, "load_model", boom)
+    for args in (["train", "resnet20", "--epochs", "1"],
+                 ["prune", "fvw", world / "ck", "--sparsity", "0.5"],
+                 ["prune", "sliming", world / "ck", "--macs", "0.5"],
+                 ["bench", "--base", world / "bases", "--seeds", "0", "--sparsity", "0.5"],
+                 ["demo", "--quick"]):
+        assert_bad_input(invoke(*args, "--out", world / "afile"), "is a file")
+    assert_bad_input(invoke("export", world / "ck", "--onnx", world / "afile" / "m.onnx"),
+                     "not a folder")
+
+
+def test_oserror_on_our_paths_is_exit_2_one_line(world, tmp_path, monkeypatch):
+    def denied(path, *a, **kw):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    report.write(tmp_path / "rep", sample_run(), kind="prune-unstructured")
+    monkeypatch.setattr(files, "write_json", denied)
+    assert_bad_input(invoke("report", tmp_path / "rep"), "Permission denied", "report.json")
+
+
+@pytest.mark.parametrize("name", ["../../escape", "/tmp/absolute", "..", ".hidden", "a/b/c",
+                                  "x" * 500, "", "ünï cödé", "a\\b", "nul\0byte"])
+def test_report_run_names_cannot_leave_the_folder(tmp_path, name):
+    folder = tmp_path / "deep" / "rep"
+    rep = {"seed": 0, "seconds": 1.0, "model": "resnet20",
+           "accuracy": {"dense": stage(0.9)}, "runs": {name: sample_run()}}
+    report.write(folder, rep, kind="demo")
+    outside = [p for p in tmp_path.rglob("*") if folder not in p.parents and p != folder
+               and p not in folder.parents]
+    assert outside == []
+    written = report.render(folder)["plots"]
+    assert written and all(report.UNSAFE.search(p) is None and not p.startswith(".")
+                           and len(p) <= report.MAX_FILE_NAME + 4 for p in written)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["report.json", "report.md", *written])
+
+
+def test_safe_name():
+    assert report.safe_name("../../x") == "_.._x"
+    assert report.safe_name("/abs/p") == "_abs_p"
+    assert report.safe_name("...") == "run"
+    assert report.safe_name("fvw-0.9_a") == "fvw-0.9_a"
+    assert len(report.safe_name("y" * 999)) == report.MAX_FILE_NAME
+
+
+def test_finite_float_type():
+    t = cli.FiniteFloat(0, 1, min_open=True)
+    assert t.convert("0.5", None, None) == 0.5 and t.convert("1", None, None) == 1.0
+    for bad in ("nan", "inf", "-inf", "0", "1.01", "x", ""):
+        with pytest.raises(Exception, match="finite|range|not a number"):
+            t.convert(bad, None, None)
+
+
+# ---- resume after a kill ----------------------------------------------------------------------
+
+def without_timings(obj):
+    if isinstance(obj, dict):
+        return {k: without_timings(v) for k, v in obj.items()
+                if k not in ("seconds", "stage_seconds", "command")}
+    if isinstance(obj, list):
+        return [without_timings(v) for v in obj]
+    return obj
+
+
+def bench_process(args, out: Path):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "prunewise", "bench", *map(str, args),
+                             "--out", str(out)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def cells(out: Path) -> dict:
+    return {p.name: without_timings(json.loads(p.read_text()))
+            for p in sorted((out / "cells").glob("*.json"))}
+
+
+def test_bench_killed_between_two_levels_resumes_to_identical_cells(world, tmp_path):
+    args = ["--methods", "magnitude", "--sparsity", "0.3,0.6", "--seeds", "0",
+            "--base", world / "bases", "--keep", "0.7", "--finetune-epochs", "1",
+            "--recalibrate-samples", "64", "--latency-repeats", "0", "--quiet"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    p = bench_process(args, killed)
+    deadline = time.time() + 300
+    while not list((killed / "cells").glob("*.json")) and p.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.communicate()
+    done = sorted(c.name for c in (killed / "cells").glob("*.json"))
+    assert done == ["magnitude-0.3-s0.json"], done  # killed between the two levels
+    first = (killed / "cells" / done[0]).stat().st_mtime_ns
+    for out in (killed, full):
+        p = bench_process(args, out)
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+    assert (killed / "cells" / done[0]).stat().st_mtime_ns == first  # not recomputed
+    assert cells(killed) == cells(full) and len(cells(full)) == 2
+    assert not [p for p in killed.rglob("*") if files.TMP_MARK in p.name]
+
+
+FVW = ("--sparsity", "0.9", "--keep", "0.5", "--samples", "64", "--alpha", "1e-4",
+       "--finetune-epochs", "1", "--recalibrate-samples", "64", "--latency-repeats", "0",
+       "--quiet")
+
+
+def fvw_outputs(out: Path) -> dict:
+    rep = json.loads((out / "report.json").read_text())
+    return {"masks": load_file(str(out / "masks.safetensors")),
+            "model": load_file(str(out / "model" / files.WEIGHTS)),
+            "report": without_timings({k: rep[k] for k in ("accuracy", "sparsity", "params",
+                                                           "iterations")})}
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+@pytest.fixture(scope="module")
+def fvw_full(world, tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("fvw-full")
+    r = invoke("prune", "fvw", world / "ck", *FVW, "--out", out)
+    assert r.returncode == 0, r.stderr
+    return fvw_outputs(out)
+
+
+@pytest.mark.parametrize("where", ["after-iteration-1", "writing-resume-3", "writing-report"])
+def test_prune_fvw_killed_resumes_bit_identical(world, tmp_path, monkeypatch, fvw_full, where):
+    out = tmp_path / "run"
+    real_tensors, real_report = files.write_tensors, report.write
+    seen = []
+
+    def write_tensors(path, tensors, metadata=None):
+        if Path(path).name != "resume.safetensors":
+            return real_tensors(path, tensors, metadata)
+        seen.append(path)
+        if where == "writing-resume-3" and len(seen) == 3:  # killed half way through the write
+            part = Path(path).parent / f".{Path(path).name}{files.TMP_MARK}{dead_pid()}-x1y2"
+            part.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\"")
+            os.utime(part, (1e9, 1e9))
+            raise KeyboardInterrupt
+        real_tensors(path, tensors, metadata)
+        if where == "after-iteration-1" and len(seen) == 1:
+            raise KeyboardInterrupt
+
+    def write_report(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(files, "write_tensors", write_tensors)
+    if where == "writing-report":
+        monkeypatch.setattr(report, "write", write_report)
+    assert invoke("prune", "fvw", world / "ck", *FVW, "--out", out).returncode == 130
+    assert not (out / "report.json").exists()
+    again = []
+    monkeypatch.setattr(files, "write_tensors", lambda path, *a, **kw: (
+        again.append(Path(path).name == "resume.safetensors"), real_tensors(path, *a, **kw))[1])
+    monkeypatch.setattr(report, "write", real_report)
+    r = invoke("prune", "fvw", world / "ck", *FVW, "--out", out)
+    assert r.returncode == 0, r.stderr
+    iterations = fvw_full["report"]["iterations"]
+    done = {"after-iteration-1": 1, "writing-resume-3": 2, "writing-report": iterations}[where]
+    assert sum(again) == iterations - done  # resumed: finished iterations are not redone
+    got = fvw_outputs(out)
+    assert got["report"] == fvw_full["report"]
+    for key in ("masks", "model"):
+        assert got[key].keys() == fvw_full[key].keys()
+        assert all(torch.equal(got[key][k], fvw_full[key][k]) for k in got[key])
+    assert not [p for p in out.rglob("*") if files.TMP_MARK in p.name]
