@@ -121,3 +121,34 @@ def test_taylor_uses_only_the_first_samples():
     other = baselines.taylor(model, batches[1:], sparsity=0.5, keep=0.5)
     assert all(torch.equal(limited.masks[n], first.masks[n]) for n in first.masks)
     assert any(not torch.equal(limited.masks[n], other.masks[n]) for n in first.masks)
+
+
+def test_obd_is_half_fisher_times_weight_squared(monkeypatch):
+    """With one sample per chunk, F is exactly the mean squared per-sample gradient."""
+    model, data = setup()
+    monkeypatch.setattr(baselines, "OBD_CHUNK", 1)
+    masks = {n: torch.ones_like(p) for n, p in model.named_parameters() if n.endswith("weight")}
+    masks["0.weight"][0, :3] = 0
+    scores, _ = baselines.obd_score(model, masks, data, 0)
+    x = torch.cat([b[0] for b in data])
+    y = torch.cat([b[1] for b in data])
+    named = dict(model.named_parameters())
+    fisher = {n: torch.zeros_like(named[n], dtype=torch.float64) for n in masks}
+    for i in range(len(y)):
+        model.zero_grad()
+        F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
+        for n in masks:
+            fisher[n] += named[n].grad.double().square() / len(y)
+    for n in masks:
+        want = 0.5 * fisher[n] * named[n].detach().double().square() * masks[n]
+        torch.testing.assert_close(scores[n], want, rtol=1e-6, atol=1e-12)
+    assert float(scores["0.weight"][0, :3].abs().sum()) == 0.0
+
+
+def test_obd_prunes_to_the_target_and_leaves_the_model_alone():
+    model, data = setup()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plan = baselines.obd(model, data, sparsity=0.7, keep=0.8)
+    assert plan.method == "obd"
+    assert abs(plan.sparsity - 0.7) < 0.01
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -1,0 +1,188 @@
+"""Quality of every pruning method on Fashion-MNIST, through the same pipeline as the CLI.
+
+One JSON file per (part, seed) under ``benchmarks/results/fashion/``; a finished cell is never
+recomputed, so the script resumes after a kill. Base models: ``prunewise train resnet20 --data
+fashion-mnist --epochs 10 --lr 0.1 --batch-size 128 --seed S`` into
+``benchmarks/checkpoints/resnet20-fashion-mnist-sS`` (kept in the repository).
+
+    .venv/bin/python benchmarks/fashion_quality.py unstructured --seed 0
+    .venv/bin/python benchmarks/fashion_quality.py structured --seed 0
+    .venv/bin/python benchmarks/fashion_quality.py finetune --seed 0
+    .venv/bin/python benchmarks/fashion_quality.py summary
+
+``unstructured``: each method prunes iteratively (keep 0.9 per iteration, 512 attribution
+samples) through 80/90/95/98% sparsity in one run; every level is measured pruned and after
+BatchNorm recalibration (512 training images), no fine-tuning. A method spec is
+``name[+loop][+cgG][+sum][+desc][+aALPHA]``: ``+loop`` recalibrates the working copy inside the
+loop. ``structured``: each method at 50% and 25% MACs, recalibrated, with CPU latency at batch
+1 and 64. ``finetune``: one epoch of (masked) fine-tuning from the recalibrated model for the
+cells named by ``--cells``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from common import HERE, environment
+from prunewise import data as D
+from prunewise import files, runs
+
+OUT = HERE / "results" / "fashion"
+BASE = HERE / "checkpoints" / "resnet20-fashion-mnist-s{seed}"
+LEVELS = (0.8, 0.9, 0.95, 0.98)
+BUDGETS = (0.5, 0.25)
+MASK_METHODS = ("fvw", "fvw+loop", "taylor+loop", "magnitude", "random", "obd+loop")
+CHANNEL_METHODS = ("sliming", "sliming-l1", "l1", "chip", "random")
+FINETUNE = runs.FineTune(epochs=1, lr=0.02, batch_size=128)
+QUICK = runs.Measurement(latency=False)
+
+
+def parse_spec(spec: str) -> tuple[str, runs.Unstructured]:
+    """``fvw+loop+cg5`` -> ("fvw", settings)."""
+    name, *opts = spec.split("+")
+    kw: dict = {"sparsity": max(LEVELS), "keep": 0.9, "samples": 512, "track_accuracy": False}
+    if name != "magnitude" and name != "random":
+        kw["loop_recalibrate"] = "loop" in opts
+    for o in opts:
+        if o.startswith("cg"):
+            kw["class_groups"] = int(o[2:])
+        elif o == "sum":
+            kw["aggregate"] = "sum"
+        elif o == "desc":
+            kw["descent"] = True
+        elif o.startswith("a"):
+            kw["alpha"] = float(o[1:])
+    return name, runs.Unstructured(**kw)
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def save(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    files.atomic_write(path, json.dumps(obj, indent=1).encode())
+
+
+def brief(rep: dict) -> dict:
+    """The figures a table needs from a run report."""
+    acc = rep["accuracy"]
+    pick = lambda k: None if acc.get(k) is None else acc[k]["test"]  # noqa: E731
+    out = {"pruned": pick("pruned"), "recalibrated": pick("recalibrated"),
+           "finetuned": pick("finetuned"), "dense": acc["dense"]["test"],
+           "sparsity": rep["sparsity"], "params_ratio": rep["params"]["ratio"],
+           "macs_ratio": rep["macs"]["ratio"], "seconds": rep.get("stage_seconds")}
+    if rep.get("latency_ms"):
+        out["latency_ms"] = rep["latency_ms"]
+    if rep.get("counts"):
+        out["counts"] = rep["counts"]
+    return out
+
+
+def unstructured(model, bundle, seed: int, methods, path: Path) -> None:
+    res = load(path)
+    dense = runs.measure_dense(model, bundle, QUICK)
+    res["dense"] = dense["accuracy"]["test"]
+    for spec in methods:
+        if spec in res and all(str(lv) in res[spec] for lv in LEVELS):
+            continue
+        name, settings = parse_spec(spec)
+        cells: dict = {}
+        start = time.perf_counter()
+
+        def on_level(level, plan):
+            _, rep = runs.finish_masks(model, bundle, plan, measurement=QUICK, seed=seed, dense=dense)
+            cells[str(level)] = {**brief(rep), "prune_seconds": time.perf_counter() - start}
+            print(f"seed {seed} {spec} {level}: pruned {cells[str(level)]['pruned']:.4f} "
+                  f"recalibrated {cells[str(level)]['recalibrated']:.4f}", flush=True)
+            plan.save(path.parent / f"plans-s{seed}" / f"{spec}-{level}")
+
+        runs.prune_masks(model, bundle, name, settings, seed=seed, levels=LEVELS, on_level=on_level)
+        res[spec] = cells
+        res["environment"] = environment()
+        save(path, res)
+
+
+def structured(model, bundle, seed: int, methods, path: Path) -> None:
+    res = load(path)
+    measurement = runs.Measurement(batch_sizes=(1, 64), repeats=10)
+    dense = runs.measure_dense(model, bundle, measurement)
+    res["dense"] = {"test": dense["accuracy"]["test"], "latency_ms": dense["latency_ms"]}
+    for spec in methods:
+        name, _, opt = spec.partition("@")
+        for budget in BUDGETS:
+            key = f"{spec}|{budget}"
+            if key in res:
+                continue
+            settings = runs.Structured(macs=budget, min_ratio=float(opt[1:]) if opt else 0.0)
+            small, plan, rep = runs.run_structured(model, bundle, name, settings,
+                                                   measurement=measurement, seed=seed, dense=dense)
+            res[key] = brief(rep)
+            print(f"seed {seed} {key}: pruned {res[key]['pruned']:.4f} "
+                  f"recalibrated {res[key]['recalibrated']:.4f}", flush=True)
+            files.save_model(small, path.parent / f"plans-s{seed}" / f"{spec}-{budget}")
+            res["environment"] = environment()
+            save(path, res)
+
+
+def finetune(model, bundle, seed: int, cells, path: Path) -> None:
+    """One epoch of fine-tuning for saved unstructured plans (``fvw+loop|0.9``) and saved
+    structured models (``sliming|0.5``)."""
+    from prunewise.plan import MaskPlan
+
+    res = load(path)
+    plans = path.parent / f"plans-s{seed}"
+    for cell in cells:
+        if cell in res:
+            continue
+        spec, level = cell.split("|")
+        folder = plans / f"{spec}-{level}"
+        if (folder / "model.safetensors").is_file():  # a structured model
+            small = files.load_model(folder)
+            steps = runs.finish(small, bundle, masks=None, finetune=FINETUNE,
+                                recalibration=runs.Recalibration(), seed=seed)
+        else:
+            plan = MaskPlan.load(folder)
+            masked = plan.apply(model)
+            steps = runs.finish(masked, bundle, masks=plan.masks, finetune=FINETUNE,
+                                recalibration=runs.Recalibration(), seed=seed)
+        acc = steps["accuracy"]
+        res[cell] = {k: (None if acc[k] is None else acc[k]["test"]) for k in acc}
+        res[cell]["seconds"] = steps["stage_seconds"]
+        print(f"seed {seed} {cell}: {res[cell]}", flush=True)
+        res["finetune"] = {"epochs": FINETUNE.epochs, "lr": FINETUNE.lr,
+                           "batch_size": FINETUNE.batch_size}
+        save(path, res)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("part", choices=("unstructured", "structured", "finetune", "summary"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--methods", default=None, help="comma-separated method specs")
+    ap.add_argument("--cells", default="fvw+loop|0.9,magnitude|0.9,obd+loop|0.9,"
+                                       "sliming|0.5,l1|0.5")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    if args.part == "summary":
+        from fashion_summary import main as summary
+        return summary()
+    torch.set_num_threads(args.threads)
+    model = files.load_model(str(BASE).format(seed=args.seed)).eval()
+    bundle = D.load("fashion-mnist")
+    path = OUT / f"{args.part}-s{args.seed}.json"
+    if args.part == "unstructured":
+        unstructured(model, bundle, args.seed, (args.methods or ",".join(MASK_METHODS)).split(","), path)
+    elif args.part == "structured":
+        structured(model, bundle, args.seed, (args.methods or ",".join(CHANNEL_METHODS)).split(","), path)
+    else:
+        finetune(model, bundle, args.seed, args.cells.split(","), path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
