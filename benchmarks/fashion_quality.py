@@ -65,8 +65,7 @@ def load(path: Path) -> dict:
 
 
 def save(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    files.atomic_write(path, json.dumps(obj, indent=1).encode())
+    files.write_json(path, obj)
 
 
 def brief(rep: dict) -> dict:
@@ -168,6 +167,8 @@ def main(argv=None) -> None:
     ap.add_argument("--cells", default="fvw+loop|0.9,magnitude|0.9,obd+loop|0.9,"
                                        "sliming|0.5,l1|0.5")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--part-name", default="", help="suffix of the JSON file, so several "
+                    "processes can share one seed (the summary merges them)")
     args = ap.parse_args(argv)
     if args.part == "summary":
         from fashion_summary import main as summary
@@ -175,7 +176,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     model = files.load_model(str(BASE).format(seed=args.seed)).eval()
     bundle = D.load("fashion-mnist")
-    path = OUT / f"{args.part}-s{args.seed}.json"
+    path = OUT / f"{args.part}-s{args.seed}{'-' + args.part_name if args.part_name else ''}.json"
     if args.part == "unstructured":
         unstructured(model, bundle, args.seed, (args.methods or ",".join(MASK_METHODS)).split(","), path)
     elif args.part == "structured":

@@ -128,7 +128,7 @@ def data_options(f):
     f = click.option("--image-size", type=SIDE, default=None,
                      help="Resize images to this side (default: the data set's own).")(f)
     f = click.option("--root", type=click.Path(file_okay=False), default=None,
-                     help="Folder of a local data set (cifar10, cifar100, imagefolder).")(f)
+                     help="Folder of a local data set (cifar10, cifar100, imagefolder, mnist; fashion-mnist defaults to /usr/share/datasets/fashion-mnist).")(f)
     f = click.option("--data", "data_name", default=None,
                      help=f"Data set: {', '.join(D.DATASETS)} (default: the checkpoint's, else digits).")(f)
     return f

@@ -1,0 +1,130 @@
+"""Tables (mean ± std over seeds) and a plot from ``benchmarks/results/fashion/*.json``.
+
+    .venv/bin/python benchmarks/fashion_quality.py summary
+
+Writes ``benchmarks/results/fashion/summary.md`` and ``docs/fashion-unstructured.png``.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from common import HERE
+
+RESULTS = HERE / "results" / "fashion"
+PLOT = HERE.parent / "docs" / "fashion-unstructured.png"
+
+
+def seeds_of(part: str) -> dict[int, dict]:
+    out: dict[int, dict] = {}
+    for path in sorted(RESULTS.glob(f"{part}-s*.json")):
+        seed = int(path.stem[len(part) + 2:].split("-")[0])
+        out.setdefault(seed, {}).update(json.loads(path.read_text()))
+    return out
+
+
+def stat(values: list) -> str:
+    vals = [100.0 * v for v in values if v is not None]
+    if not vals:
+        return "-"
+    if len(vals) == 1:
+        return f"{vals[0]:.1f} (1 seed)"
+    return f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f}"
+
+
+def methods_in(runs: dict[int, dict], skip=("dense", "environment")) -> list[str]:
+    seen: list[str] = []
+    for res in runs.values():
+        seen += [k for k in res if k not in skip and k not in seen]
+    return seen
+
+
+def unstructured_table(runs: dict[int, dict]) -> tuple[str, dict]:
+    levels = ["0.8", "0.9", "0.95", "0.98"]
+    lines = ["| method | " + " | ".join(f"{float(lv):.0%}" for lv in levels) + " |",
+             "|---|" + "---|" * len(levels)]
+    curves = {}
+    for m in methods_in(runs):
+        cells = []
+        for lv in levels:
+            vals = [res[m][lv]["recalibrated"] for res in runs.values() if lv in res.get(m, {})]
+            cells.append(stat(vals))
+            curves.setdefault(m, []).append(statistics.mean(vals) if vals else None)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    dense = [res["dense"] for res in runs.values() if "dense" in res]
+    return f"Dense: {stat(dense)} (seeds: {sorted(runs)})\n\n" + "\n".join(lines), curves
+
+
+def structured_table(runs: dict[int, dict]) -> str:
+    keys = methods_in(runs)
+    lines = ["| method | MACs | params kept | pruned | recalibrated | latency b1 ms (speed-up) | "
+             "latency b64 ms (speed-up) |", "|---|---|---|---|---|---|---|"]
+    for key in keys:
+        m, budget = key.split("|")
+        rows = [res[key] for res in runs.values() if key in res]
+        lat = {}
+        for b in ("1", "64"):
+            ms = [r["latency_ms"][b]["pruned"] for r in rows if r.get("latency_ms")]
+            sp = [r["latency_ms"][b]["speedup"] for r in rows if r.get("latency_ms")]
+            lat[b] = f"{statistics.mean(ms):.2f} ({statistics.mean(sp):.2f}x)" if ms else "-"
+        params = statistics.mean(r["params_ratio"] for r in rows)
+        lines.append(f"| {m} | {float(budget):.0%} | {params:.2f} | "
+                     f"{stat([r['pruned'] for r in rows])} | "
+                     f"{stat([r['recalibrated'] for r in rows])} | {lat['1']} | {lat['64']} |")
+    dense = [res["dense"]["test"] for res in runs.values() if "dense" in res]
+    dl = [res["dense"]["latency_ms"] for res in runs.values() if "dense" in res]
+    lat = ", ".join(f"batch {b}: {statistics.mean(d[b] for d in dl):.2f} ms" for b in ("1", "64")) \
+        if dl else ""
+    return f"Dense: {stat(dense)}; {lat}\n\n" + "\n".join(lines)
+
+
+def finetune_table(runs: dict[int, dict]) -> str:
+    lines = ["| cell | recalibrated | after 1 epoch |", "|---|---|---|"]
+    for key in methods_in(runs, skip=("finetune", "environment")):
+        rows = [res[key] for res in runs.values() if key in res]
+        lines.append(f"| {key} | {stat([r['recalibrated'] for r in rows])} | "
+                     f"{stat([r['finetuned'] for r in rows])} |")
+    return "\n".join(lines)
+
+
+def plot(curves: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [80, 90, 95, 98]
+    for m, ys in curves.items():
+        pts = [(x, 100 * y) for x, y in zip(xs, ys) if y is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
+    ax.set_xlabel("sparsity (%)")
+    ax.set_ylabel("test top-1 (%), recalibrated, no fine-tuning")
+    ax.set_title("resnet20 on Fashion-MNIST (mean over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(PLOT, dpi=120)
+
+
+def main() -> None:
+    parts = []
+    un = seeds_of("unstructured")
+    if un:
+        table, curves = unstructured_table(un)
+        parts.append("### Unstructured, recalibrated, no fine-tuning (test top-1 %)\n\n" + table)
+        plot(curves)
+    st = seeds_of("structured")
+    if st:
+        parts.append("### Structured (test top-1 %; CPU latency)\n\n" + structured_table(st))
+    ft = seeds_of("finetune")
+    if ft:
+        parts.append("### One epoch of fine-tuning (test top-1 %)\n\n" + finetune_table(ft))
+    text = "\n\n".join(parts) + "\n"
+    (RESULTS / "summary.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
