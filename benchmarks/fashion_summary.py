@@ -83,7 +83,7 @@ def finetune_table(runs: dict[int, dict]) -> str:
     lines = ["| cell | recalibrated | after 1 epoch |", "|---|---|---|"]
     for key in methods_in(runs, skip=("finetune", "environment")):
         rows = [res[key] for res in runs.values() if key in res]
-        lines.append(f"| {key} | {stat([r['recalibrated'] for r in rows])} | "
+        lines.append(f"| {key.replace('|', ' @ ')} | {stat([r['recalibrated'] for r in rows])} | "
                      f"{stat([r['finetuned'] for r in rows])} |")
     return "\n".join(lines)
 
