@@ -1,6 +1,7 @@
 """The CLI: exit codes (0 ok, 2 bad input with a one-line message), JSON outputs, the prune
-commands' outputs. In-process through ``cli.main`` (the console script's entry point); three
-subprocess smoke tests check the real process and the installed script."""
+commands' outputs. In-process through ``cli.main`` (whose code the console script's
+``cli.entry`` exits with); three subprocess smoke tests check the real process and the
+installed script."""
 import json
 import shutil
 import subprocess

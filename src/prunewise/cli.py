@@ -703,5 +703,20 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def entry() -> None:
+    """The ``prunewise`` command and ``python -m prunewise``: exit with :func:`main`'s code.
+
+    A process started by torchrun leaves with ``os._exit`` once its output is flushed (every
+    file is already written atomically and the process group is gone): the normal interpreter
+    shutdown can abort in the collective backend's threads (``terminate called without an
+    active exception``), which turned a finished run into a failure now and then."""
+    code = main()
+    if dist.launched():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -77,8 +77,11 @@ def init(dev: torch.device) -> bool:
 
 
 def finish() -> None:
-    """Leave the process group (at the end of a command)."""
+    """Leave the process group (at the end of a command), once every rank got there: no rank
+    tears down its end while a peer still talks to it."""
     if tdist.is_available() and tdist.is_initialized():
+        if active():
+            tdist.barrier()
         tdist.destroy_process_group()
 
 
