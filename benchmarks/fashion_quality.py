@@ -13,10 +13,11 @@ fashion-mnist --epochs 10 --lr 0.1 --batch-size 128 --seed S`` into
 ``unstructured``: each method prunes iteratively (keep 0.9 per iteration, 512 attribution
 samples) through 80/90/95/98% sparsity in one run; every level is measured pruned and after
 BatchNorm recalibration (512 training images), no fine-tuning. A method spec is
-``name[+loop][+cgG][+sum][+desc][+aALPHA]``: ``+loop`` recalibrates the working copy inside the
-loop. ``structured``: each method at 50% and 25% MACs, recalibrated, with CPU latency at batch
-1 and 64. ``finetune``: one epoch of (masked) fine-tuning from the recalibrated model for the
-cells named by ``--cells``.
+``name[+loop][+cgG][+sum][+desc][+aALPHA][+sN][+kKEEP]``: ``+loop`` recalibrates the working copy
+inside the loop, ``+sN`` uses N attribution samples, ``+kKEEP`` keeps KEEP per iteration.
+``--levels`` stops earlier (a probe of one setting at 80/90%, say). ``structured``: each method
+at 50% and 25% MACs, recalibrated, with CPU latency at batch 1 and 64. ``finetune``: one epoch
+of (masked) fine-tuning from the recalibrated model for the cells named by ``--cells``.
 """
 from __future__ import annotations
 
@@ -42,10 +43,10 @@ FINETUNE = runs.FineTune(epochs=1, lr=0.02, batch_size=128)
 QUICK = runs.Measurement(latency=False)
 
 
-def parse_spec(spec: str) -> tuple[str, runs.Unstructured]:
+def parse_spec(spec: str, levels=LEVELS) -> tuple[str, runs.Unstructured]:
     """``fvw+loop+cg5`` -> ("fvw", settings)."""
     name, *opts = spec.split("+")
-    kw: dict = {"sparsity": max(LEVELS), "keep": 0.9, "samples": 512, "track_accuracy": False}
+    kw: dict = {"sparsity": max(levels), "keep": 0.9, "samples": 512, "track_accuracy": False}
     if name != "magnitude" and name != "random":
         kw["loop_recalibrate"] = "loop" in opts
     for o in opts:
@@ -57,6 +58,10 @@ def parse_spec(spec: str) -> tuple[str, runs.Unstructured]:
             kw["descent"] = True
         elif o.startswith("a"):
             kw["alpha"] = float(o[1:])
+        elif o.startswith("s"):
+            kw["samples"] = int(o[1:])
+        elif o.startswith("k"):
+            kw["keep"] = float(o[1:])
     return name, runs.Unstructured(**kw)
 
 
@@ -83,14 +88,14 @@ def brief(rep: dict) -> dict:
     return out
 
 
-def unstructured(model, bundle, seed: int, methods, path: Path) -> None:
+def unstructured(model, bundle, seed: int, methods, path: Path, levels=LEVELS) -> None:
     res = load(path)
     dense = runs.measure_dense(model, bundle, QUICK)
     res["dense"] = dense["accuracy"]["test"]
     for spec in methods:
-        if spec in res and all(str(lv) in res[spec] for lv in LEVELS):
+        if spec in res and all(str(lv) in res[spec] for lv in levels):
             continue
-        name, settings = parse_spec(spec)
+        name, settings = parse_spec(spec, levels)
         cells: dict = {}
         start = time.perf_counter()
 
@@ -101,7 +106,7 @@ def unstructured(model, bundle, seed: int, methods, path: Path) -> None:
                   f"recalibrated {cells[str(level)]['recalibrated']:.4f}", flush=True)
             plan.save(path.parent / f"plans-s{seed}" / f"{spec}-{level}")
 
-        runs.prune_masks(model, bundle, name, settings, seed=seed, levels=LEVELS, on_level=on_level)
+        runs.prune_masks(model, bundle, name, settings, seed=seed, levels=levels, on_level=on_level)
         res[spec] = cells
         res["environment"] = environment()
         save(path, res)
@@ -166,6 +171,8 @@ def main(argv=None) -> None:
     ap.add_argument("--methods", default=None, help="comma-separated method specs")
     ap.add_argument("--cells", default="fvw+loop|0.9,magnitude|0.9,obd+loop|0.9,"
                                        "sliming|0.5,l1|0.5")
+    ap.add_argument("--levels", default=",".join(map(str, LEVELS)),
+                    help="unstructured sparsities, comma-separated")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--part-name", default="", help="suffix of the JSON file, so several "
                     "processes can share one seed (the summary merges them)")
@@ -178,7 +185,9 @@ def main(argv=None) -> None:
     bundle = D.load("fashion-mnist")
     path = OUT / f"{args.part}-s{args.seed}{'-' + args.part_name if args.part_name else ''}.json"
     if args.part == "unstructured":
-        unstructured(model, bundle, args.seed, (args.methods or ",".join(MASK_METHODS)).split(","), path)
+        levels = tuple(float(v) for v in args.levels.split(","))
+        unstructured(model, bundle, args.seed, (args.methods or ",".join(MASK_METHODS)).split(","),
+                     path, levels)
     elif args.part == "structured":
         structured(model, bundle, args.seed, (args.methods or ",".join(CHANNEL_METHODS)).split(","), path)
     else:
