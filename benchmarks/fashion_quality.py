@@ -18,6 +18,7 @@ inside the loop, ``+sN`` uses N attribution samples, ``+kKEEP`` keeps KEEP per i
 ``--levels`` stops earlier (a probe of one setting at 80/90%, say). ``structured``: each method
 at 50% and 25% MACs, recalibrated, with CPU latency at batch 1 and 64. ``finetune``: one epoch
 of (masked) fine-tuning from the recalibrated model for the cells named by ``--cells``.
+``latency``: CPU latency of the dense and the saved structured models, on an idle machine.
 """
 from __future__ import annotations
 
@@ -164,9 +165,33 @@ def finetune(model, bundle, seed: int, cells, path: Path) -> None:
         save(path, res)
 
 
+def latency(model, bundle, seed: int, methods, path: Path) -> None:
+    """CPU latency (1 thread, median of 30 passes) at batch 1 and 64 of the dense model and of
+    every structured model saved by ``structured``; run it on an otherwise idle machine (the
+    figures taken during ``structured`` share the cores with whatever else runs)."""
+    from prunewise import measure
+
+    x = next(iter(D.batches(bundle.test, bundle, 64)))[0]
+    res: dict = {"threads": 1, "repeats": 30}
+
+    def timed(m):
+        return {str(b): measure.latency_ms(m, x[:b], repeats=30, threads=1) for b in (1, 64)}
+
+    res["dense"] = timed(model)
+    for spec in methods:
+        for budget in BUDGETS:
+            folder = path.parent / f"plans-s{seed}" / f"{spec}-{budget}"
+            if (folder / "model.safetensors").is_file():
+                res[f"{spec}|{budget}"] = timed(files.load_model(folder).eval())
+                print(f"seed {seed} {spec}|{budget}: {res[f'{spec}|{budget}']}", flush=True)
+    res["environment"] = environment()
+    save(path, res)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("part", choices=("unstructured", "structured", "finetune", "summary"))
+    ap.add_argument("part", choices=("unstructured", "structured", "finetune", "latency",
+                                     "summary"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--methods", default=None, help="comma-separated method specs")
     ap.add_argument("--cells", default="fvw+loop|0.9,magnitude|0.9,obd+loop|0.9,"
@@ -190,6 +215,8 @@ def main(argv=None) -> None:
                      path, levels)
     elif args.part == "structured":
         structured(model, bundle, args.seed, (args.methods or ",".join(CHANNEL_METHODS)).split(","), path)
+    elif args.part == "latency":
+        latency(model, bundle, args.seed, (args.methods or ",".join(CHANNEL_METHODS)).split(","), path)
     else:
         finetune(model, bundle, args.seed, args.cells.split(","), path)
 

@@ -17,9 +17,13 @@ SEEDS_SEEN = 0  # set by main() from the unstructured results
 PLOT = HERE.parent / "docs" / "fashion-unstructured.png"
 
 
-def seeds_of(part: str) -> dict[int, dict]:
+def seeds_of(part: str, probes: bool = False) -> dict[int, dict]:
+    """Results of one part by seed (several files of a seed merged); ``probes`` picks the
+    exploratory runs (``--part-name probe-...``) instead of the benchmark's own."""
     out: dict[int, dict] = {}
     for path in sorted(RESULTS.glob(f"{part}-s*.json")):
+        if ("-probe" in path.stem) != probes:
+            continue
         seed = int(path.stem[len(part) + 2:].split("-")[0])
         out.setdefault(seed, {}).update(json.loads(path.read_text()))
     return out
@@ -41,8 +45,8 @@ def methods_in(runs: dict[int, dict], skip=("dense", "environment")) -> list[str
     return seen
 
 
-def unstructured_table(runs: dict[int, dict]) -> tuple[str, dict]:
-    levels = ["0.8", "0.9", "0.95", "0.98"]
+def unstructured_table(runs: dict[int, dict], levels=("0.8", "0.9", "0.95", "0.98")
+                       ) -> tuple[str, dict]:
     lines = ["| method | " + " | ".join(f"{float(lv):.0%}" for lv in levels) + " |",
              "|---|" + "---|" * len(levels)]
     curves = {}
@@ -57,7 +61,9 @@ def unstructured_table(runs: dict[int, dict]) -> tuple[str, dict]:
     return f"Dense: {stat(dense)} (seeds: {sorted(runs)})\n\n" + "\n".join(lines), curves
 
 
-def structured_table(runs: dict[int, dict]) -> str:
+def structured_table(runs: dict[int, dict], idle: dict[int, dict]) -> str:
+    """Accuracy by method and budget; latency from ``idle`` (the ``latency`` part, measured on
+    an otherwise idle machine) where present, else from the structured run itself."""
     keys = methods_in(runs)
     lines = ["| method | MACs | params kept | pruned | recalibrated | latency b1 ms (speed-up) | "
              "latency b64 ms (speed-up) |", "|---|---|---|---|---|---|---|"]
@@ -66,18 +72,25 @@ def structured_table(runs: dict[int, dict]) -> str:
         rows = [res[key] for res in runs.values() if key in res]
         lat = {}
         for b in ("1", "64"):
-            ms = [r["latency_ms"][b]["pruned"] for r in rows if r.get("latency_ms")]
-            sp = [r["latency_ms"][b]["speedup"] for r in rows if r.get("latency_ms")]
+            if idle:
+                ms = [res[key][b] for res in idle.values() if key in res]
+                sp = [res["dense"][b] / res[key][b] for res in idle.values() if key in res]
+            else:
+                ms = [r["latency_ms"][b]["pruned"] for r in rows if r.get("latency_ms")]
+                sp = [r["latency_ms"][b]["speedup"] for r in rows if r.get("latency_ms")]
             lat[b] = f"{statistics.mean(ms):.2f} ({statistics.mean(sp):.2f}x)" if ms else "-"
         params = statistics.mean(r["params_ratio"] for r in rows)
         lines.append(f"| {m} | {float(budget):.0%} | {params:.2f} | "
                      f"{stat([r['pruned'] for r in rows])} | "
                      f"{stat([r['recalibrated'] for r in rows])} | {lat['1']} | {lat['64']} |")
     dense = [res["dense"]["test"] for res in runs.values() if "dense" in res]
-    dl = [res["dense"]["latency_ms"] for res in runs.values() if "dense" in res]
+    dl = ([res["dense"] for res in idle.values()] if idle else
+          [res["dense"]["latency_ms"] for res in runs.values() if "dense" in res])
     lat = ", ".join(f"batch {b}: {statistics.mean(d[b] for d in dl):.2f} ms" for b in ("1", "64")) \
         if dl else ""
-    return f"Dense: {stat(dense)}; {lat}\n\n" + "\n".join(lines)
+    where = ("1 thread, idle machine" if idle else
+             "taken during the runs, other jobs sharing the cores: not trustworthy")
+    return f"Dense: {stat(dense)}; {lat} ({where})\n\n" + "\n".join(lines)
 
 
 def finetune_table(runs: dict[int, dict]) -> str:
@@ -118,9 +131,15 @@ def main() -> None:
         table, curves = unstructured_table(un)
         parts.append("### Unstructured, recalibrated, no fine-tuning (test top-1 %)\n\n" + table)
         plot(curves)
+    probes = seeds_of("unstructured", probes=True)
+    if probes:
+        table, _ = unstructured_table(probes, ("0.8", "0.9"))
+        parts.append("### Probes: FVW settings, recalibrated, no fine-tuning (test top-1 %)\n\n"
+                     + table)
     st = seeds_of("structured")
     if st:
-        parts.append("### Structured (test top-1 %; CPU latency)\n\n" + structured_table(st))
+        parts.append("### Structured (test top-1 %; CPU latency)\n\n"
+                     + structured_table(st, seeds_of("latency")))
     ft = seeds_of("finetune")
     if ft:
         parts.append("### One epoch of fine-tuning (test top-1 %)\n\n" + finetune_table(ft))
