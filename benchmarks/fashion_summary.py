@@ -140,6 +140,10 @@ def main() -> None:
     if st:
         parts.append("### Structured (test top-1 %; CPU latency)\n\n"
                      + structured_table(st, seeds_of("latency")))
+    sp = seeds_of("structured", probes=True)
+    if sp:
+        parts.append("### Probes: SLIMING with a per-group floor (min_ratio), recalibrated "
+                     "(test top-1 %)\n\n" + structured_table(sp, {}))
     ft = seeds_of("finetune")
     if ft:
         parts.append("### One epoch of fine-tuning (test top-1 %)\n\n" + finetune_table(ft))

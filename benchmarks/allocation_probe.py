@@ -1,0 +1,70 @@
+"""Which half of a mask method matters: how much each layer keeps, or which weights it keeps?
+
+For a saved unstructured plan (``fashion_quality.py unstructured`` writes them under
+``benchmarks/results/fashion/plans-sS/``), build a one-shot mask from the dense model that keeps
+the plan's count in every tensor, filled with that tensor's largest ``|w|``: the plan's layer
+allocation with magnitude's choice within each layer. Each mask is recalibrated (512 training images) and measured on the test split, as the
+benchmark does; results go to ``benchmarks/results/fashion/allocation-sS.json``.
+
+    .venv/bin/python benchmarks/allocation_probe.py --seed 1 --plans fvw+loop,magnitude
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from common import HERE, environment
+from prunewise import data as D
+from prunewise import files, runs
+from prunewise.plan import MaskPlan
+
+OUT = HERE / "results" / "fashion"
+BASE = HERE / "checkpoints" / "resnet20-fashion-mnist-s{seed}"
+LEVELS = ("0.8", "0.9", "0.95", "0.98")
+
+
+def refill_by_magnitude(model, plan: MaskPlan) -> MaskPlan:
+    """The plan's per-tensor kept counts, each filled with the tensor's largest |w|."""
+    named = dict(model.named_parameters())
+    masks = {}
+    for name, m in plan.masks.items():
+        w = named[name].detach().abs().flatten()
+        keep = torch.zeros_like(w, dtype=torch.bool)
+        k = int(m.sum())
+        if k:
+            keep[torch.topk(w, k).indices] = True
+        masks[name] = keep.view_as(m)
+    return MaskPlan(masks, method=f"{plan.method}-allocation+magnitude")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--plans", default="fvw+loop")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    model = files.load_model(str(BASE).format(seed=args.seed)).eval()
+    bundle = D.load("fashion-mnist")
+    quick = runs.Measurement(latency=False)
+    dense = runs.measure_dense(model, bundle, quick)
+    path = OUT / f"allocation-s{args.seed}.json"
+    res = json.loads(path.read_text()) if path.is_file() else {}
+    for spec in args.plans.split(","):
+        key = f"{spec}-allocation+magnitude"
+        for level in LEVELS:
+            folder = OUT / f"plans-s{args.seed}" / f"{spec}-{level}"
+            if level in res.get(key, {}) or not folder.is_dir():
+                continue
+            plan = refill_by_magnitude(model, MaskPlan.load(folder))
+            _, rep = runs.finish_masks(model, bundle, plan, measurement=quick, seed=args.seed,
+                                       dense=dense)
+            res.setdefault(key, {})[level] = rep["accuracy"]["recalibrated"]["test"]
+            print(f"seed {args.seed} {key} {level}: {res[key][level]:.4f}", flush=True)
+            res["environment"] = environment()
+            files.write_json(path, res)
+
+
+if __name__ == "__main__":
+    main()
