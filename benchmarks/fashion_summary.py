@@ -147,6 +147,9 @@ def main() -> None:
     ft = seeds_of("finetune")
     if ft:
         parts.append("### One epoch of fine-tuning (test top-1 %)\n\n" + finetune_table(ft))
+    fp = seeds_of("finetune", probes=True)
+    if fp:
+        parts.append("### Probes: one epoch of fine-tuning (test top-1 %)\n\n" + finetune_table(fp))
     text = "\n\n".join(parts) + "\n"
     (RESULTS / "summary.md").write_text(text)
     print(text)
