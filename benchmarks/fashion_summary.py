@@ -78,7 +78,7 @@ def structured_table(runs: dict[int, dict], idle: dict[int, dict]) -> str:
             else:
                 ms = [r["latency_ms"][b]["pruned"] for r in rows if r.get("latency_ms")]
                 sp = [r["latency_ms"][b]["speedup"] for r in rows if r.get("latency_ms")]
-            lat[b] = f"{statistics.mean(ms):.2f} ({statistics.mean(sp):.2f}x)" if ms else "-"
+            lat[b] = f"{statistics.median(ms):.2f} ({statistics.median(sp):.2f}x)" if ms else "-"
         params = statistics.mean(r["params_ratio"] for r in rows)
         lines.append(f"| {m} | {float(budget):.0%} | {params:.2f} | "
                      f"{stat([r['pruned'] for r in rows])} | "
@@ -86,7 +86,7 @@ def structured_table(runs: dict[int, dict], idle: dict[int, dict]) -> str:
     dense = [res["dense"]["test"] for res in runs.values() if "dense" in res]
     dl = ([res["dense"] for res in idle.values()] if idle else
           [res["dense"]["latency_ms"] for res in runs.values() if "dense" in res])
-    lat = ", ".join(f"batch {b}: {statistics.mean(d[b] for d in dl):.2f} ms" for b in ("1", "64")) \
+    lat = ", ".join(f"batch {b}: {statistics.median(d[b] for d in dl):.2f} ms" for b in ("1", "64")) \
         if dl else ""
     where = ("1 thread, idle machine" if idle else
              "taken during the runs, other jobs sharing the cores: not trustworthy")
