@@ -57,6 +57,9 @@ def unstructured_table(runs: dict[int, dict], levels=("0.8", "0.9", "0.95", "0.9
             cells.append(stat(vals))
             curves.setdefault(m, []).append(statistics.mean(vals) if vals else None)
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        seeds = sum(1 for res in runs.values() if m in res)
+        if seeds < len(runs):  # the plot says when a curve rests on fewer seeds
+            curves[f"{m} ({seeds} seed{'s' if seeds > 1 else ''})"] = curves.pop(m)
     dense = [res["dense"] for res in runs.values() if "dense" in res]
     return f"Dense: {stat(dense)} (seeds: {sorted(runs)})\n\n" + "\n".join(lines), curves
 
