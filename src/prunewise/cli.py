@@ -336,8 +336,8 @@ def measurement_of(kw: dict) -> runs.Measurement:
 def loop_recalibrate_option(f):
     return click.option("--loop-recalibrate/--no-loop-recalibrate", default=None,
                         help="Recalibrate BatchNorm inside the iterative pruning loop "
-                             "(default: on for fvw, taylor and obd, whose scores read the working copy's "
-                             "gradients; --no-loop-recalibrate is the reference FVW).")(f)
+                             "(default: on for fvw and obd; --no-loop-recalibrate is "
+                             "the reference FVW).")(f)
 
 
 def finetune_of(kw: dict) -> runs.FineTune:
