@@ -15,14 +15,14 @@ import json
 
 import torch
 
-from common import HERE, environment
+from common import environment
+from fashion_quality import BASE, OUT
+from fashion_quality import LEVELS as SPARSITIES
 from prunewise import data as D
 from prunewise import files, runs
 from prunewise.plan import MaskPlan
 
-OUT = HERE / "results" / "fashion"
-BASE = HERE / "checkpoints" / "resnet20-fashion-mnist-s{seed}"
-LEVELS = ("0.8", "0.9", "0.95", "0.98")
+LEVELS = tuple(str(lv) for lv in SPARSITIES)  # as fashion_quality names its plan folders
 
 
 def refill_by_magnitude(model, plan: MaskPlan) -> MaskPlan:

@@ -13,7 +13,6 @@ from pathlib import Path
 from common import HERE
 
 RESULTS = HERE / "results" / "fashion"
-SEEDS_SEEN = 0  # set by main() from the unstructured results
 PLOT = HERE.parent / "docs" / "fashion-unstructured.png"
 
 
@@ -105,7 +104,7 @@ def finetune_table(runs: dict[int, dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(curves: dict) -> None:
+def plot(curves: dict, seeds: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -118,7 +117,7 @@ def plot(curves: dict) -> None:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
     ax.set_xlabel("sparsity (%)")
     ax.set_ylabel("test top-1 (%), recalibrated, no fine-tuning")
-    ax.set_title(f"resnet20 on Fashion-MNIST (mean over {SEEDS_SEEN} seed(s))")
+    ax.set_title(f"resnet20 on Fashion-MNIST (mean over {seeds} seed(s))")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -129,11 +128,9 @@ def main() -> None:
     parts = []
     un = seeds_of("unstructured")
     if un:
-        global SEEDS_SEEN
-        SEEDS_SEEN = len(un)
         table, curves = unstructured_table(un)
         parts.append("### Unstructured, recalibrated, no fine-tuning (test top-1 %)\n\n" + table)
-        plot(curves)
+        plot(curves, len(un))
     probes = seeds_of("unstructured", probes=True)
     if probes:
         table, _ = unstructured_table(probes, ("0.8", "0.9"))

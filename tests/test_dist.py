@@ -84,11 +84,7 @@ def worker(rank: int, folder: str, port: int) -> None:
         result["write_error"] = type(e).__name__
     (out / f"result-{rank}.json").write_text(json.dumps(result))
     dist.finish()
-    # leave as the CLI does under torchrun (cli.entry): interpreter shutdown can abort in gloo's
-    # threads after everything has been written ("terminate called without an active exception")
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    dist.leave(0)  # as the CLI does under torchrun
 
 
 @pytest.fixture(scope="module")

@@ -704,17 +704,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """The ``prunewise`` command and ``python -m prunewise``: exit with :func:`main`'s code.
-
-    A process started by torchrun leaves with ``os._exit`` once its output is flushed (every
-    file is already written atomically and the process group is gone): the normal interpreter
-    shutdown can abort in the collective backend's threads (``terminate called without an
-    active exception``), which turned a finished run into a failure now and then."""
+    """The ``prunewise`` command and ``python -m prunewise``: exit with :func:`main`'s code
+    (under torchrun through :func:`prunewise.dist.leave`, which skips the interpreter shutdown
+    that can abort in the collective backend's threads)."""
     code = main()
-    if dist.launched():
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+    dist.leave(code)
     sys.exit(code)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from typing import Callable, Iterable, Iterator
 
 import torch
@@ -83,6 +84,19 @@ def finish() -> None:
         if active():
             tdist.barrier()
         tdist.destroy_process_group()
+
+
+def leave(code: int) -> None:
+    """End a process started by torchrun with ``code`` once its output is flushed, skipping the
+    interpreter's shutdown (call :func:`finish` first on success). That shutdown can abort in
+    the Gloo backend's threads after all work is done ("terminate called without an active
+    exception"), turning a finished run into a failure. Returns at once in a process that
+    torchrun did not start."""
+    if not launched():
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def part() -> tuple[int, int] | None:

@@ -138,7 +138,8 @@ class Unstructured:
     """Mask pruning settings. ``samples``: attribution samples (None = all); ``alpha``,
     ``steps``, ``class_groups``, ``aggregate``, ``descent``: FVW only; ``loop_recalibrate``:
     recalibrate BatchNorm inside the iterative loop (passed on when the method supports it;
-    None = the pipeline's default, :data:`LOOP_RECALIBRATE`); ``track_accuracy``: validation accuracy per iteration."""
+    None = the pipeline's default, :data:`LOOP_RECALIBRATE`); ``track_accuracy``: validation
+    accuracy per iteration."""
     sparsity: float
     keep: float = 0.98
     samples: int | None = 2048
