@@ -1,9 +1,11 @@
 """Quality of every pruning method on Fashion-MNIST, through the same pipeline as the CLI.
 
-One JSON file per (part, seed) under ``benchmarks/results/fashion/``; a finished cell is never
-recomputed, so the script resumes after a kill. Base models: ``prunewise train resnet20 --data
-fashion-mnist --epochs 10 --lr 0.1 --batch-size 128 --seed S`` into
-``benchmarks/checkpoints/resnet20-fashion-mnist-sS`` (kept in the repository).
+One JSON file per (part, seed) under ``benchmarks/results/fashion/`` (resnet20) or
+``benchmarks/results/fashion-MODEL/`` (``--model MODEL``); a finished cell is never recomputed, so
+the script resumes after a kill. Base models, kept in the repository as
+``benchmarks/checkpoints/MODEL-fashion-mnist-sS``: ``prunewise train resnet20 --data fashion-mnist
+--epochs 10 --lr 0.1 --batch-size 128 --seed S``; resnet56 the same with ``--epochs 4`` (an epoch
+of it costs 3.4 of resnet20's on our two cores).
 
     .venv/bin/python benchmarks/fashion_quality.py unstructured --seed 0
     .venv/bin/python benchmarks/fashion_quality.py structured --seed 0
@@ -36,6 +38,15 @@ from prunewise import files, runs
 
 OUT = HERE / "results" / "fashion"
 BASE = HERE / "checkpoints" / "resnet20-fashion-mnist-s{seed}"
+
+
+def results_dir(model: str) -> Path:
+    """Where a base model's results go: resnet20's in ``fashion/``, any other's beside it."""
+    return OUT if model == "resnet20" else OUT.parent / f"fashion-{model}"
+
+
+def base_path(model: str, seed: int) -> Path:
+    return HERE / "checkpoints" / f"{model}-fashion-mnist-s{seed}"
 LEVELS = (0.8, 0.9, 0.95, 0.98)
 BUDGETS = (0.5, 0.25)
 MASK_METHODS = ("fvw", "fvw+loop", "taylor+loop", "magnitude", "random", "obd+loop")
@@ -193,6 +204,8 @@ def main(argv=None) -> None:
     ap.add_argument("part", choices=("unstructured", "structured", "finetune", "latency",
                                      "summary"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default="resnet20", help="base model family (checkpoints "
+                    "benchmarks/checkpoints/MODEL-fashion-mnist-sS)")
     ap.add_argument("--methods", default=None, help="comma-separated method specs")
     ap.add_argument("--cells", default="fvw+loop|0.9,magnitude|0.9,obd+loop|0.9,"
                                        "sliming|0.5,l1|0.5")
@@ -204,11 +217,11 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.part == "summary":
         from fashion_summary import main as summary
-        return summary()
+        return summary(args.model)
     torch.set_num_threads(args.threads)
-    model = files.load_model(str(BASE).format(seed=args.seed)).eval()
+    model = files.load_model(base_path(args.model, args.seed)).eval()
     bundle = D.load("fashion-mnist")
-    path = OUT / f"{args.part}-s{args.seed}{'-' + args.part_name if args.part_name else ''}.json"
+    path = results_dir(args.model) / f"{args.part}-s{args.seed}{'-' + args.part_name if args.part_name else ''}.json"
     if args.part == "unstructured":
         levels = tuple(float(v) for v in args.levels.split(","))
         unstructured(model, bundle, args.seed, (args.methods or ",".join(MASK_METHODS)).split(","),

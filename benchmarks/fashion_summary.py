@@ -1,8 +1,9 @@
 """Tables (mean ± std over seeds) and a plot from ``benchmarks/results/fashion/*.json``.
 
-    .venv/bin/python benchmarks/fashion_quality.py summary
+    .venv/bin/python benchmarks/fashion_quality.py summary [--model resnet56]
 
-Writes ``benchmarks/results/fashion/summary.md`` and ``docs/fashion-unstructured.png``.
+Writes ``summary.md`` in the model's results folder and ``docs/fashion-unstructured.png``
+(resnet20) or ``docs/fashion-unstructured-MODEL.png``.
 """
 from __future__ import annotations
 
@@ -12,15 +13,16 @@ from pathlib import Path
 
 from common import HERE
 
-RESULTS = HERE / "results" / "fashion"
-PLOT = HERE.parent / "docs" / "fashion-unstructured.png"
+from fashion_quality import results_dir
+
+DOCS = HERE.parent / "docs"
 
 
-def seeds_of(part: str, probes: bool = False) -> dict[int, dict]:
+def seeds_of(results: Path, part: str, probes: bool = False) -> dict[int, dict]:
     """Results of one part by seed (several files of a seed merged); ``probes`` picks the
     exploratory runs (``--part-name probe-...``) instead of the benchmark's own."""
     out: dict[int, dict] = {}
-    for path in sorted(RESULTS.glob(f"{part}-s*.json")):
+    for path in sorted(results.glob(f"{part}-s*.json")):
         if ("-probe" in path.stem) != probes:
             continue
         seed = int(path.stem[len(part) + 2:].split("-")[0])
@@ -104,7 +106,7 @@ def finetune_table(runs: dict[int, dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(curves: dict, seeds: int) -> None:
+def plot(curves: dict, seeds: int, model: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,41 +119,43 @@ def plot(curves: dict, seeds: int) -> None:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
     ax.set_xlabel("sparsity (%)")
     ax.set_ylabel("test top-1 (%), recalibrated, no fine-tuning")
-    ax.set_title(f"resnet20 on Fashion-MNIST (mean over {seeds} seed(s))")
+    ax.set_title(f"{model} on Fashion-MNIST (mean over {seeds} seed(s))")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(PLOT, dpi=120)
+    fig.savefig(path, dpi=120)
 
 
-def main() -> None:
+def main(model: str = "resnet20") -> None:
+    results = results_dir(model)
     parts = []
-    un = seeds_of("unstructured")
+    un = seeds_of(results, "unstructured")
     if un:
         table, curves = unstructured_table(un)
         parts.append("### Unstructured, recalibrated, no fine-tuning (test top-1 %)\n\n" + table)
-        plot(curves, len(un))
-    probes = seeds_of("unstructured", probes=True)
+        plot(curves, len(un), model, DOCS / ("fashion-unstructured.png" if model == "resnet20"
+                                             else f"fashion-unstructured-{model}.png"))
+    probes = seeds_of(results, "unstructured", probes=True)
     if probes:
         table, _ = unstructured_table(probes, ("0.8", "0.9"))
         parts.append("### Probes: FVW settings, recalibrated, no fine-tuning (test top-1 %)\n\n"
                      + table)
-    st = seeds_of("structured")
+    st = seeds_of(results, "structured")
     if st:
         parts.append("### Structured (test top-1 %; CPU latency)\n\n"
-                     + structured_table(st, seeds_of("latency")))
-    sp = seeds_of("structured", probes=True)
+                     + structured_table(st, seeds_of(results, "latency")))
+    sp = seeds_of(results, "structured", probes=True)
     if sp:
         parts.append("### Probes: SLIMING with a per-group floor (min_ratio), recalibrated "
                      "(test top-1 %)\n\n" + structured_table(sp, {}))
-    ft = seeds_of("finetune")
+    ft = seeds_of(results, "finetune")
     if ft:
         parts.append("### One epoch of fine-tuning (test top-1 %)\n\n" + finetune_table(ft))
-    fp = seeds_of("finetune", probes=True)
+    fp = seeds_of(results, "finetune", probes=True)
     if fp:
         parts.append("### Probes: one epoch of fine-tuning (test top-1 %)\n\n" + finetune_table(fp))
     text = "\n\n".join(parts) + "\n"
-    (RESULTS / "summary.md").write_text(text)
+    (results / "summary.md").write_text(text)
     print(text)
 
 
