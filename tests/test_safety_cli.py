@@ -340,6 +340,17 @@ def test_empty_out_never_writes_into_the_current_folder(in_world):
     assert snapshot(in_world / "cwd") == before
 
 
+def test_prune_never_writes_over_its_input_checkpoint(world, tmp_path):
+    """Re-pruning a run's model into the same run folder would replace the model it reads."""
+    run = tmp_path / "run"
+    save_digits_model(run / "model", seed=3)
+    before = snapshot(run)
+    for args in (["prune", "fvw", run / "model", "--sparsity", "0.5"],
+                 ["prune", "sliming", run / "model", "--macs", "0.5"]):
+        assert_bad_input(invoke(*args, "--out", run), "over the input checkpoint")
+    assert snapshot(run) == before
+
+
 def test_out_is_checked_before_any_work(world, tmp_path, monkeypatch):
     from prunewise import runs, train
 

@@ -86,6 +86,15 @@ def check_output(path, what: str = "--out", *, folder: bool = True) -> Path:
     return p
 
 
+def check_apart(out, checkpoint) -> None:
+    """Refuse a prune ``--out`` whose ``model`` folder is the input checkpoint: the run would
+    write the pruned model over the only copy of the model it started from."""
+    target, source = Path(out) / "model", Path(checkpoint)
+    if source.exists() and target.exists() and target.resolve() == source.resolve():
+        raise PrunewiseError(f"--out {out} would write the pruned model over the input checkpoint "
+                             f"{checkpoint}; choose another --out folder")
+
+
 def check_batch(bundle: D.DataBundle, batch_size: int, what: str) -> None:
     """Training uses full batches only: one larger than the training split takes no step."""
     if batch_size > len(bundle.train):
@@ -422,6 +431,7 @@ def prune_fvw_cmd(checkpoint, data_name, root, image_size, data_seed, sparsity, 
     resumes the pruning from OUT/resume.
     """
     check_output(out)
+    check_apart(out, checkpoint)
     if samples < 0:
         raise PrunewiseError(f"--samples must be >= 0 (0 = all), got {samples}")
     settings = runs.Unstructured(sparsity=sparsity, keep=keep, samples=samples or None,
@@ -478,6 +488,7 @@ def prune_sliming_cmd(checkpoint, data_name, root, image_size, data_seed, macs, 
     (the channel plan) and OUT/report.json.
     """
     check_output(out)
+    check_apart(out, checkpoint)
     settings = runs.Structured(macs=macs, params=params, normalize=normalize,
                                min_channels=min_channels, min_ratio=min_ratio, plan=plan_dir)
     finetune, recalibration = finetune_of(kw), recalibration_of(kw)
