@@ -359,6 +359,23 @@ def recalibration_of(kw: dict) -> runs.Recalibration:
     return runs.Recalibration(samples=kw["recalibrate_samples"], enabled=not kw["no_recalibrate"])
 
 
+def prune_setup(checkpoint, data: tuple, device_name: str, amp, kw: dict):
+    """What both prune commands do once their method settings are checked: check the shared
+    options, place the run, load the checkpoint and its data. Returns (model, bundle, the
+    keyword arguments of the steps after pruning: finetune, recalibration, measurement,
+    compute)."""
+    finetune, recalibration = finetune_of(kw), recalibration_of(kw)
+    measurement = measurement_of(kw)
+    finetune.check()
+    recalibration.check()
+    compute = compute_of(device_name, amp)
+    model, bundle = load_checkpoint(checkpoint, *data)
+    if finetune.epochs:
+        check_batch(bundle, finetune.batch_size, "--finetune-batch-size")
+    return model, bundle, dict(finetune=finetune, recalibration=recalibration,
+                               measurement=measurement, compute=compute)
+
+
 def progress_on(quiet: bool) -> bool:
     """Progress bars only on a terminal: in a log every bar update would be a line."""
     return not quiet and sys.stderr.isatty()
@@ -438,19 +455,12 @@ def prune_fvw_cmd(checkpoint, data_name, root, image_size, data_seed, sparsity, 
                                  batch_size=batch_size, alpha=alpha, steps=steps,
                                  class_groups=class_groups, aggregate=aggregate, descent=descent,
                                  loop_recalibrate=loop_recalibrate)
-    finetune, recalibration = finetune_of(kw), recalibration_of(kw)
-    measurement = measurement_of(kw)
     runs.check_unstructured(method, settings)
-    finetune.check()
-    recalibration.check()
-    compute = compute_of(device_name, amp)
-    model, bundle = load_checkpoint(checkpoint, data_name, root, image_size, data_seed)
-    if finetune.epochs:
-        check_batch(bundle, finetune.batch_size, "--finetune-batch-size")
+    model, bundle, steps_kw = prune_setup(checkpoint, (data_name, root, image_size, data_seed),
+                                          device_name, amp, kw)
     pruned, plan, rep = runs.run_unstructured(
-        model, bundle, method, settings, finetune=finetune, recalibration=recalibration,
-        measurement=measurement, seed=seed, progress=progress_on(quiet),
-        resume_dir=Path(out) / "resume", compute=compute)
+        model, bundle, method, settings, seed=seed, progress=progress_on(quiet),
+        resume_dir=Path(out) / "resume", **steps_kw)
     click.echo(f"{method}: sparsity {rep['sparsity']:.4f}, nonzero params "
                f"{rep['params']['pruned']:,}, {accuracy_line(rep)}")
     save_run(out, model, pruned, plan, rep, checkpoint, quiet)
@@ -491,19 +501,11 @@ def prune_sliming_cmd(checkpoint, data_name, root, image_size, data_seed, macs, 
     check_apart(out, checkpoint)
     settings = runs.Structured(macs=macs, params=params, normalize=normalize,
                                min_channels=min_channels, min_ratio=min_ratio, plan=plan_dir)
-    finetune, recalibration = finetune_of(kw), recalibration_of(kw)
-    measurement = measurement_of(kw)
     runs.check_structured(method, settings)
-    finetune.check()
-    recalibration.check()
-    compute = compute_of(device_name, amp)
-    model, bundle = load_checkpoint(checkpoint, data_name, root, image_size, data_seed)
-    if finetune.epochs:
-        check_batch(bundle, finetune.batch_size, "--finetune-batch-size")
-    pruned, plan, rep = runs.run_structured(model, bundle, method, settings, finetune=finetune,
-                                            recalibration=recalibration,
-                                            measurement=measurement, seed=seed,
-                                            progress=progress_on(quiet), compute=compute)
+    model, bundle, steps_kw = prune_setup(checkpoint, (data_name, root, image_size, data_seed),
+                                          device_name, amp, kw)
+    pruned, plan, rep = runs.run_structured(model, bundle, method, settings, seed=seed,
+                                            progress=progress_on(quiet), **steps_kw)
     click.echo(format_layers(rep["layers"]))
     speed = (rep["latency_ms"] or {}).get("64", {}).get("speedup")
     click.echo(f"{rep['method']}: MACs {rep['macs']['pruned']:,} ({rep['macs']['ratio']:.4f} of "
