@@ -379,6 +379,16 @@ def finish_masks(model: nn.Module, bundle: D.DataBundle, plan: MaskPlan, *,
     return pruned, rep
 
 
+def _opening(model, bundle, finetune: FineTune, recalibration: Recalibration,
+             measurement: Measurement, compute: Compute, dense: dict | None):
+    """How both runners start, once the method's settings are checked: check the later steps'
+    settings, place the model, measure the dense model (unless ``dense`` is given)."""
+    finetune.check()
+    recalibration.check()
+    model = compute.place(model)
+    return model, dense or measure_dense(model, bundle, measurement)
+
+
 def run_unstructured(model: nn.Module, bundle: D.DataBundle, method: str, settings: Unstructured,
                      *, finetune: FineTune = FineTune(),
                      recalibration: Recalibration = Recalibration(),
@@ -392,10 +402,7 @@ def run_unstructured(model: nn.Module, bundle: D.DataBundle, method: str, settin
     :func:`measure_dense` result to reuse; ``compute`` says where (and with which fine-tuning
     precision) it runs."""
     check_unstructured(method, settings)
-    finetune.check()
-    recalibration.check()
-    model = compute.place(model)
-    dense = dense or measure_dense(model, bundle, measurement)
+    model, dense = _opening(model, bundle, finetune, recalibration, measurement, compute, dense)
     t0 = time.perf_counter()
     plan = prune_masks(model, bundle, method, settings, seed=seed, progress=progress,
                        resume_dir=resume_dir)
@@ -449,10 +456,7 @@ def run_structured(model: nn.Module, bundle: D.DataBundle, method: str, settings
     Returns (smaller model, channel plan, report); ``compute`` as for
     :func:`run_unstructured`."""
     check_structured(method, settings)
-    finetune.check()
-    recalibration.check()
-    model = compute.place(model)
-    dense = dense or measure_dense(model, bundle, measurement)
+    model, dense = _opening(model, bundle, finetune, recalibration, measurement, compute, dense)
     start = time.perf_counter()
     pruned, plan = prune_channels(model, bundle, method, settings, seed=seed)
     prune_s = time.perf_counter() - start
