@@ -1,12 +1,13 @@
 """Which half of a mask method matters: how much each layer keeps, or which weights it keeps?
 
 For a saved unstructured plan (``fashion_quality.py unstructured`` writes them under
-``benchmarks/results/fashion/plans-sS/``), build a one-shot mask from the dense model that keeps
+``plans-sS/`` of the model's results folder), build a one-shot mask from the dense model that keeps
 the plan's count in every tensor, filled with that tensor's largest ``|w|``: the plan's layer
 allocation with magnitude's choice within each layer. Each mask is recalibrated (512 training images) and measured on the test split, as the
-benchmark does; results go to ``benchmarks/results/fashion/allocation-sS.json``.
+benchmark does; results go to ``allocation-sS.json`` there.
 
     .venv/bin/python benchmarks/allocation_probe.py --seed 1 --plans fvw+loop,magnitude
+    .venv/bin/python benchmarks/allocation_probe.py --model resnet56 --seed 0
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import json
 import torch
 
 from common import environment
-from fashion_quality import BASE, OUT
+from fashion_quality import base_path, results_dir
 from fashion_quality import LEVELS as SPARSITIES
 from prunewise import data as D
 from prunewise import files, runs
@@ -43,18 +44,20 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--plans", default="fvw+loop")
+    ap.add_argument("--model", default="resnet20")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    model = files.load_model(str(BASE).format(seed=args.seed)).eval()
+    model = files.load_model(base_path(args.model, args.seed)).eval()
+    out = results_dir(args.model)
     bundle = D.load("fashion-mnist")
     quick = runs.Measurement(latency=False)
     dense = runs.measure_dense(model, bundle, quick)
-    path = OUT / f"allocation-s{args.seed}.json"
+    path = out / f"allocation-s{args.seed}.json"
     res = json.loads(path.read_text()) if path.is_file() else {}
     for spec in args.plans.split(","):
         key = f"{spec}-allocation+magnitude"
         for level in LEVELS:
-            folder = OUT / f"plans-s{args.seed}" / f"{spec}-{level}"
+            folder = out / f"plans-s{args.seed}" / f"{spec}-{level}"
             if level in res.get(key, {}) or not folder.is_dir():
                 continue
             plan = refill_by_magnitude(model, MaskPlan.load(folder))
