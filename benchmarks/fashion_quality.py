@@ -37,7 +37,6 @@ from prunewise import data as D
 from prunewise import files, runs
 
 OUT = HERE / "results" / "fashion"
-BASE = HERE / "checkpoints" / "resnet20-fashion-mnist-s{seed}"
 
 
 def results_dir(model: str) -> Path:
