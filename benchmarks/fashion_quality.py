@@ -46,6 +46,8 @@ def results_dir(model: str) -> Path:
 
 def base_path(model: str, seed: int) -> Path:
     return HERE / "checkpoints" / f"{model}-fashion-mnist-s{seed}"
+
+
 LEVELS = (0.8, 0.9, 0.95, 0.98)
 BUDGETS = (0.5, 0.25)
 MASK_METHODS = ("fvw", "fvw+loop", "taylor+loop", "magnitude", "random", "obd+loop")
