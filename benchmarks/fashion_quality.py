@@ -39,6 +39,14 @@ from prunewise import files, runs
 OUT = HERE / "results" / "fashion"
 
 
+LEVELS = (0.8, 0.9, 0.95, 0.98)
+BUDGETS = (0.5, 0.25)
+MASK_METHODS = ("fvw", "fvw+loop", "taylor+loop", "magnitude", "random", "obd+loop")
+CHANNEL_METHODS = ("sliming", "sliming-l1", "l1", "chip", "random")
+FINETUNE = runs.FineTune(epochs=1, lr=0.02, batch_size=128)
+QUICK = runs.Measurement(latency=False)
+
+
 def results_dir(model: str) -> Path:
     """Where a base model's results go: resnet20's in ``fashion/``, any other's beside it."""
     return OUT if model == "resnet20" else OUT.parent / f"fashion-{model}"
@@ -46,14 +54,6 @@ def results_dir(model: str) -> Path:
 
 def base_path(model: str, seed: int) -> Path:
     return HERE / "checkpoints" / f"{model}-fashion-mnist-s{seed}"
-
-
-LEVELS = (0.8, 0.9, 0.95, 0.98)
-BUDGETS = (0.5, 0.25)
-MASK_METHODS = ("fvw", "fvw+loop", "taylor+loop", "magnitude", "random", "obd+loop")
-CHANNEL_METHODS = ("sliming", "sliming-l1", "l1", "chip", "random")
-FINETUNE = runs.FineTune(epochs=1, lr=0.02, batch_size=128)
-QUICK = runs.Measurement(latency=False)
 
 
 def parse_spec(spec: str, levels=LEVELS) -> tuple[str, runs.Unstructured]:
