@@ -38,7 +38,6 @@ from prunewise import files, runs
 
 OUT = HERE / "results" / "fashion"
 
-
 LEVELS = (0.8, 0.9, 0.95, 0.98)
 BUDGETS = (0.5, 0.25)
 MASK_METHODS = ("fvw", "fvw+loop", "taylor+loop", "magnitude", "random", "obd+loop")
