@@ -1,10 +1,11 @@
 """Which half of a mask method matters: how much each layer keeps, or which weights it keeps?
 
 For a saved unstructured plan (``fashion_quality.py unstructured`` writes them under
-``plans-sS/`` of the model's results folder), build a one-shot mask from the dense model that keeps
-the plan's count in every tensor, filled with that tensor's largest ``|w|``: the plan's layer
-allocation with magnitude's choice within each layer. Each mask is recalibrated (512 training images) and measured on the test split, as the
-benchmark does; results go to ``allocation-sS.json`` there.
+``plans-sS/`` of the model's results folder), build a one-shot mask from the dense model that
+keeps the plan's count in every tensor, filled with that tensor's largest ``|w|``: the plan's
+layer allocation with magnitude's choice within each layer. Each mask is recalibrated (512
+training images) and measured on the test split, as the benchmark does; results go to
+``allocation-sS.json`` there.
 
     .venv/bin/python benchmarks/allocation_probe.py --seed 1 --plans fvw+loop,magnitude
     .venv/bin/python benchmarks/allocation_probe.py --model resnet56 --seed 0

@@ -51,6 +51,13 @@ def results_dir(model: str) -> Path:
     return OUT if model == "resnet20" else OUT.parent / f"fashion-{model}"
 
 
+def plot_path(model: str) -> Path:
+    """The summary's unstructured plot: ``docs/fashion-unstructured.png`` for resnet20 (the one
+    the README shows first), ``docs/fashion-unstructured-MODEL.png`` for any other."""
+    return HERE.parent / "docs" / ("fashion-unstructured.png" if model == "resnet20"
+                                   else f"fashion-unstructured-{model}.png")
+
+
 def base_path(model: str, seed: int) -> Path:
     return HERE / "checkpoints" / f"{model}-fashion-mnist-s{seed}"
 
@@ -221,7 +228,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     model = files.load_model(base_path(args.model, args.seed)).eval()
     bundle = D.load("fashion-mnist")
-    path = results_dir(args.model) / f"{args.part}-s{args.seed}{'-' + args.part_name if args.part_name else ''}.json"
+    suffix = f"-{args.part_name}" if args.part_name else ""
+    path = results_dir(args.model) / f"{args.part}-s{args.seed}{suffix}.json"
     if args.part == "unstructured":
         levels = tuple(float(v) for v in args.levels.split(","))
         unstructured(model, bundle, args.seed, (args.methods or ",".join(MASK_METHODS)).split(","),

@@ -1,4 +1,4 @@
-"""Tables (mean ± std over seeds) and a plot from ``benchmarks/results/fashion/*.json``.
+"""Tables (mean ± std over seeds) and a plot from one base model's Fashion-MNIST results.
 
     .venv/bin/python benchmarks/fashion_quality.py summary [--model resnet56]
 
@@ -11,11 +11,7 @@ import json
 import statistics
 from pathlib import Path
 
-from common import HERE
-
-from fashion_quality import results_dir
-
-DOCS = HERE.parent / "docs"
+from fashion_quality import plot_path, results_dir
 
 
 def seeds_of(results: Path, part: str, probes: bool = False) -> dict[int, dict]:
@@ -133,8 +129,7 @@ def main(model: str = "resnet20") -> None:
     if un:
         table, curves = unstructured_table(un)
         parts.append("### Unstructured, recalibrated, no fine-tuning (test top-1 %)\n\n" + table)
-        plot(curves, len(un), model, DOCS / ("fashion-unstructured.png" if model == "resnet20"
-                                             else f"fashion-unstructured-{model}.png"))
+        plot(curves, len(un), model, plot_path(model))
     probes = seeds_of(results, "unstructured", probes=True)
     if probes:
         table, _ = unstructured_table(probes, ("0.8", "0.9"))
