@@ -11,7 +11,7 @@ import json
 import statistics
 from pathlib import Path
 
-from fashion_quality import plot_path, results_dir
+from fashion_quality import BUDGETS, plot_path, results_dir
 
 
 def seeds_of(results: Path, part: str, probes: bool = False) -> dict[int, dict]:
@@ -93,13 +93,24 @@ def structured_table(runs: dict[int, dict], idle: dict[int, dict]) -> str:
     return f"Dense: {stat(dense)}; {lat} ({where})\n\n" + "\n".join(lines)
 
 
-def finetune_table(runs: dict[int, dict]) -> str:
-    lines = ["| cell | recalibrated | after 1 epoch |", "|---|---|---|"]
-    for key in methods_in(runs, skip=("finetune", "environment")):
-        rows = [res[key] for res in runs.values() if key in res]
-        lines.append(f"| {key.replace('|', ' @ ')} | {stat([r['recalibrated'] for r in rows])} | "
-                     f"{stat([r['finetuned'] for r in rows])} |")
-    return "\n".join(lines)
+def finetune_table(runs: dict[int, dict], dense: list) -> str:
+    """Test top-1 after one epoch of fine-tuning: a method-by-level grid for the unstructured
+    cells (masks kept), one by MACs budget for the structured ones (``sliming|0.5``)."""
+    keys = methods_in(runs, skip=("finetune", "environment"))
+    out = [f"Dense: {stat(dense)}"] if dense else []
+    for kind, budgets in (("unstructured, sparsity", False), ("structured, MACs kept", True)):
+        cells = [k for k in keys if (float(k.split("|")[1]) in BUDGETS) == budgets]
+        levels = sorted({k.split("|")[1] for k in cells}, key=float, reverse=budgets)
+        if not cells:
+            continue
+        lines = [f"| {kind} | " + " | ".join(f"{float(lv):.0%}" for lv in levels) + " |",
+                 "|---|" + "---|" * len(levels)]
+        for m in dict.fromkeys(k.split("|")[0] for k in cells):
+            row = [stat([res[f"{m}|{lv}"]["finetuned"] for res in runs.values()
+                         if f"{m}|{lv}" in res]) for lv in levels]
+            lines.append(f"| {m} | " + " | ".join(row) + " |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
 
 
 def plot(curves: dict, seeds: int, model: str, path: Path) -> None:
@@ -143,12 +154,15 @@ def main(model: str = "resnet20") -> None:
     if sp:
         parts.append("### Probes: SLIMING with a per-group floor (min_ratio), recalibrated "
                      "(test top-1 %)\n\n" + structured_table(sp, {}))
+    dense = [res["dense"] for res in un.values() if "dense" in res]
     ft = seeds_of(results, "finetune")
     if ft:
-        parts.append("### One epoch of fine-tuning (test top-1 %)\n\n" + finetune_table(ft))
+        parts.append("### One epoch of fine-tuning from the recalibrated model (test top-1 %)"
+                     "\n\n" + finetune_table(ft, dense))
     fp = seeds_of(results, "finetune", probes=True)
     if fp:
-        parts.append("### Probes: one epoch of fine-tuning (test top-1 %)\n\n" + finetune_table(fp))
+        parts.append("### Probes: one epoch of fine-tuning (test top-1 %)\n\n"
+                     + finetune_table(fp, []))
     text = "\n\n".join(parts) + "\n"
     (results / "summary.md").write_text(text)
     print(text)
