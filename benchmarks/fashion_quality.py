@@ -15,8 +15,9 @@ of it costs 3.4 of resnet20's on our two cores).
 ``unstructured``: each method prunes iteratively (keep 0.9 per iteration, 512 attribution
 samples) through 80/90/95/98% sparsity in one run; every level is measured pruned and after
 BatchNorm recalibration (512 training images), no fine-tuning. A method spec is
-``name[+loop][+cgG][+sum][+desc][+aALPHA][+sN][+kKEEP]``: ``+loop`` recalibrates the working copy
-inside the loop, ``+sN`` uses N attribution samples, ``+kKEEP`` keeps KEEP per iteration.
+``name[+loop][+cgG][+sum][+desc][+aALPHA][+sN][+kKEEP][+xLAYER]``: ``+loop`` recalibrates the
+working copy inside the loop, ``+xLAYER`` leaves the layers matching LAYER dense, ``+sN`` uses N
+attribution samples, ``+kKEEP`` keeps KEEP per iteration.
 ``--levels`` stops earlier (a probe of one setting at 80/90%, say). ``structured``: each method
 at 50% and 25% MACs, recalibrated, with CPU latency at batch 1 and 64. ``finetune``: one epoch
 of (masked) fine-tuning from the recalibrated model for the cells named by ``--cells``.
@@ -81,6 +82,8 @@ def parse_spec(spec: str, levels=LEVELS) -> tuple[str, runs.Unstructured]:
             kw["samples"] = int(o[1:])
         elif o.startswith("k"):
             kw["keep"] = float(o[1:])
+        elif o.startswith("x"):
+            kw["exclude"] = kw.get("exclude", ()) + (o[1:],)
     return name, runs.Unstructured(**kw)
 
 

@@ -143,7 +143,7 @@ def main(model: str = "resnet20") -> None:
         plot(curves, len(un), model, plot_path(model))
     probes = seeds_of(results, "unstructured", probes=True)
     if probes:
-        table, _ = unstructured_table(probes, ("0.8", "0.9"))
+        table, _ = unstructured_table(probes)
         parts.append("### Probes: FVW settings, recalibrated, no fine-tuning (test top-1 %)\n\n"
                      + table)
     st = seeds_of(results, "structured")

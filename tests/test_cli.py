@@ -178,6 +178,19 @@ def test_prune_baseline_methods(digits_checkpoint, tmp_path, method):
     assert rep["accuracy"]["recalibrated"] is not None and rep["accuracy"]["finetuned"] is None
 
 
+def test_prune_exclude_leaves_the_named_layers_dense(digits_checkpoint, tmp_path):
+    r = invoke("prune", "fvw", digits_checkpoint, "--method", "magnitude", "--sparsity", "0.6",
+               "--exclude", "fc", "--exclude", "layer3.2.*", *FAST, "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    plan = MaskPlan.load(tmp_path)
+    assert "fc.weight" not in plan.masks and "layer3.1.conv2.weight" in plan.masks
+    assert not any(k.startswith("layer3.2.") for k in plan.masks)
+    assert abs(plan.sparsity - 0.6) < 1e-5  # over the layers still pruned
+    dense, saved = files.load_model(digits_checkpoint), files.load_model(tmp_path / "model")
+    assert torch.equal(dense.fc.weight, saved.fc.weight)
+    assert torch.equal(dense.layer3[2].conv1.weight, saved.layer3[2].conv1.weight)
+
+
 @pytest.mark.parametrize("recalibrate", [True, False])
 def test_recalibration_switch(digits_checkpoint, tmp_path, recalibrate):
     flags = ["--recalibrate-samples", "64"] if recalibrate else ["--no-recalibrate"]
@@ -227,6 +240,8 @@ def test_adam_patience_and_finetune_options_reach_training(digits_checkpoint, tm
     (["--sparsity", "0.5", "--recalibrate-samples", "0"], "recalibration samples"),
     (["--sparsity", "0.5", "--latency-repeats", "-1"], "--latency-repeats"),
     (["--sparsity", "0.5", "--finetune-epochs", "-1"], "epochs"),
+    (["--sparsity", "0.5", "--exclude", "fcc"], "'fcc' matches no prunable layer"),
+    (["--sparsity", "0.5", "--exclude", "*"], "leave no layer to prune"),
 ])
 def test_prune_fvw_bad_input_writes_nothing(digits_checkpoint, tmp_path, args, word):
     assert_bad_input(invoke("prune", "fvw", digits_checkpoint, *args, "--out", tmp_path / "o"),

@@ -429,6 +429,9 @@ UNSTRUCTURED = runs.UNSTRUCTURED
 @click.option("--method", type=click.Choice(UNSTRUCTURED), default="fvw", show_default=True)
 @click.option("--batch-size", type=count(1), default=128, show_default=True,
               help="Attribution batch size.")
+@click.option("--exclude", multiple=True, metavar="PATTERN",
+              help="Leave the layers whose module name matches PATTERN dense (repeatable; "
+                   "e.g. fc or 'layer3.*'); --sparsity is then that of the other layers.")
 @finetune_options()
 @recalibration_options
 @loop_recalibrate_option
@@ -439,8 +442,8 @@ UNSTRUCTURED = runs.UNSTRUCTURED
 @amp_option
 @quiet_option
 def prune_fvw_cmd(checkpoint, data_name, root, image_size, data_seed, sparsity, keep, alpha, steps,
-                  samples, class_groups, aggregate, descent, method, batch_size, seed, out, quiet,
-                  loop_recalibrate, device_name, amp, **kw):
+                  samples, class_groups, aggregate, descent, method, batch_size, exclude, seed, out,
+                  quiet, loop_recalibrate, device_name, amp, **kw):
     """Unstructured pruning of CHECKPOINT to --sparsity with FVW (or a baseline --method).
 
     Writes OUT/masks.safetensors + OUT/plan.json (the plan), OUT/model (the masked, recalibrated
@@ -454,7 +457,7 @@ def prune_fvw_cmd(checkpoint, data_name, root, image_size, data_seed, sparsity, 
     settings = runs.Unstructured(sparsity=sparsity, keep=keep, samples=samples or None,
                                  batch_size=batch_size, alpha=alpha, steps=steps,
                                  class_groups=class_groups, aggregate=aggregate, descent=descent,
-                                 loop_recalibrate=loop_recalibrate)
+                                 loop_recalibrate=loop_recalibrate, exclude=tuple(exclude))
     runs.check_unstructured(method, settings)
     model, bundle, steps_kw = prune_setup(checkpoint, (data_name, root, image_size, data_seed),
                                           device_name, amp, kw)

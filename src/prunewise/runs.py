@@ -40,6 +40,7 @@ Report keys (the same in every report, bench cell and demo run):
 from __future__ import annotations
 
 import copy
+import fnmatch
 import inspect
 import math
 import time
@@ -50,7 +51,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from . import baselines, device, dist, files, filter_baselines, fvw, measure, surgery, train
+from . import baselines, device, dist, files, filter_baselines, fvw, masking, measure, surgery
+from . import train
 from . import data as D
 from .errors import PrunewiseError
 from .plan import MaskPlan
@@ -139,7 +141,8 @@ class Unstructured:
     ``steps``, ``class_groups``, ``aggregate``, ``descent``: FVW only; ``loop_recalibrate``:
     recalibrate BatchNorm inside the iterative loop (passed on when the method supports it;
     None = the pipeline's default, :data:`LOOP_RECALIBRATE`); ``track_accuracy``: validation
-    accuracy per iteration."""
+    accuracy per iteration; ``exclude``: module-name patterns (``"fc"``, ``"layer3.*"``) whose
+    weights stay dense (the sparsity is then that of the remaining prunable weights)."""
     sparsity: float
     keep: float = 0.98
     samples: int | None = 2048
@@ -151,6 +154,7 @@ class Unstructured:
     descent: bool = False
     loop_recalibrate: bool | None = None
     track_accuracy: bool = True
+    exclude: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -312,6 +316,7 @@ def prune_masks(model: nn.Module, bundle: D.DataBundle, method: str, settings: U
     """Step 1 for masks: the method's iterative pruning to ``settings.sparsity`` (stopping on
     every one of ``levels`` on the way, reported to ``on_level(level, plan)``)."""
     check_unstructured(method, settings)
+    scope = check_exclude(model, settings.exclude)
     samples = settings.samples
 
     def attribution():
@@ -324,7 +329,7 @@ def prune_masks(model: nn.Module, bundle: D.DataBundle, method: str, settings: U
     kwargs = dict(sparsity=settings.sparsity, keep=settings.keep, samples=samples, seed=seed,
                   eval_batches=validation if settings.track_accuracy and len(bundle.val) else None,
                   checkpoint_dir=resume_dir, progress=progress, levels=tuple(levels),
-                  on_level=on_level)
+                  on_level=on_level, params=scope)
     if method == "fvw":
         kwargs.update(alpha=settings.alpha, steps=settings.steps,
                       class_groups=settings.class_groups, aggregate=settings.aggregate,
@@ -339,6 +344,25 @@ def prune_masks(model: nn.Module, bundle: D.DataBundle, method: str, settings: U
                                  f"loop in this version")
         kwargs["recalibrate"] = settings.loop_recalibrate
     return fn(model, attribution, **kwargs)
+
+
+def check_exclude(model: nn.Module, patterns: Sequence[str]) -> masking.Scope | None:
+    """The pruning scope that leaves the layers matching ``patterns`` dense (None: the default
+    scope). A pattern that matches no prunable layer is an error (a typo would otherwise prune
+    the layer it meant to keep), and so is one that leaves nothing to prune."""
+    if not patterns:
+        return None
+    layers = [n.removesuffix(".weight") for n in masking.Scope().names(model)]
+    for p in patterns:
+        if not isinstance(p, str) or not p.strip():
+            raise PrunewiseError(f"exclude patterns must be non-empty layer names, got {p!r}")
+        if not any(fnmatch.fnmatchcase(n, p) for n in layers):
+            raise PrunewiseError(f"exclude pattern '{p}' matches no prunable layer; the prunable "
+                                 f"layers are: {', '.join(layers)}")
+    scope = masking.Scope(exclude=list(patterns))
+    if not scope.names(model):
+        raise PrunewiseError(f"exclude patterns {', '.join(patterns)} leave no layer to prune")
+    return scope
 
 
 #: Methods whose working copy the pipeline recalibrates inside the loop unless told otherwise.
