@@ -168,7 +168,10 @@ def check_bases(grid: Grid, bundle: D.DataBundle) -> None:
 
 def settings_of(grid: Grid, prune: runs.Unstructured, finetune: runs.FineTune,
                 recalibration: runs.Recalibration) -> dict:
-    prune_dict = {k: v for k, v in asdict(prune).items() if k != "sparsity"}
+    # bench prunes every layer of the default scope: an empty ``exclude`` is left out, so grid
+    # folders written before that setting existed still match
+    prune_dict = {k: v for k, v in asdict(prune).items()
+                  if k != "sparsity" and not (k == "exclude" and not v)}
     return {"format": FORMAT, "model": grid.model_name, "data": grid.data_name,
             "root": str(grid.root) if grid.root else None, "methods": list(grid.methods),
             "budgets": list(grid.budgets), "structured": grid.structured,
