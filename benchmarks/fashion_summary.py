@@ -100,9 +100,9 @@ def finetune_table(runs: dict[int, dict], dense: list) -> str:
     out = [f"Dense: {stat(dense)}"] if dense else []
     for kind, budgets in (("unstructured, sparsity", False), ("structured, MACs kept", True)):
         cells = [k for k in keys if (float(k.split("|")[1]) in BUDGETS) == budgets]
-        levels = sorted({k.split("|")[1] for k in cells}, key=float, reverse=budgets)
         if not cells:
             continue
+        levels = sorted({k.split("|")[1] for k in cells}, key=float, reverse=budgets)
         lines = [f"| {kind} | " + " | ".join(f"{float(lv):.0%}" for lv in levels) + " |",
                  "|---|" + "---|" * len(levels)]
         for m in dict.fromkeys(k.split("|")[0] for k in cells):

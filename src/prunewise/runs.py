@@ -40,7 +40,6 @@ Report keys (the same in every report, bench cell and demo run):
 from __future__ import annotations
 
 import copy
-import fnmatch
 import inspect
 import math
 import time
@@ -352,13 +351,14 @@ def check_exclude(model: nn.Module, patterns: Sequence[str]) -> masking.Scope | 
     the layer it meant to keep), and so is one that leaves nothing to prune."""
     if not patterns:
         return None
-    layers = [n.removesuffix(".weight") for n in masking.Scope().names(model)]
+    every = masking.Scope().names(model)
     for p in patterns:
         if not isinstance(p, str) or not p.strip():
             raise PrunewiseError(f"exclude patterns must be non-empty layer names, got {p!r}")
-        if not any(fnmatch.fnmatchcase(n, p) for n in layers):
+        if masking.Scope(exclude=[p]).names(model) == every:  # Scope's own name matching
+            layers = ", ".join(n.removesuffix(".weight") for n in every)
             raise PrunewiseError(f"exclude pattern '{p}' matches no prunable layer; the prunable "
-                                 f"layers are: {', '.join(layers)}")
+                                 f"layers are: {layers}")
     scope = masking.Scope(exclude=list(patterns))
     if not scope.names(model):
         raise PrunewiseError(f"exclude patterns {', '.join(patterns)} leave no layer to prune")
