@@ -26,13 +26,15 @@ def seeds_of(results: Path, part: str, probes: bool = False) -> dict[int, dict]:
     return out
 
 
-def stat(values: list) -> str:
+def stat(values: list, seeds: int = 0) -> str:
+    """Mean ± std in percent; a cell resting on fewer than ``seeds`` seeds says how many."""
     vals = [100.0 * v for v in values if v is not None]
     if not vals:
         return "-"
     if len(vals) == 1:
         return f"{vals[0]:.1f} (1 seed)"
-    return f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f}"
+    short = f" ({len(vals)} of {seeds} seeds)" if len(vals) < seeds else ""
+    return f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f}{short}"
 
 
 def methods_in(runs: dict[int, dict], skip=("dense", "environment")) -> list[str]:
@@ -51,7 +53,7 @@ def unstructured_table(runs: dict[int, dict], levels=("0.8", "0.9", "0.95", "0.9
         cells = []
         for lv in levels:
             vals = [res[m][lv]["recalibrated"] for res in runs.values() if lv in res.get(m, {})]
-            cells.append(stat(vals))
+            cells.append(stat(vals, len(runs)))
             curves.setdefault(m, []).append(statistics.mean(vals) if vals else None)
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
         seeds = sum(1 for res in runs.values() if m in res)
@@ -81,8 +83,9 @@ def structured_table(runs: dict[int, dict], idle: dict[int, dict]) -> str:
             lat[b] = f"{statistics.median(ms):.2f} ({statistics.median(sp):.2f}x)" if ms else "-"
         params = statistics.mean(r["params_ratio"] for r in rows)
         lines.append(f"| {m} | {float(budget):.0%} | {params:.2f} | "
-                     f"{stat([r['pruned'] for r in rows])} | "
-                     f"{stat([r['recalibrated'] for r in rows])} | {lat['1']} | {lat['64']} |")
+                     f"{stat([r['pruned'] for r in rows], len(runs))} | "
+                     f"{stat([r['recalibrated'] for r in rows], len(runs))} | "
+                     f"{lat['1']} | {lat['64']} |")
     dense = [res["dense"]["test"] for res in runs.values() if "dense" in res]
     dl = ([res["dense"] for res in idle.values()] if idle else
           [res["dense"]["latency_ms"] for res in runs.values() if "dense" in res])
@@ -107,7 +110,7 @@ def finetune_table(runs: dict[int, dict], dense: list) -> str:
                  "|---|" + "---|" * len(levels)]
         for m in dict.fromkeys(k.split("|")[0] for k in cells):
             row = [stat([res[f"{m}|{lv}"]["finetuned"] for res in runs.values()
-                         if f"{m}|{lv}" in res]) for lv in levels]
+                         if f"{m}|{lv}" in res], len(runs)) for lv in levels]
             lines.append(f"| {m} | " + " | ".join(row) + " |")
         out.append("\n".join(lines))
     return "\n\n".join(out)
