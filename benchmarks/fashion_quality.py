@@ -158,7 +158,9 @@ def structured(model, bundle, seed: int, methods, path: Path) -> None:
 
 def finetune(model, bundle, seed: int, cells, path: Path) -> None:
     """One epoch of fine-tuning for saved unstructured plans (``fvw+loop|0.9``) and saved
-    structured models (``sliming|0.5``)."""
+    structured models (``sliming|0.5``). A structured model was saved after recalibration, so
+    its ``pruned`` figure here equals ``recalibrated``; the one before recalibration is in the
+    ``structured`` part's JSON."""
     from prunewise.plan import MaskPlan
 
     res = load(path)
