@@ -60,8 +60,8 @@ def worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
     bundle = D.load("digits", seed=0)
     torch.manual_seed(0)
     model = models.create(args["model"], num_classes=10, in_channels=1)
-    attribution = lambda: dist.shard_pairs(  # noqa: E731
-        D.batches(bundle.train, bundle, 64, shuffle=True, seed=0, limit=args["samples"]))
+    attribution = lambda: D.batches(bundle.train, bundle, 64, shuffle=True,  # noqa: E731
+                                    seed=0, limit=args["samples"])  # the ranks share batches
     fvw.attribute(model, attribution, steps=1)  # warm-up (allocator, first-call overheads)
     res = {"train_epoch_s": timed(lambda: train.fit(model, bundle, epochs=1, progress=False,
                                                     batch_size=args["batch_size"])),

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import device, dist, fvw, masking
+from . import device, fvw, masking
 from .errors import PrunewiseError
 from .plan import MaskPlan
 
@@ -37,10 +37,15 @@ def magnitude_score(work, masks, data, iteration):
     return {n: named[n].detach().abs() * masks[n] for n in masks}, {}
 
 
+def summed_ce(out: torch.Tensor, y: torch.Tensor):
+    """Taylor's loss of one batch: the summed cross-entropy of every sample, and their number."""
+    return F.cross_entropy(out, y, reduction="sum"), len(y)
+
+
 def taylor_score(work, masks, data, iteration):
     """Scorer: ``|w * dL/dw| * M`` with L the mean cross-entropy over all of ``data``, on the
-    model's device; under torchrun each rank takes its share and the gradient sums and sample
-    counts are summed over the ranks (float64)."""
+    model's device; under torchrun the gradient is exactly the single-process one
+    (:func:`prunewise.masking.gradient_sweep`)."""
     model = copy.deepcopy(work)
     model.eval()
     named = dict(model.named_parameters())
@@ -48,16 +53,7 @@ def taylor_score(work, masks, data, iteration):
         p.requires_grad_(False)
     for n in masks:
         named[n].requires_grad_(True)
-    seen = 0
-    dev = device.of(model)
-    for x, y in data:
-        x, y = device.pair(x, y, dev)
-        loss = F.cross_entropy(model(x), y, reduction="sum")
-        loss.backward()
-        seen += len(y)
-    if dist.active():
-        dist.sum_grads([named[n] for n in masks])
-        seen = int(dist.all_reduce_sum(torch.tensor([float(seen)])))
+    _, _, seen = masking.gradient_sweep(model, [named[n] for n in masks], data, summed_ce)
     if seen == 0:
         raise PrunewiseError("the attribution data is empty: no samples to score with")
     out = {}
@@ -75,6 +71,7 @@ def obd_score(work, masks, data, iteration):
     Why: at a trained network the data-set gradient nearly cancels (it is zero at a minimum),
     so first-order scores such as ``|w * grad|`` rank weights by sampling noise; the curvature
     term does not cancel. See docs/methods.md, section "Why gradient scores lose to |w|".
+    Under torchrun every rank computes it on all of ``data`` (the same result as one process).
     """
     model = copy.deepcopy(work)
     model.eval()
@@ -94,9 +91,6 @@ def obd_score(work, masks, data, iteration):
             for f, g in zip(fisher, grads):  # (sum of the chunk's gradients)^2 / its size
                 f.addcmul_(g, g, value=1.0 / len(yc))
             chunks += 1
-    if dist.active():
-        fisher = [dist.all_reduce_sum(f) for f in fisher]
-        chunks = int(dist.all_reduce_sum(torch.tensor([float(chunks)])))
     if chunks == 0:
         raise PrunewiseError("the attribution data is empty: no samples to score with")
     return {n: (f / chunks * p.detach().double().square() * 0.5).mul_(masks[n])

@@ -5,9 +5,12 @@
 
 * training and fine-tuning: DistributedDataParallel; each global batch of the shuffled epoch
   order is split over the ranks (:func:`part`), so the batch size keeps its meaning;
-* FVW attribution, Taylor, CHIP and BatchNorm recalibration statistics: each rank computes on
-  its shard of the samples, the sums are all-reduced in float64 (:func:`all_reduce_sum`), so
-  every rank holds the same scores and selects the same masks;
+* FVW attribution, Taylor, CHIP and evaluation: the ranks share out whole batches (or images)
+  and add the results in their order (:func:`in_order`), so every rank holds exactly the
+  single-process scores and selects the same masks and channels (splitting a batch would change
+  floating-point sums in the last bits, and FVW's iterations turn such bits into other masks);
+* BatchNorm recalibration and OBD's curvature: every rank computes them on all the samples
+  (cheap next to the attack; a split batch would be normalised with other statistics);
 * files: only rank 0 writes (:func:`main_writes`), the others wait for it; an error on rank 0
   while writing is raised on every rank.
 
@@ -20,7 +23,7 @@ from __future__ import annotations
 import datetime
 import os
 import sys
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.distributed as tdist
@@ -109,12 +112,41 @@ def shard(n: int) -> slice:
     return slice(rank(), n, world())
 
 
-def shard_pairs(batches: Iterable) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Each ``(x, y)`` batch cut to this rank's share (strided, so the ranks' shares are
-    disjoint and together the whole batch)."""
-    for x, y in batches:
-        s = shard(len(y))
-        yield x[s], y[s]
+def in_order(items: Iterable, compute: Callable[[Any], torch.Tensor | None],
+             size: int) -> Iterator[torch.Tensor]:
+    """``compute(item)`` for every item of ``items``, yielded in order on every rank.
+
+    Work is split by whole items (item ``i`` is computed by rank ``i % world``) and the results
+    (float64 vectors of length ``size``, or None for "nothing to add") are exchanged after each
+    round of ``world`` items, so every rank can combine them in the same order, with the same
+    arithmetic, as one process does: the result is bit for bit the single-process one (a split
+    *inside* a batch would change the floating-point sums, and an iterative method such as FVW
+    turns those last-bit differences into different masks). Every rank must iterate the same
+    ``items``. In one process this is ``compute`` over the items, None results skipped."""
+    if not active():
+        for item in items:
+            out = compute(item)
+            if out is not None:
+                yield out
+        return
+    w, me = world(), rank()
+    it = iter(items)
+    while True:
+        chunk = [x for _, x in zip(range(w), it)]
+        if not chunk:
+            return
+        mine = compute(chunk[me]) if me < len(chunk) else None
+        buf = torch.zeros(size + 1, dtype=torch.float64)
+        if mine is not None:
+            buf[0] = 1.0
+            buf[1:] = mine.detach().to(device="cpu", dtype=torch.float64).reshape(-1)
+        if tdist.get_backend() == "nccl":
+            buf = buf.cuda()
+        got = [torch.empty_like(buf) for _ in range(w)]
+        tdist.all_gather(got, buf)
+        for g in got[:len(chunk)]:
+            if float(g[0]) == 1.0:
+                yield g[1:]
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
@@ -122,26 +154,14 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     same bits); ``t`` itself (unchanged dtype) in a single process."""
     if not active():
         return t
-    buf = t.detach().to(torch.float64)
+    # always a new buffer: all_reduce works in place, and ``t.to(float64)`` of a float64
+    # tensor is ``t`` itself, so without the copy the caller's tensor would become the sum
+    buf = t.detach().to(torch.float64, copy=True)
     if tdist.get_backend() == "gloo" and buf.is_cuda:  # gloo reduces CPU tensors
         buf = buf.cpu()
     buf = buf.contiguous()
     tdist.all_reduce(buf, op=tdist.ReduceOp.SUM)
     return buf.to(t.device)
-
-
-def sum_grads(params: list[torch.Tensor]) -> None:
-    """Replace every parameter's ``.grad`` by its sum over the ranks (float64 sum, cast back);
-    a missing gradient counts as zeros. One collective for all of them."""
-    if not active():
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    total = all_reduce_sum(torch.cat([g.detach().reshape(-1).to(torch.float64) for g in grads]))
-    pos = 0
-    for p, g in zip(params, grads):
-        k = g.numel()
-        p.grad = total[pos:pos + k].view_as(p).to(dtype=p.dtype, device=p.device)
-        pos += k
 
 
 def barrier() -> None:

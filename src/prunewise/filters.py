@@ -60,34 +60,32 @@ def chip_scores(maps: torch.Tensor) -> torch.Tensor:
     """CHIP-style channel importance: mean over images of ||F||_* - ||F without channel c||_*.
 
     ``maps``: (N, C, H, W) or (N, C) feature maps. Computed once (one-shot), never recomputed,
-    on the maps' device. Under torchrun each rank takes its share of the images and the sums
-    are added over the ranks in float64, so every rank has the same scores.
+    on the maps' device. Under torchrun the ranks share out the images and add the per-image
+    scores in image order (:func:`prunewise.dist.in_order`): the single-process scores exactly.
     """
     F = maps.detach().double().reshape(maps.shape[0], maps.shape[1], -1)   # N x C x P
     N, C, P = F.shape
-    if dist.active():
-        return dist.all_reduce_sum(chip_sums(F[dist.shard(N)])) / max(N, 1)
-    return chip_sums(F) / max(N, 1)
-
-
-def chip_sums(F: torch.Tensor) -> torch.Tensor:
-    """Sum over the images of ``F`` (N x C x P, float64) of ||F||_* - ||F without channel c||_*."""
-    N, C, P = F.shape
     scores = torch.zeros(C, dtype=torch.float64, device=F.device)
     eye = torch.eye(C, dtype=torch.bool, device=F.device)
-    for n in range(N):
-        A = F[n]
-        full = torch.linalg.eigvalsh(A @ A.T if C <= P else A.T @ A).clamp_min(0).sqrt().sum()
-        if P < C:   # P x P Gram minus the left-out channel's outer product
-            G = (A.T @ A)[None] - A[:, :, None] * A[:, None, :]
-        else:       # (C-1) x (C-1) Gram of the rows that stay
-            K = A @ A.T
-            keep = ~eye
-            idx = torch.stack([keep[c].nonzero().flatten() for c in range(C)])
-            G = K[idx[:, :, None], idx[:, None, :]]
-        left = torch.linalg.eigvalsh(G).clamp_min(0).sqrt().sum(1)
-        scores += full - left
-    return scores
+    for s in dist.in_order(range(N), lambda n: chip_image(F[n], eye), C):
+        scores += s.to(scores.device)
+    return scores / max(N, 1)
+
+
+def chip_image(A: torch.Tensor, eye: torch.Tensor) -> torch.Tensor:
+    """One image's CHIP scores: ||A||_* - ||A without channel c||_* for every row c of ``A``
+    (C x P, float64); ``eye`` is the C x C identity as bools."""
+    C, P = A.shape
+    full = torch.linalg.eigvalsh(A @ A.T if C <= P else A.T @ A).clamp_min(0).sqrt().sum()
+    if P < C:   # P x P Gram minus the left-out channel's outer product
+        G = (A.T @ A)[None] - A[:, :, None] * A[:, None, :]
+    else:       # (C-1) x (C-1) Gram of the rows that stay
+        K = A @ A.T
+        keep = ~eye
+        idx = torch.stack([keep[c].nonzero().flatten() for c in range(C)])
+        G = K[idx[:, :, None], idx[:, None, :]]
+    left = torch.linalg.eigvalsh(G).clamp_min(0).sqrt().sum(1)
+    return full - left
 
 
 def collect_maps(model: nn.Module, infos: list, batches: Iterable, n_images: int = 16) -> dict:

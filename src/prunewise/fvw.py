@@ -37,10 +37,9 @@ All other temporaries are per tensor.
 autocast or ``--amp``: the step ``alpha = 1e-8`` is far below bf16's resolution (about 3
 significant digits) and below fp16's smallest normal steps near typical weights, so in half
 precision the sign steps would not move the weights at all. They run on the model's device;
-the batches follow it. Under torchrun each rank attacks with its share of the samples and the
-per-step gradients, losses and counts are summed over the ranks in float64
-(:func:`prunewise.dist.sum_grads`), so every rank holds the same ``A`` and selects the same
-masks.
+the batches follow it. Under torchrun the ranks share out whole batches and add their
+gradients, losses and counts in batch order (:func:`prunewise.masking.gradient_sweep`), so
+every rank holds exactly the ``A`` of one process and selects the same masks.
 """
 from __future__ import annotations
 
@@ -55,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import device, dist, masking
+from . import masking
 from .errors import PrunewiseError
 from .masking import PruningWarning, Source, check_targets, mask_list, prunable
 from .plan import MaskPlan
@@ -85,28 +84,26 @@ def check_attack(alpha, steps, direction) -> None:
         raise PrunewiseError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
 
 
+def correct_ce(out: torch.Tensor, y: torch.Tensor):
+    """The attack's loss of one batch: the summed cross-entropy of the correctly classified
+    samples (None when there is none), and their number."""
+    ok = out.argmax(dim=1) == y
+    k = int(ok.sum())
+    if k == 0:
+        return None, 0
+    return F.cross_entropy(out[ok], y[ok], reduction="sum"), k
+
+
 def sweep(model: nn.Module, data: Iterable) -> tuple[float, int, int]:
     """Forward+backward over ``data``; the loss sums the CE of correctly classified samples.
 
     Returns (loss sum, number counted, number seen); gradients accumulate in ``.grad`` of the
     parameters that require them. This is the sweep the attack runs ``steps + 1`` times.
-    Batches move to the model's device.
+    Batches move to the model's device; under torchrun the sums are the single-process ones
+    on every rank (:func:`prunewise.masking.gradient_sweep`).
     """
-    total, counted, seen = 0.0, 0, 0
-    dev = device.of(model)
-    for x, y in data:
-        x, y = device.pair(x, y, dev)
-        seen += len(y)
-        out = model(x)
-        ok = out.argmax(dim=1) == y
-        k = int(ok.sum())
-        if k == 0:
-            continue
-        loss = F.cross_entropy(out[ok], y[ok], reduction="sum")
-        loss.backward()
-        total += float(loss.detach())
-        counted += k
-    return total, counted, seen
+    params = [p for p in model.parameters() if p.requires_grad]
+    return masking.gradient_sweep(model, params, data, correct_ce)
 
 
 def _attack_copy(model: nn.Module, names: list[str], masks) -> tuple[nn.Module, list, list]:
@@ -175,12 +172,7 @@ def attribute(model: nn.Module, batches, *, alpha: float = 1e-8, steps: int = 2,
         for p in ps:
             if p.grad is not None:
                 p.grad.zero_()
-        loss, counted, seen = sweep(work, data)
-        if dist.active():  # this rank swept its share: sum gradients, losses and counts
-            dist.sum_grads(ps)
-            loss, counted, seen = dist.all_reduce_sum(
-                torch.tensor([loss, counted, seen], dtype=torch.float64)).tolist()
-            counted, seen = int(counted), int(seen)
+        loss, counted, seen = masking.gradient_sweep(work, ps, data, correct_ce)
         if s == 0:
             if seen == 0:
                 raise PrunewiseError("the attribution data is empty: no samples to attack with")

@@ -25,13 +25,13 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence, Union
+from typing import Any, Callable, Iterable, Protocol, Sequence, Union
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import dist, files, schema
+from . import device, dist, files, schema
 from .errors import PrunewiseError
 from .plan import MaskPlan, check_masks
 from .train import evaluate, recalibrate_bn
@@ -224,6 +224,53 @@ def _limited(it, samples):
                 x, y = x[:left], y[:left]
             left -= len(y)
         yield x, y
+
+
+def gradient_sweep(model: nn.Module, params: Sequence[torch.Tensor], data: Iterable,
+                   loss_of: Callable) -> tuple[float, int, int]:
+    """Forward and backward over every batch of ``data``; returns (loss sum, counted, seen).
+
+    ``loss_of(outputs, y) -> (loss or None, counted)`` gives each batch's loss (None: nothing
+    to back-propagate); the gradients of ``params`` accumulate in their ``.grad`` in batch
+    order, on the model's device. Under torchrun whole batches are shared out and their
+    gradients, losses and counts added in batch order (:func:`prunewise.dist.in_order`), so
+    every rank ends with exactly the gradients one process computes."""
+    dev = device.of(model)
+
+    def one(batch) -> tuple[float, int, int]:
+        x, y = device.pair(batch[0], batch[1], dev)
+        loss, counted = loss_of(model(x), y)
+        if loss is None:
+            return 0.0, counted, len(y)
+        loss.backward()
+        return float(loss.detach()), counted, len(y)
+
+    if not dist.active():
+        total, counted, seen = 0.0, 0, 0
+        for batch in data:
+            l, c, n = one(batch)
+            total, counted, seen = total + l, counted + c, seen + n
+        return total, counted, seen
+    acc = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+    sizes = [p.numel() for p in params]
+
+    def contribution(batch) -> torch.Tensor:
+        for p in params:
+            p.grad = None
+        head = torch.tensor(one(batch), dtype=torch.float64)
+        return torch.cat([head] + [(p.grad if p.grad is not None else torch.zeros_like(p))
+                                   .detach().reshape(-1).cpu().double() for p in params])
+
+    total, counted, seen = 0.0, 0, 0
+    for v in dist.in_order(data, contribution, 3 + sum(sizes)):
+        total, counted, seen = total + float(v[0]), counted + int(v[1]), seen + int(v[2])
+        pos = 3
+        for a, k in zip(acc, sizes):
+            a.add_(v[pos:pos + k].view(a.shape).to(dtype=a.dtype, device=a.device))
+            pos += k
+    for p, a in zip(params, acc):
+        p.grad = a
+    return total, counted, seen
 
 
 # ------------------------------------------------------------------------------------------
@@ -437,9 +484,6 @@ def run(model: nn.Module, batches, score: Scorer, loop: LoopSettings, *, method:
     """
     loop.check()
     data = Source(batches, loop.samples) if (needs_data or batches is not None) else None
-    if data is not None and dist.active():  # each rank scores with its share of the samples
-        whole = data
-        data = Source(lambda: dist.shard_pairs(whole))
     if loop.recalibrate and data is None:
         raise PrunewiseError("recalibrate needs attribution data (batches) to re-estimate "
                              "BatchNorm statistics on")

@@ -274,9 +274,9 @@ def _latency(dense: dict, pruned: nn.Module, bundle, measurement: Measurement) -
 
 def recalibration_batches(bundle: D.DataBundle, recalibration: Recalibration, seed: int):
     """Training images (no augmentation), shuffled by ``seed``, capped at the sample count
-    (under torchrun, this rank's share of every batch)."""
+    (the same on every rank under torchrun)."""
     return D.batches(bundle.train, bundle, recalibration.batch_size, shuffle=True, seed=seed,
-                     limit=min(recalibration.samples, len(bundle.train)), shard=dist.part())
+                     limit=min(recalibration.samples, len(bundle.train)))
 
 
 def finish(pruned: nn.Module, bundle: D.DataBundle, *, masks: dict | None, finetune: FineTune,

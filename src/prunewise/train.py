@@ -65,13 +65,17 @@ def _result(n, correct1, correct5, loss) -> dict:
 def evaluate_split(model: nn.Module, bundle: "D.DataBundle", split: str = "test",
                    batch_size: int = 256) -> dict:
     """:func:`evaluate` on one split ('train', 'val' or 'test') of a data bundle; under torchrun
-    each rank evaluates its share of every batch and the counts are summed over the ranks."""
-    batches = D.batches(getattr(bundle, split), bundle, batch_size, shard=dist.part())
+    the ranks share out whole batches and add their counts and losses in batch order, so every
+    rank gets exactly the single-process figures."""
+    batches = D.batches(getattr(bundle, split), bundle, batch_size)
     if not dist.active():
         return evaluate(model, batches)
-    total = dist.all_reduce_sum(torch.tensor(_counts(model, batches), dtype=torch.float64))
-    n, c1, c5, loss = total.tolist()
-    return _result(int(n), int(c1), int(c5), loss)
+    n = c1 = c5 = 0
+    loss = 0.0
+    for v in dist.in_order(batches, lambda b: torch.tensor(_counts(model, [b]),
+                                                            dtype=torch.float64), 4):
+        n, c1, c5, loss = n + int(v[0]), c1 + int(v[1]), c5 + int(v[2]), loss + float(v[3])
+    return _result(n, c1, c5, loss)
 
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -86,9 +90,9 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, *, samples: int | None =
     resets the statistics and averages them cumulatively (``momentum=None``) over forward
     passes without gradients, on at most ``samples`` images (all of ``batches`` when None).
     Only the labels-free inputs are used. The model's train/eval mode and each layer's
-    momentum are restored. A model without BatchNorm is returned untouched. Under torchrun pass
-    each rank its share of the batches (``samples`` counts them all): the ranks' statistics are
-    averaged, weighted by their batch counts, so every rank ends with the same ones.
+    momentum are restored. A model without BatchNorm is returned untouched. Under torchrun every
+    rank passes all the batches and computes the same statistics as one process (a share of each
+    batch would normalise with other batch statistics and end with other running ones).
     """
     norms = [m for m in model.modules() if isinstance(m, _BN_TYPES) and m.track_running_stats]
     if not norms:
@@ -103,8 +107,6 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, *, samples: int | None =
     model.train()
     seen = 0
     dev = device.of(model)
-    if samples is not None and dist.active():  # this rank's share of the first `samples`
-        samples = max(1, len(range(dist.rank(), samples, dist.world())))
     try:
         for batch in batches:
             x = device.to(batch[0] if isinstance(batch, (tuple, list)) else batch, dev)
@@ -120,25 +122,9 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, *, samples: int | None =
         for m, mom in zip(norms, momenta):
             m.momentum = mom
         model.train(was_training)
-    if dist.active():
-        seen = int(dist.all_reduce_sum(torch.tensor([float(seen)])))
-        if seen:
-            _merge_statistics(norms)
     if seen == 0:
         raise PrunewiseError("BatchNorm recalibration got no samples")
     return model
-
-
-def _merge_statistics(norms: list) -> None:
-    """Average the ranks' cumulative BatchNorm statistics, weighted by their batch counts."""
-    counts = [m.num_batches_tracked.to(torch.float64) for m in norms]
-    total = [dist.all_reduce_sum(c) for c in counts]
-    for m, c, t in zip(norms, counts, total):
-        for name in ("running_mean", "running_var"):
-            buf = getattr(m, name)
-            merged = dist.all_reduce_sum(buf.to(torch.float64) * c) / t.clamp_min(1)
-            buf.copy_(merged.to(buf.dtype))
-        m.num_batches_tracked.copy_(t.to(m.num_batches_tracked.dtype))
 
 
 class MaskKeeper:
