@@ -62,8 +62,8 @@ def main(argv=None) -> None:
             if level in res.get(key, {}) or not folder.is_dir():
                 continue
             plan = refill_by_magnitude(model, MaskPlan.load(folder))
-            _, rep = runs.finish_masks(model, bundle, plan, measurement=quick, seed=args.seed,
-                                       dense=dense)
+            _, rep = runs.finish_masks(model, bundle, plan, dense=dense,
+                                       steps=runs.Steps(measurement=quick, seed=args.seed))
             res.setdefault(key, {})[level] = rep["accuracy"]["recalibrated"]["test"]
             print(f"seed {args.seed} {key} {level}: {res[key][level]:.4f}", flush=True)
             res["environment"] = environment()

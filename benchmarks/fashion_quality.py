@@ -35,7 +35,7 @@ import torch
 
 from common import HERE, environment
 from prunewise import data as D
-from prunewise import files, runs
+from prunewise import files, methods, runs
 
 OUT = HERE / "results" / "fashion"
 
@@ -67,23 +67,26 @@ def parse_spec(spec: str, levels=LEVELS) -> tuple[str, runs.Unstructured]:
     """``fvw+loop+cg5`` -> ("fvw", settings)."""
     name, *opts = spec.split("+")
     kw: dict = {"sparsity": max(levels), "keep": 0.9, "samples": 512, "track_accuracy": False}
-    if name != "magnitude" and name != "random":
+    fvw: dict = {}
+    if methods.get(name, methods.UNSTRUCTURED).needs_data:
         kw["loop_recalibrate"] = "loop" in opts
     for o in opts:
         if o.startswith("cg"):
-            kw["class_groups"] = int(o[2:])
+            fvw["class_groups"] = int(o[2:])
         elif o == "sum":
-            kw["aggregate"] = "sum"
+            fvw["aggregate"] = "sum"
         elif o == "desc":
-            kw["descent"] = True
+            fvw["descent"] = True
         elif o.startswith("a"):
-            kw["alpha"] = float(o[1:])
+            fvw["alpha"] = float(o[1:])
         elif o.startswith("s"):
             kw["samples"] = int(o[1:])
         elif o.startswith("k"):
             kw["keep"] = float(o[1:])
         elif o.startswith("x"):
             kw["exclude"] = kw.get("exclude", ()) + (o[1:],)
+    if fvw:
+        kw["options"] = methods.FVWSettings(**fvw)
     return name, runs.Unstructured(**kw)
 
 
@@ -122,7 +125,8 @@ def unstructured(model, bundle, seed: int, methods, path: Path, levels=LEVELS) -
         start = time.perf_counter()
 
         def on_level(level, plan):
-            _, rep = runs.finish_masks(model, bundle, plan, measurement=QUICK, seed=seed, dense=dense)
+            _, rep = runs.finish_masks(model, bundle, plan, dense=dense,
+                                       steps=runs.Steps(measurement=QUICK, seed=seed))
             cells[str(level)] = {**brief(rep), "prune_seconds": time.perf_counter() - start}
             print(f"seed {seed} {spec} {level}: pruned {cells[str(level)]['pruned']:.4f} "
                   f"recalibrated {cells[str(level)]['recalibrated']:.4f}", flush=True)
@@ -172,13 +176,12 @@ def finetune(model, bundle, seed: int, cells, path: Path) -> None:
         folder = plans / f"{spec}-{level}"
         if (folder / "model.safetensors").is_file():  # a structured model
             small = files.load_model(folder)
-            steps = runs.finish(small, bundle, masks=None, finetune=FINETUNE,
-                                recalibration=runs.Recalibration(), seed=seed)
+            steps = runs.finish(small, bundle, None, runs.Steps(finetune=FINETUNE, seed=seed))
         else:
             plan = MaskPlan.load(folder)
             masked = plan.apply(model)
-            steps = runs.finish(masked, bundle, masks=plan.masks, finetune=FINETUNE,
-                                recalibration=runs.Recalibration(), seed=seed)
+            steps = runs.finish(masked, bundle, plan.masks,
+                                runs.Steps(finetune=FINETUNE, seed=seed))
         acc = steps["accuracy"]
         res[cell] = {k: (None if acc[k] is None else acc[k]["test"]) for k in acc}
         res[cell]["seconds"] = steps["stage_seconds"]

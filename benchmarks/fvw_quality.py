@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import common  # noqa: E402
-from prunewise import data as D, files, runs  # noqa: E402
+from prunewise import data as D, files, methods, runs  # noqa: E402
 
 STAGES = ("pruned", "recalibrated", "finetuned")
 
@@ -71,15 +71,17 @@ def one_seed(args, arch: str, seed: int, levels: list[float], methods: list[str]
            "cells": {}, "seconds": {}}
     for method in methods:
         cells = row["cells"].setdefault(method, {})
+        takes = methods.get(method, methods.UNSTRUCTURED).settings is methods.FVWSettings
+        options = methods.FVWSettings(alpha=args.alpha, steps=args.steps) if takes else None
         settings = runs.Unstructured(sparsity=max(levels), keep=args.keep, samples=args.samples,
-                                     alpha=args.alpha, steps=args.steps, track_accuracy=False,
+                                     track_accuracy=False, options=options,
                                      loop_recalibrate=args.loop_recalibrate)
 
         def on_level(level, plan, cells=cells, method=method):
             ft = args.finetune_epochs if method == "fvw" and abs(level - 0.9) < 1e-12 else 0
-            _, rep = runs.finish_masks(model, bundle, plan, recalibration=recal,
-                                       finetune=runs.FineTune(epochs=ft, lr=args.finetune_lr),
-                                       measurement=measurement, seed=seed, dense=dense)
+            _, rep = runs.finish_masks(model, bundle, plan, dense=dense, steps=runs.Steps(
+                recalibration=recal, finetune=runs.FineTune(epochs=ft, lr=args.finetune_lr),
+                measurement=measurement, seed=seed))
             cells[str(level)] = runs.cell(rep)
 
         start = time.perf_counter()

@@ -68,7 +68,7 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 def toy(args) -> None:
-    from prunewise.sliming import toy as svgg
+    from prunewise import toy as svgg
 
     res = [svgg.run(seed) for seed in args.seeds]
     for r in res:

@@ -34,3 +34,24 @@ def assert_bad_input(r, *words):
     assert "Traceback" not in r.stderr
     for w in words:
         assert w in lines[0], (w, lines[0])
+
+
+class Killed(Exception):
+    """Raised from a pruning loop's callback to stand for a kill after some iteration."""
+
+
+def killed_then_resumed(prune, folder, at: int):
+    """Run ``prune(checkpoint_dir=folder, callback=...)`` killed after iteration ``at``, then
+    again in the same folder; returns (the resumed plan, the iterations the resumed run did).
+    The kill/resume harness every resumable method's test shares."""
+    import pytest
+
+    def kill(row):
+        if row["iteration"] == at:
+            raise Killed
+
+    with pytest.raises(Killed):
+        prune(checkpoint_dir=folder, callback=kill)
+    rows = []
+    resumed = prune(checkpoint_dir=folder, callback=rows.append)
+    return resumed, [r["iteration"] for r in rows]

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunewise import PrunewiseError, baselines, fvw
+from helpers import killed_then_resumed
+from prunewise import PrunewiseError, baselines, fvw, methods
 
 
 def setup():
@@ -28,17 +29,16 @@ def pooled_top(scores: dict, k: int) -> dict:
     return out
 
 
-def test_same_signature_as_fvw():
-    fvw_params = inspect.signature(fvw.prune).parameters
-    for name in baselines.METHODS:
-        params = inspect.signature(getattr(baselines, name)).parameters
-        assert list(params)[:2] == ["model", "batches"]
-        assert params["sparsity"].kind == inspect.Parameter.KEYWORD_ONLY
-        assert params["keep"].default == fvw_params["keep"].default == 0.98
-        assert set(params) <= set(fvw_params)
-        assert {"levels", "on_level", "recalibrate", "recalibrate_samples"} <= set(params)
-    with pytest.raises(PrunewiseError, match="unknown method"):
-        baselines.get("snip")
+def test_every_unstructured_method_has_a_keyword_entry():
+    """Each mask method of the table is reachable by name (fvw.prune or baselines.NAME) and its
+    builder makes a scorer; an unknown name names the choices."""
+    for name in methods.names("unstructured"):
+        fn = fvw.prune if name == "fvw" else getattr(baselines, name)
+        assert list(inspect.signature(fn).parameters)[:2] == ["model", "batches"]
+        row = methods.get(name, "unstructured")
+        assert callable(row.builder()(row.options(), 0))
+    with pytest.raises(PrunewiseError, match="unknown unstructured method 'snip'.*magnitude"):
+        methods.get("snip", "unstructured")
 
 
 def test_magnitude_is_global_top_abs():
@@ -78,7 +78,7 @@ def test_random_seeded_and_exact():
     assert any(not torch.equal(a.masks[n], c.masks[n]) for n in a.masks)
 
 
-@pytest.mark.parametrize("method", baselines.METHODS)
+@pytest.mark.parametrize("method", [m for m in methods.names("unstructured") if m != "fvw"])
 def test_bad_sparsity_and_keep(method):
     model, batches = setup()
     fn = getattr(baselines, method)
@@ -89,28 +89,18 @@ def test_bad_sparsity_and_keep(method):
 
 
 @pytest.mark.parametrize("method", ["taylor", "random"])
-def test_get_as_the_cli_calls_it_resumes_bit_identical(method, tmp_path):
+def test_keyword_entry_resumes_bit_identical(method, tmp_path):
     model, batches = setup()
-    fn = baselines.get(method)
+    fn = getattr(baselines, method)
     kw = dict(sparsity=0.8, keep=0.6, samples=30, eval_batches=batches[:1], seed=4)
     full = fn(model, lambda: iter(batches), **kw, checkpoint_dir=tmp_path / "a")
     assert full.method == method and full.meta["iterations"] == 4
     assert full.kept == full.total - round(0.8 * full.total)
     assert len(full.meta["history"]) == 4 and "accuracy" in full.meta["history"][-1]
 
-    class Kill(Exception):
-        pass
-
-    def kill_at_2(row):
-        if row["iteration"] == 2:
-            raise Kill
-
-    with pytest.raises(Kill):
-        fn(model, lambda: iter(batches), **kw, checkpoint_dir=tmp_path / "b", callback=kill_at_2)
-    rows = []
-    resumed = fn(model, lambda: iter(batches), **kw, checkpoint_dir=tmp_path / "b",
-                 callback=rows.append)
-    assert [r["iteration"] for r in rows] == [3, 4]
+    resumed, done = killed_then_resumed(lambda **k: fn(model, lambda: iter(batches), **kw, **k),
+                                        tmp_path / "b", at=2)
+    assert done == [3, 4]
     assert all(torch.equal(full.masks[n], resumed.masks[n]) for n in full.masks)
 
 

@@ -144,7 +144,7 @@ def test_fashion_mnist_with_base_checkpoints(tmp_path, monkeypatch):
     (["--model", "resnet21"], ["resnet21", "resnet20"]),
     (["--keep", "1.5"], ["keep"]),
     (["--samples", "-1"], ["--samples"]),
-    (["--recalibrate-samples", "0"], ["recalibration samples"]),
+    (["--recalibrate-samples", "0"], ["--recalibrate-samples"]),
     (["--finetune-epochs", "-1"], ["epochs"]),
     (["--macs", "0.5", "--methods", "fvw"], ["fvw", "structured"]),
     (["--macs", "0.5", "--sparsity", "0.5"], ["not both"]),

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from helpers import run
+from helpers import killed_then_resumed, run
 from prunewise import PrunewiseError, files, fvw, masking, train
 from prunewise import data as D
 from prunewise.plan import MaskPlan
@@ -233,18 +233,9 @@ def test_resume_after_kill_is_bit_identical(tmp_path):
     kw = dict(sparsity=0.9, keep=0.7, alpha=1e-3, class_groups=2)
     full = fvw.prune(model, batches, **kw, checkpoint_dir=tmp_path / "a")
 
-    class Kill(Exception):
-        pass
-
-    def kill_at_3(row):
-        if row["iteration"] == 3:
-            raise Kill
-
-    with pytest.raises(Kill):
-        fvw.prune(model, batches, **kw, checkpoint_dir=tmp_path / "b", callback=kill_at_3)
-    rows = []
-    resumed = fvw.prune(model, batches, **kw, checkpoint_dir=tmp_path / "b", callback=rows.append)
-    assert rows[0]["iteration"] == 4  # iterations 1-3 were not redone
+    resumed, done = killed_then_resumed(lambda **k: fvw.prune(model, batches, **kw, **k),
+                                        tmp_path / "b", at=3)
+    assert done[0] == 4  # iterations 1-3 were not redone
     assert len(resumed.meta["history"]) == full.meta["iterations"]
     for k in full.masks:
         assert torch.equal(full.masks[k], resumed.masks[k])

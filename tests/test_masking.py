@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers import killed_then_resumed
 from prunewise import PrunewiseError, baselines, masking, train
 
 
@@ -164,16 +165,9 @@ def test_taylor_recalibrated_differs_and_resumes_bit_identical(tmp_path):
     full = baselines.taylor(model, batches, **kw)
     assert any(not torch.equal(full.masks[k], plain.masks[k]) for k in full.masks)
 
-    class Kill(Exception):
-        pass
-
-    def kill_at_2(row):
-        if row["iteration"] == 2:
-            raise Kill
-
-    with pytest.raises(Kill):
-        baselines.taylor(model, batches, **kw, checkpoint_dir=tmp_path, callback=kill_at_2)
-    resumed = baselines.taylor(model, batches, **kw, checkpoint_dir=tmp_path)
+    resumed, done = killed_then_resumed(lambda **k: baselines.taylor(model, batches, **kw, **k),
+                                        tmp_path, at=2)
+    assert done[0] == 3
     assert all(torch.equal(full.masks[k], resumed.masks[k]) for k in full.masks)
     with pytest.raises(PrunewiseError, match="recalibrate"):  # another setting: not resumed
         baselines.taylor(model, batches, sparsity=0.8, keep=0.6, checkpoint_dir=tmp_path)

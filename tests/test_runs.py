@@ -1,13 +1,12 @@
 """prunewise.runs: the one pruning run (prune -> measure -> recalibrate -> measure -> fine-tune
 -> measure -> report) and train.recalibrate_bn, on tiny models."""
 import copy
-import functools
 
 import pytest
 import torch
 from torch import nn
 
-from prunewise import PrunewiseError, baselines, measure, models, report, runs, train
+from prunewise import PrunewiseError, measure, methods, models, report, runs, train
 from prunewise.plan import MaskPlan
 
 NO_LATENCY = runs.Measurement(latency=False)
@@ -108,8 +107,8 @@ def test_no_recalibration_and_no_finetune_leave_those_stages_null(trained_tiny, 
 def test_patience_stops_when_validation_stops_improving(digits):
     model = tiny(bn=False)
     plan = MaskPlan({"2.weight": torch.ones(8, 8, 3, 3, dtype=torch.bool)}, method="magnitude")
-    _, rep = runs.finish_masks(model, digits, plan, measurement=NO_LATENCY,
-                               finetune=runs.FineTune(epochs=30, lr=1e-9, patience=2))
+    _, rep = runs.finish_masks(model, digits, plan, steps=runs.Steps(
+        measurement=NO_LATENCY, finetune=runs.FineTune(epochs=30, lr=1e-9, patience=2)))
     # lr 1e-9 and no BatchNorm: validation accuracy never changes after epoch 1
     assert rep["finetune"]["best_epoch"] == 1 and rep["finetune"]["epochs_run"] == 3
 
@@ -139,53 +138,53 @@ def test_structured_run_is_smaller_and_reports_speed(digits):
     report.validate({**rep, "versions": report.versions()})
 
 
-def test_loop_recalibration_is_passed_to_the_method(trained_tiny, digits, monkeypatch):
-    seen = {}
-    real_get = baselines.get
-
-    def get(method):
-        fn = real_get(method)
-
-        @functools.wraps(fn)
-        def spy(*a, **kw):
-            seen.update(kw)
-            return fn(*a, **kw)
-        return spy
-
-    monkeypatch.setattr(baselines, "get", get)
-    settings = runs.Unstructured(sparsity=0.5, keep=0.5, loop_recalibrate=True)
-    runs.prune_masks(trained_tiny, digits, "magnitude", settings)
-    assert seen["recalibrate"] is True
-    monkeypatch.setattr(baselines, "get", lambda m: lambda model, batches, *, sparsity: None)
-    with pytest.raises(PrunewiseError, match="inside its loop"):
-        runs.prune_masks(trained_tiny, digits, "magnitude", settings)
+def test_loop_recalibration_follows_the_table_and_the_settings(trained_tiny, digits):
+    """The method table's default (fvw: on, magnitude: off) unless the settings say otherwise;
+    what ran is recorded in the plan."""
+    def ran(method, **kw):
+        plan = runs.prune_masks(trained_tiny, digits, method,
+                                runs.Unstructured(sparsity=0.5, keep=0.5, samples=64, **kw))
+        return "recalibrate" in plan.meta["settings"]
+    assert methods.get("fvw", "unstructured").loop_recalibrate and ran("fvw")
+    assert not methods.get("magnitude", "unstructured").loop_recalibrate
+    assert not ran("magnitude") and ran("magnitude", loop_recalibrate=True)
+    assert not ran("fvw", loop_recalibrate=False)
 
 
-@pytest.mark.parametrize("method, settings, word", [
-    ("lottery", runs.Unstructured(sparsity=0.5), "lottery"),
-    ("magnitude", runs.Unstructured(sparsity=0.5, class_groups=2), "fvw only"),
-    ("fvw", runs.Unstructured(sparsity=0.5, alpha=0.0), "alpha"),
-    ("fvw", runs.Unstructured(sparsity=1.0), "sparsity"),
-    ("fvw", runs.Unstructured(sparsity=0.5, samples=0), "samples"),
+@pytest.mark.parametrize("method, make, word", [
+    ("lottery", lambda: runs.Unstructured(sparsity=0.5), "lottery"),
+    ("magnitude", lambda: runs.Unstructured(sparsity=0.5, options=methods.FVWSettings()),
+     "NoSettings"),
+    ("fvw", lambda: runs.Unstructured(sparsity=0.5, options=methods.FVWSettings(alpha=0.0)),
+     "alpha"),
+    ("fvw", lambda: runs.Unstructured(sparsity=1.0), "sparsity"),
+    ("fvw", lambda: runs.Unstructured(sparsity=0.5, samples=0), "samples"),
+    ("fvw", lambda: runs.Unstructured(sparsity=0.5, recalibrate_samples=0), "recalibration"),
 ])
-def test_bad_unstructured_settings(method, settings, word):
+def test_bad_unstructured_settings(method, make, word):
+    """Settings are checked once, when built; the method and its options together by
+    check_unstructured."""
     with pytest.raises(PrunewiseError, match=word):
-        runs.check_unstructured(method, settings)
+        runs.check_unstructured(method, make())
 
 
-@pytest.mark.parametrize("settings, word", [
-    (runs.Structured(), "exactly one"), (runs.Structured(macs=0.5, params=0.5), "exactly one"),
-    (runs.Structured(macs=1.5), r"\(0, 1\)"), (runs.Structured(macs=0.5, plan="p"), "plan"),
+@pytest.mark.parametrize("make, word", [
+    (lambda: runs.Structured(), "exactly one"),
+    (lambda: runs.Structured(macs=0.5, params=0.5), "exactly one"),
+    (lambda: runs.Structured(macs=1.5), "0 < x < 1"),
+    (lambda: runs.Structured(macs=0.5, plan="p"), "plan"),
+    (lambda: runs.Structured(macs=0.5, normalize="l2"), "normalization"),
 ])
-def test_bad_structured_settings(settings, word):
+def test_bad_structured_settings(make, word):
     with pytest.raises(PrunewiseError, match=word):
-        runs.check_structured("sliming", settings)
+        make()
 
 
-@pytest.mark.parametrize("obj, word", [(runs.FineTune(epochs=-1), "epochs"),
-                                       (runs.FineTune(optimizer="lbfgs"), "lbfgs"),
-                                       (runs.FineTune(lr=0.0), "learning rate"),
-                                       (runs.Recalibration(samples=0), "samples")])
-def test_bad_step_settings(obj, word):
+@pytest.mark.parametrize("make, word", [(lambda: runs.FineTune(epochs=-1), "epochs"),
+                                        (lambda: runs.FineTune(optimizer="lbfgs"), "lbfgs"),
+                                        (lambda: runs.FineTune(lr=0.0), "learning rate"),
+                                        (lambda: runs.Recalibration(samples=0), "samples"),
+                                        (lambda: runs.Measurement(repeats=0), "repeats")])
+def test_bad_step_settings(make, word):
     with pytest.raises(PrunewiseError, match=word):
-        obj.check()
+        make()

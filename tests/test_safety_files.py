@@ -27,7 +27,7 @@ import torch
 
 from prunewise import PrunewiseError, files, models, schema
 from prunewise.plan import MASKS_FILE, PLAN_FILE, MaskPlan, check_masks
-from prunewise.surgery import PLAN_JSON, PLAN_TENSORS, ChannelPlan
+from prunewise.plan import PLAN_JSON, PLAN_TENSORS, ChannelPlan
 
 BYTES = {"F32": 4, "I64": 8, "BOOL": 1, "U8": 1, "F16": 2, "I32": 4}
 
@@ -402,7 +402,7 @@ def test_hostile_small_files_are_refused_within_1gb(tmp_path):
     """)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=300, env=env)
+                          timeout=1800, env=env)  # a hang guard, not a speed limit
     assert done.returncode == 0, done.stderr[-2000:]
     for name in cases:
         assert f"REFUSED {name} " in done.stdout, done.stdout
@@ -436,7 +436,10 @@ def test_killed_write_leaves_a_named_temp_that_the_next_write_removes(tmp_path):
     (tmp_path / ".x.prunewise-tmp-1-link").symlink_to(tmp_path / "keep.txt")
     live = tmp_path / f".y.prunewise-tmp-{os.getpid()}-live"
     live.write_text("")
-    stale = tmp_path / left[0]
+    # under a pid that no process can have (above the kernel's largest pid_max), so a new process
+    # that happens to reuse the killed one's pid cannot make the stale file look alive
+    stale = tmp_path / re.sub(r"tmp-\d+-", "tmp-4194305-", left[0])
+    (tmp_path / left[0]).rename(stale)
     old = time.time() - 3600  # the killed process's file predates this process's writes
     for p in (stale, live):
         os.utime(p, (old, old))

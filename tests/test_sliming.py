@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from helpers import run
-from prunewise import (PrunewiseError, data as D, files, filters, measure, models, sliming,
+from prunewise import (PrunewiseError, data as D, files, methods, runs, measure, models, sliming,
                        surgery, toy)
+from prunewise.plan import ChannelPlan
 from prunewise.sliming import gem
 
 
@@ -120,12 +121,13 @@ def test_sliming_keeps_duplicated_filters_once_in_a_real_model():
     assert len({int(i) % 32 for i in kept}) == kept.numel()
 
 
-@pytest.mark.parametrize("method", filters.METHODS)
+@pytest.mark.parametrize("method", methods.names("structured"))
 def test_baselines_meet_the_same_macs_budget(method, digits):
     model = models.create("resnet20", num_classes=10, in_channels=1)
     x = torch.zeros(1, 1, 16, 16)
     batches = D.batches(digits.train, digits, 32)
-    pruned, plan = filters.prune(model, x, method, macs=0.5, batches=batches, seed=1)
+    pruned, plan = runs.channel_plan(model, x, method, runs.Structured(macs=0.5),
+                                     batches=batches, seed=1)
     ratio = measure.macs(pruned, x) / measure.macs(model, x)
     assert 0.49 <= ratio <= 0.5, ratio
     assert plan.meta.get("method") == method
@@ -134,7 +136,7 @@ def test_baselines_meet_the_same_macs_budget(method, digits):
 
 def test_chip_without_data_is_an_error():
     with pytest.raises(PrunewiseError, match="batches"):
-        filters.prune(models.create("resnet20"), X, "chip", macs=0.5)
+        runs.channel_plan(models.create("resnet20"), X, "chip", runs.Structured(macs=0.5))
 
 
 # ------------------------------------------------------------------ the command
@@ -152,11 +154,11 @@ def test_cli_prune_sliming_writes_model_report_and_plot(digits_checkpoint, tmp_p
     assert (out / "spectra.png").stat().st_size > 1000
     model = files.load_model(out / "model")
     assert measure.macs(model, torch.zeros(1, 1, 16, 16)) == rep["macs"]["pruned"]
-    assert surgery.ChannelPlan.load(out / "plan").counts == rep["counts"]
+    assert ChannelPlan.load(out / "plan").counts == rep["counts"]
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--macs", "1.5"], ["1.5", "(0, 1)"]),
+    (["--macs", "1.5"], ["1.5", "0 < x < 1"]),
     (["--macs", "0.5", "--min-channels", "16"], ["floor", "min_channels=16"]),
     (["--macs", "0.5", "--params", "0.5"], ["exactly one"]),
 ])

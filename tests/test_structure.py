@@ -28,10 +28,10 @@ Rules (docs/architecture.md explains why):
 (c) No function (or method) longer than ``MAX_FUNCTION_LINES`` lines, counted from the ``def``
     line to its last line (docstring and nested functions included, decorators excluded).
 
-(d) At most ``MAX_WIDE_SIGNATURES`` functions with more than ``MAX_PARAMS`` parameters (every
-    parameter counts, ``*args`` / ``**kwargs`` / ``self`` included), ignoring click command
-    functions (decorated with ``click.*`` or ``<group>.command`` / ``<group>.group``), whose
-    parameters are the command's options.
+(d) No function with more than ``MAX_PARAMS`` parameters (every parameter counts, ``*args`` /
+    ``**kwargs`` / ``self`` included) but those in ``WIDE_ALLOWED`` and click command functions
+    (decorated with ``click.*`` or ``<group>.command`` / ``<group>.group``), whose parameters
+    are the command's options.
 
 (e) No private name (one leading underscore, not a dunder) imported from another prunewise
     module, and no ``module._name`` attribute read on a prunewise module bound by an import.
@@ -56,15 +56,15 @@ PKG = SRC / "prunewise"
 LAYERS: list[tuple[str, set[str]]] = [
     ("api", {"__init__", "__main__", "cli"}),   # "__init__" = the root package prunewise itself
     ("pipelines", {"runs", "demo", "bench", "report"}),
-    ("methods", {"fvw", "baselines", "sliming", "filters", "filter_baselines", "toy"}),
+    ("methods", {"fvw", "baselines", "sliming", "filters", "toy"}),
     ("engines", {"masking", "structured", "surgery", "interop"}),
     ("core", {"plan", "train", "measure", "files"}),
     ("inputs", {"data", "models"}),
-    ("base", {"utils", "errors", "schema", "device", "dist"}),
+    ("base", {"utils", "errors", "schema", "device", "dist", "checks", "methods", "names"}),
 ]
 MAX_FUNCTION_LINES = 80
 MAX_PARAMS = 12
-MAX_WIDE_SIGNATURES = 3
+WIDE_ALLOWED = {"prunewise.train.fit"}  # torch-style training keywords, one per knob
 CLICK_DECORATOR_ATTRS = {"command", "group"}
 
 
@@ -302,16 +302,16 @@ def wide_signatures() -> list[str]:
         clicky = click_names(name)
         for fn in functions(name):
             n = param_count(fn)
-            if n > MAX_PARAMS and not is_click_command(fn, clicky):
+            if n > MAX_PARAMS and not is_click_command(fn, clicky) \
+                    and f"{name}.{fn.name}" not in WIDE_ALLOWED:
                 out.append(f"{rel(name)}:{fn.lineno}: {fn.name} has {n} parameters")
     return out
 
 
-def test_few_wide_signatures():
+def test_no_wide_signatures():
     found = wide_signatures()
-    assert len(found) <= MAX_WIDE_SIGNATURES, (
-        f"{len(found)} signatures over {MAX_PARAMS} parameters (at most {MAX_WIDE_SIGNATURES} "
-        f"allowed; group the settings into a dataclass):\n" + "\n".join(found))
+    assert not found, (f"signatures over {MAX_PARAMS} parameters (group the settings into a "
+                       f"dataclass):\n" + "\n".join(found))
 
 
 # --------------------------------------------------------------------------- (e) private names

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from prunewise import PrunewiseError, filter_baselines, filters, measure, models, sliming, structured
+from prunewise import PrunewiseError, filters, measure, models, runs, sliming, structured
 
 X = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -140,17 +140,10 @@ def test_uniform_counts_keep_one_fraction():
 
 def test_random_step_is_seeded():
     model = models.create("resnet20")
-    _, p1 = filters.prune(model, X, "random", macs=0.5, seed=3)
-    _, p2 = filters.prune(model, X, "random", macs=0.5, seed=3)
-    _, p3 = filters.prune(model, X, "random", macs=0.5, seed=4)
+    _, p1 = runs.channel_plan(model, X, "random", runs.Structured(macs=0.5), seed=3)
+    _, p2 = runs.channel_plan(model, X, "random", runs.Structured(macs=0.5), seed=3)
+    _, p3 = runs.channel_plan(model, X, "random", runs.Structured(macs=0.5), seed=4)
     assert all(torch.equal(p1.keep[k], p2.keep[k]) for k in p1.keep)
     assert any(not torch.equal(p1.keep[k], p3.keep[k]) for k in p1.keep)
 
 
-def test_old_module_names_still_work():
-    from prunewise.sliming import toy as old_toy
-    from prunewise import toy, utils
-    assert filter_baselines.prune is filters.prune and filter_baselines.METHODS == filters.METHODS
-    assert filter_baselines.uniform_counts is filters.uniform_counts
-    assert old_toy.run is toy.run and sliming.one_thread is utils.one_thread
-    assert sliming.Analysis is structured.Analysis

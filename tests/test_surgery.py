@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from prunewise import PrunewiseError, files, measure, models, sliming, surgery
+from prunewise.plan import PLAN_JSON, ChannelPlan
 
 
 def _input(name):
@@ -77,7 +78,7 @@ def test_user_model_with_add_concat_depthwise(tmp_path):
     assert pruned.res[3].out_channels == pruned.stem[0].out_channels   # residual add coupled
     # the plan alone, saved and loaded, rebuilds the same pruned model from the original
     plan.save(tmp_path / "plan")
-    again = surgery.apply(model, surgery.ChannelPlan.load(tmp_path / "plan"), x).eval()
+    again = surgery.apply(model, ChannelPlan.load(tmp_path / "plan"), x).eval()
     assert torch.equal(again(x), pruned(x))
 
 
@@ -97,22 +98,22 @@ def test_plan_on_a_different_architecture_is_an_error(tmp_path):
     _, plan = sliming.prune(models.create("resnet20"), x, macs=0.5)
     plan.save(tmp_path / "p")
     with pytest.raises(PrunewiseError, match="different architecture"):
-        surgery.apply(models.create("resnet32"), surgery.ChannelPlan.load(tmp_path / "p"), x)
+        surgery.apply(models.create("resnet32"), ChannelPlan.load(tmp_path / "p"), x)
 
 
 def test_corrupt_or_missing_plan_is_an_error(tmp_path):
     with pytest.raises(PrunewiseError, match="not found"):
-        surgery.ChannelPlan.load(tmp_path / "nope")
+        ChannelPlan.load(tmp_path / "nope")
     x = torch.randn(1, 3, 32, 32)
     _, plan = sliming.prune(models.create("resnet20"), x, macs=0.5)
     folder = plan.save(tmp_path / "p")
-    cfg = json.loads((folder / surgery.PLAN_JSON).read_text())
-    (folder / surgery.PLAN_JSON).write_text(json.dumps({**cfg, "sizes": {**cfg["sizes"], "x": 3}}))
+    cfg = json.loads((folder / PLAN_JSON).read_text())
+    (folder / PLAN_JSON).write_text(json.dumps({**cfg, "sizes": {**cfg["sizes"], "x": 3}}))
     with pytest.raises(PrunewiseError, match="corrupt channel plan"):
-        surgery.ChannelPlan.load(folder)
-    (folder / surgery.PLAN_JSON).write_text(json.dumps({**cfg, "kind": "masks"}))
+        ChannelPlan.load(folder)
+    (folder / PLAN_JSON).write_text(json.dumps({**cfg, "kind": "masks"}))
     with pytest.raises(PrunewiseError, match="not a channel plan"):
-        surgery.ChannelPlan.load(folder)
+        ChannelPlan.load(folder)
 
 
 @pytest.mark.parametrize("keep, sizes, words", [
@@ -121,7 +122,7 @@ def test_corrupt_or_missing_plan_is_an_error(tmp_path):
     ({"layer1.0.conv1": torch.arange(5)}, {"layer1.0.conv1": 12}, "has 12 channels"),
 ])
 def test_plan_that_does_not_fit_the_model_is_an_error(keep, sizes, words):
-    plan = surgery.ChannelPlan(keep=keep, sizes=sizes)
+    plan = ChannelPlan(keep=keep, sizes=sizes)
     with pytest.raises(PrunewiseError, match=words):
         surgery.apply(models.create("resnet20"), plan, torch.randn(1, 3, 32, 32))
 

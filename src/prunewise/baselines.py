@@ -8,25 +8,24 @@ with FVW isolates the score.
 * :func:`obd` -- ours: second-order (empirical Fisher) loss increase ``0.5 * F * w^2``.
 
 Each is a :class:`~prunewise.masking.Scorer` of a few lines (:func:`magnitude_score`,
-:func:`taylor_score`, :func:`random_scorer`) plus an entry point that takes the arguments of
-:func:`prunewise.fvw.prune` that are not FVW-specific and iterates the same schedule (the
-scorers are cheap; magnitude and random give the same result as one shot).
+:func:`taylor_score`, :func:`obd_score`, :func:`random_scorer`), the builder its row of the
+method table (:mod:`prunewise.methods`) names, and a keyword entry point that runs the shared
+loop with the keywords of :class:`prunewise.masking.LoopSettings` (the scorers are cheap;
+magnitude and random give the same result as one shot).
 """
 from __future__ import annotations
 
 import copy
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import device, fvw, masking
+from . import device, masking, methods
 from .errors import PrunewiseError
 from .plan import MaskPlan
 
-METHODS = ("magnitude", "taylor", "random", "obd")
 #: Samples per backward pass when OBD estimates the curvature (squared per-chunk gradients).
 OBD_CHUNK = 8
 
@@ -97,7 +96,22 @@ def obd_score(work, masks, data, iteration):
             for n, p, f in zip(masks, ps, fisher)}, {}
 
 
-def random_scorer(seed: int) -> masking.Scorer:
+def magnitude_scorer(settings, seed: int = 0) -> masking.Scorer:
+    """The method table's builder for ``magnitude``."""
+    return magnitude_score
+
+
+def taylor_scorer(settings, seed: int = 0) -> masking.Scorer:
+    """The method table's builder for ``taylor``."""
+    return taylor_score
+
+
+def obd_scorer(settings, seed: int = 0) -> masking.Scorer:
+    """The method table's builder for ``obd``."""
+    return obd_score
+
+
+def random_scorer(settings, seed: int = 0) -> masking.Scorer:
     """Scorer: uniform random scores, drawn from ``seed`` and the iteration (so resumable)."""
     def score(work, masks, data, iteration):
         gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + iteration)
@@ -105,57 +119,35 @@ def random_scorer(seed: int) -> masking.Scorer:
     return score
 
 
-def _entry(method: str, scorer: Callable[[int], masking.Scorer], needs_data: bool,
-           doc: str) -> Callable[..., MaskPlan]:
-    """The public entry point of one baseline: every baseline takes the same arguments (those
-    of :func:`prunewise.fvw.prune` that are not FVW-specific); only the scorer differs.
-    ``scorer(seed)`` builds the scorer; with ``needs_data`` the batches are required."""
+def _entry(name: str, doc: str) -> Callable[..., MaskPlan]:
+    """The keyword entry point of one baseline (``baselines.magnitude(model, batches,
+    sparsity=0.9)``): its row of the method table on the shared loop."""
+    row = methods.get(name, methods.UNSTRUCTURED)
 
-    def prune(model: nn.Module, batches=None, *, sparsity: float, keep: float = 0.98,
-              samples: int | None = None, params: Any = None, eval_batches=None,
-              checkpoint_dir: str | Path | None = None, seed: int = 0,
-              callback: Callable[[dict], None] | None = None, progress: bool = False,
-              levels: Sequence[float] = (), on_level: Callable | None = None,
-              recalibrate: bool = False, recalibrate_samples: int | None = None) -> MaskPlan:
-        loop = masking.LoopSettings(
-            sparsity=sparsity, keep=keep, samples=samples, params=params, levels=levels,
-            eval_batches=eval_batches, checkpoint_dir=checkpoint_dir, seed=seed,
-            callback=callback, on_level=on_level, progress=progress, recalibrate=recalibrate,
-            recalibrate_samples=recalibrate_samples)
-        return masking.run(model, batches, scorer(seed), loop, method=method,
-                           needs_data=needs_data)
+    def prune(model: nn.Module, batches=None, **loop) -> MaskPlan:
+        settings = masking.LoopSettings(**loop)
+        return masking.run(model, batches, row.builder()(row.options(), settings.seed), settings,
+                           method=name, needs_data=row.needs_data)
 
-    if needs_data:  # no default for batches: the scorer cannot run without data
-        prune.__defaults__ = None
-    prune.__name__ = prune.__qualname__ = method
-    prune.__doc__ = doc
+    prune.__name__ = prune.__qualname__ = name
+    prune.__doc__ = doc + _COMMON
     return prune
 
 
 _COMMON = """
 
-    The arguments are those of :func:`prunewise.fvw.prune` that are not FVW-specific, with the
-    same meaning (see :class:`prunewise.masking.LoopSettings`); ``model`` is not modified.
+    The keywords are the shared loop's (:class:`prunewise.masking.LoopSettings`: ``sparsity``,
+    ``keep``, ``samples``, ``params``, ``levels`` / ``on_level``, ``eval_batches``,
+    ``checkpoint_dir``, ``seed``, ``callback``, ``progress``, ``recalibrate`` /
+    ``recalibrate_samples``), with the meaning :func:`prunewise.fvw.prune` gives them;
+    ``model`` is not modified.
     """
 
-magnitude = _entry("magnitude", lambda seed: magnitude_score, False,
-                   "Global magnitude pruning (``|w|``); ``batches`` is only needed with "
-                   "``recalibrate``." + _COMMON)
-taylor = _entry("taylor", lambda seed: taylor_score, True,
-                "First-order Taylor pruning: ``|w * grad|`` with one gradient per iteration, "
-                "no attack." + _COMMON)
-obd = _entry("obd", lambda seed: obd_score, True,
-             "Optimal-brain-damage pruning with empirical-Fisher curvature (ours): "
-             "``0.5 * F * w^2`` per weight, recomputed every iteration." + _COMMON)
-random = _entry("random", random_scorer, False,
-                "Random pruning (seeded by ``seed``); ``batches`` is only needed with "
-                "``recalibrate``." + _COMMON)
-
-
-def get(method: str) -> Callable[..., MaskPlan]:
-    """The pruning function for ``method`` ('fvw', 'magnitude', 'taylor' or 'random')."""
-    if method == "fvw":
-        return fvw.prune
-    if method in METHODS:
-        return globals()[method]
-    raise PrunewiseError(f"unknown method '{method}'; choose one of: fvw, {', '.join(METHODS)}")
+magnitude = _entry("magnitude", "Global magnitude pruning (``|w|``); ``batches`` is only "
+                                "needed with ``recalibrate``.")
+taylor = _entry("taylor", "First-order Taylor pruning: ``|w * grad|`` with one gradient per "
+                          "iteration, no attack.")
+obd = _entry("obd", "Optimal-brain-damage pruning with empirical-Fisher curvature (ours): "
+                    "``0.5 * F * w^2`` per weight, recomputed every iteration.")
+random = _entry("random", "Random pruning (seeded by ``seed``); ``batches`` is only needed with "
+                          "``recalibrate``.")

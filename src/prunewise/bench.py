@@ -7,12 +7,13 @@ latency) written to ``OUT/cells/`` as soon as it is done, so a second invocation
 arguments recomputes nothing. The summary (mean and standard deviation over seeds) goes to
 ``OUT/grid.md``, ``OUT/grid.csv``, ``OUT/grid.json`` and the plot ``OUT/grid.png``.
 
-Unstructured methods (fvw, magnitude, taylor, random) are budgeted by sparsity; one iterative run
+Unstructured methods (the method table's, :mod:`prunewise.methods`) are budgeted by sparsity; one
+iterative run
 per method and seed goes to the highest sparsity and stops on every level of the grid on its
 way. Its schedule depends on the full list of levels only, never on which cells already exist
 (existing cells are skipped, not left out of the schedule), so an interrupted grid completes to
-the same numbers. Structured methods (sliming, l1, random, chip, sliming-l1) are budgeted by the
-fraction of MACs kept.
+the same numbers (:func:`prunewise.runs.prune_levels` makes every level's complete report).
+Structured methods are budgeted by the fraction of MACs kept.
 """
 from __future__ import annotations
 
@@ -28,12 +29,10 @@ import torch
 from torch import nn
 
 from . import data as D
-from . import files, models, runs, schema, train
+from . import files, methods, models, runs, schema, train
 from .errors import PrunewiseError
 from .report import pyplot, save_figure
 
-UNSTRUCTURED = runs.UNSTRUCTURED
-STRUCTURED = runs.STRUCTURED
 STAGES = ("pruned", "recalibrated", "finetuned")
 FORMAT = 2
 # settings that change what a cell holds: a grid folder only accepts runs that agree on them
@@ -103,7 +102,7 @@ def parse_list(text: str, what: str, cast=float) -> list:
 
 def check_grid(grid: Grid) -> None:
     """Methods, budgets, seeds and the model name; raises PrunewiseError."""
-    allowed = STRUCTURED if grid.structured else UNSTRUCTURED
+    allowed = methods.names(methods.STRUCTURED if grid.structured else methods.UNSTRUCTURED)
     kind = "with --macs (structured)" if grid.structured else "with --sparsity (unstructured)"
     if not grid.methods:
         raise PrunewiseError("empty method list: give at least one method")
@@ -241,27 +240,15 @@ def unstructured_cells(out: Path, model, bundle, method: str, seed: int, ctx: di
     paths = {lv: cell_path(out, method, lv, seed) for lv in levels}
     if all(p.is_file() for p in paths.values()):
         return
-    clock = {"start": time.perf_counter(), "other": 0.0}
+    start = time.perf_counter()
 
-    def on_level(level, plan):
-        if paths[level].is_file():
-            return
-        t0 = time.perf_counter()
-        _, rep = runs.finish_masks(model, bundle, plan, finetune=ctx["finetune"],
-                                   recalibration=ctx["recalibration"],
-                                   measurement=ctx["measurement"], seed=seed,
-                                   progress=ctx["progress"], dense=ctx["dense"],
-                                   compute=ctx["compute"])
-        rep["budget"] = {"sparsity": level}
-        rep["stage_seconds"]["prune"] = t0 - clock["start"] - clock["other"]
-        rep["config"] = runs.config(method, replace(ctx["prune"], sparsity=level),
-                                    ctx["finetune"], ctx["recalibration"], seed)
+    def on_report(level, pruned, plan, rep):
         files.write_json(paths[level], runs.cell(rep))
-        clock["other"] += time.perf_counter() - t0
-        ctx["log"](cell_line(rep, level, time.perf_counter() - clock["start"]))
+        ctx["log"](cell_line(rep, level, time.perf_counter() - start))
 
-    runs.prune_masks(model, bundle, method, replace(ctx["prune"], sparsity=max(levels)),
-                     seed=seed, progress=ctx["progress"], levels=levels, on_level=on_level)
+    runs.prune_levels(model, bundle, method, replace(ctx["prune"], sparsity=max(levels)),
+                      on_report, levels=levels, steps=replace(ctx["steps"], seed=seed),
+                      dense=ctx["dense"], want=lambda level: not paths[level].is_file())
     missing = [lv for lv, p in paths.items() if not p.is_file()]
     if missing:
         raise PrunewiseError(f"{method} seed {seed}: the schedule did not stop on sparsity "
@@ -274,12 +261,12 @@ def structured_cells(out: Path, model, bundle, method: str, seed: int, ctx: dict
         path = cell_path(out, method, level, seed)
         if path.is_file():
             continue
+        st = ctx["steps"]
         _, _, rep = runs.run_structured(model, bundle, method, runs.Structured(macs=level),
-                                        finetune=ctx["finetune"],
-                                        recalibration=ctx["recalibration"],
-                                        measurement=ctx["measurement"], seed=seed,
-                                        progress=ctx["progress"], dense=ctx["dense"],
-                                        compute=ctx["compute"])
+                                        finetune=st.finetune, recalibration=st.recalibration,
+                                        measurement=st.measurement, seed=seed,
+                                        progress=st.progress, dense=ctx["dense"],
+                                        compute=st.compute)
         files.write_json(path, runs.cell(rep))
         ctx["log"](cell_line(rep, level, rep["seconds"]))
 
@@ -300,14 +287,9 @@ def run(out: str | Path, grid: Grid, *, prune: runs.Unstructured = runs.Unstruct
     check_grid(grid)
     compute.place(torch.nn.Linear(1, 1))  # check the device and amp before any work
     prune = replace(prune, track_accuracy=False)  # cells keep no per-iteration history
-    finetune.check()
-    recalibration.check()
     if not grid.structured:
         for method in grid.methods:
             runs.check_unstructured(method, replace(prune, sparsity=max(grid.budgets)))
-            if prune.loop_recalibrate is not None and not runs.supports_loop_recalibration(method):
-                raise PrunewiseError(f"method '{method}' cannot recalibrate BatchNorm inside its "
-                                     f"loop in this version")
     bundle = D.load(grid.data_name, grid.root)
     if finetune.epochs and finetune.batch_size > len(bundle.train):
         raise PrunewiseError(f"--finetune-batch-size {finetune.batch_size} is larger than the "
@@ -317,9 +299,9 @@ def run(out: str | Path, grid: Grid, *, prune: runs.Unstructured = runs.Unstruct
     settings = settings_of(grid, prune, finetune, recalibration)
     check_settings(out, settings)
     files.write_json(out / "settings.json", settings)
-    ctx = {"grid": grid, "prune": prune, "finetune": finetune, "recalibration": recalibration,
-           "measurement": measurement, "progress": progress, "log": log or (lambda line: None),
-           "compute": compute}
+    ctx = {"grid": grid, "prune": prune, "log": log or (lambda line: None),
+           "steps": runs.Steps(finetune=finetune, recalibration=recalibration,
+                               measurement=measurement, compute=compute, progress=progress)}
     start = time.perf_counter()
     dense = {}
     for seed in grid.seeds:

@@ -49,7 +49,6 @@ def run_demo(out: str | Path = "runs/demo", *, epochs: int | None = None, seed: 
     """
     out = Path(out)
     start = time.perf_counter()
-    recalibration.check()
     torch.manual_seed(seed)
     bundle = D.load("digits", seed=seed)
     model = compute.place(models.create(DEMO_MODEL, num_classes=bundle.num_classes,
@@ -80,12 +79,12 @@ def run_demo(out: str | Path = "runs/demo", *, epochs: int | None = None, seed: 
         rep["note"] = (f"demo settings: keep {settings.keep} per iteration (reference 0.98), "
                        f"{settings.samples} attribution samples")
         report["runs"][key] = runs.save(out / key, pruned, plan, rep, meta=meta)
-    for key, method in STRUCTURED_RUNS:
+    for i, (key, method) in enumerate(STRUCTURED_RUNS):
         with one_thread():  # small convs on a 2-core CPU: one thread is faster and steadier
             pruned, plan, rep = runs.run_structured(model, bundle, method,
                                                     runs.Structured(macs=SLIMING_MACS), **common)
-        if key != "sliming":
-            rep.pop("spectra", None)  # the same groups' spectra: drawn once, for SLIMING
+        if i:
+            rep.pop("spectra", None)  # the same groups' spectra: drawn once, for the first run
         report["runs"][key] = runs.save(out / key, pruned, plan, rep, meta=meta)
     report["seconds"] = time.perf_counter() - start
     config = {"model": DEMO_MODEL, "data": "digits", "epochs": epochs, "seed": seed,

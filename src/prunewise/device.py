@@ -18,10 +18,11 @@ import re
 import torch
 from torch import nn
 
+from . import names
 from .errors import PrunewiseError
 
 CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
-AMP = ("bf16", "fp16")
+AMP = names.AMP
 _PATTERN = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
 
 

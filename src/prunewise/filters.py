@@ -7,8 +7,10 @@ step (i). Selection: ``l1`` (largest L1 norm of the output-side weights, i.e. of
 R_g), ``random``, ``chip`` (CHIP-style one-shot leave-one-out nuclear norm of the root layer's
 feature maps on a few batches, computed once) and ``gem`` (SLIMING step ii).
 
-Methods (``METHODS``): sliming = sliming config + gem; l1 / random / chip = uniform config +
-that selection; sliming-l1 = sliming config + l1 (separates the two steps).
+Each method is a pair of these steps, named by its row of the method table
+(:mod:`prunewise.methods`): sliming = sliming config + gem; l1 / random / chip = uniform config +
+that selection; sliming-l1 = sliming config + l1 (separates the two steps). The pipeline
+(:func:`prunewise.runs.prune_channels`) runs them; ``sliming.prune`` is SLIMING's keyword API.
 """
 from __future__ import annotations
 
@@ -20,9 +22,7 @@ from torch import nn
 
 from . import device, dist, sliming, structured
 from .errors import PrunewiseError
-from .sliming.spectrum import singular_values
 
-METHODS = ("sliming", "l1", "random", "chip", "sliming-l1")
 
 
 # --------------------------------------------------------------------------- configuration
@@ -137,47 +137,44 @@ def chip_step(batches: Iterable, n_images: int = 16) -> structured.Select:
     return step
 
 
-def steps(method: str, *, macs, params, normalize: str, min_channels: int, min_ratio: float,
-          batches: Iterable | None, n_images: int, seed: int
-          ) -> tuple[structured.Configure, structured.Select]:
-    """The (configure, select) pair of a baseline (any of ``METHODS`` but ``sliming``)."""
-    def uniform(a):
-        return uniform_counts(a, macs=macs, params=params, min_channels=min_channels)
-
-    def sliming_i(a):
-        return sliming.plan_counts(a, macs=macs, params=params, normalize=normalize,
-                                   min_channels=min_channels, min_ratio=min_ratio)
-
-    if method == "random":
-        select = random_step(seed)
-    elif method == "chip":
-        select = chip_step(batches, n_images)
-    else:
-        select = l1_step
-    return (sliming_i if method == "sliming-l1" else uniform), select
+def uniform_configure(budget) -> structured.Configure:
+    """The uniform configuration at ``budget``'s MACs / params (a :class:`prunewise.runs.Structured`
+    or anything with ``macs``, ``params`` and ``min_channels``)."""
+    return lambda a: uniform_counts(a, macs=budget.macs, params=budget.params,
+                                    min_channels=budget.min_channels)
 
 
-def prune(model: nn.Module, example_inputs: torch.Tensor, method: str = "sliming", *,
-          macs=None, params=None, normalize: str = "max", min_channels: int = 1,
-          batches: Iterable | None = None, n_images: int = 16, seed: int = 0,
-          ignored_layers=None, min_ratio: float = 0.0):
-    """Prune with ``method`` (one of ``METHODS``) at a MACs or params budget; a NEW model + plan.
+def sliming_configure(budget) -> structured.Configure:
+    """SLIMING's step (i) at ``budget`` (which also gives ``normalize`` and ``min_ratio``)."""
+    return lambda a: sliming.plan_counts(a, macs=budget.macs, params=budget.params,
+                                         normalize=budget.normalize,
+                                         min_channels=budget.min_channels,
+                                         min_ratio=budget.min_ratio)
 
-    ``batches`` (``(x, y)`` pairs) are needed by ``chip`` only. ``min_ratio`` (the per-group
-    floor) applies to the SLIMING configuration (``sliming``, ``sliming-l1``).
-    """
-    if method not in METHODS:
-        raise PrunewiseError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-    if method == "sliming":
-        return sliming.prune(model, example_inputs, macs=macs, params=params,
-                             normalize=normalize, min_channels=min_channels,
-                             ignored_layers=ignored_layers, min_ratio=min_ratio)
-    if method == "chip" and batches is None:
+
+# The method table's builders: ``(own settings, budget, batches, seed) -> (configure, select)``.
+def sliming_pair(settings, budget, batches, seed: int):
+    """SLIMING: step (i) and GEM."""
+    return sliming_configure(budget), sliming.select_group
+
+
+def sliming_l1_pair(settings, budget, batches, seed: int):
+    """SLIMING's configuration with L1 selection."""
+    return sliming_configure(budget), l1_step
+
+
+def l1_pair(settings, budget, batches, seed: int):
+    """L1-uniform."""
+    return uniform_configure(budget), l1_step
+
+
+def random_pair(settings, budget, batches, seed: int):
+    """Uniform configuration, random channels drawn from ``seed``."""
+    return uniform_configure(budget), random_step(seed)
+
+
+def chip_pair(settings, budget, batches, seed: int):
+    """Uniform configuration, CHIP selection on ``batches``."""
+    if batches is None:
         raise PrunewiseError("method 'chip' needs data batches for its feature maps")
-    configure, select = steps(method, macs=macs, params=params, normalize=normalize,
-                              min_channels=min_channels, min_ratio=min_ratio, batches=batches,
-                              n_images=n_images, seed=seed)
-    meta = {"method": method, "budget": {"macs": macs, "params": params},
-            "min_channels": min_channels, "min_ratio": min_ratio}
-    return structured.prune(model, example_inputs, configure, select,
-                            ignored_layers=ignored_layers, spectrum=singular_values, meta=meta)
+    return uniform_configure(budget), chip_step(batches)

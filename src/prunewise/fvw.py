@@ -46,25 +46,20 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import masking
+from . import masking, methods
 from .errors import PrunewiseError
-from .masking import PruningWarning, Source, check_targets, mask_list, prunable
+from .masking import PruningWarning, Source, mask_list, prunable
 from .plan import MaskPlan
 
 DIRECTIONS = ("ascent", "descent")
 AGGREGATES = ("union", "sum")
-
-# Names other modules and callers use from here (the engine lives in prunewise.masking).
-__all__ = ["AGGREGATES", "DIRECTIONS", "FVWScorer", "PruningWarning", "attribute",
-           "check_attack", "check_targets", "importance", "prunable", "prune", "sweep"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -161,7 +156,14 @@ def attribute(model: nn.Module, batches, *, alpha: float = 1e-8, steps: int = 2,
     each rank its share of the samples, the sums are taken over the ranks.
     """
     check_attack(alpha, steps, direction)
-    names = prunable(model, params)
+    return attack(model, batches, alpha, steps, direction == "ascent", masks,
+                  prunable(model, params))
+
+
+def attack(model: nn.Module, batches, alpha: float, steps: int, ascent: bool, masks,
+           names: list[str]) -> tuple[dict[str, torch.Tensor], float]:
+    """:func:`attribute` on checked arguments (the scorer's settings were checked when they
+    were built): the prunable parameter ``names`` are given."""
     data = batches if isinstance(batches, Source) else Source(batches)
     work, ps, ms = _attack_copy(model, names, masks)
     acc = [torch.zeros_like(p) for p in ps]  # unscaled A
@@ -182,7 +184,7 @@ def attribute(model: nn.Module, batches, *, alpha: float = 1e-8, steps: int = 2,
             n, loss0 = counted, loss
         if s == steps:
             lossk = loss
-        _accumulate(ps, ms, acc, sign_prev, s, steps, alpha, direction == "ascent")
+        _accumulate(ps, ms, acc, sign_prev, s, steps, alpha, ascent)
     scale = alpha / (2.0 * n)
     out = {name: a.mul_(scale) for name, a in zip(names, acc)}
     del work
@@ -224,8 +226,7 @@ class FVWScorer:
         normed, raw, skipped = [], [], []
         for g, src, label in self._groups(work, data):
             try:
-                a, dl = attribute(work, src, alpha=self.alpha, steps=self.steps, masks=masks,
-                                  params=names)
+                a, dl = attack(work, src, self.alpha, self.steps, True, masks, names)
             except PrunewiseError as e:
                 if g is None:
                     raise
@@ -267,8 +268,7 @@ class FVWScorer:
             return None
         s = {n: (a[n] / dl).abs_() for n in names}
         if self.descent:
-            b, dl2 = attribute(work, src, alpha=self.alpha, steps=self.steps, direction="descent",
-                               masks=masks, params=names)
+            b, dl2 = attack(work, src, self.alpha, self.steps, False, masks, names)
             if dl2 == 0 or not math.isfinite(dl2):
                 warnings.warn(f"{label}: descent pass ignored, its loss change is {dl2!r}",
                               PruningWarning, stacklevel=4)
@@ -311,13 +311,14 @@ def _num_classes(model: nn.Module, data: Source) -> int:
 # ------------------------------------------------------------------------------------------
 
 
-def prune(model: nn.Module, batches, *, sparsity: float, keep: float = 0.98, alpha: float = 1e-8,
-          steps: int = 2, samples: int | None = None, params: Any = None,
+def scorer(settings: methods.FVWSettings, seed: int = 0) -> FVWScorer:
+    """The method table's builder: the FVW scorer for ``settings`` (``seed`` is not used)."""
+    return FVWScorer(**asdict(settings))
+
+
+def prune(model: nn.Module, batches, *, alpha: float = 1e-8, steps: int = 2,
           class_groups: int | None = None, aggregate: str = "union", descent: bool = False,
-          eval_batches=None, checkpoint_dir: str | Path | None = None, seed: int = 0,
-          callback: Callable[[dict], None] | None = None, progress: bool = False,
-          levels: Sequence[float] = (), on_level: Callable | None = None,
-          recalibrate: bool = False, recalibrate_samples: int | None = None) -> MaskPlan:
+          **loop) -> MaskPlan:
     """FVW: iteratively prune ``model`` to ``sparsity``; returns a :class:`MaskPlan`.
 
     Each iteration runs one attack pass on the pruned (not fine-tuned) model over ``batches``
@@ -325,26 +326,17 @@ def prune(model: nn.Module, batches, *, sparsity: float, keep: float = 0.98, alp
     of the unpruned weights globally; the last iteration lands exactly on ``sparsity``.
     ``class_groups=G`` splits the classes into G groups (``label // ceil(C / G)``) with one
     ascent (and with ``descent=True`` one descent) pass each, normalised by its loss change and
-    combined by ``aggregate`` ('union' or 'sum'). ``eval_batches`` logs accuracy per iteration;
-    ``checkpoint_dir`` makes the run resumable; ``levels`` / ``on_level`` report intermediate
-    sparsities. ``recalibrate=True`` re-estimates the working copy's BatchNorm statistics on
-    the attribution data (at most ``recalibrate_samples`` samples) after every iteration, so
-    the next attack sees a network whose statistics match its pruned weights. See
-    :class:`prunewise.masking.LoopSettings`. ``model`` is not modified.
+    combined by ``aggregate`` ('union' or 'sum'); these five are
+    :class:`prunewise.methods.FVWSettings`. The other keywords are the loop's
+    (:class:`prunewise.masking.LoopSettings`: ``sparsity``, ``keep`` (default 0.98),
+    ``samples``, ``params``, ``eval_batches`` (accuracy per iteration), ``checkpoint_dir``
+    (resumable), ``levels`` / ``on_level``, ``seed``, ``callback``, ``progress`` (a bar, on by
+    default), ``recalibrate`` / ``recalibrate_samples`` (BatchNorm re-estimated on the
+    attribution data after every iteration, so the next attack sees statistics that match the
+    pruned weights)). ``model`` is not modified.
     """
-    check_targets(sparsity, keep)
-    check_attack(alpha, steps, "ascent")
-    if class_groups is not None and (isinstance(class_groups, bool) or not isinstance(class_groups, int)
-                                     or class_groups < 1):
-        raise PrunewiseError(f"class_groups must be an integer >= 1, got {class_groups!r}")
-    if aggregate not in AGGREGATES:
-        raise PrunewiseError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
-    scorer = FVWScorer(alpha, steps, class_groups, aggregate, bool(descent))
-    settings = {"alpha": alpha, "steps": steps, "class_groups": class_groups,
-                "aggregate": aggregate, "descent": bool(descent)}
-    loop = masking.LoopSettings(
-        sparsity=sparsity, keep=keep, samples=samples, params=params, levels=levels,
-        eval_batches=eval_batches, checkpoint_dir=checkpoint_dir, seed=seed, callback=callback,
-        on_level=on_level, progress=progress, recalibrate=recalibrate,
-        recalibrate_samples=recalibrate_samples)
-    return masking.run(model, batches, scorer, loop, method="fvw", settings=settings)
+    options = methods.FVWSettings(alpha=alpha, steps=steps, class_groups=class_groups,
+                                  aggregate=aggregate, descent=bool(descent))
+    settings = masking.LoopSettings(**loop)
+    return masking.run(model, batches, scorer(options), settings, method="fvw",
+                       settings=asdict(options))

@@ -29,12 +29,12 @@ from typing import Any, Callable, Iterable, Protocol, Sequence, Union
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from . import device, dist, files, schema
+from . import checks, device, dist, files, schema
 from .errors import PrunewiseError
 from .plan import MaskPlan, check_masks
 from .train import evaluate, recalibrate_bn
+from .utils import progress_bar
 
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 RESUME_FILE = "resume.safetensors"
@@ -420,8 +420,8 @@ class LoopSettings:
     ``params``: the scope (see :func:`prunable`); ``levels``: extra sparsities to land on,
     each reported through ``on_level(sparsity, plan)``; ``eval_batches``: log accuracy per
     iteration; ``checkpoint_dir``: folder of the resume file; ``seed``: recorded (and used by
-    seeded scorers); ``callback(row)``: called with every history row; ``progress``: a bar;
-    ``recalibrate``: after each iteration's masks are applied, re-estimate the working copy's
+    seeded scorers); ``callback(row)``: called with every history row; ``progress``: a bar
+    (on by default: a person is usually waiting); ``recalibrate``: after each iteration's masks are applied, re-estimate the working copy's
     BatchNorm statistics on the attribution data (at most ``recalibrate_samples`` samples;
     all of it when None), so the next score sees statistics that match the pruned weights.
     """
@@ -436,19 +436,17 @@ class LoopSettings:
     seed: int = 0
     callback: Callable[[dict], None] | None = None
     on_level: Callable[[float, MaskPlan], None] | None = None
-    progress: bool = False
+    progress: bool = True
     recalibrate: bool = False
     recalibrate_samples: int | None = None
 
-    def check(self) -> None:
-        """Raise PrunewiseError for a bad target, keep or recalibration setting."""
+    def __post_init__(self) -> None:
+        """Raise PrunewiseError for a bad target, keep, sample count or recalibration setting
+        (once, here: the loop does not check again)."""
         check_targets(self.sparsity, self.keep)
-        if not isinstance(self.recalibrate, bool):
-            raise PrunewiseError(f"recalibrate must be True or False, got {self.recalibrate!r}")
-        n = self.recalibrate_samples
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-            raise PrunewiseError(f"recalibrate_samples must be an integer >= 1 (or None for all), "
-                                 f"got {n!r}")
+        checks.integer("samples", self.samples, 1, none=True)
+        checks.flag("recalibrate", self.recalibrate)
+        checks.integer("recalibrate_samples", self.recalibrate_samples, 1, none=True)
 
 
 @dataclass
@@ -482,7 +480,6 @@ def run(model: nn.Module, batches, score: Scorer, loop: LoopSettings, *, method:
     plan and the resume file; ``needs_data=False`` lets ``batches`` be None. ``model`` is not
     modified.
     """
-    loop.check()
     data = Source(batches, loop.samples) if (needs_data or batches is not None) else None
     if loop.recalibrate and data is None:
         raise PrunewiseError("recalibrate needs attribution data (batches) to re-estimate "
@@ -494,8 +491,7 @@ def run(model: nn.Module, batches, score: Scorer, loop: LoopSettings, *, method:
     apply_masks(work, st.masks)
     if st.start > 0:  # resumed: the statistics an uninterrupted run would have now
         _recalibrate(work, data, loop)
-    bar = tqdm(total=len(st.counts), initial=st.start, desc=f"prune {method}",
-               disable=not loop.progress, leave=False, dynamic_ncols=True)
+    bar = progress_bar(len(st.counts), f"prune {method}", loop.progress, initial=st.start)
     for t in range(st.start, len(st.counts)):
         row = _iteration(work, score, data, evals, loop, st, t)
         bar.update(1)

@@ -1,5 +1,9 @@
 """Plans: what a pruning method decides, as plain data that saves, reloads and applies.
 
+A structured plan (:class:`ChannelPlan`) is, per channel group (keyed by its root layer), the
+sorted indices of the kept channels and the group's original size: ``plan.safetensors`` +
+``plan.json``. :mod:`prunewise.surgery` makes and applies it.
+
 An unstructured plan (:class:`MaskPlan`) is one boolean mask per pruned parameter, keyed by the
 parameter's name in ``model.named_parameters()`` (True = keep). It is the same idea as
 ``torch.nn.utils.prune`` (``weight_mask``), kept outside the model so it can be saved, inspected
@@ -25,6 +29,8 @@ from .errors import PrunewiseError
 MASKS_FILE = "masks.safetensors"
 PLAN_FILE = "plan.json"
 PLAN_FORMAT = 1
+PLAN_TENSORS = "plan.safetensors"  # a channel plan's kept indices (its JSON is PLAN_FILE)
+PLAN_JSON = PLAN_FILE
 
 
 @dataclass
@@ -41,6 +47,11 @@ class MaskPlan:
 
     def __post_init__(self) -> None:
         self.masks = {k: _as_bool(k, v) for k, v in self.masks.items()}
+
+    def __repr__(self) -> str:
+        """One line (the masks themselves are millions of booleans)."""
+        return (f"MaskPlan(method={self.method!r}, tensors={len(self.masks)}, "
+                f"kept={self.kept:,} of {self.total:,}, sparsity={self.sparsity:.4f})")
 
     @property
     def total(self) -> int:
@@ -174,3 +185,77 @@ def _as_bool(name: str, m) -> torch.Tensor:
     if not bool(((m == 0) | (m == 1)).all()):
         raise PrunewiseError(f"mask '{name}' must hold only 0 and 1")
     return m.detach().cpu() != 0
+
+
+@dataclass
+class ChannelPlan:
+    """Structured plan: per group (keyed by its root layer), channel count and kept indices."""
+    keep: dict[str, torch.Tensor]           # group -> sorted LongTensor of kept channel indices
+    sizes: dict[str, int]                   # group -> original channel count
+    arch: str = ""                          # architecture signature (see :func:`signature`)
+    meta: dict = field(default_factory=dict)
+    spectra: dict = field(default_factory=dict, repr=False)  # group -> singular values (not saved)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {k: int(v.numel()) for k, v in self.keep.items()}
+
+    def __repr__(self) -> str:
+        kept, total = sum(self.counts.values()), sum(self.sizes.values())
+        return (f"ChannelPlan(method={self.meta.get('method')!r}, groups={len(self.keep)}, "
+                f"channels kept={kept:,} of {total:,})")
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        files.write_tensors(folder / PLAN_TENSORS, {k: v.to(torch.long) for k, v in self.keep.items()})
+        files.write_json(folder / PLAN_JSON, {"format": PLAN_FORMAT, "kind": "channels",
+                                             "arch": self.arch, "sizes": self.sizes,
+                                             "counts": self.counts, "meta": self.meta})
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "ChannelPlan":
+        """Read a plan saved by :meth:`save`. ``plan.json`` is checked against
+        :data:`schema.CHANNEL_PLAN`, the tensor header against it before loading, and every
+        group's kept indices by :func:`check_keep`; anything wrong is a PrunewiseError."""
+        folder = Path(folder)
+        cfg = files.read_json(folder / PLAN_JSON, "channel plan")
+        if cfg.get("kind") != "channels" or "sizes" not in cfg:
+            raise PrunewiseError(f"{folder / PLAN_JSON} is not a channel plan")
+        schema.check(cfg, schema.CHANNEL_PLAN, str(folder / PLAN_JSON))
+        sizes, where = cfg["sizes"], str(folder / PLAN_TENSORS)
+        header, _ = files.read_header(folder / PLAN_TENSORS, "channel plan tensors")
+        if set(header) != set(sizes):
+            raise PrunewiseError(f"corrupt channel plan {folder}: groups in {PLAN_JSON} and "
+                                 f"{PLAN_TENSORS} differ")
+        counts = cfg.get("counts", {})
+        for k, entry in header.items():
+            n = entry["shape"][0] if len(entry["shape"]) == 1 else -1
+            if n < 0 or entry["dtype"] not in ("I64", "I32") or n > sizes[k] \
+                    or counts.get(k, n) != n:
+                raise PrunewiseError(f"{where}: group '{k}' must be a list of at most {sizes[k]} "
+                                     f"integer indices (as counts says), got {entry['dtype']} "
+                                     f"of shape {entry['shape']}")
+        keep = files.read_tensors(folder / PLAN_TENSORS, "channel plan tensors")
+        check_keep(keep, sizes, where)
+        return cls(keep={k: v.to(torch.long) for k, v in keep.items()}, sizes=dict(sizes),
+                   arch=cfg.get("arch", ""), meta=cfg.get("meta", {}))
+
+
+def check_keep(keep: dict[str, torch.Tensor], sizes: dict[str, int], where: str) -> None:
+    """Raise a PrunewiseError naming ``where`` unless every group's kept channels are a
+    non-empty 1-D list of integers ``i`` with ``0 <= i < sizes[group]``, sorted and unique."""
+    for k, v in keep.items():
+        if k not in sizes:
+            raise PrunewiseError(f"{where}: group '{k}' has no channel count")
+        if v.dim() != 1 or v.numel() < 1 or v.dtype.is_floating_point or v.dtype == torch.bool:
+            raise PrunewiseError(f"{where}: group '{k}' must keep a non-empty 1-D list of integer "
+                                 f"channel indices, got {str(v.dtype).replace('torch.', '')} of "
+                                 f"shape {list(v.shape)}")
+        v = v.to(torch.long)
+        lo, hi = int(v.min()), int(v.max())
+        if lo < 0 or hi >= sizes[k]:
+            raise PrunewiseError(f"{where}: group '{k}' keeps channel {lo if lo < 0 else hi}, "
+                                 f"outside 0..{sizes[k] - 1}")
+        if v.numel() > 1 and not bool((v[1:] > v[:-1]).all()):
+            raise PrunewiseError(f"{where}: group '{k}' kept channels must be sorted and unique")

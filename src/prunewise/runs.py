@@ -8,10 +8,13 @@ benchmark scripts:
 ...                                           finetune=runs.FineTune(epochs=5))
 >>> pruned, plan, rep = runs.run_structured(model, bundle, "sliming", runs.Structured(macs=0.5))
 
-Pruning goes through the public method APIs only (:func:`prunewise.fvw.prune`,
-:func:`prunewise.baselines.get`, :func:`prunewise.filter_baselines.prune`). The settings are small
-dataclasses (:class:`Unstructured`, :class:`Structured`, :class:`FineTune`,
-:class:`Recalibration`, :class:`Measurement`) and land in the report's ``config`` as they are.
+Methods are found in the method table (:mod:`prunewise.methods`) and run on the shared
+engines (:func:`prunewise.masking.run`, :func:`prunewise.structured.prune`). The settings are
+small frozen dataclasses, checked once when they are built (:class:`Unstructured`,
+:class:`Structured`, :class:`FineTune`, :class:`Recalibration`, :class:`Measurement`,
+:class:`Compute`; a method's own settings, e.g. :class:`prunewise.methods.FVWSettings`, ride in
+``Unstructured(options=...)``) and land in the report's ``config`` as they are. One function
+builds each kind of report: :func:`finish_masks` and :func:`finish_channels`.
 
 Report keys (the same in every report, bench cell and demo run):
 
@@ -28,9 +31,12 @@ Report keys (the same in every report, bench cell and demo run):
                     (``counted`` says which)
 ``latency_ms``      forward time on the run's device per batch size, ``{"1": {"dense",
                     "pruned", "speedup"}, "64": {...}}`` (null when not measured); masked
-                    models keep the dense time
+                    models keep the dense time and get no speed-up (null)
 ``finetune``        null, or ``{"epochs_run", "best_epoch", "best_val_top1", "seconds"}``
-``seconds``         the whole run; ``stage_seconds``: ``{"prune", "recalibrate", "finetune"}``
+``seconds``         the time that made this model: pruning, recalibration, fine-tuning and
+                    measuring it (measuring the dense model is not counted); ``stage_seconds``:
+                    ``{"prune", "recalibrate", "finetune"}`` (a bench level's ``prune`` is the
+                    time its pruning run took to reach that level)
 ``layers``          per-layer sparsity (masks) or weight shapes before/after (channels)
 ``history``, ``iterations`` (masks); ``counts``, ``spectra`` (channels)
 ``config``          the settings dataclasses, as dicts
@@ -40,24 +46,21 @@ Report keys (the same in every report, bench cell and demo run):
 from __future__ import annotations
 
 import copy
-import inspect
-import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from . import baselines, device, dist, files, filter_baselines, fvw, masking, measure, surgery
+from . import checks, device, dist, files, masking, measure, methods, structured, surgery
 from . import train
 from . import data as D
 from .errors import PrunewiseError
-from .plan import MaskPlan
+from .plan import ChannelPlan, MaskPlan
+from .sliming.spectrum import singular_values
 
-UNSTRUCTURED = ("fvw",) + tuple(baselines.METHODS)
-STRUCTURED = tuple(filter_baselines.METHODS)
 STAGES = ("dense", "pruned", "recalibrated", "finetuned")
 HEAVY_KEYS = ("history", "layers", "spectra", "counts", "groups")  # dropped from bench cells
 
@@ -74,19 +77,13 @@ class FineTune:
     batch_size: int = 64
     patience: int | None = None
 
-    def check(self) -> None:
-        _check_int("fine-tune epochs", self.epochs, 0)
-        _check_int("fine-tune batch size", self.batch_size, 1)
-        if self.patience is not None:
-            _check_int("patience", self.patience, 1)
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise PrunewiseError(f"fine-tune learning rate must be > 0, got {self.lr!r}")
-        if self.optimizer not in train.OPTIMIZERS:
-            raise PrunewiseError(f"unknown optimizer '{self.optimizer}'; choose one of: "
-                                 f"{', '.join(train.OPTIMIZERS)}")
-        wd = self.weight_decay
-        if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not 0 <= wd <= 1:
-            raise PrunewiseError(f"weight decay must be a number in [0, 1], got {wd!r}")
+    def __post_init__(self) -> None:
+        checks.integer("fine-tune epochs", self.epochs, 0)
+        checks.integer("fine-tune batch size", self.batch_size, 1)
+        checks.integer("patience", self.patience, 1, none=True)
+        checks.number("fine-tune learning rate", self.lr, 0.0, low_open=True)
+        checks.choice("optimizer", self.optimizer, train.OPTIMIZERS)
+        checks.number("weight decay", self.weight_decay, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -119,9 +116,10 @@ class Recalibration:
     enabled: bool = True
     batch_size: int = 128
 
-    def check(self) -> None:
-        _check_int("recalibration samples", self.samples, 1)
-        _check_int("recalibration batch size", self.batch_size, 1)
+    def __post_init__(self) -> None:
+        checks.integer("recalibration samples", self.samples, 1)
+        checks.integer("recalibration batch size", self.batch_size, 1)
+        checks.flag("recalibration enabled", self.enabled)
 
 
 @dataclass(frozen=True)
@@ -133,33 +131,54 @@ class Measurement:
     repeats: int = 20
     warmup: int = 3
 
+    def __post_init__(self) -> None:
+        checks.flag("latency", self.latency)
+        checks.integer("latency repeats", self.repeats, 1)
+        checks.integer("latency warm-up passes", self.warmup, 0)
+        for b in self.batch_sizes:
+            checks.integer("latency batch size", b, 1)
+
 
 @dataclass(frozen=True)
 class Unstructured:
-    """Mask pruning settings. ``samples``: attribution samples (None = all); ``alpha``,
-    ``steps``, ``class_groups``, ``aggregate``, ``descent``: FVW only; ``loop_recalibrate``:
-    recalibrate BatchNorm inside the iterative loop (passed on when the method supports it;
-    None = the pipeline's default, :data:`LOOP_RECALIBRATE`); ``track_accuracy``: validation
-    accuracy per iteration; ``exclude``: module-name patterns (``"fc"``, ``"layer3.*"``) whose
-    weights stay dense (the sparsity is then that of the remaining prunable weights)."""
+    """Mask pruning settings. ``samples``: attribution samples (None = all); ``batch_size``:
+    attribution batch size; ``loop_recalibrate``: recalibrate BatchNorm inside the iterative
+    loop (None = the method's default in the method table) on at most
+    ``recalibrate_samples`` attribution samples (None = all of them); ``track_accuracy``:
+    validation accuracy per iteration; ``exclude``: module-name patterns (``"fc"``,
+    ``"layer3.*"``) whose weights stay dense (the sparsity is then that of the remaining
+    prunable weights); ``options``: the method's own settings (e.g.
+    :class:`prunewise.methods.FVWSettings`; None = its defaults)."""
     sparsity: float
     keep: float = 0.98
     samples: int | None = 2048
     batch_size: int = 128
-    alpha: float = 1e-8
-    steps: int = 2
-    class_groups: int | None = None
-    aggregate: str = "union"
-    descent: bool = False
     loop_recalibrate: bool | None = None
     track_accuracy: bool = True
     exclude: tuple[str, ...] = ()
+    recalibrate_samples: int | None = None
+    options: Any = None
+
+    def __post_init__(self) -> None:
+        checks.fraction("sparsity", self.sparsity, zero=True)
+        checks.fraction("keep", self.keep)
+        checks.integer("attribution samples", self.samples, 1, none=True)
+        checks.integer("attribution batch size", self.batch_size, 1)
+        checks.flag("loop recalibration", self.loop_recalibrate, none=True)
+        checks.flag("track accuracy", self.track_accuracy)
+        checks.integer("loop recalibration samples", self.recalibrate_samples, 1, none=True)
+        if isinstance(self.exclude, str) or not all(isinstance(p, str) and p.strip()
+                                                     for p in self.exclude):
+            raise PrunewiseError(f"exclude must be a tuple of non-empty layer-name patterns, "
+                                 f"got {self.exclude!r}")
 
 
 @dataclass(frozen=True)
 class Structured:
     """Channel pruning settings: exactly one of ``macs`` / ``params`` (fractions kept), or
-    ``plan``, the folder of a saved channel plan to apply instead of a budget."""
+    ``plan``, the folder of a saved channel plan to apply instead of a budget. ``normalize``,
+    ``min_ratio``: SLIMING's configuration step (sliming, sliming-l1); ``min_channels``: the
+    floor of every group."""
     macs: float | None = None
     params: float | None = None
     normalize: str = "max"
@@ -167,46 +186,31 @@ class Structured:
     min_ratio: float = 0.0
     plan: str | None = None
 
-
-def _check_int(what: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise PrunewiseError(f"{what} must be an integer >= {low}, got {value!r}")
-
-
-def check_unstructured(method: str, settings: Unstructured) -> None:
-    """Raise PrunewiseError for an unknown method or bad settings, before any work is done."""
-    if method not in UNSTRUCTURED:
-        raise PrunewiseError(f"unknown method '{method}'; choose one of: {', '.join(UNSTRUCTURED)}")
-    fvw.check_targets(settings.sparsity, settings.keep)
-    if settings.samples is not None:
-        _check_int("attribution samples", settings.samples, 1)
-    _check_int("attribution batch size", settings.batch_size, 1)
-    if method != "fvw":
-        if settings.class_groups is not None or settings.descent:
-            raise PrunewiseError(f"class groups and descent apply to method fvw only, "
-                                 f"not '{method}'")
-        return
-    a = settings.alpha
-    if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a <= 0:
-        raise PrunewiseError(f"alpha must be a finite number > 0, got {a!r}")
-    _check_int("attack steps", settings.steps, 1)
-    if settings.class_groups is not None:
-        _check_int("class groups", settings.class_groups, 1)
+    def __post_init__(self) -> None:
+        checks.choice("normalization", self.normalize, ("max", "sum"))
+        checks.integer("min channels", self.min_channels, 1)
+        checks.number("min ratio", self.min_ratio, 0.0, 1.0, high_open=True)
+        budgets = [b for b in (self.macs, self.params) if b is not None]
+        if self.plan is not None:
+            if budgets:
+                raise PrunewiseError("a saved plan replaces the budget: drop macs / params")
+            return
+        if len(budgets) != 1:
+            raise PrunewiseError("give exactly one budget: macs FRACTION or params FRACTION")
+        checks.fraction("the budget", budgets[0])
 
 
-def check_structured(method: str, settings: Structured) -> None:
-    """Raise PrunewiseError for an unknown method or a missing/double budget."""
-    if method not in STRUCTURED:
-        raise PrunewiseError(f"unknown method '{method}'; choose one of: {', '.join(STRUCTURED)}")
-    budgets = [b for b in (settings.macs, settings.params) if b is not None]
-    if settings.plan is not None:
-        if budgets:
-            raise PrunewiseError("a saved plan replaces the budget: drop macs / params")
-        return
-    if len(budgets) != 1:
-        raise PrunewiseError("give exactly one budget: macs FRACTION or params FRACTION")
-    if isinstance(budgets[0], bool) or not 0 < budgets[0] < 1:
-        raise PrunewiseError(f"the budget must be a fraction in (0, 1), got {budgets[0]!r}")
+def check_unstructured(method: str, settings: Unstructured) -> methods.Method:
+    """The table row of mask method ``method``, after checking that ``settings.options`` are
+    its settings (PrunewiseError otherwise): the check that needs both, before any work."""
+    row = methods.get(method, methods.UNSTRUCTURED)
+    row.options(settings.options)
+    return row
+
+
+def check_structured(method: str, settings: Structured) -> methods.Method:
+    """The table row of channel method ``method`` (PrunewiseError for an unknown one)."""
+    return methods.get(method, methods.STRUCTURED)
 
 
 # ---- measuring ------------------------------------------------------------------------------
@@ -261,16 +265,32 @@ def _size(dense: dict, pruned: nn.Module, bundle: D.DataBundle, masked: bool) ->
                      "counted": "nonzero weights" if masked else "all"}}
 
 
-def _latency(dense: dict, pruned: nn.Module, bundle, measurement: Measurement) -> dict | None:
+def _latency(dense: dict, pruned: nn.Module, bundle, measurement: Measurement,
+             masked: bool) -> dict | None:
+    """Dense and pruned milliseconds per batch size, and the speed-up of a smaller model. A
+    masked model runs the dense kernels: its time differs from the dense one by noise only, so
+    it gets no speed-up (None), never a figure a reader could take for one."""
     after = latency(pruned, bundle, measurement)
     if after is None or dense.get("latency_ms") is None:
         return None
     return {b: {"dense": dense["latency_ms"][b], "pruned": ms,
-                "speedup": dense["latency_ms"][b] / ms if ms > 0 else None}
+                "speedup": dense["latency_ms"][b] / ms if ms > 0 and not masked else None}
             for b, ms in after.items() if b in dense["latency_ms"]}
 
 
 # ---- the steps after pruning (shared) -------------------------------------------------------
+
+@dataclass(frozen=True)
+class Steps:
+    """What follows pruning and where it runs: recalibration, fine-tuning, measurement, the
+    device (:class:`Compute`), the seed of every shuffled order, and progress bars."""
+    finetune: FineTune = FineTune()
+    recalibration: Recalibration = Recalibration()
+    measurement: Measurement = Measurement()
+    compute: Compute = Compute()
+    seed: int = 0
+    progress: bool = False
+
 
 def recalibration_batches(bundle: D.DataBundle, recalibration: Recalibration, seed: int):
     """Training images (no augmentation), shuffled by ``seed``, capped at the sample count
@@ -279,17 +299,17 @@ def recalibration_batches(bundle: D.DataBundle, recalibration: Recalibration, se
                      limit=min(recalibration.samples, len(bundle.train)))
 
 
-def finish(pruned: nn.Module, bundle: D.DataBundle, *, masks: dict | None, finetune: FineTune,
-           recalibration: Recalibration, seed: int = 0, progress: bool = False,
-           desc: str = "fine-tune", amp: str | None = None) -> dict:
+def finish(pruned: nn.Module, bundle: D.DataBundle, masks: dict | None, steps: Steps,
+           desc: str = "fine-tune") -> dict:
     """Measure, recalibrate BatchNorm, measure, fine-tune (masked), measure; in place on
     ``pruned``. Returns ``{"accuracy": {pruned, recalibrated, finetuned}, "finetune",
     "stage_seconds"}`` (a stage that did not run is None)."""
     acc = {"pruned": accuracy(pruned, bundle), "recalibrated": None, "finetuned": None}
     secs = {"recalibrate": 0.0, "finetune": 0.0}
+    recalibration, finetune = steps.recalibration, steps.finetune
     if recalibration.enabled:
         t0 = time.perf_counter()
-        train.recalibrate_bn(pruned, recalibration_batches(bundle, recalibration, seed),
+        train.recalibrate_bn(pruned, recalibration_batches(bundle, recalibration, steps.seed),
                              samples=recalibration.samples)
         secs["recalibrate"] = time.perf_counter() - t0
         acc["recalibrated"] = accuracy(pruned, bundle)
@@ -298,13 +318,19 @@ def finish(pruned: nn.Module, bundle: D.DataBundle, *, masks: dict | None, finet
         h = train.fit(pruned, bundle, epochs=finetune.epochs, lr=finetune.lr,
                       optimizer=finetune.optimizer, weight_decay=finetune.weight_decay,
                       batch_size=finetune.batch_size, masks=masks, patience=finetune.patience,
-                      seed=seed, progress=progress, desc=desc, amp=amp)
+                      seed=steps.seed, progress=steps.progress, desc=desc,
+                      amp=steps.compute.amp)
         secs["finetune"] = h["seconds"]
         hist = {"epochs_run": len(h["history"]), "best_epoch": h["best_epoch"],
                 "best_val_top1": h["best_val_top1"], "seconds": h["seconds"]}
         acc["finetuned"] = accuracy(pruned, bundle)
     pruned.eval()
     return {"accuracy": acc, "finetune": hist, "stage_seconds": secs}
+
+
+def _steps(finetune, recalibration, measurement, compute, seed, progress) -> Steps:
+    return Steps(finetune=finetune, recalibration=recalibration, measurement=measurement,
+                 compute=compute, seed=seed, progress=progress)
 
 
 # ---- unstructured ---------------------------------------------------------------------------
@@ -314,35 +340,26 @@ def prune_masks(model: nn.Module, bundle: D.DataBundle, method: str, settings: U
                 levels: Sequence[float] = (), on_level: Callable | None = None) -> MaskPlan:
     """Step 1 for masks: the method's iterative pruning to ``settings.sparsity`` (stopping on
     every one of ``levels`` on the way, reported to ``on_level(level, plan)``)."""
-    check_unstructured(method, settings)
+    row = check_unstructured(method, settings)
+    options = row.options(settings.options)
     scope = check_exclude(model, settings.exclude)
-    samples = settings.samples
 
     def attribution():
         return D.batches(bundle.train, bundle, settings.batch_size, shuffle=True, seed=seed,
-                         limit=samples)
+                         limit=settings.samples)
 
     def validation():
         return D.batches(bundle.val, bundle, 256)
 
-    kwargs = dict(sparsity=settings.sparsity, keep=settings.keep, samples=samples, seed=seed,
-                  eval_batches=validation if settings.track_accuracy and len(bundle.val) else None,
-                  checkpoint_dir=resume_dir, progress=progress, levels=tuple(levels),
-                  on_level=on_level, params=scope)
-    if method == "fvw":
-        kwargs.update(alpha=settings.alpha, steps=settings.steps,
-                      class_groups=settings.class_groups, aggregate=settings.aggregate,
-                      descent=settings.descent)
-    fn = baselines.get(method)
-    if settings.loop_recalibrate is None:
-        if method in LOOP_RECALIBRATE:
-            kwargs["recalibrate"] = True
-    else:
-        if not supports_loop_recalibration(method):
-            raise PrunewiseError(f"method '{method}' cannot recalibrate BatchNorm inside its "
-                                 f"loop in this version")
-        kwargs["recalibrate"] = settings.loop_recalibrate
-    return fn(model, attribution, **kwargs)
+    recalibrate = settings.loop_recalibrate
+    loop = masking.LoopSettings(
+        sparsity=settings.sparsity, keep=settings.keep, samples=settings.samples, params=scope,
+        levels=tuple(levels), checkpoint_dir=resume_dir, seed=seed, on_level=on_level,
+        eval_batches=validation if settings.track_accuracy and len(bundle.val) else None,
+        progress=progress, recalibrate=row.loop_recalibrate if recalibrate is None else recalibrate,
+        recalibrate_samples=settings.recalibrate_samples)
+    return masking.run(model, attribution, row.builder()(options, seed), loop, method=method,
+                       settings=asdict(options), needs_data=row.needs_data)
 
 
 def check_exclude(model: nn.Module, patterns: Sequence[str]) -> masking.Scope | None:
@@ -365,52 +382,63 @@ def check_exclude(model: nn.Module, patterns: Sequence[str]) -> masking.Scope | 
     return scope
 
 
-#: Methods whose working copy the pipeline recalibrates inside the loop unless told otherwise.
-#: Measured on Fashion-MNIST over three seeds (docs/methods.md, "BatchNorm recalibration"): FVW
-#: gains at every sparsity, Taylor does not (its mean is higher without), OBD was measured with
-#: it only. The library functions (``fvw.prune`` ...) keep ``recalibrate=False``.
-LOOP_RECALIBRATE = ("fvw", "obd")
-
-
-def supports_loop_recalibration(method: str) -> bool:
-    """Whether the method's pruning function takes ``recalibrate=`` (BatchNorm in the loop)."""
-    return "recalibrate" in inspect.signature(baselines.get(method)).parameters
-
-
 def finish_masks(model: nn.Module, bundle: D.DataBundle, plan: MaskPlan, *,
-                 finetune: FineTune = FineTune(), recalibration: Recalibration = Recalibration(),
-                 measurement: Measurement = Measurement(), seed: int = 0,
-                 progress: bool = False, dense: dict | None = None,
-                 compute: Compute = Compute()) -> tuple[nn.Module, dict]:
-    """Steps 2-6 for a mask plan of ``model``: the masked copy and its report (no config)."""
+                 steps: Steps = Steps(), dense: dict | None = None, target: float | None = None,
+                 prune_seconds: float = 0.0, settings: Unstructured | None = None
+                 ) -> tuple[nn.Module, dict]:
+    """Steps 2-6 for a mask plan of ``model``: the masked copy and its complete report (the one
+    function that builds a mask report). ``target``: the sparsity asked for (default: the
+    plan's); ``prune_seconds``: what making the plan took; ``settings``: recorded in
+    ``config``."""
+    model = steps.compute.place(model)
+    dense = dense or measure_dense(model, bundle, steps.measurement)
     start = time.perf_counter()
-    model = compute.place(model)
-    dense = dense or measure_dense(model, bundle, measurement)
     pruned = plan.apply(model)
-    steps = finish(pruned, bundle, masks=plan.masks, finetune=finetune,
-                   recalibration=recalibration, seed=seed, progress=progress,
-                   desc=f"fine-tune {plan.method}", amp=compute.amp)
-    settings = plan.meta.get("settings", {})
-    rep = {"kind": "prune-unstructured", "method": plan.method, "data": bundle.name, "seed": seed,
-           "budget": {"sparsity": settings.get("sparsity", plan.sparsity)},
-           "accuracy": {"dense": dense["accuracy"], **steps["accuracy"]},
+    after = finish(pruned, bundle, plan.masks, steps, desc=f"fine-tune {plan.method}")
+    rep = {"kind": "prune-unstructured", "method": plan.method, "data": bundle.name,
+           "seed": steps.seed, "budget": {"sparsity": plan.sparsity if target is None else target},
+           "accuracy": {"dense": dense["accuracy"], **after["accuracy"]},
            "sparsity": plan.sparsity, **_size(dense, pruned, bundle, masked=True),
-           "latency_ms": _latency(dense, pruned, bundle, measurement),
-           "finetune": steps["finetune"], "stage_seconds": steps["stage_seconds"],
+           "latency_ms": _latency(dense, pruned, bundle, steps.measurement, masked=True),
+           "finetune": after["finetune"],
+           "stage_seconds": {"prune": prune_seconds, **after["stage_seconds"]},
            "iterations": plan.meta.get("iterations"), "history": plan.meta.get("history", []),
-           "layers": [{"layer": k, "sparsity": v} for k, v in plan.per_layer().items()]}
-    rep["seconds"] = time.perf_counter() - start
+           "layers": [{"layer": k, "sparsity": v} for k, v in plan.per_layer().items()],
+           "config": config(plan.method, settings, steps) if settings is not None else None,
+           "compute": steps.compute.record(pruned)}
+    rep["seconds"] = prune_seconds + time.perf_counter() - start
     return pruned, rep
 
 
-def _opening(model, bundle, finetune: FineTune, recalibration: Recalibration,
-             measurement: Measurement, compute: Compute, dense: dict | None):
-    """How both runners start, once the method's settings are checked: check the later steps'
-    settings, place the model, measure the dense model (unless ``dense`` is given)."""
-    finetune.check()
-    recalibration.check()
-    model = compute.place(model)
-    return model, dense or measure_dense(model, bundle, measurement)
+def prune_levels(model: nn.Module, bundle: D.DataBundle, method: str, settings: Unstructured,
+                 on_report: Callable, *, levels: Sequence[float] = (), steps: Steps = Steps(),
+                 dense: dict | None = None, want: Callable[[float], bool] | None = None,
+                 resume_dir: str | Path | None = None) -> MaskPlan:
+    """One pruning run to ``settings.sparsity`` that stops on every one of ``levels``, finishes
+    the masked model there (recalibrate, fine-tune, measure) and hands its complete report to
+    ``on_report(level, pruned, plan, report)``; the target itself is always reported. ``want``
+    skips a level (a bench cell already on disk). Every level's ``prune`` seconds are the time
+    the run took to reach it (finishing earlier levels not counted). Returns the final plan."""
+    check_unstructured(method, settings)
+    model = steps.compute.place(model)
+    state = {"start": time.perf_counter(), "other": 0.0, "dense": dense, "done": set()}
+
+    def at_level(level: float, plan: MaskPlan) -> None:
+        if level in state["done"] or (want is not None and not want(level)):
+            return
+        t0 = time.perf_counter()
+        state["dense"] = state["dense"] or measure_dense(model, bundle, steps.measurement)
+        pruned, rep = finish_masks(model, bundle, plan, steps=steps, dense=state["dense"],
+                                   target=level, prune_seconds=t0 - state["start"] - state["other"],
+                                   settings=replace(settings, sparsity=level))
+        state["done"].add(level)
+        state["other"] += time.perf_counter() - t0
+        on_report(level, pruned, plan, rep)
+
+    plan = prune_masks(model, bundle, method, settings, seed=steps.seed, progress=steps.progress,
+                       resume_dir=resume_dir, levels=levels, on_level=at_level)
+    at_level(settings.sparsity, plan)  # a run resumed after its last iteration reports here
+    return plan
 
 
 def run_unstructured(model: nn.Module, bundle: D.DataBundle, method: str, settings: Unstructured,
@@ -420,44 +448,45 @@ def run_unstructured(model: nn.Module, bundle: D.DataBundle, method: str, settin
                      progress: bool = False, dense: dict | None = None,
                      resume_dir: str | Path | None = None,
                      compute: Compute = Compute()) -> tuple[nn.Module, MaskPlan, dict]:
-    """Mask pruning of ``model`` (untouched) with ``method`` (fvw, magnitude, taylor, random):
-    prune, measure, recalibrate, measure, masked fine-tune, measure. Returns (masked copy, plan,
-    report). ``resume_dir`` makes the pruning loop resumable; ``dense`` is a
-    :func:`measure_dense` result to reuse; ``compute`` says where (and with which fine-tuning
-    precision) it runs."""
-    check_unstructured(method, settings)
-    model, dense = _opening(model, bundle, finetune, recalibration, measurement, compute, dense)
-    t0 = time.perf_counter()
-    plan = prune_masks(model, bundle, method, settings, seed=seed, progress=progress,
-                       resume_dir=resume_dir)
-    prune_s = time.perf_counter() - t0
-    pruned, rep = finish_masks(model, bundle, plan, finetune=finetune, recalibration=recalibration,
-                               measurement=measurement, seed=seed, progress=progress, dense=dense,
-                               compute=compute)
-    rep["stage_seconds"]["prune"] = prune_s
-    rep["seconds"] += prune_s
-    rep["config"] = config(method, settings, finetune, recalibration, seed)
-    rep["compute"] = compute.record(pruned)
-    return pruned, plan, rep
+    """Mask pruning of ``model`` (untouched) with ``method`` (a name from
+    ``prunewise.methods.names("unstructured")``): prune, measure, recalibrate, measure, masked
+    fine-tune, measure. Returns (masked copy, plan, report). ``resume_dir`` makes the pruning
+    loop resumable; ``dense`` is a :func:`measure_dense` result to reuse; ``compute`` says where
+    (and with which fine-tuning precision) it runs."""
+    got: dict = {}
+    prune_levels(model, bundle, method, settings,
+                 lambda level, pruned, plan, rep: got.update(out=(pruned, plan, rep)),
+                 steps=_steps(finetune, recalibration, measurement, compute, seed, progress),
+                 dense=dense, resume_dir=resume_dir)
+    return got["out"]
 
 
 # ---- structured -----------------------------------------------------------------------------
 
 def prune_channels(model: nn.Module, bundle: D.DataBundle, method: str, settings: Structured, *,
-                   seed: int = 0) -> tuple[nn.Module, surgery.ChannelPlan]:
+                   seed: int = 0) -> tuple[nn.Module, ChannelPlan]:
     """Step 1 for channels: a NEW smaller model and its plan (``model`` is untouched)."""
-    check_structured(method, settings)
-    x = example(bundle)
+    row = check_structured(method, settings)
+    batches = (D.batches(bundle.train, bundle, 64, shuffle=True, seed=seed)
+               if row.needs_data else None)
+    return channel_plan(model, example(bundle), method, settings, batches=batches, seed=seed)
+
+
+def channel_plan(model: nn.Module, x: torch.Tensor, method: str, settings: Structured, *,
+                 batches=None, seed: int = 0) -> tuple[nn.Module, ChannelPlan]:
+    """Any structured method of the table on any model: a NEW smaller model and its plan for
+    the example input ``x`` (``batches``, ``(x, y)`` pairs, for methods that need data; a
+    saved ``settings.plan`` is applied instead)."""
+    row = check_structured(method, settings)
     torch.manual_seed(seed)
     if settings.plan is not None:
-        plan = surgery.ChannelPlan.load(settings.plan)
+        plan = ChannelPlan.load(settings.plan)
         return surgery.apply(model, plan, x), plan
-    batches = (D.batches(bundle.train, bundle, 64, shuffle=True, seed=seed)
-               if method == "chip" else None)
-    return filter_baselines.prune(model, x, method, macs=settings.macs, params=settings.params,
-                                  normalize=settings.normalize,
-                                  min_channels=settings.min_channels,
-                                  min_ratio=settings.min_ratio, batches=batches, seed=seed)
+    configure, select = row.builder()(row.options(), settings, batches, seed)
+    meta = {"method": method, "budget": {"macs": settings.macs, "params": settings.params},
+            "normalize": settings.normalize, "min_channels": settings.min_channels,
+            "min_ratio": settings.min_ratio}
+    return structured.prune(model, x, configure, select, spectrum=singular_values, meta=meta)
 
 
 def layer_rows(before: nn.Module, after: nn.Module) -> list[dict]:
@@ -465,7 +494,32 @@ def layer_rows(before: nn.Module, after: nn.Module) -> list[dict]:
     wb, wa = files.layer_widths(before), files.layer_widths(after)
     mods = dict(before.named_modules())
     return [{"layer": n, "before": wb[n], "after": wa.get(n, wb[n])} for n in wb
-            if isinstance(mods[n], (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
+            if isinstance(mods[n], masking.PRUNABLE_TYPES)]
+
+
+def finish_channels(model: nn.Module, bundle: D.DataBundle, pruned: nn.Module,
+                    plan: ChannelPlan, settings: Structured, *, steps: Steps = Steps(),
+                    dense: dict | None = None, prune_seconds: float = 0.0
+                    ) -> tuple[nn.Module, dict]:
+    """Steps 2-6 for the smaller model ``pruned`` cut from ``model`` by ``plan``: its complete
+    report (the one function that builds a channel report); ``pruned`` is finished in place."""
+    dense = dense or measure_dense(model, bundle, steps.measurement)
+    start = time.perf_counter()
+    method = plan.meta.get("method", "plan")
+    after = finish(pruned, bundle, None, steps, desc=f"fine-tune {method}")
+    rep = {"kind": "prune-structured", "method": method, "data": bundle.name, "seed": steps.seed,
+           "budget": {"macs": settings.macs, "params": settings.params},
+           "accuracy": {"dense": dense["accuracy"], **after["accuracy"]},
+           "sparsity": 1.0 - measure.sparsity(pruned)["total"] / dense["weights"],
+           **_size(dense, pruned, bundle, masked=False),
+           "latency_ms": _latency(dense, pruned, bundle, steps.measurement, masked=False),
+           "finetune": after["finetune"],
+           "stage_seconds": {"prune": prune_seconds, **after["stage_seconds"]},
+           "counts": plan.counts, "layers": layer_rows(model, pruned),
+           "spectra": {k: v.tolist() for k, v in (getattr(plan, "spectra", None) or {}).items()},
+           "config": config(method, settings, steps), "compute": steps.compute.record(pruned)}
+    rep["seconds"] = prune_seconds + time.perf_counter() - start
+    return pruned, rep
 
 
 def run_structured(model: nn.Module, bundle: D.DataBundle, method: str, settings: Structured, *,
@@ -474,42 +528,30 @@ def run_structured(model: nn.Module, bundle: D.DataBundle, method: str, settings
                    measurement: Measurement = Measurement(), seed: int = 0,
                    progress: bool = False, dense: dict | None = None,
                    compute: Compute = Compute()
-                   ) -> tuple[nn.Module, surgery.ChannelPlan, dict]:
-    """Channel pruning of ``model`` (untouched) with ``method`` (sliming, l1, random, chip,
-    sliming-l1) or a saved plan: prune, measure, recalibrate, measure, fine-tune, measure.
-    Returns (smaller model, channel plan, report); ``compute`` as for
-    :func:`run_unstructured`."""
+                   ) -> tuple[nn.Module, ChannelPlan, dict]:
+    """Channel pruning of ``model`` (untouched) with ``method`` (a name from
+    ``prunewise.methods.names("structured")``) or a saved plan: prune, measure, recalibrate,
+    measure, fine-tune, measure. Returns (smaller model, channel plan, report); ``compute`` as
+    for :func:`run_unstructured`."""
     check_structured(method, settings)
-    model, dense = _opening(model, bundle, finetune, recalibration, measurement, compute, dense)
+    steps = _steps(finetune, recalibration, measurement, compute, seed, progress)
+    model = compute.place(model)
     start = time.perf_counter()
     pruned, plan = prune_channels(model, bundle, method, settings, seed=seed)
-    prune_s = time.perf_counter() - start
-    method = plan.meta.get("method", method) if settings.plan else method
-    steps = finish(pruned, bundle, masks=None, finetune=finetune, recalibration=recalibration,
-                   seed=seed, progress=progress, desc=f"fine-tune {method}", amp=compute.amp)
-    size = _size(dense, pruned, bundle, masked=False)
-    rep = {"kind": "prune-structured", "method": method, "data": bundle.name, "seed": seed,
-           "budget": {"macs": settings.macs, "params": settings.params},
-           "accuracy": {"dense": dense["accuracy"], **steps["accuracy"]},
-           "sparsity": 1.0 - measure.sparsity(pruned)["total"] / dense["weights"], **size,
-           "latency_ms": _latency(dense, pruned, bundle, measurement),
-           "finetune": steps["finetune"],
-           "stage_seconds": {"prune": prune_s, **steps["stage_seconds"]},
-           "counts": plan.counts, "layers": layer_rows(model, pruned),
-           "spectra": {k: v.tolist() for k, v in (getattr(plan, "spectra", None) or {}).items()},
-           "config": config(method, settings, finetune, recalibration, seed),
-           "compute": compute.record(pruned)}
-    rep["seconds"] = time.perf_counter() - start
+    plan.meta.setdefault("method", method)
+    prune_seconds = time.perf_counter() - start  # before measuring: a bad budget fails first
+    pruned, rep = finish_channels(model, bundle, pruned, plan, settings, steps=steps,
+                                  dense=dense or measure_dense(model, bundle, measurement),
+                                  prune_seconds=prune_seconds)
     return pruned, plan, rep
 
 
 # ---- saving ---------------------------------------------------------------------------------
 
-def config(method: str, settings, finetune: FineTune, recalibration: Recalibration,
-           seed: int) -> dict:
+def config(method: str, settings, steps: Steps) -> dict:
     """The settings of a run as plain JSON (the report's ``config``)."""
-    return {"method": method, "seed": seed, "prune": asdict(settings),
-            "finetune": asdict(finetune), "recalibration": asdict(recalibration)}
+    return {"method": method, "seed": steps.seed, "prune": asdict(settings),
+            "finetune": asdict(steps.finetune), "recalibration": asdict(steps.recalibration)}
 
 
 def final_accuracy(report: dict) -> dict:

@@ -10,7 +10,7 @@ A structured method is a pair of steps on an :class:`Analysis` of a copy of the 
 
 :func:`prune` runs the skeleton: copy, trace the groups (Torch-Pruning's dependency graph, see
 :mod:`prunewise.surgery`), build the cost model, configure, select, write the
-:class:`~prunewise.surgery.ChannelPlan` with its metadata, and cut the copy down.
+:class:`~prunewise.plan.ChannelPlan` with its metadata, and cut the copy down.
 SLIMING (:mod:`prunewise.sliming`) and the baselines (:mod:`prunewise.filters`) are such pairs.
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ from torch import nn
 
 from . import device, surgery
 from .errors import PrunewiseError
+from .plan import ChannelPlan
 from .utils import one_thread
 
 Configure = Callable[["Analysis"], np.ndarray]
@@ -130,7 +131,7 @@ def bisect(fits: Callable[[float], bool], good: float, bad: float, *, steps: int
 # --------------------------------------------------------------------------- the skeleton
 def prune(model: nn.Module, example_inputs: torch.Tensor, configure: Configure, select: Select,
           *, ignored_layers=None, spectrum: Spectrum | None = None, meta: dict | None = None
-          ) -> tuple[nn.Module, surgery.ChannelPlan]:
+          ) -> tuple[nn.Module, ChannelPlan]:
     """Run one structured method (a ``configure`` and a ``select`` step, see the module doc) on
     a copy of ``model``: a NEW, physically smaller model and its ChannelPlan.
 

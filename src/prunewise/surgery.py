@@ -1,5 +1,6 @@
 """Structured surgery: channel groups from Torch-Pruning's dependency graph, the channel plan,
-an exact cost model of a candidate configuration, and applying a plan (a physically smaller model).
+an exact cost model of a candidate configuration, and applying a :class:`~prunewise.plan.ChannelPlan`
+(a physically smaller model).
 
 A *group* is a set of channels that must go together (a conv's outputs, its BN, the next layers'
 inputs, everything tied to them by residual adds or concats). Groups come from
@@ -24,12 +25,10 @@ from torch import nn
 
 from . import device, files, measure, models, schema
 from .errors import PrunewiseError
+from .plan import ChannelPlan
 from .models.cifar_resnet import PadShortcut
 from .utils import one_thread
 
-PLAN_TENSORS = "plan.safetensors"
-PLAN_JSON = "plan.json"
-PLAN_FORMAT = 1
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -238,75 +237,6 @@ def signature(model: nn.Module) -> str:
     """A short hash of the architecture (layer names and weight shapes) a plan was made for."""
     text = json.dumps(files.layer_widths(model), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-@dataclass
-class ChannelPlan:
-    """Structured plan: per group (keyed by its root layer), channel count and kept indices."""
-    keep: dict[str, torch.Tensor]           # group -> sorted LongTensor of kept channel indices
-    sizes: dict[str, int]                   # group -> original channel count
-    arch: str = ""                          # architecture signature (see :func:`signature`)
-    meta: dict = field(default_factory=dict)
-    spectra: dict = field(default_factory=dict, repr=False)  # group -> singular values (not saved)
-
-    @property
-    def counts(self) -> dict[str, int]:
-        return {k: int(v.numel()) for k, v in self.keep.items()}
-
-    def save(self, folder: str | Path) -> Path:
-        folder = Path(folder)
-        files.write_tensors(folder / PLAN_TENSORS, {k: v.to(torch.long) for k, v in self.keep.items()})
-        files.write_json(folder / PLAN_JSON, {"format": PLAN_FORMAT, "kind": "channels",
-                                             "arch": self.arch, "sizes": self.sizes,
-                                             "counts": self.counts, "meta": self.meta})
-        return folder
-
-    @classmethod
-    def load(cls, folder: str | Path) -> "ChannelPlan":
-        """Read a plan saved by :meth:`save`. ``plan.json`` is checked against
-        :data:`schema.CHANNEL_PLAN`, the tensor header against it before loading, and every
-        group's kept indices by :func:`check_keep`; anything wrong is a PrunewiseError."""
-        folder = Path(folder)
-        cfg = files.read_json(folder / PLAN_JSON, "channel plan")
-        if cfg.get("kind") != "channels" or "sizes" not in cfg:
-            raise PrunewiseError(f"{folder / PLAN_JSON} is not a channel plan")
-        schema.check(cfg, schema.CHANNEL_PLAN, str(folder / PLAN_JSON))
-        sizes, where = cfg["sizes"], str(folder / PLAN_TENSORS)
-        header, _ = files.read_header(folder / PLAN_TENSORS, "channel plan tensors")
-        if set(header) != set(sizes):
-            raise PrunewiseError(f"corrupt channel plan {folder}: groups in {PLAN_JSON} and "
-                                 f"{PLAN_TENSORS} differ")
-        counts = cfg.get("counts", {})
-        for k, entry in header.items():
-            n = entry["shape"][0] if len(entry["shape"]) == 1 else -1
-            if n < 0 or entry["dtype"] not in ("I64", "I32") or n > sizes[k] \
-                    or counts.get(k, n) != n:
-                raise PrunewiseError(f"{where}: group '{k}' must be a list of at most {sizes[k]} "
-                                     f"integer indices (as counts says), got {entry['dtype']} "
-                                     f"of shape {entry['shape']}")
-        keep = files.read_tensors(folder / PLAN_TENSORS, "channel plan tensors")
-        check_keep(keep, sizes, where)
-        return cls(keep={k: v.to(torch.long) for k, v in keep.items()}, sizes=dict(sizes),
-                   arch=cfg.get("arch", ""), meta=cfg.get("meta", {}))
-
-
-def check_keep(keep: dict[str, torch.Tensor], sizes: dict[str, int], where: str) -> None:
-    """Raise a PrunewiseError naming ``where`` unless every group's kept channels are a
-    non-empty 1-D list of integers ``i`` with ``0 <= i < sizes[group]``, sorted and unique."""
-    for k, v in keep.items():
-        if k not in sizes:
-            raise PrunewiseError(f"{where}: group '{k}' has no channel count")
-        if v.dim() != 1 or v.numel() < 1 or v.dtype.is_floating_point or v.dtype == torch.bool:
-            raise PrunewiseError(f"{where}: group '{k}' must keep a non-empty 1-D list of integer "
-                                 f"channel indices, got {str(v.dtype).replace('torch.', '')} of "
-                                 f"shape {list(v.shape)}")
-        v = v.to(torch.long)
-        lo, hi = int(v.min()), int(v.max())
-        if lo < 0 or hi >= sizes[k]:
-            raise PrunewiseError(f"{where}: group '{k}' keeps channel {lo if lo < 0 else hi}, "
-                                 f"outside 0..{sizes[k] - 1}")
-        if v.numel() > 1 and not bool((v[1:] > v[:-1]).all()):
-            raise PrunewiseError(f"{where}: group '{k}' kept channels must be sorted and unique")
 
 
 def make_plan(model: nn.Module, infos: list[GroupInfo], keep: dict[str, torch.Tensor],

@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from . import data as D
-from . import device, dist
+from . import device, dist, names
 from .errors import PrunewiseError
+from .utils import progress_bar
 
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = names.OPTIMIZERS
 
 
 @torch.no_grad()
@@ -202,8 +202,7 @@ def fit(model: nn.Module, bundle: "D.DataBundle", *, epochs: int, lr: float = 0.
     if epochs == 0 or len(bundle.val) == 0:
         best["val_top1"] = evaluate_split(model, bundle, "val")["top1"] if len(bundle.val) else -1.0
     history = []
-    bar = tqdm(total=total, desc=desc, disable=not progress or not dist.is_main(), leave=False,
-               dynamic_ncols=True)
+    bar = progress_bar(total, desc, progress)
     step = _Stepper(model, opt, sched, keeper, dev, amp, batch_size, bar)
     for epoch in range(1, epochs + 1):
         model.train()

@@ -1,4 +1,4 @@
-"""Small utilities shared by every layer; imports nothing from prunewise."""
+"""Small utilities shared by every layer (only the base layer's `dist` from prunewise)."""
 from __future__ import annotations
 
 import contextlib
@@ -16,3 +16,40 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(old)
+
+
+#: Seconds between two progress lines when the output is not a terminal (a log file).
+LOG_INTERVAL = 10.0
+
+
+class _Lines:
+    """A file for tqdm that turns its carriage-return redraws into whole lines (for logs)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        text = text.replace("\r", "").strip()
+        if text:
+            self.stream.write(text + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def progress_bar(total: int, desc: str, enabled: bool = True, initial: int = 0):
+    """A tqdm bar on stderr: redrawn in place on a terminal; elsewhere one plain line at most
+    every :data:`LOG_INTERVAL` seconds (so ``prunewise demo > log`` shows the run moving).
+    Off when not ``enabled`` and on every torchrun rank but 0."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    from . import dist
+
+    off = not enabled or not dist.is_main()
+    if off or sys.stderr.isatty():
+        return tqdm(total=total, initial=initial, desc=desc, disable=off, leave=False,
+                    dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc=desc, file=_Lines(sys.stderr), leave=False,
+                mininterval=LOG_INTERVAL, maxinterval=LOG_INTERVAL * 6, ncols=100, ascii=True)

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+from prunewise import names
 from prunewise.errors import PrunewiseError
 
 from .cifar import load_cifar
@@ -14,7 +15,7 @@ from .digits import load_digits
 from .idx import IDX_SETS, load_idx
 from .imagefolder import load_imagefolder
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "fashion-mnist", "mnist")
+DATASETS = names.DATASETS
 
 
 def load(

@@ -19,14 +19,12 @@ from torch import nn
 
 from .. import structured
 from ..structured import Analysis
-from ..utils import one_thread
 from .config import configure, plan_counts
 from .gem import EXACT_MAX, greedy_exact, greedy_fast, nuclear_norm, select, select_group
 from .spectrum import gram, normalized, singular_values
 
-__all__ = ["select", "prune", "analyze", "plan_counts", "Analysis", "configure", "one_thread",
-           "greedy_exact", "greedy_fast", "nuclear_norm", "singular_values", "gram", "normalized",
-           "EXACT_MAX", "select_group"]
+__all__ = ["select", "prune", "analyze", "plan_counts", "configure", "greedy_exact", "greedy_fast",
+           "nuclear_norm", "singular_values", "gram", "normalized", "EXACT_MAX", "select_group"]
 
 
 def analyze(model: nn.Module, example_inputs: torch.Tensor, ignored_layers=None, *,

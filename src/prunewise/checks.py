@@ -1,0 +1,66 @@
+"""The value checks every settings object runs once, when it is built.
+
+Each raises :class:`~prunewise.errors.PrunewiseError` with a message that names the setting, the
+value it got and what is allowed; each returns the value, so a ``__post_init__`` reads as a list
+of ``checks.integer("attack steps", self.steps, 1)`` lines. No torch here: the command line
+builds settings (and prints help) without importing it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+from .errors import PrunewiseError
+
+
+def integer(what: str, value: Any, low: int, high: int | None = None, *,
+            none: bool = False) -> Any:
+    """An int (not a bool) in ``low .. high``; None passes when ``none``."""
+    if value is None and none:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < low \
+            or (high is not None and value > high):
+        span = f">= {low}" if high is None else f"in {low}..{high}"
+        extra = " (or None)" if none else ""
+        raise PrunewiseError(f"{what} must be an integer {span}{extra}, got {value!r}")
+    return value
+
+
+def number(what: str, value: Any, low: float | None = None, high: float | None = None, *,
+           low_open: bool = False, high_open: bool = False, none: bool = False) -> Any:
+    """A finite int or float (not a bool) between the bounds (``*_open``: the bound excluded);
+    None passes when ``none``."""
+    if value is None and none:
+        return value
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) \
+        and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        lo = "" if low is None else f"{low:g} {'<' if low_open else '<='} "
+        hi = "" if high is None else f" {'<' if high_open else '<='} {high:g}"
+        span = f" with {lo}x{hi}" if lo or hi else ""
+        raise PrunewiseError(f"{what} must be a finite number{span}, got {value!r}")
+    return value
+
+
+def fraction(what: str, value: Any, *, zero: bool = False, none: bool = False) -> Any:
+    """A number in (0, 1), or [0, 1) with ``zero``."""
+    return number(what, value, 0.0, 1.0, low_open=not zero, high_open=True, none=none)
+
+
+def choice(what: str, value: Any, allowed: Iterable[str]) -> Any:
+    """One of ``allowed``."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise PrunewiseError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
+    return value
+
+
+def flag(what: str, value: Any, *, none: bool = False) -> Any:
+    """True or False (None too when ``none``)."""
+    if not (isinstance(value, bool) or (value is None and none)):
+        raise PrunewiseError(f"{what} must be True or False, got {value!r}")
+    return value

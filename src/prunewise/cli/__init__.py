@@ -1,0 +1,81 @@
+"""The `prunewise` command: a thin shell over the library functions a Python user calls.
+
+``options`` holds the option types and groups, ``output`` what is printed, ``loading`` how
+checkpoints and data are read, ``commands`` and ``prune`` the commands. Nothing is imported
+from torch until a command runs, so every ``--help`` answers at once.
+
+Exit codes: 0 success, 2 bad input (one line on stderr, no traceback), 1 internal failure.
+"""
+from __future__ import annotations
+
+import sys
+import traceback
+
+import click
+
+from ..errors import PrunewiseError
+from . import commands, prune
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
+@click.version_option(package_name="prunewise")
+@click.pass_context
+def cli(ctx):
+    """prunewise: FVW (unstructured) and SLIMING (structured) pruning for PyTorch."""
+    if ctx.invoked_subcommand is None:  # no command: the help, as with --help
+        click.echo(ctx.get_help())
+
+
+for _command in commands.COMMANDS + prune.COMMANDS:
+    cli.add_command(_command)
+
+
+def _rank_note() -> str:
+    dist = sys.modules.get("prunewise.dist")  # loaded only once a command imported torch
+    return f" (rank {dist.rank()} of {dist.world()})" if dist and dist.active() else ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI and map errors to exit codes (2 bad input, 1 internal)."""
+    try:
+        rv = cli.main(args=argv, prog_name="prunewise", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except (PrunewiseError, click.ClickException) as e:
+        msg = e.format_message() if isinstance(e, click.ClickException) else str(e)
+        click.echo(f"prunewise: error{_rank_note()}: {' '.join(msg.split())}", err=True)
+        code = 2
+    except click.exceptions.Abort:
+        click.echo("prunewise: aborted", err=True)
+        code = 130
+    except KeyboardInterrupt:
+        click.echo("prunewise: interrupted", err=True)
+        code = 130
+    except OSError as e:  # our own paths (unreadable, unwritable, disk full): bad input
+        if e.filename is None:
+            traceback.print_exc()
+            click.echo("prunewise: internal error (please report it with the traceback above)",
+                       err=True)
+            code = 1
+        else:
+            click.echo(f"prunewise: error: {e.strerror or e}: {e.filename}", err=True)
+            code = 2
+    except Exception:  # a genuine internal failure: keep the traceback for the bug report
+        traceback.print_exc()
+        click.echo("prunewise: internal error (please report it with the traceback above)",
+                   err=True)
+        code = 1
+    dist = sys.modules.get("prunewise.dist")
+    if code == 0 and dist is not None:
+        dist.finish()  # after a failure the peers are stopped by torchrun or the timeout
+    return code
+
+
+def entry() -> None:
+    """The ``prunewise`` command and ``python -m prunewise``: exit with :func:`main`'s code
+    (under torchrun through :func:`prunewise.dist.leave`, which skips the interpreter shutdown
+    that can abort in the collective backend's threads)."""
+    code = main()
+    dist = sys.modules.get("prunewise.dist")
+    if dist is not None:
+        dist.leave(code)
+    sys.exit(code)

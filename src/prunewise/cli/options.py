@@ -1,0 +1,273 @@
+"""Option types and option groups of the command line, and the checks that run before any work.
+
+Nothing here imports torch: ``prunewise --help`` and every ``--help`` are answered from click,
+the method table and the fixed names alone.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .. import methods, names, schema
+from ..errors import PrunewiseError
+
+
+class FiniteFloat(click.ParamType):
+    """A click FLOAT that refuses NaN and infinities and, optionally, values outside a range
+    (``min_open`` / ``max_open``: the bound itself is excluded)."""
+
+    name = "number"
+
+    def __init__(self, min: float | None = None, max: float | None = None, *,
+                 min_open: bool = False, max_open: bool = False):
+        self.min, self.max, self.min_open, self.max_open = min, max, min_open, max_open
+
+    def describe(self) -> str:
+        lo = "" if self.min is None else f"{self.min:g} {'<' if self.min_open else '<='} "
+        hi = "" if self.max is None else f" {'<' if self.max_open else '<='} {self.max:g}"
+        return f"{lo}x{hi}"
+
+    def convert(self, value, param, ctx):
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if isinstance(value, bool) or not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        low = self.min is not None and (v < self.min or (self.min_open and v == self.min))
+        high = self.max is not None and (v > self.max or (self.max_open and v == self.max))
+        if low or high:
+            self.fail(f"{value!r} is not in the range {self.describe()}", param, ctx)
+        return v
+
+
+class MethodChoice(click.ParamType):
+    """A method name of one kind, checked against the method table when the command runs (a row
+    added to the table is a choice at once; the help lists the table's names)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.name = f"{kind} method"
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return "[" + "|".join(methods.names(self.kind)) + "]"
+
+    def convert(self, value, param, ctx):
+        if value not in methods.names(self.kind):
+            self.fail(f"{value!r} is not one of: {', '.join(methods.names(self.kind))}",
+                      param, ctx)
+        return value
+
+
+MAX_COUNT = 10 ** 9
+SEED = click.IntRange(0, 2 ** 32 - 1)
+SIDE = click.IntRange(1, schema.MAX_IMAGE_SIZE)
+CLASSES = click.IntRange(1, schema.MAX_CLASSES)
+LR = FiniteFloat(0, 10, min_open=True)
+WEIGHT_DECAY = FiniteFloat(0, 1)
+FRACTION = FiniteFloat(0, 1, min_open=True, max_open=True)
+
+
+def count(low: int) -> click.IntRange:
+    """An integer option in ``low .. MAX_COUNT``."""
+    return click.IntRange(low, MAX_COUNT)
+
+
+def check_output(path, what: str = "--out", *, folder: bool = True) -> Path:
+    """Refuse, before any work, an output path that cannot be written: empty, an existing file
+    where a folder is wanted (or the reverse), under a file, or where we may not write."""
+    text = "" if path is None else str(path)
+    kind = "folder" if folder else "file"
+    if not text.strip() or "\0" in text:
+        raise PrunewiseError(f"{what} must name a {kind}, got {text!r}")
+    p = Path(text)
+    if p.exists() and p.is_dir() != folder:
+        raise PrunewiseError(f"{what} {p} is {'a file' if folder else 'a folder'}; give a {kind}")
+    at = p if (folder and p.is_dir()) else p.parent
+    while not at.exists() and at != at.parent:
+        at = at.parent
+    if not at.is_dir():
+        raise PrunewiseError(f"{what} {p} lies under {at}, which is not a folder")
+    if not os.access(at, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise PrunewiseError(f"{what} {p} is not writable (no write permission on {at})")
+    return p
+
+
+def check_apart(out, checkpoint) -> None:
+    """Refuse a prune ``--out`` whose ``model`` folder is the input checkpoint: the run would
+    write the pruned model over the only copy of the model it started from."""
+    target, source = Path(out) / "model", Path(checkpoint)
+    if source.exists() and target.exists() and target.resolve() == source.resolve():
+        raise PrunewiseError(f"--out {out} would write the pruned model over the input checkpoint "
+                             f"{checkpoint}; choose another --out folder")
+
+
+def progress_on(quiet: bool) -> bool:
+    """Progress unless --quiet: a bar on a terminal, a line every few seconds in a log."""
+    return not quiet
+
+
+quiet_option = click.option("--quiet", is_flag=True, help="No progress bars or chatter.")
+
+
+def device_option(f):
+    """--device, on every command that computes."""
+    return click.option("--device", "device_name", default="auto", show_default=True,
+                        help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps.")(f)
+
+
+def amp_option(f):
+    """--amp, on every command that trains or fine-tunes."""
+    return click.option("--amp", type=click.Choice(names.AMP), default=None,
+                        help="Mixed-precision training / fine-tuning on CUDA (fp16 with a "
+                             "gradient scaler); pruning criteria stay float32.")(f)
+
+
+def data_options(f):
+    """--data/--root/--image-size/--data-seed, shared by every command that reads data."""
+    f = click.option("--data-seed", type=SEED, default=None,
+                     help="Seed of the train/val split (default: the checkpoint's, else 0).")(f)
+    f = click.option("--image-size", type=SIDE, default=None,
+                     help="Resize images to this side (default: the data set's own).")(f)
+    f = click.option("--root", type=click.Path(file_okay=False), default=None,
+                     help="Folder of a local data set (cifar10, cifar100, imagefolder, mnist; "
+                          "fashion-mnist defaults to /usr/share/datasets/fashion-mnist).")(f)
+    f = click.option("--data", "data_name", default=None,
+                     help=f"Data set: {', '.join(names.DATASETS)} (default: the checkpoint's, "
+                          f"else digits).")(f)
+    return f
+
+
+def finetune_options(epochs: int = 0, lr: float = 0.01):
+    """Fine-tuning after pruning (every prune command, bench)."""
+    def add(f):
+        for opt in reversed([
+                click.option("--finetune-epochs", type=count(0), default=epochs,
+                             show_default=True),
+                click.option("--lr", type=LR, default=lr, show_default=True,
+                             help="Fine-tuning learning rate."),
+                click.option("--optimizer", type=click.Choice(names.OPTIMIZERS), default="sgd",
+                             show_default=True, help="Fine-tuning optimizer."),
+                click.option("--weight-decay", type=WEIGHT_DECAY, default=5e-4,
+                             show_default=True),
+                click.option("--finetune-batch-size", type=count(1), default=64,
+                             show_default=True),
+                click.option("--patience", type=count(1), default=None,
+                             help="Fine-tuning early-stopping patience (epochs).")]):
+            f = opt(f)
+        return f
+    return add
+
+
+def recalibration_options(f):
+    """BatchNorm recalibration after pruning (every prune command, the demo and bench)."""
+    f = click.option("--no-recalibrate", is_flag=True,
+                     help="Skip BatchNorm recalibration after pruning.")(f)
+    return click.option("--recalibrate-samples", type=count(1), default=512, show_default=True,
+                        help="Training images that re-estimate the BatchNorm statistics "
+                             "after pruning.")(f)
+
+
+def latency_option(f):
+    return click.option("--latency-repeats", type=count(0), default=20, show_default=True,
+                        help="Timed forward passes per batch size (1 and 64) for the dense "
+                             "and the pruned model; 0 = no latency.")(f)
+
+
+def loop_recalibrate_option(f):
+    with_default = [m.name for m in methods.TABLE
+                    if m.kind == methods.UNSTRUCTURED and m.loop_recalibrate]
+    return click.option("--loop-recalibrate/--no-loop-recalibrate", default=None,
+                        help="Recalibrate BatchNorm inside the iterative pruning loop "
+                             f"(default: on for {', '.join(with_default)}; "
+                             "--no-loop-recalibrate is the reference FVW).")(f)
+
+
+def finetune_of(kw: dict):
+    from .. import runs
+
+    return runs.FineTune(epochs=kw["finetune_epochs"], lr=kw["lr"], optimizer=kw["optimizer"],
+                         weight_decay=kw["weight_decay"], batch_size=kw["finetune_batch_size"],
+                         patience=kw["patience"])
+
+
+def recalibration_of(kw: dict):
+    from .. import runs
+
+    return runs.Recalibration(samples=kw["recalibrate_samples"], enabled=not kw["no_recalibrate"])
+
+
+def measurement_of(kw: dict):
+    from .. import runs
+
+    n = kw["latency_repeats"]
+    return runs.Measurement(latency=n > 0, repeats=max(n, 1), warmup=min(3, max(n, 1)))
+
+
+def method_options(row: methods.Method, given: dict):
+    """The method's own settings from the command line: ``given`` maps every method-specific
+    option (by setting name) to its value, or to None where the user did not give it. One given
+    for a method without that setting is refused, naming the methods that have it."""
+    from dataclasses import fields
+
+    own = {f.name for f in fields(row.settings)}
+    owners = methods.setting_names()
+    for key, value in given.items():
+        if value is not None and key not in own:
+            flag = "--" + key.replace("_", "-")
+            raise PrunewiseError(f"{flag} applies to method {', '.join(owners.get(key, []))} "
+                                 f"only, not '{row.name}'")
+    if not own:
+        return None
+    return row.settings(**{k: v for k, v in given.items() if k in own and v is not None})
+
+
+def compute_of(device_name: str, amp: str | None = None):
+    """Resolve --device / --amp, join the torchrun process group when launched by torchrun,
+    and silence the standard output of every rank but 0 (one copy of every printed line)."""
+    from .. import device, dist, runs
+
+    dev = device.resolve(device_name)
+    device.check_amp(amp, dev)
+    if dist.init(dev) and not dist.is_main():
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 -- for the life of the process
+    return runs.Compute(device=str(dev), amp=amp)
+
+
+def _setting_option(f):
+    """One click option for a method setting (a field made by ``methods.setting``)."""
+    meta, flag = f.metadata, "--" + f.name.replace("_", "-")
+    owners = ", ".join(methods.setting_names()[f.name])
+    default = "" if f.default is None else f"; default {f.default}"
+    words = meta.get("help", f.name)
+    text = f"{words[:1].upper()}{words[1:]} ({owners} only{default})."
+    kind = meta.get("kind")
+    if kind == "flag":
+        return click.option(flag, f.name, is_flag=True, default=None, help=text)
+    if kind == "choice":
+        kind_type = click.Choice(meta["choices"])
+    elif kind == "int":
+        kind_type = click.IntRange(meta.get("low"), meta.get("high"))
+    else:
+        kind_type = FiniteFloat(meta.get("low"), meta.get("high"),
+                                min_open=meta.get("low_open", False))
+    return click.option(flag, f.name, type=kind_type, default=None, help=text)
+
+
+def method_setting_options(kind: str):
+    """Every method-specific setting of ``kind``'s methods as an option (None when not given;
+    :func:`method_options` sorts them out for the chosen method)."""
+    def add(f):
+        for fld in reversed(list(methods.setting_fields(kind).values())):
+            f = _setting_option(fld)(f)
+        return f
+    return add
+
+
+def pop_method_options(kind: str, kw: dict) -> dict:
+    """Take the method-specific options out of a command's keyword arguments."""
+    return {name: kw.pop(name) for name in methods.setting_fields(kind)}

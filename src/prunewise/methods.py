@@ -1,0 +1,173 @@
+"""The method table: every pruning method prunewise offers, declared once, in :data:`TABLE`.
+
+A row (:class:`Method`) says what the rest of the program needs to know about a method: its
+name and kind, a one-line summary, where it is documented, its own settings (a small frozen
+dataclass whose defaults are the method's defaults), whether it needs data, whether the
+pipeline recalibrates BatchNorm inside its loop by default, and ``build``: the
+``"module:function"`` that makes the method's working part, imported only when it runs (so
+this module, and with it ``prunewise --help`` and ``prunewise methods``, needs no torch):
+
+* an unstructured method's ``build(settings, seed)`` returns a mask-engine scorer
+  (:class:`prunewise.masking.Scorer`), run by :func:`prunewise.masking.run`;
+* a structured method's ``build(settings, budget, batches, seed)`` returns the
+  ``(configure, select)`` pair run by :func:`prunewise.structured.prune` (``budget``: the
+  pipeline's :class:`prunewise.runs.Structured`).
+
+The pipeline (:mod:`prunewise.runs`), the bench grid, the demo, the command line (its
+``--method`` choices and ``prunewise methods``) and the docs all read this table; nothing else
+compares a method's name. docs/architecture.md, "How to add a method", walks through a new row.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable
+
+from . import checks
+from .errors import PrunewiseError
+
+UNSTRUCTURED = "unstructured"
+STRUCTURED = "structured"
+KINDS = (UNSTRUCTURED, STRUCTURED)
+
+
+# ---- the methods' own settings ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NoSettings:
+    """A method with no settings of its own."""
+
+
+def setting(default: Any, help: str, kind: str, **limits: Any) -> Any:
+    """A field of a method's settings with what the command line needs to offer it: ``kind``
+    'float', 'int', 'choice' or 'flag'; ``limits``: ``low`` / ``high`` / ``low_open`` for
+    numbers, ``choices`` for a choice. ``prunewise methods`` prints ``help``."""
+    return field(default=default, metadata={"help": help, "kind": kind, **limits})
+
+
+@dataclass(frozen=True)
+class FVWSettings:
+    """FVW's attack: step ``alpha``, ``steps`` (K) sign steps; ``class_groups``: one attack per
+    group of classes (None: one over all data), combined by ``aggregate`` ('union': best rank in
+    any group, 'sum'); ``descent``: add a descent pass per group (class-group mode only)."""
+    alpha: float = setting(1e-8, "attack step size", "float", low=0.0, low_open=True)
+    steps: int = setting(2, "attack steps K", "int", low=1, high=10_000)
+    class_groups: int | None = setting(None, "class-group mode with this many groups", "int",
+                                       low=1, high=100_000)
+    aggregate: str = setting("union", "how class groups combine", "choice",
+                             choices=("union", "sum"))
+    descent: bool = setting(False, "class-group mode: add a descent pass per group", "flag")
+
+    def __post_init__(self) -> None:
+        checks.number("alpha", self.alpha, 0.0, low_open=True)
+        checks.integer("attack steps", self.steps, 1)
+        checks.integer("class groups", self.class_groups, 1, none=True)
+        checks.choice("aggregate", self.aggregate, ("union", "sum"))
+        checks.flag("descent", self.descent)
+
+
+# ---- the table -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the method table (see the module docstring)."""
+    name: str
+    kind: str
+    summary: str
+    docs: str
+    build: str | Callable
+    settings: type = NoSettings
+    needs_data: bool = True
+    loop_recalibrate: bool = False
+
+    def builder(self) -> Callable:
+        """The function ``build`` names (imported now)."""
+        if callable(self.build):
+            return self.build
+        module, _, attr = self.build.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def options(self, value: Any = None) -> Any:
+        """``value`` checked as this method's settings; None gives the defaults."""
+        if value is None:
+            return self.settings()
+        if not isinstance(value, self.settings):
+            raise PrunewiseError(f"method '{self.name}' takes {self.settings.__name__} settings, "
+                                 f"got {type(value).__name__}")
+        return value
+
+    def describe(self) -> dict:
+        """The row as plain data (``prunewise methods --json``)."""
+        return {"name": self.name, "kind": self.kind, "summary": self.summary,
+                "docs": self.docs, "needs_data": self.needs_data,
+                "loop_recalibrate": self.loop_recalibrate if self.kind == UNSTRUCTURED else None,
+                "settings": {f.name: {"default": f.default, "help": f.metadata.get("help", "")}
+                             for f in fields(self.settings)}}
+
+
+_DOC = "docs/methods.md"
+
+TABLE: list[Method] = [
+    # unstructured: mask scorers on the shared engine (prunewise.masking)
+    Method("fvw", UNSTRUCTURED, "FVW (CIKM 2023): adversarial weight attack + path-integrated "
+           "attribution, |A * w|", f"{_DOC}#fvw", "prunewise.fvw:scorer", FVWSettings,
+           loop_recalibrate=True),
+    Method("magnitude", UNSTRUCTURED, "global magnitude |w|", f"{_DOC}#baselines",
+           "prunewise.baselines:magnitude_scorer", needs_data=False),
+    Method("taylor", UNSTRUCTURED, "first-order Taylor |w * dL/dw|, one gradient per iteration",
+           f"{_DOC}#baselines", "prunewise.baselines:taylor_scorer"),
+    Method("random", UNSTRUCTURED, "uniform random scores (seeded)", f"{_DOC}#baselines",
+           "prunewise.baselines:random_scorer", needs_data=False),
+    Method("obd", UNSTRUCTURED, "optimal brain damage with empirical-Fisher curvature, "
+           "0.5 * F * w^2 (ours)", f"{_DOC}#baselines", "prunewise.baselines:obd_scorer",
+           loop_recalibrate=True),
+    # structured: (configure, select) pairs on the shared engine (prunewise.structured)
+    Method("sliming", STRUCTURED, "SLIMING (Neural Networks 2025): singular-value configuration "
+           "+ GEM nuclear-norm selection", f"{_DOC}#sliming", "prunewise.filters:sliming_pair",
+           needs_data=False),
+    Method("l1", STRUCTURED, "L1-uniform: the same fraction of every group, largest L1 norms",
+           f"{_DOC}#baselines", "prunewise.filters:l1_pair", needs_data=False),
+    Method("random", STRUCTURED, "uniform configuration, random channels (seeded)",
+           f"{_DOC}#baselines", "prunewise.filters:random_pair", needs_data=False),
+    Method("chip", STRUCTURED, "uniform configuration, CHIP leave-one-out nuclear norm of the "
+           "feature maps", f"{_DOC}#baselines", "prunewise.filters:chip_pair"),
+    Method("sliming-l1", STRUCTURED, "SLIMING's configuration with L1 selection (separates its "
+           "two steps)", f"{_DOC}#baselines", "prunewise.filters:sliming_l1_pair",
+           needs_data=False),
+]
+
+
+def names(kind: str) -> tuple[str, ...]:
+    """The names of every method of ``kind``, in table order."""
+    checks.choice("method kind", kind, KINDS)
+    return tuple(m.name for m in TABLE if m.kind == kind)
+
+
+def get(name: str, kind: str) -> Method:
+    """The row of method ``name`` of ``kind``; PrunewiseError naming the choices otherwise."""
+    for m in TABLE:
+        if m.name == name and m.kind == kind:
+            return m
+    raise PrunewiseError(f"unknown {kind} method {name!r}; choose one of: "
+                         f"{', '.join(names(kind))}")
+
+
+def setting_names() -> dict[str, list[str]]:
+    """Every method-specific setting -> the methods that have it (the command line refuses one
+    given for a method without it)."""
+    out: dict[str, list[str]] = {}
+    for m in TABLE:
+        for f in fields(m.settings):
+            out.setdefault(f.name, []).append(m.name)
+    return out
+
+
+def setting_fields(kind: str) -> dict[str, Any]:
+    """One dataclass field per method-specific setting of ``kind``'s methods (the first
+    method's, when two share a name): what the command line turns into options."""
+    out: dict[str, Any] = {}
+    for m in TABLE:
+        if m.kind == kind:
+            for f in fields(m.settings):
+                out.setdefault(f.name, f)
+    return out
