@@ -18,10 +18,10 @@ import json
 import torch
 
 from common import environment
-from fashion_quality import base_path, results_dir
-from fashion_quality import LEVELS as SPARSITIES
+from fashion_common import LEVELS as SPARSITIES
+from fashion_common import base_path, results_dir
 from prunewise import data as D
-from prunewise import files, runs
+from prunewise import checkpoints, files, runs
 from prunewise.plan import MaskPlan
 
 LEVELS = tuple(str(lv) for lv in SPARSITIES)  # as fashion_quality names its plan folders
@@ -48,7 +48,7 @@ def main(argv=None) -> None:
     ap.add_argument("--model", default="resnet20")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    model = files.load_model(base_path(args.model, args.seed)).eval()
+    model = checkpoints.load_model(base_path(args.model, args.seed)).eval()
     out = results_dir(args.model)
     bundle = D.load("fashion-mnist")
     quick = runs.Measurement(latency=False)

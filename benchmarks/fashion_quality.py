@@ -33,34 +33,16 @@ from pathlib import Path
 
 import torch
 
-from common import HERE, environment
+from common import environment
+from fashion_common import BUDGETS, LEVELS, base_path, results_dir
 from prunewise import data as D
-from prunewise import files, methods, runs
+from prunewise import checkpoints, files, methods, runs
 
-OUT = HERE / "results" / "fashion"
 
-LEVELS = (0.8, 0.9, 0.95, 0.98)
-BUDGETS = (0.5, 0.25)
 MASK_METHODS = ("fvw", "fvw+loop", "taylor+loop", "magnitude", "random", "obd+loop")
 CHANNEL_METHODS = ("sliming", "sliming-l1", "l1", "chip", "random")
 FINETUNE = runs.FineTune(epochs=1, lr=0.02, batch_size=128)
 QUICK = runs.Measurement(latency=False)
-
-
-def results_dir(model: str) -> Path:
-    """Where a base model's results go: resnet20's in ``fashion/``, any other's beside it."""
-    return OUT if model == "resnet20" else OUT.parent / f"fashion-{model}"
-
-
-def plot_path(model: str) -> Path:
-    """The summary's unstructured plot: ``docs/fashion-unstructured.png`` for resnet20 (the one
-    the README shows first), ``docs/fashion-unstructured-MODEL.png`` for any other."""
-    return HERE.parent / "docs" / ("fashion-unstructured.png" if model == "resnet20"
-                                   else f"fashion-unstructured-{model}.png")
-
-
-def base_path(model: str, seed: int) -> Path:
-    return HERE / "checkpoints" / f"{model}-fashion-mnist-s{seed}"
 
 
 def parse_spec(spec: str, levels=LEVELS) -> tuple[str, runs.Unstructured]:
@@ -155,7 +137,7 @@ def structured(model, bundle, seed: int, methods, path: Path) -> None:
             res[key] = brief(rep)
             print(f"seed {seed} {key}: pruned {res[key]['pruned']:.4f} "
                   f"recalibrated {res[key]['recalibrated']:.4f}", flush=True)
-            files.save_model(small, path.parent / f"plans-s{seed}" / f"{spec}-{budget}")
+            checkpoints.save_model(small, path.parent / f"plans-s{seed}" / f"{spec}-{budget}")
             res["environment"] = environment()
             save(path, res)
 
@@ -175,7 +157,7 @@ def finetune(model, bundle, seed: int, cells, path: Path) -> None:
         spec, level = cell.split("|")
         folder = plans / f"{spec}-{level}"
         if (folder / "model.safetensors").is_file():  # a structured model
-            small = files.load_model(folder)
+            small = checkpoints.load_model(folder)
             steps = runs.finish(small, bundle, None, runs.Steps(finetune=FINETUNE, seed=seed))
         else:
             plan = MaskPlan.load(folder)
@@ -208,7 +190,7 @@ def latency(model, bundle, seed: int, methods, path: Path) -> None:
         for budget in BUDGETS:
             folder = path.parent / f"plans-s{seed}" / f"{spec}-{budget}"
             if (folder / "model.safetensors").is_file():
-                res[f"{spec}|{budget}"] = timed(files.load_model(folder).eval())
+                res[f"{spec}|{budget}"] = timed(checkpoints.load_model(folder).eval())
                 print(f"seed {seed} {spec}|{budget}: {res[f'{spec}|{budget}']}", flush=True)
     res["environment"] = environment()
     save(path, res)
@@ -234,7 +216,7 @@ def main(argv=None) -> None:
         from fashion_summary import main as summary
         return summary(args.model)
     torch.set_num_threads(args.threads)
-    model = files.load_model(base_path(args.model, args.seed)).eval()
+    model = checkpoints.load_model(base_path(args.model, args.seed)).eval()
     bundle = D.load("fashion-mnist")
     suffix = f"-{args.part_name}" if args.part_name else ""
     path = results_dir(args.model) / f"{args.part}-s{args.seed}{suffix}.json"

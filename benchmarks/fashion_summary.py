@@ -11,7 +11,7 @@ import json
 import statistics
 from pathlib import Path
 
-from fashion_quality import BUDGETS, plot_path, results_dir
+from fashion_common import BUDGETS, plot_path, results_dir
 
 
 def seeds_of(results: Path, part: str, probes: bool = False) -> dict[int, dict]:

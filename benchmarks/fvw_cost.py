@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import common  # noqa: E402
-from prunewise import data as D, files, fvw, models  # noqa: E402
+from prunewise import checkpoints, data as D, fvw, models  # noqa: E402
 
 
 def plain_sweeps(model, batches, sweeps: int) -> None:
@@ -83,7 +83,7 @@ def main(argv=None) -> None:
     for arch in args.models.split(","):
         torch.manual_seed(0)
         if args.trained:
-            model = files.load_model(common.base_checkpoint(arch, seed=0))
+            model = checkpoints.load_model(common.base_checkpoint(arch, seed=0))
         else:
             model = models.create(arch, num_classes=10, in_channels=1)
         names = fvw.prunable(model)

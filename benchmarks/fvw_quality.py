@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import common  # noqa: E402
-from prunewise import data as D, files, methods, runs  # noqa: E402
+from prunewise import checkpoints, data as D, runs  # noqa: E402
+from prunewise import methods as table  # noqa: E402  (the name "methods" is a list here)
 
 STAGES = ("pruned", "recalibrated", "finetuned")
 
@@ -62,7 +63,7 @@ def one_seed(args, arch: str, seed: int, levels: list[float], methods: list[str]
     """Every method at every level for one base model; returns the row of results."""
     ckpt = (Path(args.base.format(model=arch, seed=seed)) if args.base else
             common.base_checkpoint(arch, seed=seed, epochs=args.epochs, data=args.data))
-    model = files.load_model(ckpt)
+    model = checkpoints.load_model(ckpt)
     bundle = D.load(args.data, seed=model.prunewise_meta.get("data", {}).get("seed", 0))
     measurement = runs.Measurement(latency=False)
     dense = runs.measure_dense(model, bundle, measurement)
@@ -71,8 +72,8 @@ def one_seed(args, arch: str, seed: int, levels: list[float], methods: list[str]
            "cells": {}, "seconds": {}}
     for method in methods:
         cells = row["cells"].setdefault(method, {})
-        takes = methods.get(method, methods.UNSTRUCTURED).settings is methods.FVWSettings
-        options = methods.FVWSettings(alpha=args.alpha, steps=args.steps) if takes else None
+        takes = table.get(method, table.UNSTRUCTURED).settings is table.FVWSettings
+        options = table.FVWSettings(alpha=args.alpha, steps=args.steps) if takes else None
         settings = runs.Unstructured(sparsity=max(levels), keep=args.keep, samples=args.samples,
                                      track_accuracy=False, options=options,
                                      loop_recalibrate=args.loop_recalibrate)

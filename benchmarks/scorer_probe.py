@@ -7,7 +7,7 @@
 import argparse, copy, json, math, time, sys
 import torch, torch.nn.functional as F
 from torch import nn
-from prunewise import data as D, train, files, fvw
+from prunewise import checkpoints, data as D, fvw, train
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--ckpt"); ap.add_argument("--scores", default="magnitude,taylor,fvw,fisher,obd")
@@ -19,7 +19,7 @@ ap.add_argument("--out", default=None); ap.add_argument("--data", default="fashi
 a = ap.parse_args()
 torch.set_num_threads(1)
 torch.manual_seed(0)
-model = files.load_model(a.ckpt).eval()
+model = checkpoints.load_model(a.ckpt).eval()
 bundle = D.load(a.data)
 g = torch.Generator().manual_seed(0)
 idx = torch.randperm(len(bundle.train), generator=g)

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from common import base_checkpoint, write_result  # noqa: E402
 from prunewise import data as D  # noqa: E402
-from prunewise import files, runs  # noqa: E402
+from prunewise import checkpoints, runs  # noqa: E402
 
 STAGES = ("pruned", "recalibrated", "finetuned")
 
@@ -83,7 +83,7 @@ def one_seed(args, model_name: str, seed: int) -> list[dict]:
     folder = (Path(args.base.format(model=model_name, seed=seed)) if args.base else
               base_checkpoint(model_name, seed=seed, epochs=args.epochs, data=args.data,
                               extra=["--lr", str(args.base_lr)] if args.base_lr else None))
-    model = files.load_model(folder)
+    model = checkpoints.load_model(folder)
     bundle = D.load(args.data, seed=model.prunewise_meta.get("data", {}).get("seed", 0))
     measurement = runs.Measurement(repeats=10)
     dense = runs.measure_dense(model, bundle, measurement)

@@ -34,11 +34,11 @@ def trained_resnet20(digits):
 @pytest.fixture(scope="session")
 def digits_checkpoint(tmp_path_factory):
     """An untrained resnet20 checkpoint folder that remembers it belongs to digits (CLI tests)."""
-    from prunewise import files
+    from prunewise import checkpoints
 
     folder = tmp_path_factory.mktemp("ckpt") / "dense"
     torch.manual_seed(0)
     model = models.create("resnet20", num_classes=10, in_channels=1)
-    files.save_model(model, folder, meta={"data": {"name": "digits", "root": None,
+    checkpoints.save_model(model, folder, meta={"data": {"name": "digits", "root": None,
                                                    "image_size": 16, "seed": 0}})
     return folder

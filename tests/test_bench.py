@@ -7,14 +7,14 @@ import torch
 
 from helpers import assert_bad_input, invoke
 from prunewise import data as D
-from prunewise import files, models, runs
+from prunewise import checkpoints, models, runs
 
 QUICK = ("--latency-repeats", "0", "--quiet")
 
 
 def save_base(folder: Path, seed: int, data: str = "digits", size: int = 16, arch="resnet20"):
     torch.manual_seed(seed)
-    files.save_model(models.create(arch, num_classes=10, in_channels=1), folder,
+    checkpoints.save_model(models.create(arch, num_classes=10, in_channels=1), folder,
                      meta={"data": {"name": data, "root": None, "image_size": size, "seed": 0}})
 
 
@@ -106,11 +106,11 @@ def test_trains_missing_base_models_once(tmp_path):
             "1", "--finetune-epochs", "0", "--no-recalibrate", *QUICK, "--out", out]
     assert invoke(*args).returncode == 0
     base = out / "base" / "seed-3"
-    model = files.load_model(base)
+    model = checkpoints.load_model(base)
     assert model.prunewise_meta["data"]["name"] == "digits" and model.prunewise_meta["seed"] == 3
-    stamp = (base / files.WEIGHTS).stat().st_mtime_ns
+    stamp = (base / checkpoints.WEIGHTS).stat().st_mtime_ns
     assert invoke(*args).returncode == 0
-    assert (base / files.WEIGHTS).stat().st_mtime_ns == stamp
+    assert (base / checkpoints.WEIGHTS).stat().st_mtime_ns == stamp
 
 
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),

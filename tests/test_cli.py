@@ -15,7 +15,7 @@ import torch
 
 from helpers import assert_bad_input, invoke, run
 from prunewise import data as D
-from prunewise import files, measure, models, report, train
+from prunewise import checkpoints, measure, models, report, train
 from prunewise.plan import MaskPlan
 
 SCHEMA = json.loads(report.SCHEMA_PATH.read_text())
@@ -114,7 +114,7 @@ def test_train_then_eval_and_classes_mismatch(tmp_path, bundle):
     r = invoke("eval", out, "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
-    model = files.load_model(out)
+    model = checkpoints.load_model(out)
     assert res["data"] == "digits"
     assert res["top1"] == train.evaluate_split(model, bundle, "test")["top1"]
     assert model.prunewise_meta["test_accuracy"] == res["top1"]
@@ -137,7 +137,7 @@ def test_export_a_masked_model_to_onnx(fvw_run, tmp_path):
     r = invoke("export", out, "--onnx", tmp_path / "m.onnx")
     assert r.returncode == 0, r.stderr
     assert "input 1x1x16x16" in r.stdout
-    model = files.load_model(out / "model").eval()
+    model = checkpoints.load_model(out / "model").eval()
     x = torch.randn(3, 1, 16, 16)
     sess = ort.InferenceSession(str(tmp_path / "m.onnx"))
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
@@ -151,7 +151,7 @@ def test_prune_fvw_report_and_saved_model(fvw_run, bundle):
     rep = load_report(out)
     assert rep["method"] == "fvw" and rep["iterations"] == 1
     assert abs(rep["sparsity"] - 0.5) < 1e-5
-    saved = files.load_model(out / "model")  # the fine-tuned model the report measured
+    saved = checkpoints.load_model(out / "model")  # the fine-tuned model the report measured
     assert rep["accuracy"]["finetuned"]["test"] == train.evaluate_split(saved, bundle, "test")["top1"]
     assert rep["params"]["pruned"] == measure.params(saved, nonzero=True)
     assert rep["macs"]["counted"] == "nonzero weights"
@@ -186,7 +186,7 @@ def test_prune_exclude_leaves_the_named_layers_dense(digits_checkpoint, tmp_path
     assert "fc.weight" not in plan.masks and "layer3.1.conv2.weight" in plan.masks
     assert not any(k.startswith("layer3.2.") for k in plan.masks)
     assert abs(plan.sparsity - 0.6) < 1e-5  # over the layers still pruned
-    dense, saved = files.load_model(digits_checkpoint), files.load_model(tmp_path / "model")
+    dense, saved = checkpoints.load_model(digits_checkpoint), checkpoints.load_model(tmp_path / "model")
     assert torch.equal(dense.fc.weight, saved.fc.weight)
     assert torch.equal(dense.layer3[2].conv1.weight, saved.layer3[2].conv1.weight)
 
@@ -201,7 +201,7 @@ def test_recalibration_switch(digits_checkpoint, tmp_path, recalibrate):
     assert (rep["accuracy"]["recalibrated"] is not None) == recalibrate
     assert rep["config"]["recalibration"] == {"samples": 64 if recalibrate else 512,
                                               "enabled": recalibrate, "batch_size": 128}
-    dense, saved = files.load_model(digits_checkpoint), files.load_model(tmp_path / "model")
+    dense, saved = checkpoints.load_model(digits_checkpoint), checkpoints.load_model(tmp_path / "model")
     same = torch.equal(dense.bn1.running_var, saved.bn1.running_var)
     assert same != recalibrate  # without recalibration the dense statistics stay
 
@@ -258,7 +258,7 @@ def test_prune_sliming_report_model_and_speed(sliming_run):
     assert rep["method"] == "sliming" and 0.49 <= rep["macs"]["ratio"] <= 0.5
     assert rep["latency_ms"]["64"]["speedup"] > 0
     assert (out / "spectra.png").stat().st_size > 1000
-    model = files.load_model(out / "model")
+    model = checkpoints.load_model(out / "model")
     assert measure.macs(model, torch.zeros(1, 1, 16, 16)) == rep["macs"]["pruned"]
     row = next(line for line in (out / "report.md").read_text().splitlines()
                if line.startswith("| sliming |"))
@@ -276,7 +276,7 @@ def test_saved_plan_reapplies_and_rejects_another_architecture(sliming_run, digi
     assert a["macs"] == b["macs"] and a["accuracy"]["pruned"] == b["accuracy"]["pruned"]
     assert b["method"] == "sliming"
     other = tmp_path / "r32"
-    files.save_model(models.create("resnet32", num_classes=10, in_channels=1), other,
+    checkpoints.save_model(models.create("resnet32", num_classes=10, in_channels=1), other,
                      meta={"data": {"name": "digits", "root": None, "image_size": 16, "seed": 0}})
     assert_bad_input(invoke("prune", "sliming", other, "--plan", first / "plan",
                             "--out", tmp_path / "bad"), "different architecture")
@@ -304,3 +304,24 @@ def test_prune_sliming_bad_input_writes_nothing(digits_checkpoint, tmp_path, arg
     assert_bad_input(invoke("prune", "sliming", digits_checkpoint, *args, "--out", tmp_path / "o"),
                      *words)
     assert not (tmp_path / "o").exists()
+
+
+def test_progress_in_a_log_is_plain_lines(monkeypatch):
+    """Output that is not a terminal (a log file) gets whole progress lines, at most one per
+    LOG_INTERVAL seconds, instead of carriage-return redraws or nothing."""
+    import contextlib
+    import io
+
+    from prunewise import utils
+
+    monkeypatch.setattr(utils, "LOG_INTERVAL", 0.0)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        bar = utils.progress_bar(3, "prune fvw")
+        for _ in range(3):
+            bar.update(1)
+        bar.close()
+        utils.progress_bar(3, "quiet", enabled=False).update(1)
+    lines = err.getvalue().splitlines()
+    assert "\r" not in err.getvalue() and lines and all(line.startswith("prune fvw") for line in lines)
+    assert any("3/3" in line for line in lines) and "quiet" not in err.getvalue()

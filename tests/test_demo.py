@@ -5,7 +5,7 @@ import jsonschema
 import torch
 
 from helpers import invoke
-from prunewise import files, measure, report
+from prunewise import checkpoints, measure, report
 from prunewise.plan import MaskPlan
 
 
@@ -34,5 +34,5 @@ def test_quick_demo_writes_the_full_report(tmp_path):
         assert png in rep["plots"] and (tmp_path / png).stat().st_size > 1000
     # the saved artefacts reload without the method
     assert abs(MaskPlan.load(tmp_path / "fvw").sparsity - 0.9) < 1e-4
-    small = files.load_model(tmp_path / "sliming" / "model")
+    small = checkpoints.load_model(tmp_path / "sliming" / "model")
     assert measure.macs(small, torch.zeros(1, 1, 16, 16)) == rep["runs"]["sliming"]["macs"]["pruned"]

@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from prunewise import data as D
-from prunewise import dist, files, fvw, models, train
+from prunewise import checkpoints, dist, files, fvw, models, train
 from prunewise.errors import PrunewiseError
 
 SAMPLES = 96
@@ -74,7 +74,7 @@ def worker(rank: int, folder: str, port: int) -> None:
     result = {"epochs": epochs, "final": digest(work),
               "test": train.evaluate_split(work, bundle, "test")}
     files.write_json(out / "shared" / "written.json", {"rank": rank})  # (c) rank 0 only
-    files.save_model(work, out / "shared" / "model")
+    checkpoints.save_model(work, out / "shared" / "model")
 
     def failing(tmp):
         raise OSError("disk full")
@@ -119,7 +119,7 @@ def test_only_rank_zero_writes_and_a_failed_write_fails_everywhere(two_ranks):
     assert json.loads((shared / "written.json").read_text()) == {"rank": 0}
     assert sorted(p.name for p in shared.iterdir()) == ["model", "written.json"]
     assert not [p for p in shared.rglob("*") if files.TMP_MARK in p.name]
-    assert files.load_model(shared / "model") is not None
+    assert checkpoints.load_model(shared / "model") is not None
     r0 = json.loads((two_ranks / "result-0.json").read_text())
     r1 = json.loads((two_ranks / "result-1.json").read_text())
     assert r0["write_error"] == "OSError" and r1["write_error"] == "PrunewiseError"

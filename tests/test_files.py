@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from prunewise import PrunewiseError, files, models
+from prunewise import checkpoints, files, models, PrunewiseError
 
 
 def test_save_load_round_trip_is_bit_identical(tmp_path):
@@ -17,8 +17,8 @@ def test_save_load_round_trip_is_bit_identical(tmp_path):
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
-    files.save_model(model, tmp_path / "ck", meta={"note": "x"})
-    loaded = files.load_model(tmp_path / "ck").eval()
+    checkpoints.save_model(model, tmp_path / "ck", meta={"note": "x"})
+    loaded = checkpoints.load_model(tmp_path / "ck").eval()
     x = torch.randn(4, 1, 16, 16)
     assert torch.equal(model(x), loaded(x))
     assert loaded.prunewise_meta == {"note": "x"}
@@ -40,10 +40,10 @@ def test_load_narrower_widths(tmp_path):
         new2.weight.copy_(conv2.weight[:, keep])
     block.conv1, block.bn1, block.conv2 = new1, newbn, new2
     model.eval()
-    files.save_model(model, tmp_path / "p")
+    checkpoints.save_model(model, tmp_path / "p")
     cfg = json.loads((tmp_path / "p" / "config.json").read_text())
     assert cfg["widths"]["layer1.0.conv1"][0] == 8
-    loaded = files.load_model(tmp_path / "p").eval()
+    loaded = checkpoints.load_model(tmp_path / "p").eval()
     x = torch.randn(2, 1, 16, 16)
     assert torch.equal(model(x), loaded(x))
 
@@ -52,7 +52,7 @@ def test_load_narrower_widths(tmp_path):
 def test_bad_checkpoints_are_clear_errors(tmp_path, damage):
     model = models.create("resnet20", num_classes=10, in_channels=1)
     ck = tmp_path / "ck"
-    files.save_model(model, ck)
+    checkpoints.save_model(model, ck)
     if damage == "missing":
         ck = tmp_path / "nope"
     elif damage == "bad_json":
@@ -66,7 +66,7 @@ def test_bad_checkpoints_are_clear_errors(tmp_path, damage):
         cfg["arch"] = "vgg16_bn"
         (ck / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(PrunewiseError) as e:
-        files.load_model(ck)
+        checkpoints.load_model(ck)
     assert str(ck) in str(e.value) or "nope" in str(e.value)
     assert "\n" not in str(e.value)
 

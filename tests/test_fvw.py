@@ -12,7 +12,7 @@ from torch import nn
 from torch.func import functional_call
 
 from helpers import killed_then_resumed, run
-from prunewise import PrunewiseError, files, fvw, masking, train
+from prunewise import checkpoints, fvw, masking, PrunewiseError, train
 from prunewise import data as D
 from prunewise.plan import MaskPlan
 
@@ -309,7 +309,7 @@ def test_cli_prune_fvw_report(digits_checkpoint, tmp_path):
     rep = json.loads((out / "report.json").read_text())
     assert rep["method"] == "fvw" and rep["iterations"] == 1
     assert abs(rep["sparsity"] - 0.5) < 1e-5
-    saved = files.load_model(out / "model")  # the fine-tuned model the report measured last
+    saved = checkpoints.load_model(out / "model")  # the fine-tuned model the report measured last
     bundle = D.load("digits", image_size=16, seed=0)
     assert rep["accuracy"]["finetuned"]["test"] == train.evaluate_split(saved, bundle, "test")["top1"]
     plan = MaskPlan.load(out)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers import invoke
-from prunewise import files, methods, models, runs
+from prunewise import checkpoints, methods, models, runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,7 +94,7 @@ def test_a_new_row_is_a_method_in_runs_bench_and_the_cli(toy_method, digits, dig
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "cli" / "report.json").read_text())["method"] == "toy-square"
     base = tmp_path / "base"
-    files.save_model(model, base / "seed-0", meta={"data": {"name": "digits", "root": None,
+    checkpoints.save_model(model, base / "seed-0", meta={"data": {"name": "digits", "root": None,
                                                             "image_size": 16, "seed": 0}})
     r = invoke("bench", "--methods", "toy-square", "--sparsity", "0.5", "--seeds", "0",
                "--base", base, "--finetune-epochs", "0", *quick, "--out", tmp_path / "grid")

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import assert_bad_input, invoke
-from prunewise import files, models, report
+from prunewise import checkpoints, files, models, report
 from prunewise.cli import options
 
 MISSING = "missing-folder"
@@ -43,7 +43,7 @@ def sample_run(**extra) -> dict:
 
 def save_digits_model(folder: Path, seed: int = 0) -> None:
     torch.manual_seed(seed)
-    files.save_model(models.create("resnet20", num_classes=10, in_channels=1), folder,
+    checkpoints.save_model(models.create("resnet20", num_classes=10, in_channels=1), folder,
                      meta={"data": {"name": "digits", "root": None, "image_size": 16, "seed": 0}})
 
 
@@ -378,7 +378,7 @@ def test_out_is_checked_before_any_work(world, tmp_path, monkeypatch):
     for name in ("run_unstructured", "run_structured"):
         monkeypatch.setattr(runs, name, boom)
     monkeypatch.setattr(train, "fit", boom)
-    monkeypatch.setattr(files, "load_model", boom)
+    monkeypatch.setattr(checkpoints, "load_model", boom)
     for args in (["train", "resnet20", "--epochs", "1"],
                  ["prune", "fvw", world / "ck", "--sparsity", "0.5"],
                  ["prune", "sliming", world / "ck", "--macs", "0.5"],
@@ -486,7 +486,7 @@ FVW = ("--sparsity", "0.9", "--keep", "0.5", "--samples", "64", "--alpha", "1e-4
 def fvw_outputs(out: Path) -> dict:
     rep = json.loads((out / "report.json").read_text())
     return {"masks": load_file(str(out / "masks.safetensors")),
-            "model": load_file(str(out / "model" / files.WEIGHTS)),
+            "model": load_file(str(out / "model" / checkpoints.WEIGHTS)),
             "report": without_timings({k: rep[k] for k in ("accuracy", "sparsity", "params",
                                                            "iterations")})}
 

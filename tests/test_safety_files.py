@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from prunewise import PrunewiseError, files, models, schema
+from prunewise import checkpoints, files, models, PrunewiseError, schema
 from prunewise.plan import MASKS_FILE, PLAN_FILE, MaskPlan, check_masks
 from prunewise.plan import PLAN_JSON, PLAN_TENSORS, ChannelPlan
 
@@ -54,20 +54,20 @@ def write_st(path: Path, entries: dict, meta: dict | None = None, *, header_len=
 def checkpoint(tmp: Path, arch: str = "resnet20") -> Path:
     ck = tmp / "ck"
     if not ck.exists():
-        files.save_model(models.create(arch), ck, meta={"data": {"name": "cifar10", "image_size": 32}})
+        checkpoints.save_model(models.create(arch), ck, meta={"data": {"name": "cifar10", "image_size": 32}})
     return ck
 
 
 def dense_entries(ck: Path) -> dict:
-    header, _ = files.read_header(ck / files.WEIGHTS)
+    header, _ = files.read_header(ck / checkpoints.WEIGHTS)
     return {k: (v["dtype"], v["shape"]) for k, v in header.items()}
 
 
 def edit_config(tmp: Path, change) -> Path:
     ck = checkpoint(tmp)
-    cfg = json.loads((ck / files.CONFIG).read_text())
+    cfg = json.loads((ck / checkpoints.CONFIG).read_text())
     out = change(cfg)
-    (ck / files.CONFIG).write_text(out if isinstance(out, str) else json.dumps(cfg))
+    (ck / checkpoints.CONFIG).write_text(out if isinstance(out, str) else json.dumps(cfg))
     return ck
 
 
@@ -81,7 +81,7 @@ def with_tensor(name: str, dtype: str | None = None, shape=None, drop=False):
         else:
             old = entries.get(name, ("F32", [1]))
             entries[name] = (dtype or old[0], old[1] if shape is None else shape)
-        write_st(ck / files.WEIGHTS, entries)
+        write_st(ck / checkpoints.WEIGHTS, entries)
         return ck
     return make
 
@@ -90,7 +90,7 @@ def st_file(**kw):
     """A checkpoint whose weights file is crafted from its real entries with ``kw`` lies."""
     def make(tmp: Path) -> Path:
         ck = checkpoint(tmp)
-        write_st(ck / files.WEIGHTS, dense_entries(ck), **kw)
+        write_st(ck / checkpoints.WEIGHTS, dense_entries(ck), **kw)
         return ck
     return make
 
@@ -111,7 +111,7 @@ def set_key(path: str, value):
 
 def load_checkpoint(make):
     def run(tmp: Path):
-        files.load_model(make(tmp))
+        checkpoints.load_model(make(tmp))
     return run
 
 
@@ -349,14 +349,14 @@ def test_bad_file_is_one_clear_error(tmp_path, run, words):
 
 def test_good_files_still_load(tmp_path):
     """The crafted cases differ from files that load: the untouched originals."""
-    files.load_model(checkpoint(tmp_path))
+    checkpoints.load_model(checkpoint(tmp_path))
     assert MaskPlan.load(mask_plan(tmp_path)).kept == 4
     assert ChannelPlan.load(channel_plan(tmp_path)).counts == {"a": 2, "b": 1}
     assert schema.decode_resume(good_resume(), "r")[1] == 2
     schema.check_report(good_report())
     ck = tmp_path / "mb"
-    files.save_model(models.create("mobilenetv2", width_mult=0.5, dropout=0.1), ck)
-    assert files.load_model(ck).prunewise_config["width_mult"] == 0.5
+    checkpoints.save_model(models.create("mobilenetv2", width_mult=0.5, dropout=0.1), ck)
+    assert checkpoints.load_model(ck).prunewise_config["width_mult"] == 0.5
 
 
 def test_all_pruned_plan_loads_when_asked(tmp_path):
@@ -383,14 +383,14 @@ def test_hostile_small_files_are_refused_within_1gb(tmp_path):
     script = textwrap.dedent(f"""
         import resource
         import torch
-        from prunewise import files
+        from prunewise import checkpoints, files
         from prunewise.errors import PrunewiseError
         with open("/proc/self/status") as fh:
             vm = next(int(l.split()[1]) * 1024 for l in fh if l.startswith("VmSize:"))
         resource.setrlimit(resource.RLIMIT_AS, (vm + 2**30, resource.getrlimit(resource.RLIMIT_AS)[1]))
         for name, folder in {folders!r}.items():
             try:
-                files.load_model(folder)
+                checkpoints.load_model(folder)
                 print("LOADED", name)
             except PrunewiseError as exc:
                 print("REFUSED", name, str(exc).replace(chr(10), " "))
@@ -420,7 +420,7 @@ def test_killed_write_leaves_a_named_temp_that_the_next_write_removes(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal
         from pathlib import Path
-        from prunewise import files
+        from prunewise import checkpoints, files
         def half(tmp):
             Path(tmp).write_text('{{"v": ')
             os.kill(os.getpid(), signal.SIGKILL)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from helpers import run
-from prunewise import (PrunewiseError, data as D, files, methods, runs, measure, models, sliming,
-                       surgery, toy)
+from prunewise import (PrunewiseError, checkpoints, data as D, measure, methods, models, runs,
+                       sliming, toy)
 from prunewise.plan import ChannelPlan
 from prunewise.sliming import gem
 
@@ -152,7 +152,7 @@ def test_cli_prune_sliming_writes_model_report_and_plot(digits_checkpoint, tmp_p
         assert 0 <= rep["accuracy"][stage]["test"] <= 1
     assert rep["params"]["pruned"] < rep["params"]["dense"]
     assert (out / "spectra.png").stat().st_size > 1000
-    model = files.load_model(out / "model")
+    model = checkpoints.load_model(out / "model")
     assert measure.macs(model, torch.zeros(1, 1, 16, 16)) == rep["macs"]["pruned"]
     assert ChannelPlan.load(out / "plan").counts == rep["counts"]
 
@@ -184,7 +184,7 @@ def test_cli_saved_plan_reapplies_and_rejects_another_architecture(digits_checkp
     assert a["macs"] == b["macs"] and a["counts"] == b["counts"]
     assert a["accuracy"]["pruned"] == b["accuracy"]["pruned"]
     other = tmp_path / "r32"
-    files.save_model(models.create("resnet32", num_classes=10, in_channels=1), other,
+    checkpoints.save_model(models.create("resnet32", num_classes=10, in_channels=1), other,
                      meta={"data": {"name": "digits", "root": None, "image_size": 16, "seed": 0}})
     r = run("prune", "sliming", str(other), "--plan", str(first / "plan"), "--out",
             str(tmp_path / "bad"))

@@ -58,7 +58,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("pipelines", {"runs", "demo", "bench", "report"}),
     ("methods", {"fvw", "baselines", "sliming", "filters", "toy"}),
     ("engines", {"masking", "structured", "surgery", "interop"}),
-    ("core", {"plan", "train", "measure", "files"}),
+    ("core", {"plan", "train", "measure", "files", "checkpoints"}),
     ("inputs", {"data", "models"}),
     ("base", {"utils", "errors", "schema", "device", "dist", "checks", "methods", "names"}),
 ]

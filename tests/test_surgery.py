@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunewise import PrunewiseError, files, measure, models, sliming, surgery
+from prunewise import checkpoints, measure, models, PrunewiseError, sliming, surgery
 from prunewise.plan import PLAN_JSON, ChannelPlan
 
 
@@ -21,7 +21,7 @@ def test_zoo_model_pruned_to_half_and_quarter_macs(name, tmp_path):
     model = models.create(name, num_classes=10, in_channels=3).eval()
     x = _input(name)
     dense_macs, dense_out = measure.macs(model, x), model(x)
-    widths = files.layer_widths(model)
+    widths = checkpoints.layer_widths(model)
     for budget in (0.5, 0.25):
         pruned, plan = sliming.prune(model, x, macs=budget)
         got = measure.macs(pruned, x)
@@ -32,11 +32,11 @@ def test_zoo_model_pruned_to_half_and_quarter_macs(name, tmp_path):
         pruned.eval()
         out = pruned(x)
         assert out.shape == (1, 10) and torch.isfinite(out).all()
-        folder = files.save_model(pruned, tmp_path / f"m{budget}")
-        again = files.load_model(folder).eval()
+        folder = checkpoints.save_model(pruned, tmp_path / f"m{budget}")
+        again = checkpoints.load_model(folder).eval()
         assert torch.equal(again(x), out)
     # the input model is untouched
-    assert files.layer_widths(model) == widths
+    assert checkpoints.layer_widths(model) == widths
     assert torch.equal(model(x), dense_out)
 
 

@@ -17,11 +17,11 @@ import importlib
 from .errors import PrunewiseError
 
 __version__ = "0.1.0"
-__all__ = ["ChannelPlan", "MaskPlan", "PrunewiseError", "baselines", "bench", "data", "files",
-           "filters", "fvw", "interop", "load_model", "masking", "measure", "methods", "models",
-           "runs", "save_model", "sliming", "structured", "surgery", "toy", "train"]
-_NAMES = {"ChannelPlan": "plan", "MaskPlan": "plan", "load_model": "files",
-          "save_model": "files"}
+__all__ = ["ChannelPlan", "MaskPlan", "PrunewiseError", "baselines", "bench", "checkpoints", "data",
+           "files", "filters", "fvw", "interop", "load_model", "masking", "measure", "methods",
+           "models", "runs", "save_model", "sliming", "structured", "surgery", "toy", "train"]
+_NAMES = {"ChannelPlan": "plan", "MaskPlan": "plan", "load_model": "checkpoints",
+          "save_model": "checkpoints"}
 
 
 def __getattr__(name: str):

@@ -15,7 +15,6 @@ magnitude and random give the same result as one shot).
 """
 from __future__ import annotations
 
-import copy
 from typing import Callable
 
 import torch
@@ -45,14 +44,9 @@ def taylor_score(work, masks, data, iteration):
     """Scorer: ``|w * dL/dw| * M`` with L the mean cross-entropy over all of ``data``, on the
     model's device; under torchrun the gradient is exactly the single-process one
     (:func:`prunewise.masking.gradient_sweep`)."""
-    model = copy.deepcopy(work)
-    model.eval()
-    named = dict(model.named_parameters())
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for n in masks:
-        named[n].requires_grad_(True)
-    _, _, seen = masking.gradient_sweep(model, [named[n] for n in masks], data, summed_ce)
+    model, ps = masking.grad_copy(work, list(masks))
+    named = dict(zip(masks, ps))
+    _, _, seen = masking.gradient_sweep(model, ps, data, summed_ce)
     if seen == 0:
         raise PrunewiseError("the attribution data is empty: no samples to score with")
     out = {}
@@ -72,14 +66,7 @@ def obd_score(work, masks, data, iteration):
     term does not cancel. See docs/methods.md, section "Why gradient scores lose to |w|".
     Under torchrun every rank computes it on all of ``data`` (the same result as one process).
     """
-    model = copy.deepcopy(work)
-    model.eval()
-    named = dict(model.named_parameters())
-    for p in model.parameters():
-        p.requires_grad_(False)
-    ps = [named[n] for n in masks]
-    for p in ps:
-        p.requires_grad_(True)
+    model, ps = masking.grad_copy(work, list(masks))
     fisher = [torch.zeros_like(p, dtype=torch.float64) for p in ps]
     chunks = 0
     dev = device.of(model)

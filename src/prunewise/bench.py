@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from . import data as D
-from . import files, methods, models, runs, schema, train
+from . import checkpoints, files, methods, models, runs, schema, train
 from .errors import PrunewiseError
 from .report import pyplot, save_figure
 
@@ -147,7 +147,7 @@ def check_bases(grid: Grid, bundle: D.DataBundle) -> None:
         return
     for seed in grid.seeds:
         folder = base_folder(grid, Path("."), seed)
-        cfg = files.read_config(folder)
+        cfg = checkpoints.read_config(folder)
         if cfg["arch"] != grid.model_name:
             raise PrunewiseError(f"base checkpoint {folder} is a {cfg['arch']}, not "
                                  f"--model {grid.model_name}")
@@ -200,15 +200,15 @@ def base_model(grid: Grid, out: Path, bundle: D.DataBundle, seed: int,
     """The dense model for one seed (on the compute device): from ``--base``, else trained once
     into OUT/base/seed-S."""
     folder = base_folder(grid, out, seed)
-    if (folder / files.WEIGHTS).is_file() or grid.base is not None:
-        return compute.place(files.load_model(folder))
+    if (folder / checkpoints.WEIGHTS).is_file() or grid.base is not None:
+        return compute.place(checkpoints.load_model(folder))
     torch.manual_seed(seed)
     model = compute.place(models.create(grid.model_name, num_classes=bundle.num_classes,
                                         in_channels=bundle.in_channels))
     train.fit(model, bundle, epochs=grid.epochs, seed=seed, progress=progress,
               desc=f"train {grid.model_name} seed {seed}", amp=compute.amp)
     acc = train.evaluate_split(model, bundle, "test")["top1"]
-    files.save_model(model, folder, meta={"data": {"name": bundle.name, "root": grid.root,
+    checkpoints.save_model(model, folder, meta={"data": {"name": bundle.name, "root": grid.root,
                                                    "image_size": bundle.image_size, "seed": 0},
                                           "seed": seed, "test_accuracy": acc})
     return model

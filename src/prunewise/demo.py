@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from . import data as D
-from . import files, models, runs, train
+from . import checkpoints, models, runs, train
 from . import report as report_mod
 from .utils import one_thread
 
@@ -60,7 +60,7 @@ def run_demo(out: str | Path = "runs/demo", *, epochs: int | None = None, seed: 
     dense = runs.measure_dense(model, bundle, measurement)
     data_meta = {"name": "digits", "root": None, "image_size": bundle.image_size, "seed": seed}
     meta = {"data": data_meta, "seed": seed, "test_accuracy": dense["accuracy"]["test"]}
-    files.save_model(model, out / "dense", meta=meta)
+    checkpoints.save_model(model, out / "dense", meta=meta)
     report = {
         "model": DEMO_MODEL, "data": "digits", "seed": seed, "epochs": epochs,
         "accuracy": {"dense": dense["accuracy"]}, "params": {"dense": dense["params"]},

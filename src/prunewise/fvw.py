@@ -43,7 +43,6 @@ every rank holds exactly the ``A`` of one process and selects the same masks.
 """
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from dataclasses import asdict, dataclass
@@ -103,20 +102,12 @@ def sweep(model: nn.Module, data: Iterable) -> tuple[float, int, int]:
 
 def _attack_copy(model: nn.Module, names: list[str], masks) -> tuple[nn.Module, list, list]:
     """An eval-mode copy with masked weights zeroed; only the prunable weights need grads."""
-    work = copy.deepcopy(model)
-    work.eval()
-    named = dict(work.named_parameters())
-    for p in work.parameters():
-        p.requires_grad_(False)
-        p.grad = None
-    ps = [named[n] for n in names]
-    ms = mask_list(masks, names, named)
+    work, ps = masking.grad_copy(model, names)
+    ms = mask_list(masks, names, dict(work.named_parameters()))
     with torch.no_grad():
         for p, m in zip(ps, ms):
             if m is not None:
                 p.mul_(m)
-    for p in ps:
-        p.requires_grad_(True)
     return work, ps, ms
 
 

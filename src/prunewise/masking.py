@@ -32,11 +32,11 @@ from torch import nn
 
 from . import checks, device, dist, files, schema
 from .errors import PrunewiseError
-from .plan import MaskPlan, check_masks
+from .plan import MaskPlan, apply_masks, check_masks
 from .train import evaluate, recalibrate_bn
-from .utils import progress_bar
+from .utils import LAYER_TYPES, progress_bar
 
-PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+PRUNABLE_TYPES = LAYER_TYPES
 RESUME_FILE = "resume.safetensors"
 
 
@@ -149,14 +149,6 @@ def mask_list(masks: dict[str, torch.Tensor] | None, names: Sequence[str],
     return out
 
 
-@torch.no_grad()
-def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
-    """Multiply every masked parameter of ``model`` by its 0/1 mask, in place."""
-    named = dict(model.named_parameters())
-    for n, m in masks.items():
-        named[n].mul_(m.to(device=named[n].device, dtype=named[n].dtype))
-
-
 # ------------------------------------------------------------------------------------------
 # Attribution data
 # ------------------------------------------------------------------------------------------
@@ -224,6 +216,22 @@ def _limited(it, samples):
                 x, y = x[:left], y[:left]
             left -= len(y)
         yield x, y
+
+
+def grad_copy(model: nn.Module, names: Sequence[str]) -> tuple[nn.Module, list[torch.Tensor]]:
+    """An eval-mode copy of ``model`` in which only the parameters ``names`` take gradients
+    (every gradient cleared), and those parameters in order: what a gradient scorer works on,
+    so the caller's model is never touched."""
+    work = copy.deepcopy(model)
+    work.eval()
+    named = dict(work.named_parameters())
+    for p in work.parameters():
+        p.requires_grad_(False)
+        p.grad = None
+    ps = [named[n] for n in names]
+    for p in ps:
+        p.requires_grad_(True)
+    return work, ps
 
 
 def gradient_sweep(model: nn.Module, params: Sequence[torch.Tensor], data: Iterable,

@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from . import device
+from .utils import LAYER_TYPES
 
-_COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_COUNTED = LAYER_TYPES
 
 
 def params(model: nn.Module, *, nonzero: bool = False) -> int:

@@ -98,9 +98,7 @@ class MaskPlan:
     def apply_(self, model: nn.Module) -> nn.Module:
         """Zero the masked weights of ``model`` in place; returns it."""
         self.check(model)
-        params = dict(model.named_parameters())
-        for name, m in self.masks.items():
-            params[name].mul_(m.to(device=params[name].device, dtype=params[name].dtype))
+        apply_masks(model, self.masks)
         return model
 
     def float_masks(self) -> dict[str, torch.Tensor]:
@@ -148,6 +146,15 @@ class MaskPlan:
         ordered = {k: masks[k] for k in shapes}
         check_masks(ordered, str(folder / MASKS_FILE), allow_all_pruned=allow_all_pruned)
         return cls(ordered, method=info.get("method", "unknown"), meta=info.get("meta", {}))
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Multiply every masked parameter of ``model`` by its 0/1 mask, in place (the one loop that
+    applies masks to weights: plans and the pruning loop use it)."""
+    named = dict(model.named_parameters())
+    for n, m in masks.items():
+        named[n].mul_(m.to(device=named[n].device, dtype=named[n].dtype))
 
 
 def check_masks(masks: dict[str, torch.Tensor], where: str, *, allow_all_pruned: bool = False,

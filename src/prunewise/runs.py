@@ -54,7 +54,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from . import checks, device, dist, files, masking, measure, methods, structured, surgery
+from . import checkpoints, checks, device, dist, masking, measure, methods, structured, surgery
 from . import train
 from . import data as D
 from .errors import PrunewiseError
@@ -491,7 +491,7 @@ def channel_plan(model: nn.Module, x: torch.Tensor, method: str, settings: Struc
 
 def layer_rows(before: nn.Module, after: nn.Module) -> list[dict]:
     """Per conv/linear layer: weight shape before and after pruning."""
-    wb, wa = files.layer_widths(before), files.layer_widths(after)
+    wb, wa = checkpoints.layer_widths(before), checkpoints.layer_widths(after)
     mods = dict(before.named_modules())
     return [{"layer": n, "before": wb[n], "after": wa.get(n, wb[n])} for n in wb
             if isinstance(mods[n], masking.PRUNABLE_TYPES)]
@@ -575,7 +575,7 @@ def save(out: str | Path, pruned: nn.Module, plan, report: dict, *,
                                             "budget": report.get("budget"),
                                             "sparsity": report.get("sparsity")},
                   "test_accuracy": final_accuracy(report)["test"]}
-    report["model"] = str(files.save_model(pruned, out / "model", meta=model_meta))
+    report["model"] = str(checkpoints.save_model(pruned, out / "model", meta=model_meta))
     return report
 
 

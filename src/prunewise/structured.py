@@ -59,7 +59,7 @@ def analyze(model: nn.Module, example_inputs: torch.Tensor, ignored_layers=None,
     ignored = list(ignored_layers or [])
     example_inputs = device.to(example_inputs, device.of(model))  # trace where the model is
     dg = surgery.build_graph(model, example_inputs, ignored)
-    infos = surgery.groups(dg, ignored)
+    infos = surgery.groups(dg, model, ignored)
     prunable = [g for g in infos if g.prunable]
     if not prunable:
         raise PrunewiseError("this model has no prunable channel group (all are outputs, "

@@ -17,19 +17,18 @@ import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import device, files, measure, models, schema
+from . import checkpoints, device, measure, models
 from .errors import PrunewiseError
 from .plan import ChannelPlan
 from .models.cifar_resnet import PadShortcut
-from .utils import one_thread
+from .utils import LAYER_TYPES, one_thread
 
-_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_LAYERS = LAYER_TYPES
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
@@ -49,7 +48,6 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor, ignored_layers=N
     """Trace ``model`` with Torch-Pruning; an untraceable layer is a PrunewiseError naming it."""
     import torch_pruning as tp
 
-    names = {m: n for n, m in model.named_modules()}
     ignored = list(ignored_layers or [])
     example_inputs = device.to(example_inputs, device.of(model))  # trace on the model's device
     # Modules with their own parameters that Torch-Pruning has no pruner for (and that are not
@@ -82,7 +80,6 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor, ignored_layers=N
             raise PrunewiseError(f"Torch-Pruning cannot trace layer '{n}' ({type(m).__name__}): "
                                  f"it is not connected to the output through autograd (detached, "
                                  f"no_grad or unused); pass it in ignored_layers or fix forward()")
-    dg._prunewise_names = names
     return dg
 
 
@@ -123,9 +120,10 @@ def _output_layers(dg) -> set:
     return out
 
 
-def groups(dg, ignored_layers=None) -> list[GroupInfo]:
-    """Every channel group of the traced model, in execution-graph order, prunable or not."""
-    names = dg._prunewise_names
+def groups(dg, model: nn.Module, ignored_layers=None) -> list[GroupInfo]:
+    """Every channel group of ``model`` (traced into ``dg`` by :func:`build_graph`), in
+    execution-graph order, prunable or not."""
+    names = {m: n for n, m in model.named_modules()}
     ignored = set(ignored_layers or [])
     outputs = _output_layers(dg)
     result = []
@@ -235,7 +233,7 @@ class CostModel:
 # --------------------------------------------------------------------------- the plan
 def signature(model: nn.Module) -> str:
     """A short hash of the architecture (layer names and weight shapes) a plan was made for."""
-    text = json.dumps(files.layer_widths(model), sort_keys=True)
+    text = json.dumps(checkpoints.layer_widths(model), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -279,7 +277,7 @@ def apply(model: nn.Module, plan: ChannelPlan, example_inputs: torch.Tensor) -> 
     new = copy.deepcopy(model)
     with one_thread():
         dg = build_graph(new, example_inputs)
-        prune_in_place(new, dg, groups(dg), plan)
+        prune_in_place(new, dg, groups(dg, new), plan)
     return new
 
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from torch import nn
+
+#: The layers whose weights prunewise prunes, counts MACs of and resizes: conv and linear.
+LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 @contextlib.contextmanager

@@ -39,7 +39,7 @@ def train_cmd(model_name, data_name, root, image_size, data_seed, epochs, lr, ba
     per epoch at batch 128."""
     import torch
 
-    from .. import files, models, train
+    from .. import checkpoints, files, models, train
 
     check_output(out)
     loading.check_model_name(model_name)
@@ -61,7 +61,7 @@ def train_cmd(model_name, data_name, root, image_size, data_seed, epochs, lr, ba
                       "weight_decay": weight_decay, "best_epoch": hist["best_epoch"],
                       "best_val_top1": hist["best_val_top1"], "seconds": hist["seconds"]},
             "test_accuracy": test["top1"]}
-    files.save_model(model, out, meta=meta)
+    checkpoints.save_model(model, out, meta=meta)
     files.write_json(Path(out) / "train_history.json", hist["history"])
     output.say(quiet, f"saved {out}: test top-1 {test['top1']:.4f} "
                       f"(best val epoch {hist['best_epoch']})")
@@ -95,10 +95,10 @@ def eval_cmd(checkpoint, data_name, root, image_size, data_seed, split, as_json,
 @click.option("--json", "as_json", is_flag=True)
 def info_cmd(name, num_classes, in_channels, input_size, as_json):
     """Params, MACs and a layer table of a zoo model NAME or a checkpoint folder."""
-    from .. import files, measure, models
+    from .. import checkpoints, measure, models
 
     if Path(name).is_dir():
-        model = files.load_model(name)
+        model = checkpoints.load_model(name)
         size = input_size or model.prunewise_meta.get("data", {}).get("image_size") \
             or models.input_size(model.prunewise_config["arch"])
     else:
@@ -193,15 +193,15 @@ def export_cmd(folder, onnx_path, input_size):
 
     FOLDER is a checkpoint folder or a `prune` output folder (its `model` subfolder is used).
     """
-    from .. import files, interop, models
+    from .. import checkpoints, interop, models
 
     check_output(onnx_path, "--onnx", folder=False)
     if Path(onnx_path).suffix.lower() != ".onnx":
         raise PrunewiseError(f"--onnx must name a .onnx file, got {onnx_path!r}")
     folder = Path(folder)
-    if (folder / "model" / files.CONFIG).is_file() and not (folder / files.CONFIG).is_file():
+    if (folder / "model" / checkpoints.CONFIG).is_file() and not (folder / checkpoints.CONFIG).is_file():
         folder = folder / "model"
-    model = files.load_model(folder)
+    model = checkpoints.load_model(folder)
     size = input_size or model.prunewise_meta.get("data", {}).get("image_size") \
         or models.input_size(model.prunewise_config["arch"])
     path = interop.export_onnx(model, onnx_path, loading.example_input(model, size))

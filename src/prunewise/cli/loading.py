@@ -49,9 +49,9 @@ def check_classes(model, bundle) -> None:
 
 def load_checkpoint(checkpoint, data_name, root, image_size, data_seed):
     """A checkpoint's model and the data it is used with (by default, what it was trained on)."""
-    from .. import files
+    from .. import checkpoints
 
-    model = files.load_model(checkpoint)
+    model = checkpoints.load_model(checkpoint)
     bundle = load_data(data_name, root, image_size, data_seed, model.prunewise_meta)
     check_classes(model, bundle)
     return model, bundle
