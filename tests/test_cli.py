@@ -164,6 +164,31 @@ def test_prune_fvw_report_and_saved_model(fvw_run, bundle):
     assert f"{rep['accuracy']['finetuned']['test']:.4f} fine-tuned" in r.stdout
     md = (out / "report.md").read_text()
     assert "| fvw |" in md and "![history.png](history.png)" in md
+    assert not (out / "resume").exists()  # a finished run removes its resume file
+    assert all(row["speedup"] is None for row in rep["latency_ms"].values())  # masks: no speed-up
+    text = repr(plan)
+    assert "\n" not in text and len(text) < 200 and "sparsity=0.5000" in text
+
+
+def test_leftover_resume_is_refused_before_measuring(digits_checkpoint, tmp_path, monkeypatch):
+    """A resume file from other settings is refused when the loop starts, before the dense model
+    is measured or anything is trained."""
+    from prunewise import runs
+
+    out = tmp_path / "p"
+    args = ["prune", "fvw", digits_checkpoint, "--sparsity", "0.5", *FAST]
+    first = invoke(*args, "--out", out)  # a finished run leaves no resume file ...
+    assert first.returncode == 0 and not (out / "resume").exists()
+    (out / "resume").mkdir()  # ... so plant a resume file made with other settings
+    plan = MaskPlan.load(out)
+    from prunewise import files
+    files.write_tensors(out / "resume" / "resume.safetensors", plan.masks, metadata={
+        "config": json.dumps({"method": "fvw", "keep": 0.123}), "iteration": "1",
+        "history": json.dumps([{"iteration": 1, "kept": plan.kept, "sparsity": 0.5}])})
+    measured = []
+    monkeypatch.setattr(runs, "measure_dense", lambda *a, **kw: measured.append(1))
+    r = invoke(*args, "--out", out)
+    assert r.returncode == 2 and "different settings" in r.stderr and not measured
 
 
 @pytest.mark.parametrize("method", ["taylor", "random"])
@@ -325,3 +350,12 @@ def test_progress_in_a_log_is_plain_lines(monkeypatch):
     lines = err.getvalue().splitlines()
     assert "\r" not in err.getvalue() and lines and all(line.startswith("prune fvw") for line in lines)
     assert any("3/3" in line for line in lines) and "quiet" not in err.getvalue()
+    monkeypatch.setattr(utils, "LOG_INTERVAL", 1000.0)  # a long run in a log: throttled
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        bar = utils.progress_bar(100, "prune fvw")
+        for _ in range(100):
+            bar.update(1)
+            bar.set_postfix({"sparsity": "0.5"}, refresh=False)
+        bar.close()
+    assert len(err.getvalue().splitlines()) <= 2, err.getvalue()

@@ -113,7 +113,7 @@ def shard(n: int) -> slice:
 
 
 def in_order(items: Iterable, compute: Callable[[Any], torch.Tensor | None],
-             size: int) -> Iterator[torch.Tensor]:
+             size: int, dtype: torch.dtype = torch.float64) -> Iterator[torch.Tensor]:
     """``compute(item)`` for every item of ``items``, yielded in order on every rank.
 
     Work is split by whole items (item ``i`` is computed by rank ``i % world``) and the results
@@ -121,8 +121,9 @@ def in_order(items: Iterable, compute: Callable[[Any], torch.Tensor | None],
     round of ``world`` items, so every rank can combine them in the same order, with the same
     arithmetic, as one process does: the result is bit for bit the single-process one (a split
     *inside* a batch would change the floating-point sums, and an iterative method such as FVW
-    turns those last-bit differences into different masks). Every rank must iterate the same
-    ``items``. In one process this is ``compute`` over the items, None results skipped."""
+    turns those last-bit differences into different masks). ``dtype``: what the results travel
+    as (one that holds them exactly: float32 for float32 gradients). Every rank must iterate the
+    same ``items``. In one process this is ``compute`` over the items, None results skipped."""
     if not active():
         for item in items:
             out = compute(item)
@@ -136,10 +137,10 @@ def in_order(items: Iterable, compute: Callable[[Any], torch.Tensor | None],
         if not chunk:
             return
         mine = compute(chunk[me]) if me < len(chunk) else None
-        buf = torch.zeros(size + 1, dtype=torch.float64)
+        buf = torch.zeros(size + 1, dtype=dtype)
         if mine is not None:
             buf[0] = 1.0
-            buf[1:] = mine.detach().to(device="cpu", dtype=torch.float64).reshape(-1)
+            buf[1:] = mine.detach().to(device="cpu", dtype=dtype).reshape(-1)
         if tdist.get_backend() == "nccl":
             buf = buf.cuda()
         got = [torch.empty_like(buf) for _ in range(w)]

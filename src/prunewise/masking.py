@@ -32,7 +32,7 @@ from torch import nn
 
 from . import checks, device, dist, files, schema
 from .errors import PrunewiseError
-from .plan import MaskPlan, apply_masks, check_masks
+from .plan import MaskPlan, apply_masks, check_masks, check_shapes
 from .train import evaluate, recalibrate_bn
 from .utils import LAYER_TYPES, progress_bar
 
@@ -135,15 +135,10 @@ def mask_list(masks: dict[str, torch.Tensor] | None, names: Sequence[str],
     """
     out = []
     masks = masks or {}
-    for n in masks:
-        if n not in named:
-            raise PrunewiseError(f"mask names unknown parameter '{n}'")
+    check_shapes(masks, named, "masks")
     for n in names:
         m = masks.get(n)
         if m is not None:
-            if tuple(m.shape) != tuple(named[n].shape):
-                raise PrunewiseError(f"mask for '{n}' has shape {tuple(m.shape)}, parameter has "
-                                     f"{tuple(named[n].shape)}")
             m = m.to(device=named[n].device) != 0
         out.append(m)
     return out
@@ -261,16 +256,18 @@ def gradient_sweep(model: nn.Module, params: Sequence[torch.Tensor], data: Itera
         return total, counted, seen
     acc = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
     sizes = [p.numel() for p in params]
+    # float32 holds float32 gradients and a batch's float32 loss and counts exactly
+    wide = torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
 
     def contribution(batch) -> torch.Tensor:
         for p in params:
             p.grad = None
-        head = torch.tensor(one(batch), dtype=torch.float64)
+        head = torch.tensor(one(batch), dtype=wide)
         return torch.cat([head] + [(p.grad if p.grad is not None else torch.zeros_like(p))
-                                   .detach().reshape(-1).cpu().double() for p in params])
+                                   .detach().reshape(-1).cpu().to(wide) for p in params])
 
     total, counted, seen = 0.0, 0, 0
-    for v in dist.in_order(data, contribution, 3 + sum(sizes)):
+    for v in dist.in_order(data, contribution, 3 + sum(sizes), wide):
         total, counted, seen = total + float(v[0]), counted + int(v[1]), seen + int(v[2])
         pos = 3
         for a, k in zip(acc, sizes):
@@ -506,7 +503,7 @@ def run(model: nn.Module, batches, score: Scorer, loop: LoopSettings, *, method:
         post = {"sparsity": f"{row['sparsity']:.3f}"}
         if "accuracy" in row:
             post["acc"] = f"{row['accuracy']:.3f}"
-        bar.set_postfix(post)
+        bar.set_postfix(post, refresh=False)
         if loop.callback is not None:
             loop.callback(row)
         if loop.on_level is not None and st.counts[t] in st.level_at:

@@ -37,8 +37,8 @@ PLAN_JSON = PLAN_FILE
 class MaskPlan:
     """Masks for unstructured pruning: ``masks[name]`` is a bool tensor shaped like the parameter.
 
-    ``method`` names the scorer (fvw, magnitude, taylor, random); ``meta`` holds the settings and
-    the per-iteration history (JSON-able).
+    ``method`` names the scorer (a row of :mod:`prunewise.methods`); ``meta`` holds the
+    settings and the per-iteration history (JSON-able).
     """
 
     masks: dict[str, torch.Tensor]
@@ -75,14 +75,7 @@ class MaskPlan:
 
     def check(self, model: nn.Module) -> None:
         """Raise PrunewiseError unless every mask names a parameter of ``model`` with its shape."""
-        params = dict(model.named_parameters())
-        for name, m in self.masks.items():
-            if name not in params:
-                raise PrunewiseError(f"plan masks parameter '{name}', which the model does not have "
-                                     f"(was the plan made for another architecture?)")
-            if tuple(params[name].shape) != tuple(m.shape):
-                raise PrunewiseError(f"plan mask for '{name}' has shape {tuple(m.shape)} but the "
-                                     f"model's parameter has {tuple(params[name].shape)}")
+        check_shapes(self.masks, dict(model.named_parameters()), "plan")
 
     def apply(self, model: nn.Module) -> nn.Module:
         """A copy of ``model`` with every masked weight set to exactly 0 (``model`` is untouched).
@@ -148,6 +141,18 @@ class MaskPlan:
         return cls(ordered, method=info.get("method", "unknown"), meta=info.get("meta", {}))
 
 
+def check_shapes(masks: dict, params: dict, where: str) -> None:
+    """The one check that masks fit a model: every mask names one of ``params`` (name ->
+    parameter) and has its shape; a PrunewiseError naming ``where`` otherwise."""
+    for name, m in masks.items():
+        if name not in params:
+            raise PrunewiseError(f"{where}: mask names unknown parameter '{name}', which the model "
+                                 f"does not have (was it made for another architecture?)")
+        if tuple(params[name].shape) != tuple(m.shape):
+            raise PrunewiseError(f"{where}: mask for '{name}' has shape {tuple(m.shape)}, the "
+                                 f"model's parameter has {tuple(params[name].shape)}")
+
+
 @torch.no_grad()
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     """Multiply every masked parameter of ``model`` by its 0/1 mask, in place (the one loop that
@@ -165,17 +170,12 @@ def check_masks(masks: dict[str, torch.Tensor], where: str, *, allow_all_pruned:
 
     Use it on every mask set read from a file (a saved plan, a resume checkpoint).
     """
-    params = dict(model.named_parameters()) if model is not None else None
     kept = total = 0
     for name, m in masks.items():
         if not isinstance(m, torch.Tensor) or m.dtype.is_complex:
             raise PrunewiseError(f"{where}: mask '{name}' must be a real tensor")
         if m.dtype != torch.bool and not bool(((m == 0) | (m == 1)).all()):
             raise PrunewiseError(f"{where}: mask '{name}' must hold only 0 and 1")
-        if params is not None and (name not in params or tuple(params[name].shape) != tuple(m.shape)):
-            want = tuple(params[name].shape) if name in params else "no such parameter"
-            raise PrunewiseError(f"{where}: mask '{name}' has shape {tuple(m.shape)}, the model "
-                                 f"has {want}")
         kept += int(torch.count_nonzero(m))
         total += m.numel()
     if total == 0:
@@ -183,6 +183,8 @@ def check_masks(masks: dict[str, torch.Tensor], where: str, *, allow_all_pruned:
     if kept == 0 and not allow_all_pruned:
         raise PrunewiseError(f"{where}: every mask is all zero (sparsity 1.0); a plan must keep "
                              f"some weights")
+    if model is not None:
+        check_shapes(masks, dict(model.named_parameters()), where)
 
 
 def _as_bool(name: str, m) -> torch.Tensor:

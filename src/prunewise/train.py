@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from . import data as D
 from . import device, dist, names
 from .errors import PrunewiseError
+from .plan import check_shapes
 from .utils import progress_bar
 
 OPTIMIZERS = names.OPTIMIZERS
@@ -135,14 +136,10 @@ class MaskKeeper:
 
     def __init__(self, model: nn.Module, masks: dict[str, torch.Tensor] | None):
         params = dict(model.named_parameters())
+        check_shapes(masks or {}, params, "fine-tuning masks")
         self.pairs = []
         for name, m in (masks or {}).items():
-            if name not in params:
-                raise PrunewiseError(f"mask names unknown parameter '{name}'")
             p = params[name]
-            if m.shape != p.shape:
-                raise PrunewiseError(f"mask for '{name}' has shape {tuple(m.shape)}, "
-                                     f"parameter has {tuple(p.shape)}")
             self.pairs.append((p, m.to(device=p.device, dtype=p.dtype)))
         self.apply()
 
@@ -213,7 +210,8 @@ def fit(model: nn.Module, bundle: "D.DataBundle", *, epochs: int, lr: float = 0.
         row = {"epoch": epoch, "train_loss": train_loss, "val_top1": val["top1"],
                "lr": opt.param_groups[0]["lr"]}
         history.append(row)
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{val['top1']:.3f}")
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{val['top1']:.3f}",
+                        refresh=False)
         if on_epoch:
             on_epoch(row)
         if val["top1"] > best["val_top1"]:
