@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import masking, methods
+from . import checks, masking, methods
 from .errors import PrunewiseError
 from .masking import PruningWarning, Source, mask_list, prunable
 from .plan import MaskPlan
@@ -69,13 +69,9 @@ AGGREGATES = ("union", "sum")
 def check_attack(alpha, steps, direction) -> None:
     """Raise PrunewiseError unless ``alpha`` is a finite number > 0, ``steps`` an integer
     >= 1 and ``direction`` one of :data:`DIRECTIONS`."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) \
-            or alpha <= 0:
-        raise PrunewiseError(f"alpha must be a finite number > 0, got {alpha!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise PrunewiseError(f"steps must be an integer >= 1, got {steps!r}")
-    if direction not in DIRECTIONS:
-        raise PrunewiseError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+    checks.number("alpha", alpha, 0.0, low_open=True)
+    checks.integer("steps", steps, 1)
+    checks.choice("direction", direction, DIRECTIONS)
 
 
 def correct_ce(out: torch.Tensor, y: torch.Tensor):

@@ -160,9 +160,7 @@ class Source:
     """
 
     def __init__(self, batches, samples: int | None = None, where: Callable | None = None):
-        if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int)
-                                    or samples < 1):
-            raise PrunewiseError(f"samples must be an integer >= 1 (or None for all), got {samples!r}")
+        checks.integer("samples", samples, 1, none=True)
         if batches is None:
             raise PrunewiseError("this method needs attribution data (batches), got None")
         if isinstance(batches, Source):
@@ -285,11 +283,8 @@ def gradient_sweep(model: nn.Module, params: Sequence[torch.Tensor], data: Itera
 
 def check_targets(sparsity, keep) -> None:
     """Raise PrunewiseError unless ``0 <= sparsity < 1`` and ``0 < keep < 1``."""
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) \
-            or not (0.0 <= sparsity < 1.0):
-        raise PrunewiseError(f"sparsity must be in [0, 1), got {sparsity!r}")
-    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not (0.0 < keep < 1.0):
-        raise PrunewiseError(f"keep must be in (0, 1), got {keep!r}")
+    checks.fraction("sparsity", sparsity, zero=True)
+    checks.fraction("keep", keep)
 
 
 def iterations(sparsity: float, keep: float) -> int:

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import data as D
-from . import device, dist, names
+from . import checks, device, dist, names
 from .errors import PrunewiseError
 from .plan import check_shapes
 from .utils import progress_bar
@@ -98,8 +98,7 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, *, samples: int | None =
     norms = [m for m in model.modules() if isinstance(m, _BN_TYPES) and m.track_running_stats]
     if not norms:
         return model
-    if samples is not None and (isinstance(samples, bool) or int(samples) != samples or samples < 1):
-        raise PrunewiseError(f"recalibration samples must be an integer >= 1, got {samples!r}")
+    checks.integer("recalibration samples", samples, 1, none=True)
     was_training = model.training
     momenta = [m.momentum for m in norms]
     for m in norms:
