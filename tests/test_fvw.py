@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from helpers import killed_then_resumed, run
+from helpers import invoke, killed_then_resumed, run
 from prunewise import checkpoints, fvw, masking, PrunewiseError, train
 from prunewise import data as D
 from prunewise.plan import MaskPlan
@@ -302,9 +302,9 @@ def test_finetune_keeps_pruned_weights_zero(digits):
 
 def test_cli_prune_fvw_report(digits_checkpoint, tmp_path):
     out = tmp_path / "p"
-    r = run("prune", "fvw", str(digits_checkpoint), "--sparsity", "0.5", "--keep", "0.5",
-                "--samples", "64", "--alpha", "1e-4", "--finetune-epochs", "1", "--quiet",
-                "--out", str(out))
+    r = invoke("prune", "fvw", str(digits_checkpoint), "--sparsity", "0.5", "--keep", "0.5",
+               "--samples", "64", "--alpha", "1e-4", "--finetune-epochs", "1", "--quiet",
+               "--latency-repeats", "0", "--out", str(out))
     assert r.returncode == 0, r.stderr
     rep = json.loads((out / "report.json").read_text())
     assert rep["method"] == "fvw" and rep["iterations"] == 1

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import run
+from helpers import invoke, run
 from prunewise import (PrunewiseError, checkpoints, data as D, measure, methods, models, runs,
                        sliming, toy)
 from prunewise.plan import ChannelPlan
@@ -142,8 +142,8 @@ def test_chip_without_data_is_an_error():
 # ------------------------------------------------------------------ the command
 def test_cli_prune_sliming_writes_model_report_and_plot(digits_checkpoint, tmp_path):
     out = tmp_path / "run"
-    r = run("prune", "sliming", str(digits_checkpoint), "--macs", "0.5", "--finetune-epochs", "1",
-            "--quiet", "--out", str(out))
+    r = invoke("prune", "sliming", str(digits_checkpoint), "--macs", "0.5", "--finetune-epochs",
+               "1", "--latency-repeats", "0", "--quiet", "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "layer1.0.conv1" in r.stdout                      # the per-layer table
     rep = json.loads((out / "report.json").read_text())
@@ -173,11 +173,12 @@ def test_cli_bad_input_is_exit_2_one_line(digits_checkpoint, tmp_path, args, wor
 
 def test_cli_saved_plan_reapplies_and_rejects_another_architecture(digits_checkpoint, tmp_path):
     first = tmp_path / "first"
-    assert run("prune", "sliming", str(digits_checkpoint), "--macs", "0.4", "--quiet",
-               "--out", str(first)).returncode == 0
+    fast = ("--quiet", "--latency-repeats", "0")
+    assert invoke("prune", "sliming", str(digits_checkpoint), "--macs", "0.4", *fast,
+                  "--out", str(first)).returncode == 0
     again = tmp_path / "again"
-    r = run("prune", "sliming", str(digits_checkpoint), "--plan", str(first / "plan"), "--quiet",
-            "--out", str(again))
+    r = invoke("prune", "sliming", str(digits_checkpoint), "--plan", str(first / "plan"), *fast,
+               "--out", str(again))
     assert r.returncode == 0, r.stderr
     a = json.loads((first / "report.json").read_text())
     b = json.loads((again / "report.json").read_text())
@@ -186,7 +187,7 @@ def test_cli_saved_plan_reapplies_and_rejects_another_architecture(digits_checkp
     other = tmp_path / "r32"
     checkpoints.save_model(models.create("resnet32", num_classes=10, in_channels=1), other,
                      meta={"data": {"name": "digits", "root": None, "image_size": 16, "seed": 0}})
-    r = run("prune", "sliming", str(other), "--plan", str(first / "plan"), "--out",
-            str(tmp_path / "bad"))
+    r = invoke("prune", "sliming", str(other), "--plan", str(first / "plan"), "--out",
+               str(tmp_path / "bad"))
     assert r.returncode == 2 and "different architecture" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

@@ -57,7 +57,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("api", {"__init__", "__main__", "cli"}),   # "__init__" = the root package prunewise itself
     ("pipelines", {"runs", "demo", "bench", "report"}),
     ("methods", {"fvw", "baselines", "sliming", "filters", "toy"}),
-    ("engines", {"masking", "structured", "surgery", "interop"}),
+    ("engines", {"masking", "structured", "surgery", "interop", "repair"}),
     ("core", {"plan", "train", "measure", "files", "checkpoints"}),
     ("inputs", {"data", "models"}),
     ("base", {"utils", "errors", "schema", "device", "dist", "checks", "methods", "names"}),

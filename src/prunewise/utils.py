@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 
 import torch
 from torch import nn
@@ -26,6 +27,9 @@ def one_thread():
 LOG_INTERVAL = 10.0
 
 
+_ESCAPES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 class _Lines:
     """A file for tqdm that turns its carriage-return redraws into whole lines (for logs)."""
 
@@ -33,7 +37,8 @@ class _Lines:
         self.stream = stream
 
     def write(self, text: str) -> None:
-        text = text.replace("\r", "").strip()
+        # no carriage returns, and no cursor moves (tqdm's nested bars move up and down)
+        text = _ESCAPES.sub("", text.replace("\r", "")).strip()
         if text:
             self.stream.write(text + "\n")
 

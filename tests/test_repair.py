@@ -1,0 +1,137 @@
+"""Layer-wise repair of masked models: better reconstruction than no repair, pruned entries stay
+zero, untouched layers stay untouched, any normalisation, clear errors, torchrun-exact."""
+import copy
+import os
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from prunewise import PrunewiseError, baselines, dist, repair
+
+from test_dist import free_port
+
+
+def cnn(norm: str = "bn") -> nn.Module:
+    torch.manual_seed(0)
+    layer = {"bn": lambda c: nn.BatchNorm2d(c), "gn": lambda c: nn.GroupNorm(2, c),
+             "none": lambda c: nn.Identity()}[norm]
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), layer(8), nn.ReLU(),
+                         nn.Conv2d(8, 16, 3, padding=1, groups=2), layer(16), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(64, 5)).eval()
+
+
+def calibration(n: int = 96, shape=(3, 8, 8)):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, *shape, generator=g)
+    return [(x[i:i + 32], torch.zeros(len(x[i:i + 32]), dtype=torch.long))
+            for i in range(0, n, 32)]
+
+
+def masked(model, sparsity=0.7):
+    plan = baselines.magnitude(model, sparsity=sparsity, keep=0.5, progress=False)
+    return plan, plan.apply(model)
+
+
+def output_error(a, b, batches) -> float:
+    with torch.no_grad():
+        return float(sum(((a(x) - b(x)) ** 2).sum() for x, _ in batches))
+
+
+def layer_error(dense, pruned, name, batches) -> float:
+    """|| pruned layer on its own input - dense layer on the dense input ||^2."""
+    outs = {}
+    for tag, model in (("d", dense), ("p", pruned)):
+        got = []
+        h = model.get_submodule(name).register_forward_hook(lambda m, i, o: got.append(o))
+        with torch.no_grad():
+            for x, _ in batches:
+                model(x)
+        h.remove()
+        outs[tag] = torch.cat(got)
+    return float(((outs["d"] - outs["p"]) ** 2).sum())
+
+
+@pytest.mark.parametrize("norm", ["bn", "gn", "none"])
+def test_repair_reconstructs_better_and_keeps_zeros(norm):
+    dense = cnn(norm)
+    batches = calibration()
+    plan, pruned = masked(dense)
+    before = {n.rsplit(".", 1)[0]: layer_error(dense, pruned, n.rsplit(".", 1)[0], batches)
+              for n in plan.masks}
+    out_before = output_error(dense, pruned, batches)
+    fixed = repair.reconstruct(dense, copy.deepcopy(pruned), batches, masks=plan.masks,
+                               progress=False)
+    params = dict(fixed.named_parameters())
+    for n, m in plan.masks.items():
+        assert bool((params[n][~m] == 0).all())  # pruned weights stay exactly zero
+        assert torch.isfinite(params[n]).all()
+    first = next(iter(before))  # the first pruned layer sees the same input in both networks
+    assert layer_error(dense, fixed, first, batches) < before[first]
+    assert output_error(dense, fixed, batches) < out_before
+
+
+def test_a_layer_that_keeps_everything_is_unchanged():
+    dense = cnn()
+    plan, pruned = masked(dense)
+    name = next(iter(plan.masks))
+    plan.masks[name] = torch.ones_like(plan.masks[name])
+    pruned = plan.apply(dense)
+    before = pruned.get_submodule(name.rsplit(".", 1)[0]).weight.clone()
+    repair.reconstruct(dense, pruned, calibration(), masks=plan.masks, progress=False)
+    assert torch.equal(pruned.get_submodule(name.rsplit(".", 1)[0]).weight, before)
+
+
+def test_layernorm_mlp_and_conv1d():
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(12, 32), nn.LayerNorm(32), nn.GELU(), nn.Linear(32, 32),
+                        nn.LayerNorm(32), nn.GELU(), nn.Linear(32, 4)).eval()
+    audio = nn.Sequential(nn.Conv1d(2, 8, 5, padding=2), nn.ReLU(),
+                          nn.Conv1d(8, 8, 3, padding="same", padding_mode="reflect"), nn.ReLU(),
+                          nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+    for model, shape in ((mlp, (12,)), (audio, (2, 40))):
+        batches = calibration(64, shape)
+        plan, pruned = masked(model, 0.6)
+        err = output_error(model, pruned, batches)
+        repair.reconstruct(model, pruned, batches, masks=plan.masks, progress=False)
+        assert output_error(model, pruned, batches) < err
+
+
+def test_degenerate_calibration_data():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16, bias=False), nn.ReLU(), nn.Linear(16, 16, bias=False),
+                          nn.ReLU(), nn.Linear(16, 3, bias=False)).eval()
+    plan, pruned = masked(model, 0.5)
+    zeros = [(torch.zeros(8, 6), torch.zeros(8, dtype=torch.long))]
+    with pytest.raises(PrunewiseError, match="all zero"):
+        repair.reconstruct(model, copy.deepcopy(pruned), zeros, masks=plan.masks, progress=False)
+    few = [(torch.randn(3, 6), torch.zeros(3, dtype=torch.long))]  # 3 samples, 16 inputs
+    fixed = repair.reconstruct(model, copy.deepcopy(pruned), few, masks=plan.masks,
+                               progress=False)
+    assert all(torch.isfinite(p).all() for p in fixed.parameters())
+    with pytest.raises(PrunewiseError, match="empty"):
+        repair.reconstruct(model, copy.deepcopy(pruned), [], masks=plan.masks, progress=False)
+
+
+def _worker(rank, folder, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init(torch.device("cpu"))
+    dense = cnn()
+    plan, pruned = masked(dense)
+    repair.reconstruct(dense, pruned, calibration(), masks=plan.masks, progress=False)
+    if rank == 0:
+        torch.save(pruned.state_dict(), os.path.join(folder, "two.pt"))
+    dist.finish()
+
+
+def test_two_ranks_give_the_one_process_weights(tmp_path):
+    mp.spawn(_worker, args=(str(tmp_path), free_port()), nprocs=2, join=True)
+    dense = cnn()
+    plan, pruned = masked(dense)
+    repair.reconstruct(dense, pruned, calibration(), masks=plan.masks, progress=False)
+    two = torch.load(tmp_path / "two.pt", weights_only=True)
+    assert all(torch.equal(two[k], v) for k, v in pruned.state_dict().items())
