@@ -50,6 +50,7 @@ def method_table(rows: list[dict]) -> str:
     lines = []
     for r in rows:
         extra = [] if r["needs_data"] else ["data-free"]
+        extra.append(r["docs"])
         if r["loop_recalibrate"]:
             extra.append("BatchNorm recalibrated in the loop by default")
         lines.append(f"{r['name']:<11} {r['kind']:<13} {r['summary']}"
