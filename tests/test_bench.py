@@ -92,7 +92,8 @@ def test_structured_grid_with_finetuning(tmp_path, bases):
     assert r.returncode == 0, r.stderr
     assert "cell l1 0.5 seed 0: test top-1 pruned" in r.stderr  # one log line per cell
     cell = json.loads((out / "cells" / "l1-0.5-s0.json").read_text())
-    assert all(cell["accuracy"][s] is not None for s in runs.STAGES)
+    assert all(cell["accuracy"][s] is not None for s in runs.STAGES if s != "repaired")
+    assert cell["accuracy"]["repaired"] is None  # repair is off by default
     assert cell["latency_ms"]["64"]["speedup"] > 0 and cell["macs"]["ratio"] <= 0.5
     assert "layers" not in cell and "spectra" not in cell
     row = json.loads((out / "grid.json").read_text())["rows"][0]

@@ -15,7 +15,7 @@ import torch
 
 from helpers import assert_bad_input, invoke, run
 from prunewise import data as D
-from prunewise import checkpoints, measure, models, report, train
+from prunewise import checkpoints, measure, models, report, runs, train
 from prunewise.plan import MaskPlan
 
 SCHEMA = json.loads(report.SCHEMA_PATH.read_text())
@@ -50,7 +50,7 @@ def sliming_run(digits_checkpoint, tmp_path_factory):
 def load_report(out: Path) -> dict:
     rep = json.loads((out / "report.json").read_text())
     jsonschema.validate(rep, SCHEMA)
-    assert set(rep["accuracy"]) == {"dense", "pruned", "recalibrated", "finetuned"}
+    assert set(rep["accuracy"]) == set(runs.STAGES)
     return rep
 
 

@@ -135,3 +135,36 @@ def test_two_ranks_give_the_one_process_weights(tmp_path):
     repair.reconstruct(dense, pruned, calibration(), masks=plan.masks, progress=False)
     two = torch.load(tmp_path / "two.pt", weights_only=True)
     assert all(torch.equal(two[k], v) for k, v in pruned.state_dict().items())
+
+
+def test_repair_is_a_pipeline_stage(digits, digits_checkpoint, tmp_path):
+    """runs.Unstructured(repair=...) and prune fvw --repair: the report gains a repaired
+    accuracy (and no recalibrated one: a repaired model is not recalibrated), the repair time is
+    a stage, pruned weights stay zero; a structured grid refuses --repair."""
+    from helpers import assert_bad_input, invoke
+    from prunewise import checkpoints, models, runs
+    from prunewise.plan import MaskPlan
+
+    torch.manual_seed(0)
+    model = models.create("resnet20", num_classes=10, in_channels=1)
+    settings = runs.Unstructured(sparsity=0.6, keep=0.5, samples=64,
+                                 repair=runs.Repair(enabled=True, samples=64))
+    pruned, plan, rep = runs.run_unstructured(model, digits, "magnitude", settings,
+                                              measurement=runs.Measurement(latency=False))
+    assert rep["accuracy"]["repaired"] is not None and rep["accuracy"]["recalibrated"] is None
+    assert rep["stage_seconds"]["repair"] > 0 and rep["config"]["prune"]["repair"]["enabled"]
+    params = dict(pruned.named_parameters())
+    assert all(bool((params[n][~m] == 0).all()) for n, m in plan.masks.items())
+    out = tmp_path / "cli"
+    r = invoke("prune", "fvw", digits_checkpoint, "--method", "magnitude", "--sparsity", "0.6",
+               "--keep", "0.5", "--repair", "--repair-samples", "64", "--latency-repeats", "0",
+               "--quiet", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "repaired" in r.stdout and "recalibrated" not in r.stdout
+    saved = checkpoints.load_model(out / "model")
+    kept = MaskPlan.load(out)
+    assert all(bool((dict(saved.named_parameters())[n][~m] == 0).all())
+               for n, m in kept.masks.items())
+    assert "top-1 repaired" in (out / "report.md").read_text()
+    assert_bad_input(invoke("bench", "--macs", "0.5", "--repair", "--out", tmp_path / "b"),
+                     "--repair")

@@ -33,7 +33,7 @@ from . import checkpoints, files, methods, models, runs, schema, train
 from .errors import PrunewiseError
 from .report import pyplot, save_figure
 
-STAGES = ("pruned", "recalibrated", "finetuned")
+STAGES = runs.STAGES[1:]
 FORMAT = 2
 # settings that change what a cell holds: a grid folder only accepts runs that agree on them
 FIXED = ("format", "model", "data", "root", "epochs", "base", "prune", "finetune",
@@ -349,7 +349,7 @@ def summarize(out: Path, grid: Grid, dense: dict) -> dict:
 
 def grid_markdown(summary: dict) -> str:
     stages = [s for s in STAGES if any(s in r for r in summary["rows"])]
-    titles = {"pruned": "pruned", "recalibrated": "recalibrated", "finetuned": "fine-tuned"}
+    titles = runs.STAGE_TITLES
     head = (f"| method | {summary['budget']} | "
             + " | ".join(f"test top-1 {titles[s]} (mean ± std)" for s in stages)
             + " | params ratio | MACs ratio |")

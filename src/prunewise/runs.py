@@ -1,7 +1,8 @@
 """One pruning run, written once and shared by the CLI, the demo, the bench grid and the
 benchmark scripts:
 
-    prune -> measure "pruned" -> recalibrate BatchNorm -> measure "recalibrated"
+    prune -> measure "pruned" -> repair (optional) -> measure "repaired"
+          -> or recalibrate BatchNorm -> measure "recalibrated"
           -> fine-tune (masked for masks) -> measure "finetuned" -> report dict
 
 >>> pruned, plan, rep = runs.run_unstructured(model, bundle, "fvw", runs.Unstructured(sparsity=0.9),
@@ -21,7 +22,8 @@ Report keys (the same in every report, bench cell and demo run):
 ``kind``            "prune-unstructured" or "prune-structured"
 ``method``, ``data``, ``seed``
 ``budget``          the target: ``{"sparsity"}`` (masks) or ``{"macs", "params"}`` (channels)
-``accuracy``        top-1 per stage: ``{"dense", "pruned", "recalibrated", "finetuned"}``, each
+``accuracy``        top-1 per stage (:data:`STAGES`: ``dense``, ``pruned``, ``repaired``,
+                    ``recalibrated``, ``finetuned``), each
                     ``{"val", "test"}`` (``val`` null without a validation split);
                     ``recalibrated`` is null when recalibration is off, ``finetuned`` with 0 epochs
 ``sparsity``        masks: fraction of the prunable weights set to zero; channels: fraction of
@@ -33,10 +35,10 @@ Report keys (the same in every report, bench cell and demo run):
                     "pruned", "speedup"}, "64": {...}}`` (null when not measured); masked
                     models keep the dense time and get no speed-up (null)
 ``finetune``        null, or ``{"epochs_run", "best_epoch", "best_val_top1", "seconds"}``
-``seconds``         the time that made this model: pruning, recalibration, fine-tuning and
+``seconds``         the time that made this model: pruning, repair, recalibration, fine-tuning and
                     measuring it (measuring the dense model is not counted); ``stage_seconds``:
-                    ``{"prune", "recalibrate", "finetune"}`` (a bench level's ``prune`` is the
-                    time its pruning run took to reach that level)
+                    ``{"prune", "repair", "recalibrate", "finetune"}`` (a bench level's
+                    ``prune`` is the time its pruning run took to reach that level)
 ``layers``          per-layer sparsity (masks) or weight shapes before/after (channels)
 ``history``, ``iterations`` (masks); ``counts``, ``spectra`` (channels)
 ``config``          the settings dataclasses, as dicts
@@ -54,14 +56,19 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from . import checkpoints, checks, device, dist, masking, measure, methods, structured, surgery
+from . import checkpoints, checks, device, dist, masking, measure, methods, repair, structured
+from . import surgery
 from . import train
 from . import data as D
 from .errors import PrunewiseError
 from .plan import ChannelPlan, MaskPlan
 from .sliming.spectrum import singular_values
 
-STAGES = ("dense", "pruned", "recalibrated", "finetuned")
+#: The accuracy stages of a report, in order (the one place a new stage is declared: reports,
+#: report.md, the bench grid and the command line's accuracy line follow it).
+STAGES = ("dense", "pruned", "repaired", "recalibrated", "finetuned")
+STAGE_TITLES = {"dense": "dense", "pruned": "pruned", "repaired": "repaired",
+                "recalibrated": "recalibrated", "finetuned": "fine-tuned"}
 HEAVY_KEYS = ("history", "layers", "spectra", "counts", "groups")  # dropped from bench cells
 
 
@@ -123,6 +130,23 @@ class Recalibration:
 
 
 @dataclass(frozen=True)
+class Repair:
+    """Layer-wise repair of a masked model (:func:`prunewise.repair.reconstruct`) on
+    ``samples`` training images, right after pruning; off by default until it is measured on
+    three seeds. A repaired model is not BatchNorm-recalibrated: its layers were fitted to the
+    statistics they run with, and recalibrating afterwards cost 1 to 29 points in the first
+    probe (docs/methods.md, "Repair")."""
+    enabled: bool = False
+    samples: int = 256
+    damp: float = 0.01
+
+    def __post_init__(self) -> None:
+        checks.flag("repair", self.enabled)
+        checks.integer("repair samples", self.samples, 1)
+        checks.number("repair damp", self.damp, 0.0, low_open=True)
+
+
+@dataclass(frozen=True)
 class Measurement:
     """Latency on the run's device: median of ``repeats`` forward passes per batch size
     (``latency=False``: none)."""
@@ -148,7 +172,8 @@ class Unstructured:
     validation accuracy per iteration; ``exclude``: module-name patterns (``"fc"``,
     ``"layer3.*"``) whose weights stay dense (the sparsity is then that of the remaining
     prunable weights); ``options``: the method's own settings (e.g.
-    :class:`prunewise.methods.FVWSettings`; None = its defaults)."""
+    :class:`prunewise.methods.FVWSettings`; None = its defaults); ``repair``: layer-wise repair
+    after pruning (:class:`Repair`, off by default)."""
     sparsity: float
     keep: float = 0.98
     samples: int | None = 2048
@@ -158,6 +183,7 @@ class Unstructured:
     exclude: tuple[str, ...] = ()
     recalibrate_samples: int | None = None
     options: Any = None
+    repair: Repair = Repair()
 
     def __post_init__(self) -> None:
         checks.fraction("sparsity", self.sparsity, zero=True)
@@ -167,6 +193,8 @@ class Unstructured:
         checks.flag("loop recalibration", self.loop_recalibrate, none=True)
         checks.flag("track accuracy", self.track_accuracy)
         checks.integer("loop recalibration samples", self.recalibrate_samples, 1, none=True)
+        if not isinstance(self.repair, Repair):
+            raise PrunewiseError(f"repair must be a runs.Repair, got {self.repair!r}")
         if isinstance(self.exclude, str) or not all(isinstance(p, str) and p.strip()
                                                      for p in self.exclude):
             raise PrunewiseError(f"exclude must be a tuple of non-empty layer-name patterns, "
@@ -299,15 +327,31 @@ def recalibration_batches(bundle: D.DataBundle, recalibration: Recalibration, se
                      limit=min(recalibration.samples, len(bundle.train)))
 
 
+def repair_batches(bundle: D.DataBundle, how: Repair, seed: int):
+    """Calibration images for repair: training images (no augmentation) shuffled by ``seed``."""
+    return D.batches(bundle.train, bundle, 128, shuffle=True, seed=seed,
+                     limit=min(how.samples, len(bundle.train)))
+
+
 def finish(pruned: nn.Module, bundle: D.DataBundle, masks: dict | None, steps: Steps,
-           desc: str = "fine-tune") -> dict:
-    """Measure, recalibrate BatchNorm, measure, fine-tune (masked), measure; in place on
-    ``pruned``. Returns ``{"accuracy": {pruned, recalibrated, finetuned}, "finetune",
-    "stage_seconds"}`` (a stage that did not run is None)."""
-    acc = {"pruned": accuracy(pruned, bundle), "recalibrated": None, "finetuned": None}
-    secs = {"recalibrate": 0.0, "finetune": 0.0}
+           desc: str = "fine-tune", repair_from: tuple | None = None) -> dict:
+    """Measure, repair or recalibrate BatchNorm, measure, fine-tune (masked), measure; in place
+    on ``pruned``. ``repair_from``: ``(dense model, Repair)`` to repair a masked model (then it
+    is not recalibrated). Returns ``{"accuracy": {pruned, repaired, recalibrated, finetuned},
+    "finetune", "stage_seconds"}`` (a stage that did not run is None)."""
+    acc = {s: None for s in STAGES[1:]}
+    acc["pruned"] = accuracy(pruned, bundle)
+    secs = {"repair": 0.0, "recalibrate": 0.0, "finetune": 0.0}
     recalibration, finetune = steps.recalibration, steps.finetune
-    if recalibration.enabled:
+    if repair_from is not None and repair_from[1].enabled:
+        dense_model, how = repair_from
+        t0 = time.perf_counter()
+        repair.reconstruct(dense_model, pruned, repair_batches(bundle, how, steps.seed),
+                           masks=masks, samples=how.samples, damp=how.damp,
+                           progress=steps.progress)
+        secs["repair"] = time.perf_counter() - t0
+        acc["repaired"] = accuracy(pruned, bundle)
+    elif recalibration.enabled:
         t0 = time.perf_counter()
         train.recalibrate_bn(pruned, recalibration_batches(bundle, recalibration, steps.seed),
                              samples=recalibration.samples)
@@ -394,7 +438,9 @@ def finish_masks(model: nn.Module, bundle: D.DataBundle, plan: MaskPlan, *,
     dense = dense or measure_dense(model, bundle, steps.measurement)
     start = time.perf_counter()
     pruned = plan.apply(model)
-    after = finish(pruned, bundle, plan.masks, steps, desc=f"fine-tune {plan.method}")
+    fix = (model, settings.repair) if settings is not None else None
+    after = finish(pruned, bundle, plan.masks, steps, desc=f"fine-tune {plan.method}",
+                   repair_from=fix)
     rep = {"kind": "prune-unstructured", "method": plan.method, "data": bundle.name,
            "seed": steps.seed, "budget": {"sparsity": plan.sparsity if target is None else target},
            "accuracy": {"dense": dense["accuracy"], **after["accuracy"]},
@@ -557,7 +603,7 @@ def config(method: str, settings, steps: Steps) -> dict:
 def final_accuracy(report: dict) -> dict:
     """The accuracy of the model a run hands back: after the last stage that ran."""
     acc = report["accuracy"]
-    return next(acc[s] for s in ("finetuned", "recalibrated", "pruned") if acc.get(s))
+    return next(acc[s] for s in reversed(STAGES[1:]) if acc.get(s))
 
 
 def save(out: str | Path, pruned: nn.Module, plan, report: dict, *,

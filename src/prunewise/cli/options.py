@@ -172,6 +172,22 @@ def recalibration_options(f):
                              "after pruning.")(f)
 
 
+def repair_options(f):
+    """Layer-wise repair of a masked model right after pruning (prune fvw, bench)."""
+    f = click.option("--repair-samples", type=count(1), default=256, show_default=True,
+                     help="Training images the repair fits each pruned layer on.")(f)
+    return click.option("--repair/--no-repair", default=False, show_default=True,
+                        help="Refit the kept weights of every pruned layer to the dense "
+                             "layer's outputs (least squares) instead of recalibrating "
+                             "BatchNorm.")(f)
+
+
+def repair_of(kw: dict):
+    from .. import runs
+
+    return runs.Repair(enabled=kw.pop("repair"), samples=kw.pop("repair_samples"))
+
+
 def latency_option(f):
     return click.option("--latency-repeats", type=count(0), default=20, show_default=True,
                         help="Timed forward passes per batch size (1 and 64) for the dense "

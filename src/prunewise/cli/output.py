@@ -28,10 +28,10 @@ def emit(obj: dict, as_json: bool) -> None:
 
 def accuracy_line(rep: dict) -> str:
     """'test top-1 0.1000 pruned -> 0.5000 recalibrated -> 0.9000 fine-tuned (dense 0.9500)'."""
+    from ..runs import STAGE_TITLES, STAGES
+
     acc = rep["accuracy"]
-    steps = [f"{acc[s]['test']:.4f} {name}" for s, name in
-             (("pruned", "pruned"), ("recalibrated", "recalibrated"), ("finetuned", "fine-tuned"))
-             if acc.get(s)]
+    steps = [f"{acc[s]['test']:.4f} {STAGE_TITLES[s]}" for s in STAGES[1:] if acc.get(s)]
     return f"test top-1 {' -> '.join(steps)} (dense {acc['dense']['test']:.4f})"
 
 

@@ -14,7 +14,7 @@ from .options import (FRACTION, SEED, FiniteFloat, MethodChoice, amp_option, che
                       finetune_of, finetune_options, latency_option, loop_recalibrate_option,
                       measurement_of, method_options, method_setting_options,
                       pop_method_options, progress_on, quiet_option, recalibration_of,
-                      recalibration_options)
+                      recalibration_options, repair_of, repair_options)
 
 
 def prune_setup(checkpoint, data: tuple, device_name: str, amp, kw: dict):
@@ -65,6 +65,7 @@ def prune_group():
               help="Leave the layers whose module name matches PATTERN dense (repeatable; "
                    "e.g. fc or 'layer3.*'); --sparsity is then that of the other layers.")
 @finetune_options()
+@repair_options
 @recalibration_options
 @loop_recalibrate_option
 @click.option("--loop-recalibrate-samples", type=count(1), default=None,
@@ -94,7 +95,7 @@ def prune_fvw_cmd(checkpoint, data_name, root, image_size, data_seed, sparsity, 
     settings = runs.Unstructured(
         sparsity=sparsity, keep=keep, samples=samples or None, batch_size=batch_size,
         loop_recalibrate=loop_recalibrate, exclude=tuple(exclude),
-        recalibrate_samples=loop_recalibrate_samples,
+        recalibrate_samples=loop_recalibrate_samples, repair=repair_of(kw),
         options=method_options(row, pop_method_options(methods.UNSTRUCTURED, kw)))
     runs.check_unstructured(method, settings)
     model, bundle, steps_kw = prune_setup(checkpoint, (data_name, root, image_size, data_seed),
@@ -196,6 +197,7 @@ def prune_sliming_cmd(checkpoint, data_name, root, image_size, data_seed, macs, 
 @click.option("--samples", type=count(0), default=512, show_default=True,
               help="Unstructured: attribution samples (0 = all).")
 @finetune_options(epochs=5, lr=0.05)
+@repair_options
 @recalibration_options
 @loop_recalibrate_option
 @latency_option
@@ -218,6 +220,10 @@ def bench_cmd(model_name, data_name, root, method_list, sparsities, macs_list, s
         raise PrunewiseError("give --sparsity (unstructured grid) or --macs (structured grid), "
                              "not both")
     structured = macs_list is not None
+    fix = repair_of(kw)
+    if structured and fix.enabled:
+        raise PrunewiseError("--repair works on masks (--sparsity grids); repair of structurally "
+                             "pruned models is not built yet")
     kind = methods.STRUCTURED if structured else methods.UNSTRUCTURED
     default = "0.8,0.9,0.95" if sparsities is None else sparsities
     budgets = bench.parse_list(macs_list if structured else default,
@@ -229,7 +235,7 @@ def bench_cmd(model_name, data_name, root, method_list, sparsities, macs_list, s
                       model_name=model_name, data_name=data_name, root=root, epochs=epochs,
                       base=base)
     prune = runs.Unstructured(sparsity=0.0, keep=keep, samples=samples or None,
-                              loop_recalibrate=loop_recalibrate)
+                              loop_recalibrate=loop_recalibrate, repair=fix)
     summary = bench.run(out, grid, prune=prune, finetune=finetune_of(kw),
                         recalibration=recalibration_of(kw), measurement=measurement_of(kw),
                         progress=progress_on(quiet), log=lambda line: output.say(quiet, line),
