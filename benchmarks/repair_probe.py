@@ -31,7 +31,7 @@ def stages(model, bundle, plan, seed: int, samples: int) -> dict:
 
     def recalibrated(m):
         m = copy.deepcopy(m)
-        train.recalibrate_bn(m, runs.recalibration_batches(bundle, RECAL, seed),
+        train.recalibrate_bn(m, runs.calibration_batches(bundle, RECAL, seed),
                              samples=RECAL.samples)
         return m
 

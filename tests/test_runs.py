@@ -37,7 +37,7 @@ def test_recalibration_restores_accuracy_lost_to_shifted_statistics(trained_tiny
             m.running_var *= 20.0
     broken = train.evaluate_split(shifted, digits, "val")["top1"]
     assert broken < before - 0.2
-    batches = runs.recalibration_batches(digits, runs.Recalibration(samples=512), seed=0)
+    batches = runs.calibration_batches(digits, runs.Recalibration(samples=512), seed=0)
     train.recalibrate_bn(shifted, batches, samples=512)
     assert train.evaluate_split(shifted, digits, "val")["top1"] >= before - 0.03
     assert not shifted.training  # the mode is restored
@@ -46,7 +46,7 @@ def test_recalibration_restores_accuracy_lost_to_shifted_statistics(trained_tiny
 def test_recalibration_leaves_a_model_without_batchnorm_bit_identical(digits):
     model = tiny(bn=False).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    out = train.recalibrate_bn(model, runs.recalibration_batches(digits, runs.Recalibration(), 0),
+    out = train.recalibrate_bn(model, runs.calibration_batches(digits, runs.Recalibration(), 0),
                                samples=64)
     assert out is model and model.training
     after = model.state_dict()

@@ -139,10 +139,12 @@ class Repair:
     enabled: bool = False
     samples: int = 256
     damp: float = 0.01
+    batch_size: int = 128
 
     def __post_init__(self) -> None:
         checks.flag("repair", self.enabled)
         checks.integer("repair samples", self.samples, 1)
+        checks.integer("repair batch size", self.batch_size, 1)
         checks.number("repair damp", self.damp, 0.0, low_open=True)
 
 
@@ -320,17 +322,12 @@ class Steps:
     progress: bool = False
 
 
-def recalibration_batches(bundle: D.DataBundle, recalibration: Recalibration, seed: int):
-    """Training images (no augmentation), shuffled by ``seed``, capped at the sample count
-    (the same on every rank under torchrun)."""
-    return D.batches(bundle.train, bundle, recalibration.batch_size, shuffle=True, seed=seed,
-                     limit=min(recalibration.samples, len(bundle.train)))
-
-
-def repair_batches(bundle: D.DataBundle, how: Repair, seed: int):
-    """Calibration images for repair: training images (no augmentation) shuffled by ``seed``."""
-    return D.batches(bundle.train, bundle, 128, shuffle=True, seed=seed,
-                     limit=min(how.samples, len(bundle.train)))
+def calibration_batches(bundle: D.DataBundle, settings: Recalibration | Repair, seed: int):
+    """What recalibration and repair run on: training images (no augmentation), shuffled by
+    ``seed``, capped at ``settings.samples``, in batches of ``settings.batch_size`` (the same
+    on every rank under torchrun)."""
+    return D.batches(bundle.train, bundle, settings.batch_size, shuffle=True, seed=seed,
+                     limit=min(settings.samples, len(bundle.train)))
 
 
 def finish(pruned: nn.Module, bundle: D.DataBundle, masks: dict | None, steps: Steps,
@@ -346,14 +343,14 @@ def finish(pruned: nn.Module, bundle: D.DataBundle, masks: dict | None, steps: S
     if repair_from is not None and repair_from[1].enabled:
         dense_model, how = repair_from
         t0 = time.perf_counter()
-        repair.reconstruct(dense_model, pruned, repair_batches(bundle, how, steps.seed),
+        repair.reconstruct(dense_model, pruned, calibration_batches(bundle, how, steps.seed),
                            masks=masks, samples=how.samples, damp=how.damp,
                            progress=steps.progress)
         secs["repair"] = time.perf_counter() - t0
         acc["repaired"] = accuracy(pruned, bundle)
     elif recalibration.enabled:
         t0 = time.perf_counter()
-        train.recalibrate_bn(pruned, recalibration_batches(bundle, recalibration, steps.seed),
+        train.recalibrate_bn(pruned, calibration_batches(bundle, recalibration, steps.seed),
                              samples=recalibration.samples)
         secs["recalibrate"] = time.perf_counter() - t0
         acc["recalibrated"] = accuracy(pruned, bundle)
@@ -370,11 +367,6 @@ def finish(pruned: nn.Module, bundle: D.DataBundle, masks: dict | None, steps: S
         acc["finetuned"] = accuracy(pruned, bundle)
     pruned.eval()
     return {"accuracy": acc, "finetune": hist, "stage_seconds": secs}
-
-
-def _steps(finetune, recalibration, measurement, compute, seed, progress) -> Steps:
-    return Steps(finetune=finetune, recalibration=recalibration, measurement=measurement,
-                 compute=compute, seed=seed, progress=progress)
 
 
 # ---- unstructured ---------------------------------------------------------------------------
@@ -502,7 +494,7 @@ def run_unstructured(model: nn.Module, bundle: D.DataBundle, method: str, settin
     got: dict = {}
     prune_levels(model, bundle, method, settings,
                  lambda level, pruned, plan, rep: got.update(out=(pruned, plan, rep)),
-                 steps=_steps(finetune, recalibration, measurement, compute, seed, progress),
+                 steps=Steps(finetune, recalibration, measurement, compute, seed, progress),
                  dense=dense, resume_dir=resume_dir)
     return got["out"]
 
@@ -580,7 +572,7 @@ def run_structured(model: nn.Module, bundle: D.DataBundle, method: str, settings
     measure, fine-tune, measure. Returns (smaller model, channel plan, report); ``compute`` as
     for :func:`run_unstructured`."""
     check_structured(method, settings)
-    steps = _steps(finetune, recalibration, measurement, compute, seed, progress)
+    steps = Steps(finetune, recalibration, measurement, compute, seed, progress)
     model = compute.place(model)
     start = time.perf_counter()
     pruned, plan = prune_channels(model, bundle, method, settings, seed=seed)
