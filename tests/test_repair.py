@@ -1,6 +1,7 @@
 """Layer-wise repair of masked models: better reconstruction than no repair, pruned entries stay
 zero, untouched layers stay untouched, any normalisation, clear errors, torchrun-exact."""
 import copy
+import json
 import os
 
 import pytest
@@ -140,7 +141,8 @@ def test_two_ranks_give_the_one_process_weights(tmp_path):
 def test_repair_is_a_pipeline_stage(digits, digits_checkpoint, tmp_path):
     """runs.Unstructured(repair=...) and prune fvw --repair: the report gains a repaired
     accuracy (and no recalibrated one: a repaired model is not recalibrated), the repair time is
-    a stage, pruned weights stay zero; a structured grid refuses --repair."""
+    a stage, pruned weights stay zero; prune sliming --repair repairs the smaller model; a
+    structured grid refuses --allocation."""
     from helpers import assert_bad_input, invoke
     from prunewise import checkpoints, models, runs
     from prunewise.plan import MaskPlan
@@ -166,5 +168,13 @@ def test_repair_is_a_pipeline_stage(digits, digits_checkpoint, tmp_path):
     assert all(bool((dict(saved.named_parameters())[n][~m] == 0).all())
                for n, m in kept.masks.items())
     assert "top-1 repaired" in (out / "report.md").read_text()
-    assert_bad_input(invoke("bench", "--macs", "0.5", "--repair", "--out", tmp_path / "b"),
-                     "--repair")
+    assert_bad_input(invoke("bench", "--macs", "0.5", "--allocation", "lamp", "--out",
+                            tmp_path / "b"), "--allocation")
+    out = tmp_path / "channels"
+    r = invoke("prune", "sliming", digits_checkpoint, "--method", "l1", "--macs", "0.5",
+               "--repair", "--repair-samples", "64", "--latency-repeats", "0", "--quiet",
+               "--out", out)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["accuracy"]["repaired"] is not None and rep["accuracy"]["recalibrated"] is None
+    assert rep["stage_seconds"]["repair"] > 0 and rep["macs"]["ratio"] < 0.6

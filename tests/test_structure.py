@@ -56,7 +56,7 @@ PKG = SRC / "prunewise"
 LAYERS: list[tuple[str, set[str]]] = [
     ("api", {"__init__", "__main__", "cli"}),   # "__init__" = the root package prunewise itself
     ("pipelines", {"runs", "demo", "bench", "report"}),
-    ("methods", {"fvw", "baselines", "sliming", "filters", "toy"}),
+    ("methods", {"fvw", "baselines", "posttrain", "sliming", "filters", "toy"}),
     ("engines", {"masking", "structured", "surgery", "interop", "repair"}),
     ("core", {"plan", "train", "measure", "files", "checkpoints"}),
     ("inputs", {"data", "models"}),

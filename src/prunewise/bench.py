@@ -170,12 +170,14 @@ def settings_of(grid: Grid, prune: runs.Unstructured, finetune: runs.FineTune,
     # bench prunes every layer of the default scope: an empty ``exclude`` is left out, so grid
     # folders written before that setting existed still match
     prune_dict = {k: v for k, v in asdict(prune).items()
-                  if k != "sparsity" and not (k == "exclude" and not v)}
+                  if k != "sparsity" and not (k in ("exclude", "allocation") and not v)}
+    # a structured grid records only its repair, and only when on (older folders still match)
+    channels = {"repair": prune_dict["repair"]} if prune.repair.enabled else None
     return {"format": FORMAT, "model": grid.model_name, "data": grid.data_name,
             "root": str(grid.root) if grid.root else None, "methods": list(grid.methods),
             "budgets": list(grid.budgets), "structured": grid.structured,
             "seeds": list(grid.seeds), "epochs": None if grid.base else grid.epochs,
-            "base": grid.base, "prune": None if grid.structured else prune_dict,
+            "base": grid.base, "prune": channels if grid.structured else prune_dict,
             "finetune": asdict(finetune), "recalibration": asdict(recalibration)}
 
 
@@ -262,7 +264,8 @@ def structured_cells(out: Path, model, bundle, method: str, seed: int, ctx: dict
         if path.is_file():
             continue
         st = ctx["steps"]
-        _, _, rep = runs.run_structured(model, bundle, method, runs.Structured(macs=level),
+        _, _, rep = runs.run_structured(model, bundle, method, runs.Structured(macs=level,
+                                                                        repair=ctx["prune"].repair),
                                         finetune=st.finetune, recalibration=st.recalibration,
                                         measurement=st.measurement, seed=seed,
                                         progress=st.progress, dense=ctx["dense"],

@@ -51,10 +51,12 @@ def fraction(what: str, value: Any, *, zero: bool = False, none: bool = False) -
     return number(what, value, 0.0, 1.0, low_open=not zero, high_open=True, none=none)
 
 
-def choice(what: str, value: Any, allowed: Iterable[str]) -> Any:
-    """One of ``allowed``."""
+def choice(what: str, value: Any, allowed: Iterable[str], *, none: bool = False) -> Any:
+    """One of ``allowed`` (None too when ``none``)."""
     allowed = tuple(allowed)
-    if value not in allowed:
+    if value is None and none:
+        return value
+    if not isinstance(value, str) or value not in allowed:
         raise PrunewiseError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
     return value
 

@@ -39,12 +39,14 @@ STRUCTURED_RUNS = (("sliming", "sliming"), ("l1_uniform", "l1"))
 def run_demo(out: str | Path = "runs/demo", *, epochs: int | None = None, seed: int = 0,
              progress: bool = False, quick: bool = False,
              recalibration: runs.Recalibration = runs.Recalibration(),
+             repair: runs.Repair = runs.Repair(),
              compute: runs.Compute = runs.Compute()) -> dict:
     """Run the demo and return its report (also written to ``out/report.json``).
 
     ``quick`` shrinks every step (2 training epochs, keep 0.5 per iteration, 64 attribution
     samples, 1 fine-tune epoch, few latency repeats) to check the wiring in seconds; its
-    accuracies mean nothing. ``compute`` picks the device (and the training precision).
+    accuracies mean nothing. ``repair`` (off by default) repairs every pruned model instead of
+    recalibrating it. ``compute`` picks the device (and the training precision).
     """
     out = Path(out)
     start = time.perf_counter()
@@ -72,7 +74,7 @@ def run_demo(out: str | Path = "runs/demo", *, epochs: int | None = None, seed: 
               "recalibration": recalibration, "measurement": measurement, "seed": seed,
               "progress": progress, "dense": dense, "compute": compute}
     settings = runs.Unstructured(sparsity=FVW_SPARSITY, keep=0.5 if quick else FVW_KEEP,
-                                 samples=64 if quick else FVW_SAMPLES)
+                                 samples=64 if quick else FVW_SAMPLES, repair=repair)
     for key, method in UNSTRUCTURED_RUNS:
         pruned, plan, rep = runs.run_unstructured(model, bundle, method, settings, **common)
         rep["note"] = (f"demo settings: keep {settings.keep} per iteration (reference 0.98), "
@@ -82,7 +84,8 @@ def run_demo(out: str | Path = "runs/demo", *, epochs: int | None = None, seed: 
         # the same threads as the dense model's measurement, so the speed-up compares like with
         # like (the structured engine itself runs its analysis on one thread)
         pruned, plan, rep = runs.run_structured(model, bundle, method,
-                                                runs.Structured(macs=SLIMING_MACS), **common)
+                                                runs.Structured(macs=SLIMING_MACS, repair=repair),
+                                                **common)
         if i:
             rep.pop("spectra", None)  # the same groups' spectra: drawn once, for the first run
         report["runs"][key] = runs.save(out / key, pruned, plan, rep, meta=meta)
@@ -91,5 +94,5 @@ def run_demo(out: str | Path = "runs/demo", *, epochs: int | None = None, seed: 
               "quick": quick, "fvw": {"sparsity": FVW_SPARSITY, "keep": settings.keep,
                                       "samples": settings.samples},
               "sliming": {"macs": SLIMING_MACS}, "finetune": asdict(common["finetune"]),
-              "recalibration": asdict(recalibration)}
+              "recalibration": asdict(recalibration), "repair": asdict(repair)}
     return report_mod.write(out, report, kind="demo", config=config)

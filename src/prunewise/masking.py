@@ -12,7 +12,9 @@ comparison between methods isolates the score:
   :func:`check_targets`: keep ``keep`` of the weights per iteration and land exactly on the
   target sparsity (and on any intermediate ``levels``).
 * **Selection** -- :func:`select`: the public primitive. Pool the scores of all unpruned
-  elements of all prunable tensors and keep the top ``kept`` globally.
+  elements of all prunable tensors and keep the top ``kept`` globally, or share ``kept`` out
+  first (:func:`allocate`: LAMP's layer-adaptive counts, uniform per tensor, uniform per row)
+  and rank within each share.
 * **Loop** -- :func:`run`: score the pruned working copy, select, apply, log, write the resume
   file (:data:`RESUME_FILE`), report levels. Its settings travel as one :class:`LoopSettings`.
 """
@@ -30,7 +32,7 @@ from typing import Any, Callable, Iterable, Protocol, Sequence, Union
 import torch
 from torch import nn
 
-from . import checks, device, dist, files, schema
+from . import checks, device, dist, files, methods, schema
 from .errors import PrunewiseError
 from .plan import MaskPlan, apply_masks, check_masks, check_shapes
 from .train import evaluate, recalibrate_bn
@@ -344,8 +346,20 @@ def _top(values: torch.Tensor, k: int) -> torch.Tensor:
 Scores = Union[dict, Sequence[dict]]
 
 
-def select(scores: Scores, masks: dict[str, torch.Tensor], kept: int) -> dict[str, torch.Tensor]:
-    """Global selection, the primitive every unstructured method ends in.
+#: How the kept count is shared out between tensors (``allocation``; see :func:`select`).
+ALLOCATIONS = methods.ALLOCATIONS
+
+
+def select(scores: Scores, masks: dict[str, torch.Tensor], kept: int,
+           allocation: str = "global", weights: dict | None = None) -> dict[str, torch.Tensor]:
+    """Selection, the primitive every unstructured method ends in.
+
+    ``allocation`` decides how many elements each tensor keeps, apart from the ranking:
+    ``"global"`` pools every tensor's scores (below); ``"lamp"`` takes each tensor's count from
+    LAMP's layer-adaptive scores of the current ``weights`` (name -> tensor, required; no
+    tensor is emptied while ``kept`` covers one element per tensor); ``"uniform"`` keeps the
+    same fraction of every tensor; ``"row"`` the same fraction of every output row (dim 0) of
+    every tensor. Within a tensor (or row) the ``scores`` rank as in global selection.
 
     Pools the scores of every currently unpruned element (``masks[name]`` True) of every
     tensor in ``masks`` into one vector and keeps the ``kept`` highest; returns new bool masks
@@ -360,6 +374,9 @@ def select(scores: Scores, masks: dict[str, torch.Tensor], kept: int) -> dict[st
     Runs on the masks' device (the weights' device; scores move there); the result is exact
     and the same on every device.
     """
+    checks.choice("allocation", allocation, ALLOCATIONS)
+    if allocation != "global":
+        return _allocated(scores, masks, kept, allocation, weights)
     names = list(masks)
     flat_m = [masks[n].flatten() for n in names]
 
@@ -387,6 +404,82 @@ def select(scores: Scores, masks: dict[str, torch.Tensor], kept: int) -> dict[st
         new[fm] = keep[pos:pos + k]
         pos += k
         out[n] = new.view_as(masks[n])
+    return out
+
+
+def _allocated(scores: Scores, masks: dict, kept: int, allocation: str,
+               weights: dict | None) -> dict[str, torch.Tensor]:
+    """Selection with per-tensor (or per-row) counts from :func:`allocate`."""
+    if allocation == "row":
+        rows = {f"{n}\0{r}": masks[n][r] for n in masks for r in range(masks[n].shape[0])}
+        counts = _shares({k: m.numel() for k, m in rows.items()},
+                         {k: int(m.sum()) for k, m in rows.items()}, kept)
+        out = {}
+        for n in masks:
+            parts = []
+            for r in range(masks[n].shape[0]):
+                one = [{"r": sc[n][r]} for sc in scores] if isinstance(scores, (list, tuple)) \
+                    else {"r": scores[n][r]}
+                parts.append(select(one, {"r": masks[n][r]}, counts[f"{n}\0{r}"])["r"])
+            out[n] = torch.stack(parts).view_as(masks[n])
+        return out
+    counts = allocate(allocation, masks, kept, weights)
+    out = {}
+    for n in masks:
+        one = [{n: sc[n]} for sc in scores] if isinstance(scores, (list, tuple)) else {n: scores[n]}
+        out.update(select(one, {n: masks[n]}, counts[n]))
+    return out
+
+
+def allocate(allocation: str, masks: dict[str, torch.Tensor], kept: int,
+             weights: dict | None = None) -> dict[str, int]:
+    """How many elements each tensor of ``masks`` keeps when ``kept`` are kept in all.
+
+    ``"uniform"``: the same fraction of every tensor's size (largest remainders round, no
+    tensor above its unpruned count). ``"lamp"`` (Lee et al., ICLR 2021): every unpruned
+    weight scores ``w^2 / (sum of w'^2 over the weights of its tensor at least as large)``;
+    the ``kept`` best scores over all tensors give the counts. A tensor's largest weight
+    scores 1, the most any weight can, so no tensor is emptied while ``kept`` >= the number of
+    tensors. ``"global"`` is not an allocation of its own (its counts follow the scores)."""
+    checks.choice("allocation", allocation, ALLOCATIONS[1:3])
+    if allocation == "uniform":
+        return _shares({n: m.numel() for n, m in masks.items()},
+                       {n: int(m.sum()) for n, m in masks.items()}, kept)
+    if weights is None:
+        raise PrunewiseError("lamp allocation needs the weights")
+    lamp = {}
+    for n, m in masks.items():
+        sq = weights[n].detach().to(device=m.device, dtype=torch.float64).square()
+        v = sq.flatten()[m.flatten()]
+        order = torch.argsort(v, stable=True)
+        tail = v[order].flip(0).cumsum(0).flip(0)      # sum over the weights at least as large
+        s = torch.zeros_like(v)
+        s[order] = torch.where(tail > 0, v[order] / tail.clamp_min(1e-300), torch.zeros_like(tail))
+        full = torch.zeros(m.numel(), dtype=torch.float64, device=m.device)
+        full[m.flatten()] = s
+        lamp[n] = full.view_as(m)
+    chosen = select(lamp, masks, kept)
+    return {n: int(c.sum()) for n, c in chosen.items()}
+
+
+def _shares(sizes: dict[str, int], limits: dict[str, int], kept: int) -> dict[str, int]:
+    """``kept`` shared out in proportion to ``sizes`` (largest remainders first), each share at
+    most its ``limits`` entry (what is left over goes to the others, in proportion)."""
+    total = sum(sizes.values())
+    want = {k: kept * v / total for k, v in sizes.items()}
+    out = {k: min(limits[k], int(math.floor(w))) for k, w in want.items()}
+    left = kept - sum(out.values())
+    order = sorted(sizes, key=lambda k: (-(want[k] - math.floor(want[k])), list(sizes).index(k)))
+    while left > 0:
+        moved = 0
+        for k in order:
+            if left and out[k] < limits[k]:
+                out[k] += 1
+                left -= 1
+                moved += 1
+        if not moved:
+            raise PrunewiseError(f"cannot keep {kept} elements: only {sum(limits.values())} are "
+                                 f"left unpruned")
     return out
 
 
@@ -423,7 +516,9 @@ class LoopSettings:
     seeded scorers); ``callback(row)``: called with every history row; ``progress``: a bar
     (on by default: a person is usually waiting); ``recalibrate``: after each iteration's masks are applied, re-estimate the working copy's
     BatchNorm statistics on the attribution data (at most ``recalibrate_samples`` samples;
-    all of it when None), so the next score sees statistics that match the pruned weights.
+    all of it when None), so the next score sees statistics that match the pruned weights;
+    ``allocation``: how each iteration's kept count is shared between tensors (one of
+    :data:`ALLOCATIONS`, see :func:`select`).
     """
 
     sparsity: float
@@ -439,11 +534,13 @@ class LoopSettings:
     progress: bool = True
     recalibrate: bool = False
     recalibrate_samples: int | None = None
+    allocation: str = "global"
 
     def __post_init__(self) -> None:
-        """Raise PrunewiseError for a bad target, keep, sample count or recalibration setting
-        (once, here: the loop does not check again)."""
+        """Raise PrunewiseError for a bad target, keep, sample count, recalibration setting or
+        allocation (once, here: the loop does not check again)."""
         check_targets(self.sparsity, self.keep)
+        checks.choice("allocation", self.allocation, ALLOCATIONS)
         checks.integer("samples", self.samples, 1, none=True)
         checks.flag("recalibrate", self.recalibrate)
         checks.integer("recalibrate_samples", self.recalibrate_samples, 1, none=True)
@@ -520,6 +617,8 @@ def _start(model: nn.Module, loop: LoopSettings, method: str, settings: dict | N
               "weights": _fingerprint(model, names)}
     if loop.recalibrate:  # only when on, so that plans and resume files without it are unchanged
         config["recalibrate"] = {"samples": loop.recalibrate_samples}
+    if loop.allocation != "global":  # the same: global plans and resume files stay as they were
+        config["allocation"] = loop.allocation
     masks = {n: torch.ones(named[n].shape, dtype=torch.bool, device=named[n].device)
              for n in names}
     history: list[dict] = []
@@ -535,7 +634,8 @@ def _iteration(work, score, data, evals, loop: LoopSettings, st: _State, t: int)
     """One scored, selected and applied iteration; returns its history row."""
     t0 = time.perf_counter()
     scores, info = score(work, st.masks, data, t)
-    st.masks = select(scores, st.masks, st.counts[t])
+    st.masks = select(scores, st.masks, st.counts[t], loop.allocation,
+                      dict(work.named_parameters()))
     del scores
     apply_masks(work, st.masks)
     _recalibrate(work, data, loop)

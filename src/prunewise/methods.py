@@ -3,7 +3,8 @@
 A row (:class:`Method`) says what the rest of the program needs to know about a method: its
 name and kind, a one-line summary, where it is documented, its own settings (a small frozen
 dataclass whose defaults are the method's defaults), whether it needs data, whether the
-pipeline recalibrates BatchNorm inside its loop by default, and ``build``: the
+pipeline recalibrates BatchNorm inside its loop by default, how its kept count is shared
+between layers by default (``allocation``: one of :data:`ALLOCATIONS`), and ``build``: the
 ``"module:function"`` that makes the method's working part, imported only when it runs (so
 this module, and with it ``prunewise --help`` and ``prunewise methods``, needs no torch):
 
@@ -27,6 +28,9 @@ from . import checks
 from .errors import PrunewiseError
 
 UNSTRUCTURED = "unstructured"
+#: Mask allocations (:func:`prunewise.masking.select`): pooled scores, LAMP's layer-adaptive
+#: counts, the same fraction per layer, the same fraction per output row.
+ALLOCATIONS = ("global", "lamp", "uniform", "row")
 STRUCTURED = "structured"
 KINDS = (UNSTRUCTURED, STRUCTURED)
 
@@ -79,6 +83,7 @@ class Method:
     settings: type = NoSettings
     needs_data: bool = True
     loop_recalibrate: bool = False
+    allocation: str = "global"
 
     def builder(self) -> Callable:
         """The function ``build`` names (imported now)."""
@@ -101,6 +106,7 @@ class Method:
         return {"name": self.name, "kind": self.kind, "summary": self.summary,
                 "docs": self.docs, "needs_data": self.needs_data,
                 "loop_recalibrate": self.loop_recalibrate if self.kind == UNSTRUCTURED else None,
+                "allocation": self.allocation if self.kind == UNSTRUCTURED else None,
                 "settings": {f.name: {"default": f.default, "help": f.metadata.get("help", "")}
                              for f in fields(self.settings)}}
 
@@ -121,6 +127,12 @@ TABLE: list[Method] = [
     Method("obd", UNSTRUCTURED, "optimal brain damage with empirical-Fisher curvature, "
            "0.5 * F * w^2 (ours)", f"{_DOC}#baselines", "prunewise.baselines:obd_scorer",
            loop_recalibrate=True),
+    Method("wanda", UNSTRUCTURED, "Wanda (ICLR 2024): |w| times the norm of its input feature, "
+           "per output row", f"{_DOC}#post-training-peers", "prunewise.posttrain:wanda_scorer",
+           allocation="row"),
+    Method("obs", UNSTRUCTURED, "OBS / SparseGPT saliency w^2 / [H^-1]_jj from each layer's "
+           "input Gram matrix, per output row", f"{_DOC}#post-training-peers",
+           "prunewise.posttrain:obs_scorer", allocation="row"),
     # structured: (configure, select) pairs on the shared engine (prunewise.structured)
     Method("sliming", STRUCTURED, "SLIMING (Neural Networks 2025): singular-value configuration "
            "+ GEM nuclear-norm selection", f"{_DOC}#sliming", "prunewise.filters:sliming_pair",

@@ -1,35 +1,50 @@
-"""Layer-wise repair of a masked model: refit the weights each pruned layer kept so that the layer
-reproduces the dense layer's outputs on a few calibration batches (docs/methods.md, "Repair").
+"""Layer-wise repair of a pruned model: refit the weights each pruned layer kept so that the
+layer reproduces the dense layer's outputs on a few calibration batches (docs/methods.md,
+"Repair").
 
-For every pruned conv / linear layer, in the order the forward pass reaches them, with ``X`` the
-layer's input in the dense network and ``X^`` its input in the network repaired so far (conv
-inputs unfolded into columns, one set per group), each output row ``r`` solves the damped, masked
-least-squares problem
+For every repaired conv / linear layer, in the order the forward pass reaches them, with ``X``
+the layer's input in the dense network and ``X^`` its input in the network repaired so far
+(conv inputs unfolded into columns, one set per group), each output row ``r`` solves the
+damped least-squares problem
 
     min over w_r (zero outside the kept set S_r):  || w_r X^ - W_r X ||^2 + lambda ||w_r||^2
 
-through its normal equations ``(G[S,S] + lambda I) w_r[S] = (C W_r^T)[S]`` with ``G = X^ X^T``
-and ``C = X^ X^T`` where the second factor of ``C`` is the dense input ``X`` (the bias, when the layer has one, is one more always-kept
-input of value 1). ``lambda`` is ``damp`` times the mean of ``G``'s diagonal. Pruned weights stay
-exactly zero; a layer whose mask keeps everything is left as it is. Only one layer's two
-statistics matrices are held at a time. Under torchrun the ranks share out whole calibration
-batches and add the statistics in batch order (:func:`prunewise.dist.in_order`), so every rank
-solves exactly the single-process systems.
+through its normal equations ``(G[S,S] + lambda I) w_r[S] = (W_r C^T)[S]`` with ``G = X^ X^T``
+and ``C = X^ X^T`` taken with the dense input ``X`` as second factor. ``lambda`` is ``damp``
+times the mean of ``G``'s diagonal. An intercept (one more always-kept input of value 1) is
+fitted when something can hold it: the layer's bias, or else a BatchNorm that takes the
+layer's output directly (the intercept moves into its running mean); it absorbs the mean of
+what the pruned weights or channels contributed (bias compensation).
+
+* **Masks** (``masks=``): every masked layer that prunes anything is refit; pruned weights
+  stay exactly zero; a layer whose mask keeps everything is left as it is.
+* **Channels** (``plan=``, the smaller model a :class:`~prunewise.plan.ChannelPlan` cut):
+  every layer that consumes a pruned channel group (fewer inputs than the dense layer) is
+  refit from the kept channels to the dense layer's outputs at the rows it kept (Channel
+  Pruning / ThiNet), with the intercept as above; which dense rows a layer kept is read by
+  applying the plan to a copy of the dense model whose weights hold their own indices.
+
+Only one layer's two statistics matrices are held at a time. Under torchrun the ranks share
+out whole calibration batches and add the statistics in batch order
+(:func:`prunewise.dist.in_order`), so every rank solves exactly the single-process systems.
 """
 from __future__ import annotations
 
+import copy
 from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checks, device, dist
+from . import checks, device, dist, surgery
 from .errors import PrunewiseError
 from .masking import Source
+from .plan import ChannelPlan
 from .utils import progress_bar
 
 REPAIRABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 def _groups(m: nn.Module) -> int:
@@ -40,8 +55,9 @@ class _Reached(Exception):
     """Raised by a hook to stop a forward pass once the layer's input has been seen."""
 
 
-def _columns(m: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """The layer's input as columns, one matrix (inputs x positions) per group, float32."""
+def columns(m: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Layer ``m``'s input ``x`` as columns, one matrix (inputs x positions) per group, float32
+    (a conv's input unfolded the way the layer reads it: padding mode, stride, dilation)."""
     x = x.detach().float()
     if isinstance(m, nn.Linear):
         return [x.reshape(-1, x.shape[-1]).T]
@@ -72,7 +88,7 @@ def _columns(m: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
-def _layer_input(model: nn.Module, name: str, x) -> torch.Tensor:
+def layer_input(model: nn.Module, name: str, x) -> torch.Tensor:
     """The input ``model``'s layer ``name`` receives on the batch ``x`` (the pass stops there)."""
     seen = {}
 
@@ -93,7 +109,7 @@ def _layer_input(model: nn.Module, name: str, x) -> torch.Tensor:
     return seen["x"]
 
 
-def _order(model: nn.Module, names: list[str], x) -> list[str]:
+def forward_order(model: nn.Module, names: list[str], x) -> list[str]:
     """``names`` in the order one forward pass reaches them."""
     order: list[str] = []
     mods = {model.get_submodule(n): n for n in names}
@@ -109,90 +125,126 @@ def _order(model: nn.Module, names: list[str], x) -> list[str]:
     return order + [n for n in names if n not in order]
 
 
-def _statistics(dense, pruned, name: str, data: Iterable, bias: bool) -> list[tuple]:
+def norm_after(model: nn.Module, names: list[str], x) -> dict[str, nn.Module]:
+    """Layer name -> the BatchNorm (with running statistics) whose input is exactly that
+    layer's output in an eval-mode forward pass of ``model`` on ``x``: where an intercept can
+    be folded into the running mean."""
+    outputs: dict[int, tuple] = {}   # the outputs are held, so that no id is reused
+    found: dict[str, nn.Module] = {}
+
+    def produced(module, args, out, name):
+        outputs[id(out)] = (name, out)
+
+    def consumes(module, args):
+        hit = outputs.get(id(args[0]))
+        if hit is not None and hit[1] is args[0]:
+            found.setdefault(hit[0], module)
+
+    hooks = [model.get_submodule(n).register_forward_hook(
+        lambda module, args, out, n=n: produced(module, args, out, n)) for n in names]
+    hooks += [bn.register_forward_pre_hook(consumes) for bn in model.modules()
+              if isinstance(bn, _BATCHNORMS) and bn.running_mean is not None]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return found
+
+
+def _statistics(dense, pruned, name: str, data: Iterable, intercept: bool) -> list[tuple]:
     """Per group: (G = X^ X^T, C = X^ X^T with the dense input X as second factor), float64,
-    with the bias's row of ones appended when the layer has a bias."""
-    m = pruned.get_submodule(name)
+    with a row of ones appended to both inputs when an intercept is fitted."""
+    m, d = pruned.get_submodule(name), dense.get_submodule(name)
     dev = device.of(pruned)
 
     def batch_terms(batch) -> torch.Tensor:
         x = device.to(batch[0], dev)
-        dense_cols = _columns(m, _layer_input(dense, name, x))
-        cols = _columns(m, _layer_input(pruned, name, x))
+        dense_cols = columns(d, layer_input(dense, name, x))
+        cols = columns(m, layer_input(pruned, name, x))
         parts = []
         for a, b in zip(cols, dense_cols):
-            if bias:
+            if intercept:
                 ones = torch.ones(1, a.shape[1], device=a.device)
                 a, b = torch.cat([a, ones]), torch.cat([b, ones])
             parts += [(a @ a.T).double().reshape(-1), (a @ b.T).double().reshape(-1)]
         return torch.cat(parts).cpu()
 
-    k = m.weight[0].numel() + bias
-    size = 2 * _groups(m) * k * k
-    total = torch.zeros(size, dtype=torch.float64)
-    for v in dist.in_order(data, batch_terms, size):
+    k, kd = m.weight[0].numel() + intercept, d.weight[0].numel() + intercept
+    g = _groups(m)
+    total = torch.zeros(g * (k * k + k * kd), dtype=torch.float64)
+    for v in dist.in_order(data, batch_terms, total.numel()):
         total += v
-    stats = total.view(_groups(m), 2, k, k)
-    return [(stats[g, 0], stats[g, 1]) for g in range(_groups(m))]
+    per = total.view(g, k * k + k * kd)
+    return [(per[i, :k * k].view(k, k), per[i, k * k:].view(k, kd)) for i in range(g)]
 
 
-def _solve(G: torch.Tensor, C: torch.Tensor, W: torch.Tensor, keep: torch.Tensor,
+def _solve(G: torch.Tensor, C: torch.Tensor, W: torch.Tensor, keep: torch.Tensor | None,
            damp: float, name: str) -> torch.Tensor:
-    """The refit rows of one group: ``W`` (rows x k, float64), ``keep`` its bool mask."""
+    """The refit rows of one group: ``W`` the dense rows (rows x dense inputs, float64),
+    ``keep`` the bool mask of the refit inputs (rows x inputs; None: every input is free)."""
     diag = G.diagonal()
     scale = float(diag.mean())
     if not scale > 0:
         raise PrunewiseError(f"repair: the calibration inputs of layer '{name}' are all zero; "
                              f"there is nothing to fit (use other calibration data)")
-    rhs = W @ C.T                              # row r: (C W_r^T)^T
-    out = torch.zeros_like(W)
+    rhs = W @ C.T                              # row r: (W_r C^T), over the refit inputs
     lam = damp * scale
-    for r in range(W.shape[0]):
-        s = keep[r].nonzero().flatten()
-        if s.numel() == 0:
-            continue
-        A = G[s][:, s] + lam * torch.eye(s.numel(), dtype=G.dtype)
-        out[r, s] = torch.linalg.solve(A, rhs[r, s])
+    A = G + lam * torch.eye(G.shape[0], dtype=G.dtype)
+    if keep is None or bool(keep.all()):
+        out = torch.linalg.solve(A, rhs.T).T
+    else:
+        out = torch.zeros_like(rhs)
+        for r in range(rhs.shape[0]):
+            s = keep[r].nonzero().flatten()
+            if s.numel():
+                out[r, s] = torch.linalg.solve(A[s][:, s], rhs[r, s])
     if not torch.isfinite(out).all():
         raise PrunewiseError(f"repair: the least-squares solution of layer '{name}' is not "
                              f"finite; raise damp")
     return out
 
 
-def reconstruct(dense: nn.Module, pruned: nn.Module, batches, *, masks: dict[str, torch.Tensor],
+def reconstruct(dense: nn.Module, pruned: nn.Module, batches, *,
+                masks: dict[str, torch.Tensor] | None = None, plan: ChannelPlan | None = None,
                 samples: int | None = 256, damp: float = 0.01,
                 progress: bool = True) -> nn.Module:
-    """Repair ``pruned`` (a masked copy of ``dense``) in place and return it.
+    """Repair ``pruned`` in place and return it (see the module notes).
 
-    ``masks``: parameter name -> bool tensor (as in ``MaskPlan.masks``); every masked ``weight``
-    of a conv1d / conv2d (grouped and depthwise included) or linear layer that prunes anything
-    is refit, in forward order, from the first ``samples`` inputs of ``batches`` (a re-iterable
-    or callable of ``(x, y)``; labels unused). ``damp``: the ridge term relative to the mean
-    input energy. Works on any ``nn.Module`` (BatchNorm, LayerNorm, GroupNorm or none); the
-    caller recalibrates BatchNorm afterwards if it wants to.
+    ``pruned`` is either a masked copy of ``dense`` with ``masks`` (parameter name -> bool
+    tensor, as in ``MaskPlan.masks``: every masked ``weight`` of a conv1d / conv2d, grouped and
+    depthwise included, or linear layer that prunes anything is refit), or the smaller model
+    that ``plan`` (a :class:`~prunewise.plan.ChannelPlan`) cut from ``dense`` (every layer that
+    lost input channels is refit). Layers are refit in forward order from the first
+    ``samples`` inputs of ``batches`` (a re-iterable or callable of ``(x, y)``; labels unused).
+    ``damp``: the ridge term relative to the mean input energy. Works on any ``nn.Module``
+    (BatchNorm, LayerNorm, GroupNorm or none); the caller recalibrates BatchNorm afterwards if
+    it wants to.
     """
     checks.integer("repair samples", samples, 1, none=True)
     checks.number("damp", damp, 0.0, low_open=True)
+    if (masks is None) == (plan is None):
+        raise PrunewiseError("repair needs exactly one of masks= (a masked copy) or plan= (the "
+                             "smaller model of a channel plan)")
     data = Source(batches, samples)
-    layers = {}
-    for pname, mask in masks.items():
-        module, _, leaf = pname.rpartition(".")
-        m = pruned.get_submodule(module) if module else pruned
-        if leaf == "weight" and isinstance(m, REPAIRABLE) and not bool(mask.all()):
-            layers[module] = mask
-    if not layers:
-        return pruned
     first = next(iter(data), None)
     if first is None:
         raise PrunewiseError("repair needs calibration data: the batches were empty")
+    x0 = device.to(first[0][:1], device.of(pruned))
     was = (dense.training, pruned.training)
     dense.eval()
     pruned.eval()
     try:
-        order = _order(pruned, list(layers), device.to(first[0], device.of(pruned)))
+        layers = _masked_layers(pruned, masks) if masks is not None else \
+            _consumers(dense, pruned, plan, x0)
+        if not layers:
+            return pruned
+        order = forward_order(pruned, list(layers), x0)
+        norms = norm_after(pruned, order, x0)
         bar = progress_bar(len(order), "repair", progress)
         for name in order:
-            _refit(dense, pruned, name, layers[name], data, damp)
+            _refit(dense, pruned, name, layers[name], norms.get(name), data, damp)
             bar.update(1)
         bar.close()
     finally:
@@ -201,21 +253,78 @@ def reconstruct(dense: nn.Module, pruned: nn.Module, batches, *, masks: dict[str
     return pruned
 
 
+def _masked_layers(pruned: nn.Module, masks: dict) -> dict[str, tuple]:
+    """Layer name -> (dense rows, kept-input mask) for every masked layer that prunes anything."""
+    layers = {}
+    for pname, mask in masks.items():
+        module, _, leaf = pname.rpartition(".")
+        m = pruned.get_submodule(module) if module else pruned
+        if leaf == "weight" and isinstance(m, REPAIRABLE) and not bool(mask.all()):
+            if tuple(mask.shape) != tuple(m.weight.shape):
+                raise PrunewiseError(f"repair: the mask of '{pname}' has shape "
+                                     f"{tuple(mask.shape)}, the layer {tuple(m.weight.shape)}")
+            layers[module] = (None, mask.reshape(mask.shape[0], -1).cpu().bool())
+    return layers
+
+
 @torch.no_grad()
-def _refit(dense, pruned, name: str, mask: torch.Tensor, data, damp: float) -> None:
+def _consumers(dense: nn.Module, pruned: nn.Module, plan: ChannelPlan, x) -> dict[str, tuple]:
+    """Layer name -> (the dense rows it kept, None) for every layer of the smaller model that
+    lost input channels. The rows come from cutting a float64 copy of ``dense`` whose weights
+    hold their own (row, input) indices with the same plan."""
+    tagged = copy.deepcopy(dense).double()
+    for m in tagged.modules():
+        if isinstance(m, REPAIRABLE):
+            O, I = m.weight.shape[:2]
+            idx = (torch.arange(O, dtype=torch.float64)[:, None] * I
+                   + torch.arange(I, dtype=torch.float64)[None, :])
+            m.weight.copy_(idx.reshape(O, I, *([1] * (m.weight.dim() - 2))).expand_as(m.weight))
+    cut = surgery.apply(tagged, plan, x.double())
+    small = dict(pruned.named_modules())
+    layers = {}
+    for name, m in cut.named_modules():
+        if not isinstance(m, REPAIRABLE):
+            continue
+        own, full = small.get(name), dense.get_submodule(name)
+        if own is None or tuple(own.weight.shape) != tuple(m.weight.shape):
+            raise PrunewiseError(f"repair: layer '{name}' of the pruned model does not match the "
+                                 f"plan applied to the dense model (was it cut by this plan?)")
+        I = full.weight.shape[1]
+        v = m.weight.reshape(m.weight.shape[0], m.weight.shape[1], -1)[:, :, 0].round().long()
+        rows, cols = v[:, 0] // I, v[0] % I
+        if not torch.equal(v, rows[:, None] * I + cols[None, :]):
+            raise PrunewiseError(f"repair: cannot follow the channels of layer '{name}'")
+        if cols.numel() < I and _groups(own) == 1:
+            layers[name] = (rows, None)
+    return layers
+
+
+@torch.no_grad()
+def _refit(dense, pruned, name: str, layer: tuple, norm: nn.Module | None, data,
+           damp: float) -> None:
     """Refit one layer of ``pruned`` from the dense layer of ``dense`` (see the module notes)."""
+    rows, keep = layer
     m, d = pruned.get_submodule(name), dense.get_submodule(name)
-    bias = m.bias is not None
-    stats = _statistics(dense, pruned, name, data, bias)
-    rows = m.weight.shape[0] // _groups(m)
+    intercept = m.bias is not None or norm is not None
+    stats = _statistics(dense, pruned, name, data, intercept)
     W = d.weight.detach().double().reshape(d.weight.shape[0], -1).cpu()
-    keep = mask.reshape(mask.shape[0], -1).cpu().bool()
-    if bias:
-        W = torch.cat([W, d.bias.detach().double().cpu()[:, None]], dim=1)
-        keep = torch.cat([keep, torch.ones(keep.shape[0], 1, dtype=torch.bool)], dim=1)
-    new = torch.cat([_solve(G, C, W[g * rows:(g + 1) * rows], keep[g * rows:(g + 1) * rows],
-                            damp, name) for g, (G, C) in enumerate(stats)])
-    if bias:
-        m.bias.copy_(new[:, -1].to(m.bias.dtype))
+    b = d.bias.detach().double().cpu() if d.bias is not None else torch.zeros(W.shape[0],
+                                                                              dtype=W.dtype)
+    if rows is not None:
+        W, b = W[rows], b[rows]
+    if intercept:
+        W = torch.cat([W, b[:, None]], dim=1)
+        if keep is not None:
+            keep = torch.cat([keep, torch.ones(keep.shape[0], 1, dtype=torch.bool)], dim=1)
+    per = m.weight.shape[0] // _groups(m)
+    new = torch.cat([_solve(G, C, W[g * per:(g + 1) * per],
+                            None if keep is None else keep[g * per:(g + 1) * per], damp, name)
+                     for g, (G, C) in enumerate(stats)])
+    if intercept:
+        shift = new[:, -1]
+        if m.bias is not None:
+            m.bias.copy_(shift.to(m.bias.dtype))
+        else:  # BN(y + s) with running mean mu is BN(y) with running mean mu - s
+            norm.running_mean.sub_(shift.to(norm.running_mean))
         new = new[:, :-1]
     m.weight.copy_(new.reshape(m.weight.shape).to(m.weight.dtype))

@@ -175,7 +175,9 @@ class Unstructured:
     ``"layer3.*"``) whose weights stay dense (the sparsity is then that of the remaining
     prunable weights); ``options``: the method's own settings (e.g.
     :class:`prunewise.methods.FVWSettings`; None = its defaults); ``repair``: layer-wise repair
-    after pruning (:class:`Repair`, off by default)."""
+    after pruning (:class:`Repair`, off by default); ``allocation``: how the kept weights are
+    shared between layers (``global``, ``lamp``, ``uniform``, ``row``; None = the method's
+    default in the method table)."""
     sparsity: float
     keep: float = 0.98
     samples: int | None = 2048
@@ -186,8 +188,10 @@ class Unstructured:
     recalibrate_samples: int | None = None
     options: Any = None
     repair: Repair = Repair()
+    allocation: str | None = None
 
     def __post_init__(self) -> None:
+        checks.choice("allocation", self.allocation, methods.ALLOCATIONS, none=True)
         checks.fraction("sparsity", self.sparsity, zero=True)
         checks.fraction("keep", self.keep)
         checks.integer("attribution samples", self.samples, 1, none=True)
@@ -208,15 +212,19 @@ class Structured:
     """Channel pruning settings: exactly one of ``macs`` / ``params`` (fractions kept), or
     ``plan``, the folder of a saved channel plan to apply instead of a budget. ``normalize``,
     ``min_ratio``: SLIMING's configuration step (sliming, sliming-l1); ``min_channels``: the
-    floor of every group."""
+    floor of every group; ``repair``: refit the layers that consume pruned channels
+    (:class:`Repair`, off by default)."""
     macs: float | None = None
     params: float | None = None
     normalize: str = "max"
     min_channels: int = 1
     min_ratio: float = 0.0
     plan: str | None = None
+    repair: Repair = Repair()
 
     def __post_init__(self) -> None:
+        if not isinstance(self.repair, Repair):
+            raise PrunewiseError(f"repair must be a runs.Repair, got {self.repair!r}")
         checks.choice("normalization", self.normalize, ("max", "sum"))
         checks.integer("min channels", self.min_channels, 1)
         checks.number("min ratio", self.min_ratio, 0.0, 1.0, high_open=True)
@@ -331,10 +339,11 @@ def calibration_batches(bundle: D.DataBundle, settings: Recalibration | Repair, 
 
 
 def finish(pruned: nn.Module, bundle: D.DataBundle, masks: dict | None, steps: Steps,
-           desc: str = "fine-tune", repair_from: tuple | None = None) -> dict:
+           desc: str = "fine-tune", repair_from: tuple | None = None,
+           plan: ChannelPlan | None = None) -> dict:
     """Measure, repair or recalibrate BatchNorm, measure, fine-tune (masked), measure; in place
-    on ``pruned``. ``repair_from``: ``(dense model, Repair)`` to repair a masked model (then it
-    is not recalibrated). Returns ``{"accuracy": {pruned, repaired, recalibrated, finetuned},
+    on ``pruned``. ``repair_from``: ``(dense model, Repair)`` to repair ``pruned`` (then it is
+    not recalibrated): a masked model with ``masks``, or the smaller model of ``plan``. Returns ``{"accuracy": {pruned, repaired, recalibrated, finetuned},
     "finetune", "stage_seconds"}`` (a stage that did not run is None)."""
     acc = {s: None for s in STAGES[1:]}
     acc["pruned"] = accuracy(pruned, bundle)
@@ -344,8 +353,8 @@ def finish(pruned: nn.Module, bundle: D.DataBundle, masks: dict | None, steps: S
         dense_model, how = repair_from
         t0 = time.perf_counter()
         repair.reconstruct(dense_model, pruned, calibration_batches(bundle, how, steps.seed),
-                           masks=masks, samples=how.samples, damp=how.damp,
-                           progress=steps.progress)
+                           masks=None if plan is not None else masks, plan=plan,
+                           samples=how.samples, damp=how.damp, progress=steps.progress)
         secs["repair"] = time.perf_counter() - t0
         acc["repaired"] = accuracy(pruned, bundle)
     elif recalibration.enabled:
@@ -393,7 +402,8 @@ def prune_masks(model: nn.Module, bundle: D.DataBundle, method: str, settings: U
         levels=tuple(levels), checkpoint_dir=resume_dir, seed=seed, on_level=on_level,
         eval_batches=validation if settings.track_accuracy and len(bundle.val) else None,
         progress=progress, recalibrate=row.loop_recalibrate if recalibrate is None else recalibrate,
-        recalibrate_samples=settings.recalibrate_samples)
+        recalibrate_samples=settings.recalibrate_samples,
+        allocation=row.allocation if settings.allocation is None else settings.allocation)
     return masking.run(model, attribution, row.builder()(options, seed), loop, method=method,
                        settings=asdict(options), needs_data=row.needs_data)
 
@@ -544,7 +554,8 @@ def finish_channels(model: nn.Module, bundle: D.DataBundle, pruned: nn.Module,
     dense = dense or measure_dense(model, bundle, steps.measurement)
     start = time.perf_counter()
     method = plan.meta.get("method", "plan")
-    after = finish(pruned, bundle, None, steps, desc=f"fine-tune {method}")
+    after = finish(pruned, bundle, None, steps, desc=f"fine-tune {method}",
+                   repair_from=(model, settings.repair), plan=plan)
     rep = {"kind": "prune-structured", "method": method, "data": bundle.name, "seed": steps.seed,
            "budget": {"macs": settings.macs, "params": settings.params},
            "accuracy": {"dense": dense["accuracy"], **after["accuracy"]},

@@ -11,7 +11,7 @@ from ..errors import PrunewiseError
 from . import loading, output
 from .options import (CLASSES, LR, SEED, SIDE, WEIGHT_DECAY, amp_option, check_output,
                       compute_of, count, data_options, device_option, progress_on, quiet_option,
-                      recalibration_of, recalibration_options)
+                      recalibration_of, recalibration_options, repair_of, repair_options)
 from .. import names
 
 
@@ -215,6 +215,7 @@ def export_cmd(folder, onnx_path, input_size):
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="Tiny settings that only check the wiring.")
 @recalibration_options
+@repair_options
 @device_option
 @amp_option
 @quiet_option
@@ -228,7 +229,8 @@ def demo_cmd(out, epochs, seed, quick, quiet, device_name, amp, **kw):
     check_output(out)
     recalibration = recalibration_of(kw)
     rep = run_demo(out, epochs=epochs, seed=seed, progress=progress_on(quiet), quick=quick,
-                   recalibration=recalibration, compute=compute_of(device_name, amp))
+                   recalibration=recalibration, repair=repair_of(kw),
+                   compute=compute_of(device_name, amp))
     lat = (rep.get("latency_ms") or {}).get("1", {}).get("dense")
     click.echo(f"dense {rep['model']} on digits: test top-1 "
                f"{rep['accuracy']['dense']['test']:.4f}, params {rep['params']['dense']:,}, "

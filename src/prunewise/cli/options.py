@@ -173,13 +173,22 @@ def recalibration_options(f):
 
 
 def repair_options(f):
-    """Layer-wise repair of a masked model right after pruning (prune fvw, bench)."""
+    """Layer-wise repair right after pruning (prune fvw, prune sliming, bench, demo)."""
     f = click.option("--repair-samples", type=count(1), default=256, show_default=True,
                      help="Training images the repair fits each pruned layer on.")(f)
     return click.option("--repair/--no-repair", default=False, show_default=True,
-                        help="Refit the kept weights of every pruned layer to the dense "
-                             "layer's outputs (least squares) instead of recalibrating "
-                             "BatchNorm.")(f)
+                        help="Refit the kept weights of every pruned layer (masks) or of every "
+                             "layer that lost input channels (channels) to the dense model's "
+                             "outputs, by least squares, instead of recalibrating BatchNorm.")(f)
+
+
+def allocation_option(f):
+    """How a mask method shares the kept weights between layers (prune fvw, bench)."""
+    return click.option(
+        "--allocation", type=click.Choice(list(methods.ALLOCATIONS)), default=None,
+        help="How the kept weights are shared between layers: global (pooled scores), lamp "
+             "(LAMP's layer-adaptive counts), uniform (same fraction per layer), row (same "
+             "fraction per output row). Default: the method's (`prunewise methods`).")(f)
 
 
 def repair_of(kw: dict):

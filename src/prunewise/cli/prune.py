@@ -14,7 +14,7 @@ from .options import (FRACTION, SEED, FiniteFloat, MethodChoice, amp_option, che
                       finetune_of, finetune_options, latency_option, loop_recalibrate_option,
                       measurement_of, method_options, method_setting_options,
                       pop_method_options, progress_on, quiet_option, recalibration_of,
-                      recalibration_options, repair_of, repair_options)
+                      recalibration_options, repair_of, repair_options, allocation_option)
 
 
 def prune_setup(checkpoint, data: tuple, device_name: str, amp, kw: dict):
@@ -66,6 +66,7 @@ def prune_group():
                    "e.g. fc or 'layer3.*'); --sparsity is then that of the other layers.")
 @finetune_options()
 @repair_options
+@allocation_option
 @recalibration_options
 @loop_recalibrate_option
 @click.option("--loop-recalibrate-samples", type=count(1), default=None,
@@ -78,7 +79,7 @@ def prune_group():
 @quiet_option
 def prune_fvw_cmd(checkpoint, data_name, root, image_size, data_seed, sparsity, keep, samples,
                   method, batch_size, exclude, seed, out, quiet, loop_recalibrate,
-                  loop_recalibrate_samples, device_name, amp, **kw):
+                  loop_recalibrate_samples, allocation, device_name, amp, **kw):
     """Unstructured pruning of CHECKPOINT to --sparsity with FVW (or another --method).
 
     Writes OUT/masks.safetensors + OUT/plan.json (the plan), OUT/model (the masked, recalibrated
@@ -95,7 +96,7 @@ def prune_fvw_cmd(checkpoint, data_name, root, image_size, data_seed, sparsity, 
     settings = runs.Unstructured(
         sparsity=sparsity, keep=keep, samples=samples or None, batch_size=batch_size,
         loop_recalibrate=loop_recalibrate, exclude=tuple(exclude),
-        recalibrate_samples=loop_recalibrate_samples, repair=repair_of(kw),
+        recalibrate_samples=loop_recalibrate_samples, repair=repair_of(kw), allocation=allocation,
         options=method_options(row, pop_method_options(methods.UNSTRUCTURED, kw)))
     runs.check_unstructured(method, settings)
     model, bundle, steps_kw = prune_setup(checkpoint, (data_name, root, image_size, data_seed),
@@ -136,6 +137,7 @@ def remove_resume(folder: Path) -> None:
               show_default=True, help="SLIMING or a baseline at the same budget.")
 @finetune_options()
 @recalibration_options
+@repair_options
 @latency_option
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--plan", "plan_dir", type=click.Path(), default=None,
@@ -159,7 +161,8 @@ def prune_sliming_cmd(checkpoint, data_name, root, image_size, data_seed, macs, 
     check_output(out)
     check_apart(out, checkpoint)
     settings = runs.Structured(macs=macs, params=params, normalize=normalize,
-                               min_channels=min_channels, min_ratio=min_ratio, plan=plan_dir)
+                               min_channels=min_channels, min_ratio=min_ratio, plan=plan_dir,
+                               repair=repair_of(kw))
     runs.check_structured(method, settings)
     model, bundle, steps_kw = prune_setup(checkpoint, (data_name, root, image_size, data_seed),
                                           device_name, amp, kw)
@@ -198,6 +201,7 @@ def prune_sliming_cmd(checkpoint, data_name, root, image_size, data_seed, macs, 
               help="Unstructured: attribution samples (0 = all).")
 @finetune_options(epochs=5, lr=0.05)
 @repair_options
+@allocation_option
 @recalibration_options
 @loop_recalibrate_option
 @latency_option
@@ -206,7 +210,8 @@ def prune_sliming_cmd(checkpoint, data_name, root, image_size, data_seed, macs, 
 @amp_option
 @quiet_option
 def bench_cmd(model_name, data_name, root, method_list, sparsities, macs_list, seeds, base,
-              epochs, keep, samples, loop_recalibrate, out, quiet, device_name, amp, **kw):
+              epochs, keep, samples, loop_recalibrate, allocation, out, quiet, device_name, amp,
+              **kw):
     """Compare methods over budgets and seeds: OUT/grid.{md,csv,json,png}; resumable.
 
     Every cell records the test top-1 pruned, after BatchNorm recalibration and after
@@ -221,9 +226,9 @@ def bench_cmd(model_name, data_name, root, method_list, sparsities, macs_list, s
                              "not both")
     structured = macs_list is not None
     fix = repair_of(kw)
-    if structured and fix.enabled:
-        raise PrunewiseError("--repair works on masks (--sparsity grids); repair of structurally "
-                             "pruned models is not built yet")
+    if structured and allocation is not None:
+        raise PrunewiseError("--allocation shares out mask sparsity (--sparsity grids); a "
+                             "structured method decides its own channel counts")
     kind = methods.STRUCTURED if structured else methods.UNSTRUCTURED
     default = "0.8,0.9,0.95" if sparsities is None else sparsities
     budgets = bench.parse_list(macs_list if structured else default,
@@ -235,7 +240,8 @@ def bench_cmd(model_name, data_name, root, method_list, sparsities, macs_list, s
                       model_name=model_name, data_name=data_name, root=root, epochs=epochs,
                       base=base)
     prune = runs.Unstructured(sparsity=0.0, keep=keep, samples=samples or None,
-                              loop_recalibrate=loop_recalibrate, repair=fix)
+                              loop_recalibrate=loop_recalibrate, repair=fix,
+                              allocation=allocation)
     summary = bench.run(out, grid, prune=prune, finetune=finetune_of(kw),
                         recalibration=recalibration_of(kw), measurement=measurement_of(kw),
                         progress=progress_on(quiet), log=lambda line: output.say(quiet, line),

@@ -1,0 +1,151 @@
+"""Repair benchmark (issue 18): every mask method with and without layer-wise repair at
+80/90/95/98% sparsity, and every structured method with and without channel repair at 50% and
+25% of the MACs, on a Fashion-MNIST base model; no fine-tuning. Every cell records the test
+top-1 after BatchNorm recalibration (the no-repair figure) and after repair (not recalibrated),
+and the repair seconds.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/repair_bench.py --seed 0 [--model resnet20]
+        [--configs magnitude,magnitude@lamp,wanda,obs,taylor,fvw+loop,fvw+loop@lamp,channels]
+        [--finetune CONFIG|LEVEL,...]
+
+A config is ``method[+loop][@allocation]`` (the method's own allocation when none is given:
+global for the seed methods and the baselines, row for wanda / obs; ``+loop`` recalibrates
+BatchNorm inside the iterative loop) or ``channels`` (sliming, l1, chip, sliming-l1). Mask
+methods prune iteratively (keep 0.9 per iteration, 512 attribution samples: the settings of the
+README's Fashion-MNIST benchmark) through the four levels in one run; wanda and obs in one shot
+per level. Repair uses the pipeline's defaults (256 calibration images, damp 0.01).
+``--finetune`` adds, for the named cells, one epoch of (masked) fine-tuning from the
+recalibrated and from the repaired model, and that epoch's seconds (the cost yardstick).
+
+Writes ``benchmarks/results/fashion[-MODEL]/repair-sS.json`` after every cell; finished cells
+are not recomputed (the script resumes after a kill).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+
+import torch
+
+from common import environment
+from fashion_common import BUDGETS, LEVELS, base_path, results_dir
+from prunewise import checkpoints, files, methods, repair, runs, train
+from prunewise import data as D
+
+RECAL = runs.Recalibration()
+FIX = runs.Repair(enabled=True)
+CHANNEL_METHODS = ("sliming", "l1", "chip", "sliming-l1")
+DEFAULT = "magnitude,magnitude@lamp,wanda,obs,channels,taylor,fvw+loop,fvw+loop@lamp"
+FINETUNE = runs.FineTune(epochs=1, lr=0.02, batch_size=128)
+
+
+def test_top1(model, bundle) -> float:
+    return train.evaluate_split(model, bundle, "test", batch_size=500)["top1"]
+
+
+def both(dense, model, bundle, seed: int, masks=None, plan=None) -> dict:
+    """Recalibrated and repaired copies of ``model`` (pruned from ``dense``), their accuracy
+    and the repair seconds."""
+    recal = copy.deepcopy(model)
+    train.recalibrate_bn(recal, runs.calibration_batches(bundle, RECAL, seed),
+                         samples=RECAL.samples)
+    fixed = copy.deepcopy(model)
+    t0 = time.perf_counter()
+    repair.reconstruct(dense, fixed, runs.calibration_batches(bundle, FIX, seed), masks=masks,
+                       plan=plan, samples=FIX.samples, damp=FIX.damp, progress=False)
+    seconds = time.perf_counter() - t0
+    return {"recalibrated": test_top1(recal, bundle), "repaired": test_top1(fixed, bundle),
+            "repair_seconds": seconds}, recal, fixed
+
+
+def parse(config: str) -> tuple[str, runs.Unstructured]:
+    spec, _, allocation = config.partition("@")
+    name, *opts = spec.split("+")
+    row = methods.get(name, methods.UNSTRUCTURED)
+    one_shot = row.allocation == "row"   # the post-training peers: one shot per level
+    kw = {"sparsity": max(LEVELS), "keep": 1 - max(LEVELS) if one_shot else 0.9,
+          "samples": 512, "track_accuracy": False, "allocation": allocation or None}
+    if row.needs_data and not one_shot:
+        kw["loop_recalibrate"] = "loop" in opts
+    return name, runs.Unstructured(**kw)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default="resnet20")
+    ap.add_argument("--configs", default=DEFAULT)
+    ap.add_argument("--finetune", default="", help="cells CONFIG|LEVEL to fine-tune one epoch")
+    args = ap.parse_args(argv)
+    model = checkpoints.load_model(base_path(args.model, args.seed)).eval()
+    bundle = D.load("fashion-mnist")
+    path = results_dir(args.model) / f"repair-s{args.seed}.json"
+    res = (json.loads(path.read_text()) if path.is_file() else
+           {"model": args.model, "seed": args.seed, "repair": {"samples": FIX.samples,
+                                                               "damp": FIX.damp},
+            "recalibration_samples": RECAL.samples, "cells": {}})
+    res["environment"] = environment()
+    res.setdefault("dense", test_top1(model, bundle))
+    want_ft = [c for c in args.finetune.split(",") if c]
+
+    def save(key: str, cell: dict) -> None:
+        res["cells"][key] = cell
+        print(args.model, args.seed, key, json.dumps(cell), flush=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        files.write_json(path, res)
+
+    for config in args.configs.split(","):
+        if config == "channels":
+            for method in CHANNEL_METHODS:
+                for budget in BUDGETS:
+                    key = f"{method}|macs{budget:g}"
+                    if key in res["cells"]:
+                        continue
+                    t0 = time.perf_counter()
+                    small, plan = runs.channel_plan(
+                        model, runs.example(bundle), method, runs.Structured(macs=budget),
+                        batches=D.batches(bundle.train, bundle, 64, shuffle=True, seed=args.seed),
+                        seed=args.seed)
+                    prune_seconds = time.perf_counter() - t0
+                    cell, _, _ = both(model, small, bundle, args.seed, plan=plan)
+                    save(key, {**cell, "prune_seconds": prune_seconds})
+            continue
+        name, settings = parse(config)
+        keys = {lv: f"{config}|{lv:g}" for lv in LEVELS}
+        if all(k in res["cells"] for k in keys.values()):
+            continue
+        start = time.perf_counter()
+
+        def on_level(level, plan, keys=keys, start=start):
+            if keys[level] in res["cells"]:
+                return
+            t0 = time.perf_counter()
+            cell, _, _ = both(model, plan.apply(model), bundle, args.seed, masks=plan.masks)
+            save(keys[level], {**cell, "sparsity": plan.sparsity,
+                               "prune_seconds": t0 - start})
+
+        runs.prune_masks(model, bundle, name, settings, seed=args.seed, levels=LEVELS,
+                         on_level=on_level)
+    for spec in want_ft:
+        key = f"{spec}|ft1"
+        if key in res["cells"]:
+            continue
+        config, _, level = spec.partition("|")
+        name, settings = parse(config)
+        settings = runs.Unstructured(**{**settings.__dict__, "sparsity": float(level)})
+        plan = runs.prune_masks(model, bundle, name, settings, seed=args.seed,
+                                levels=[lv for lv in LEVELS if lv < float(level)])
+        cell, recal, fixed = both(model, plan.apply(model), bundle, args.seed, masks=plan.masks)
+        out = dict(cell)
+        for tag, m in (("recalibrated", recal), ("repaired", fixed)):
+            h = train.fit(m, bundle, epochs=1, lr=FINETUNE.lr, batch_size=FINETUNE.batch_size,
+                          masks=plan.masks, seed=args.seed, progress=False)
+            out[f"{tag}_finetuned"] = test_top1(m, bundle)
+            out[f"{tag}_epoch_seconds"] = h["seconds"]
+        save(key, out)
+
+
+if __name__ == "__main__":
+    main()
