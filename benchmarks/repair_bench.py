@@ -1,4 +1,4 @@
-"""Repair benchmark (issue 18): every mask method with and without layer-wise repair at
+"""Repair benchmark: every mask method with and without layer-wise repair at
 80/90/95/98% sparsity, and every structured method with and without channel repair at 50% and
 25% of the MACs, on a Fashion-MNIST base model; no fine-tuning. Every cell records the test
 top-1 after BatchNorm recalibration (the no-repair figure) and after repair (not recalibrated),

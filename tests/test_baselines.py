@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers import killed_then_resumed
-from prunewise import PrunewiseError, baselines, fvw, methods
+from prunewise import PrunewiseError, baselines, fvw, methods, posttrain
 
 
 def setup():
@@ -30,10 +30,12 @@ def pooled_top(scores: dict, k: int) -> dict:
 
 
 def test_every_unstructured_method_has_a_keyword_entry():
-    """Each mask method of the table is reachable by name (fvw.prune or baselines.NAME) and its
+    """Each mask method of the table is reachable by name (fvw.prune, baselines.NAME or
+    posttrain.NAME) and its
     builder makes a scorer; an unknown name names the choices."""
     for name in methods.names("unstructured"):
-        fn = fvw.prune if name == "fvw" else getattr(baselines, name)
+        fn = fvw.prune if name == "fvw" else getattr(baselines, name, None) or \
+            getattr(posttrain, name)
         assert list(inspect.signature(fn).parameters)[:2] == ["model", "batches"]
         row = methods.get(name, "unstructured")
         assert callable(row.builder()(row.options(), 0))
@@ -81,17 +83,17 @@ def test_random_seeded_and_exact():
 @pytest.mark.parametrize("method", [m for m in methods.names("unstructured") if m != "fvw"])
 def test_bad_sparsity_and_keep(method):
     model, batches = setup()
-    fn = getattr(baselines, method)
+    fn = getattr(baselines, method, None) or getattr(posttrain, method)
     with pytest.raises(PrunewiseError, match="sparsity"):
         fn(model, batches, sparsity=1.0)
     with pytest.raises(PrunewiseError, match="keep"):
         fn(model, batches, sparsity=0.5, keep=1.5)
 
 
-@pytest.mark.parametrize("method", ["taylor", "random"])
+@pytest.mark.parametrize("method", ["taylor", "random", "wanda"])
 def test_keyword_entry_resumes_bit_identical(method, tmp_path):
     model, batches = setup()
-    fn = getattr(baselines, method)
+    fn = getattr(baselines, method, None) or getattr(posttrain, method)
     kw = dict(sparsity=0.8, keep=0.6, samples=30, eval_batches=batches[:1], seed=4)
     full = fn(model, lambda: iter(batches), **kw, checkpoint_dir=tmp_path / "a")
     assert full.method == method and full.meta["iterations"] == 4

@@ -36,3 +36,17 @@ def test_quick_demo_writes_the_full_report(tmp_path):
     assert abs(MaskPlan.load(tmp_path / "fvw").sparsity - 0.9) < 1e-4
     small = checkpoints.load_model(tmp_path / "sliming" / "model")
     assert measure.macs(small, torch.zeros(1, 1, 16, 16)) == rep["runs"]["sliming"]["macs"]["pruned"]
+
+
+def test_quick_demo_with_repair_repairs_every_run(tmp_path):
+    r = invoke("demo", "--quick", "--quiet", "--repair", "--repair-samples", "64", "--out",
+               tmp_path)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((tmp_path / "report.json").read_text())
+    jsonschema.validate(rep, json.loads(report.SCHEMA_PATH.read_text()))
+    for name, run in rep["runs"].items():  # masks and channels alike
+        acc = run["accuracy"]
+        assert acc["repaired"] and acc["recalibrated"] is None and acc["finetuned"], name
+        assert run["stage_seconds"]["repair"] > 0
+        assert f"{acc['repaired']['test']:.4f} repaired" in r.stdout
+    assert rep["config"]["repair"]["enabled"] is True

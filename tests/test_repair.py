@@ -116,6 +116,73 @@ def test_degenerate_calibration_data():
         repair.reconstruct(model, copy.deepcopy(pruned), [], masks=plan.masks, progress=False)
 
 
+def small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16),
+                         nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(16, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 5)).eval()
+
+
+def channels(dense):
+    from prunewise import runs
+
+    return runs.channel_plan(dense, torch.zeros(1, 3, 8, 8), "l1", runs.Structured(macs=0.5))
+
+
+def test_channel_repair_keeps_shapes_and_improves_the_consumers():
+    dense = small_cnn()
+    for bn in (dense[1], dense[6]):  # statistics that are not the identity
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    batches = calibration()
+    small, plan = channels(dense)
+    shapes = {k: v.shape for k, v in small.state_dict().items()}
+    consumer = small[3]  # lost input channels; the dense rows it kept are all of them here
+    assert consumer.weight.shape[1] < dense[3].weight.shape[1]
+
+    def consumer_error(model):
+        got = {}
+        for tag, m in (("d", dense), ("p", model)):
+            h = m[3].register_forward_hook(lambda mod, i, o, tag=tag: got.setdefault(tag, o))
+            with torch.no_grad():
+                m(batches[0][0])
+            h.remove()
+        return float(((got["d"][:, :got["p"].shape[1]] - got["p"]) ** 2).sum()) \
+            if dense[3].weight.shape[0] == model[3].weight.shape[0] else None
+
+    before, out_before = consumer_error(small), output_error(dense, small, batches)
+    mean = small[6].running_mean.clone()
+    fixed = repair.reconstruct(dense, copy.deepcopy(small), batches, plan=plan, progress=False)
+    assert {k: v.shape for k, v in fixed.state_dict().items()} == shapes
+    assert all(torch.isfinite(p).all() for p in fixed.parameters())
+    if before is not None:
+        assert consumer_error(fixed) < before
+    assert output_error(dense, fixed, batches) < out_before
+    # the last conv has no bias and feeds a BatchNorm: its intercept went into the running mean
+    assert not torch.equal(fixed[6].running_mean, mean)
+    with pytest.raises(PrunewiseError, match="exactly one"):
+        repair.reconstruct(dense, copy.deepcopy(small), batches, progress=False)
+    other, _ = channels(cnn())
+    with pytest.raises(PrunewiseError):
+        repair.reconstruct(dense, other, batches, plan=plan, progress=False)
+
+
+def test_an_intercept_goes_into_the_batchnorm_after_a_conv_without_bias():
+    dense = small_cnn()
+    batches = calibration()
+    plan = baselines.magnitude(dense, sparsity=0.6, keep=0.5, progress=False)
+    pruned = plan.apply(dense)
+    mean = pruned[6].running_mean.clone()
+    err = layer_error(dense, pruned, "6", batches)  # the BatchNorm's output
+    repair.reconstruct(dense, pruned, batches, masks=plan.masks, progress=False)
+    assert layer_error(dense, pruned, "6", batches) < err
+    assert "5.weight" in plan.masks and pruned[5].bias is None
+    assert not torch.equal(pruned[6].running_mean, mean)
+    # the running mean holds the fitted intercept: it moved by minus the fit's offset
+    assert torch.isfinite(pruned[6].running_mean).all()
+
+
 def _worker(rank, folder, port):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
                       RANK=str(rank), LOCAL_RANK=str(rank))
@@ -124,8 +191,12 @@ def _worker(rank, folder, port):
     dense = cnn()
     plan, pruned = masked(dense)
     repair.reconstruct(dense, pruned, calibration(), masks=plan.masks, progress=False)
+    dense = small_cnn()
+    small, cut = channels(dense)
+    repair.reconstruct(dense, small, calibration(), plan=cut, progress=False)
     if rank == 0:
         torch.save(pruned.state_dict(), os.path.join(folder, "two.pt"))
+        torch.save(small.state_dict(), os.path.join(folder, "two-channels.pt"))
     dist.finish()
 
 
@@ -136,6 +207,11 @@ def test_two_ranks_give_the_one_process_weights(tmp_path):
     repair.reconstruct(dense, pruned, calibration(), masks=plan.masks, progress=False)
     two = torch.load(tmp_path / "two.pt", weights_only=True)
     assert all(torch.equal(two[k], v) for k, v in pruned.state_dict().items())
+    dense = small_cnn()
+    small, cut = channels(dense)
+    repair.reconstruct(dense, small, calibration(), plan=cut, progress=False)
+    two = torch.load(tmp_path / "two-channels.pt", weights_only=True)
+    assert all(torch.equal(two[k], v) for k, v in small.state_dict().items())
 
 
 def test_repair_is_a_pipeline_stage(digits, digits_checkpoint, tmp_path):

@@ -106,13 +106,14 @@ def random_scorer(settings, seed: int = 0) -> masking.Scorer:
     return score
 
 
-def _entry(name: str, doc: str) -> Callable[..., MaskPlan]:
-    """The keyword entry point of one baseline (``baselines.magnitude(model, batches,
-    sparsity=0.9)``): its row of the method table on the shared loop."""
+def entry(name: str, doc: str) -> Callable[..., MaskPlan]:
+    """The keyword entry point of one mask method (``baselines.magnitude(model, batches,
+    sparsity=0.9)``): its row of the method table on the shared loop, with the row's
+    allocation unless ``allocation=`` says otherwise."""
     row = methods.get(name, methods.UNSTRUCTURED)
 
     def prune(model: nn.Module, batches=None, **loop) -> MaskPlan:
-        settings = masking.LoopSettings(**loop)
+        settings = masking.LoopSettings(**{"allocation": row.allocation, **loop})
         return masking.run(model, batches, row.builder()(row.options(), settings.seed), settings,
                            method=name, needs_data=row.needs_data)
 
@@ -126,15 +127,15 @@ _COMMON = """
     The keywords are the shared loop's (:class:`prunewise.masking.LoopSettings`: ``sparsity``,
     ``keep``, ``samples``, ``params``, ``levels`` / ``on_level``, ``eval_batches``,
     ``checkpoint_dir``, ``seed``, ``callback``, ``progress``, ``recalibrate`` /
-    ``recalibrate_samples``), with the meaning :func:`prunewise.fvw.prune` gives them;
+    ``recalibrate_samples``, ``allocation``), with the meaning :func:`prunewise.fvw.prune` gives them;
     ``model`` is not modified.
     """
 
-magnitude = _entry("magnitude", "Global magnitude pruning (``|w|``); ``batches`` is only "
+magnitude = entry("magnitude", "Global magnitude pruning (``|w|``); ``batches`` is only "
                                 "needed with ``recalibrate``.")
-taylor = _entry("taylor", "First-order Taylor pruning: ``|w * grad|`` with one gradient per "
+taylor = entry("taylor", "First-order Taylor pruning: ``|w * grad|`` with one gradient per "
                           "iteration, no attack.")
-obd = _entry("obd", "Optimal-brain-damage pruning with empirical-Fisher curvature (ours): "
+obd = entry("obd", "Optimal-brain-damage pruning with empirical-Fisher curvature (ours): "
                     "``0.5 * F * w^2`` per weight, recomputed every iteration.")
-random = _entry("random", "Random pruning (seeded by ``seed``); ``batches`` is only needed with "
+random = entry("random", "Random pruning (seeded by ``seed``); ``batches`` is only needed with "
                           "``recalibrate``.")

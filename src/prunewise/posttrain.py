@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from . import device, dist, masking
+from .baselines import entry
 from .errors import PrunewiseError
 from .repair import REPAIRABLE, columns, layer_input
 
@@ -136,3 +137,10 @@ def wanda_scorer(settings, seed: int = 0) -> masking.Scorer:
 def obs_scorer(settings, seed: int = 0) -> masking.Scorer:
     """The method table's builder for ``obs``."""
     return obs_score
+
+
+wanda = entry("wanda", "Wanda: ``|w| * ||x||`` per weight, from ``batches`` (calibration data; "
+                       "use ``keep <= 1 - sparsity`` for one shot), per output row by default.")
+obs = entry("obs", "OBS / SparseGPT saliency ``w^2 / [H^-1]_jj`` from each layer's input Gram "
+                   "matrix on ``batches`` (one shot with ``keep <= 1 - sparsity``), per output "
+                   "row by default; follow it with :func:`prunewise.repair.reconstruct`.")
