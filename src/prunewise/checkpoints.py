@@ -24,7 +24,7 @@ FORMAT = 1
 
 def layer_widths(model: nn.Module) -> dict[str, list[int]]:
     """Weight shape of every conv / linear / norm layer: what a pruned architecture changes."""
-    kinds = LAYER_TYPES + (nn.modules.batchnorm._BatchNorm,)
+    kinds = LAYER_TYPES + (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
     return {n: list(m.weight.shape) for n, m in model.named_modules()
             if isinstance(m, kinds) and getattr(m, "weight", None) is not None}
 
@@ -149,4 +149,6 @@ def _resized(m: nn.Module, shape: tuple[int, ...]) -> nn.Module | None:
     if isinstance(m, nn.modules.batchnorm._BatchNorm):
         return type(m)(shape[0], eps=m.eps, momentum=m.momentum, affine=m.affine,
                        track_running_stats=m.track_running_stats)
+    if isinstance(m, nn.GroupNorm) and shape[0] % m.num_groups == 0:
+        return nn.GroupNorm(m.num_groups, shape[0], eps=m.eps, affine=m.affine)
     return None

@@ -30,6 +30,7 @@ from .utils import LAYER_TYPES, one_thread
 
 _LAYERS = LAYER_TYPES
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+_CHANNEL_NORMS = _NORMS + (nn.GroupNorm,)  # a (weight, bias) pair per channel
 
 
 # --------------------------------------------------------------------------- graph and groups
@@ -141,7 +142,7 @@ def groups(dg, model: nn.Module, ignored_layers=None) -> list[GroupInfo]:
                 info.prunable, info.reason = False, f"ignored layer '{names[m]}'"
             if is_out and m in outputs:
                 info.prunable, info.reason = False, f"model output ('{names[m]}')"
-            if isinstance(m, _LAYERS + _NORMS):
+            if isinstance(m, _LAYERS + _CHANNEL_NORMS):
                 info.dims.append((names[m], "out" if is_out else "in", len(item.idxs)))
                 if is_out and isinstance(m, _LAYERS) and len(item.idxs) == info.size:
                     order = np.argsort(np.asarray(item.root_idxs))
@@ -175,7 +176,7 @@ class CostModel:
         self.sizes = np.array([g.size for g in self.infos], dtype=np.float64)
         mods = dict(model.named_modules())
         table = {r["name"]: r for r in measure.layer_table(model, example_inputs)}
-        rows = [n for n, m in mods.items() if isinstance(m, _LAYERS + _NORMS)
+        rows = [n for n, m in mods.items() if isinstance(m, _LAYERS + _CHANNEL_NORMS)
                 and getattr(m, "weight", None) is not None]
         idx = {n: i for i, n in enumerate(rows)}
         L, G = len(rows), len(self.infos)
@@ -190,7 +191,7 @@ class CostModel:
         for n, i in idx.items():
             m = mods[n]
             w = m.weight
-            if isinstance(m, _NORMS):
+            if isinstance(m, _CHANNEL_NORMS):
                 self.norm[i] = True
                 self.out0[i] = self.in0[i] = w.shape[0]
                 self.kernel[i] = 2 if m.affine else 0

@@ -71,14 +71,20 @@ def customized_pruners() -> dict:
     return {PadShortcut: PadShortcutPruner()}
 
 
+def layer_norm(channels: int) -> nn.Module:
+    """A LayerNorm over (channels, height, width) with a per-channel affine: ``GroupNorm`` with
+    one group, so any channel count (a pruned one too) is valid."""
+    return nn.GroupNorm(1, channels)
+
+
 class BasicBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, norm=nn.BatchNorm2d):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = norm(planes)
         self.relu1 = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = norm(planes)
         self.relu2 = nn.ReLU(inplace=True)
         if stride != 1 or in_planes != planes:
             self.shortcut = PadShortcut(in_planes, planes, stride)
@@ -93,13 +99,15 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3):
+    def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3,
+                 norm=nn.BatchNorm2d):
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
         n = (depth - 2) // 6
+        self.norm = norm
         self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
+        self.bn1 = norm(16)
         self.relu = nn.ReLU(inplace=True)
         self.in_planes = 16
         self.layer1 = self._stage(16, n, 1)
@@ -112,7 +120,7 @@ class CifarResNet(nn.Module):
     def _stage(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         layers = []
         for s in [stride] + [1] * (blocks - 1):
-            layers.append(BasicBlock(self.in_planes, planes, s))
+            layers.append(BasicBlock(self.in_planes, planes, s, self.norm))
             self.in_planes = planes
         return nn.Sequential(*layers)
 
@@ -125,6 +133,13 @@ class CifarResNet(nn.Module):
 @register("resnet20", 32)
 def resnet20(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     return CifarResNet(20, num_classes, in_channels)
+
+
+@register("resnet20_ln", 32)
+def resnet20_ln(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """resnet20 with a LayerNorm (one-group GroupNorm) in place of every BatchNorm: a network
+    that BatchNorm recalibration cannot help after pruning."""
+    return CifarResNet(20, num_classes, in_channels, norm=layer_norm)
 
 
 @register("resnet32", 32)
