@@ -38,6 +38,9 @@ def test_global_selection_can_empty_a_layer_lamp_and_uniform_cannot():
     assert all(int(r.sum()) == 5 for r in row["a.weight"]) and \
         all(int(r.sum()) in (1, 2) for r in row["b.weight"])
     assert sum(counts(row).values()) == 32
+    vec = masking.select({"v": torch.arange(4.0)}, {"v": torch.ones(4, dtype=torch.bool)}, 2,
+                         "row")  # a 1-D tensor is one row
+    assert vec["v"].tolist() == [False, False, True, True]
 
 
 def test_within_a_layer_the_score_ranks_and_pruned_stay_pruned():

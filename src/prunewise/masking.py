@@ -410,17 +410,21 @@ def select(scores: Scores, masks: dict[str, torch.Tensor], kept: int,
 def _allocated(scores: Scores, masks: dict, kept: int, allocation: str,
                weights: dict | None) -> dict[str, torch.Tensor]:
     """Selection with per-tensor (or per-row) counts from :func:`allocate`."""
-    if allocation == "row":
-        rows = {f"{n}\0{r}": masks[n][r] for n in masks for r in range(masks[n].shape[0])}
+    if allocation == "row":  # a tensor of fewer than two dimensions is one row
+        def rows_of(t):
+            return t.reshape(t.shape[0] if t.dim() > 1 else 1, -1)
+
+        rows = {(n, r): m for n in masks for r, m in enumerate(rows_of(masks[n]))}
         counts = _shares({k: m.numel() for k, m in rows.items()},
                          {k: int(m.sum()) for k, m in rows.items()}, kept)
+        many = isinstance(scores, (list, tuple))
         out = {}
         for n in masks:
             parts = []
-            for r in range(masks[n].shape[0]):
-                one = [{"r": sc[n][r]} for sc in scores] if isinstance(scores, (list, tuple)) \
-                    else {"r": scores[n][r]}
-                parts.append(select(one, {"r": masks[n][r]}, counts[f"{n}\0{r}"])["r"])
+            for r, m in enumerate(rows_of(masks[n])):
+                one = [{"r": rows_of(sc[n])[r]} for sc in scores] if many \
+                    else {"r": rows_of(scores[n])[r]}
+                parts.append(select(one, {"r": m}, counts[(n, r)])["r"])
             out[n] = torch.stack(parts).view_as(masks[n])
         return out
     counts = allocate(allocation, masks, kept, weights)
@@ -469,7 +473,8 @@ def _shares(sizes: dict[str, int], limits: dict[str, int], kept: int) -> dict[st
     want = {k: kept * v / total for k, v in sizes.items()}
     out = {k: min(limits[k], int(math.floor(w))) for k, w in want.items()}
     left = kept - sum(out.values())
-    order = sorted(sizes, key=lambda k: (-(want[k] - math.floor(want[k])), list(sizes).index(k)))
+    position = {k: i for i, k in enumerate(sizes)}
+    order = sorted(sizes, key=lambda k: (-(want[k] - math.floor(want[k])), position[k]))
     while left > 0:
         moved = 0
         for k in order:

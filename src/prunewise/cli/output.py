@@ -53,6 +53,8 @@ def method_table(rows: list[dict]) -> str:
         extra.append(r["docs"])
         if r["loop_recalibrate"]:
             extra.append("BatchNorm recalibrated in the loop by default")
+        if r.get("allocation") not in (None, "global"):
+            extra.append(f"--allocation {r['allocation']} by default")
         lines.append(f"{r['name']:<11} {r['kind']:<13} {r['summary']}"
                      + (f" [{'; '.join(extra)}]" if extra else ""))
         for name, s in r["settings"].items():
