@@ -14,8 +14,9 @@ BatchNorm inside the iterative loop) or ``channels`` (sliming, l1, chip, sliming
 methods prune iteratively (keep 0.9 per iteration, 512 attribution samples: the settings of the
 README's Fashion-MNIST benchmark) through the four levels in one run; wanda and obs in one shot
 per level. Repair uses the pipeline's defaults (256 calibration images, damp 0.01).
-``--finetune`` adds, for the named cells, one epoch of (masked) fine-tuning from the
-recalibrated and from the repaired model, and that epoch's seconds (the cost yardstick).
+``--finetune`` adds, for the named cells (``magnitude|0.9``, ``l1|macs0.5``), one epoch of
+(masked) fine-tuning from the recalibrated and from the repaired model, and that epoch's seconds
+(a masked model's epoch costs what the dense model's does: the cost yardstick).
 
 Writes ``benchmarks/results/fashion[-MODEL]/repair-sS.json`` after every cell; finished cells
 are not recomputed (the script resumes after a kill).
@@ -133,15 +134,25 @@ def main(argv=None) -> None:
         if key in res["cells"]:
             continue
         config, _, level = spec.partition("|")
-        name, settings = parse(config)
-        settings = runs.Unstructured(**{**settings.__dict__, "sparsity": float(level)})
-        plan = runs.prune_masks(model, bundle, name, settings, seed=args.seed,
-                                levels=[lv for lv in LEVELS if lv < float(level)])
-        cell, recal, fixed = both(model, plan.apply(model), bundle, args.seed, masks=plan.masks)
+        if config in CHANNEL_METHODS:  # "l1|macs0.5"
+            small, plan = runs.channel_plan(
+                model, runs.example(bundle), config,
+                runs.Structured(macs=float(level.removeprefix("macs"))),
+                batches=D.batches(bundle.train, bundle, 64, shuffle=True, seed=args.seed),
+                seed=args.seed)
+            cell, recal, fixed = both(model, small, bundle, args.seed, plan=plan)
+            masks = None
+        else:
+            name, settings = parse(config)
+            settings = runs.Unstructured(**{**settings.__dict__, "sparsity": float(level)})
+            plan = runs.prune_masks(model, bundle, name, settings, seed=args.seed,
+                                    levels=[lv for lv in LEVELS if lv < float(level)])
+            masks = plan.masks
+            cell, recal, fixed = both(model, plan.apply(model), bundle, args.seed, masks=masks)
         out = dict(cell)
         for tag, m in (("recalibrated", recal), ("repaired", fixed)):
             h = train.fit(m, bundle, epochs=1, lr=FINETUNE.lr, batch_size=FINETUNE.batch_size,
-                          masks=plan.masks, seed=args.seed, progress=False)
+                          masks=masks, seed=args.seed, progress=False)
             out[f"{tag}_finetuned"] = test_top1(m, bundle)
             out[f"{tag}_epoch_seconds"] = h["seconds"]
         save(key, out)

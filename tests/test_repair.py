@@ -3,6 +3,7 @@ zero, untouched layers stay untouched, any normalisation, clear errors, torchrun
 import copy
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -254,3 +255,14 @@ def test_repair_is_a_pipeline_stage(digits, digits_checkpoint, tmp_path):
     rep = json.loads((out / "report.json").read_text())
     assert rep["accuracy"]["repaired"] is not None and rep["accuracy"]["recalibrated"] is None
     assert rep["stage_seconds"]["repair"] > 0 and rep["macs"]["ratio"] < 0.6
+    base = tmp_path / "base"  # a structured grid repairs too, and records that it did
+    (base / "seed-0").parent.mkdir()
+    shutil.copytree(digits_checkpoint, base / "seed-0")
+    r = invoke("bench", "--methods", "l1", "--macs", "0.5", "--seeds", "0", "--base", base,
+               "--finetune-epochs", "0", "--repair", "--repair-samples", "64",
+               "--latency-repeats", "0", "--quiet", "--out", tmp_path / "grid")
+    assert r.returncode == 0, r.stderr
+    cell = json.loads((tmp_path / "grid" / "cells" / "l1-0.5-s0.json").read_text())
+    assert cell["accuracy"]["repaired"] is not None
+    assert json.loads((tmp_path / "grid" / "settings.json").read_text())["prune"]["repair"][
+        "enabled"] is True
