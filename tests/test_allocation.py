@@ -129,3 +129,18 @@ def test_peers_on_a_conv_net_and_clear_errors():
     bad = nn.Sequential(nn.Linear(4, 4), nn.Embedding(3, 4))
     with pytest.raises(PrunewiseError, match="linear weights only"):
         posttrain.wanda_score(bad, {"1.weight": torch.ones(3, 4, dtype=torch.bool)}, [], 0)
+
+
+def test_one_shot_methods_default_to_one_iteration(digits):
+    from prunewise import models
+
+    torch.manual_seed(0)
+    model = models.create("resnet20", num_classes=10, in_channels=1)
+    one = runs.prune_masks(model, digits, "wanda",
+                           runs.Unstructured(sparsity=0.5, keep=None, samples=64))
+    assert one.meta["iterations"] == 1 and abs(one.sparsity - 0.5) < 1e-4
+    many = runs.prune_masks(model, digits, "magnitude", runs.Unstructured(sparsity=0.5, keep=None))
+    assert many.meta["iterations"] == 35  # 0.98 per iteration, as before
+    asked = runs.prune_masks(model, digits, "obs",
+                             runs.Unstructured(sparsity=0.5, keep=0.8, samples=64))
+    assert asked.meta["iterations"] == 4  # an explicit keep is honoured

@@ -248,8 +248,10 @@ def unstructured_cells(out: Path, model, bundle, method: str, seed: int, ctx: di
         files.write_json(paths[level], runs.cell(rep))
         ctx["log"](cell_line(rep, level, time.perf_counter() - start))
 
-    runs.prune_levels(model, bundle, method, replace(ctx["prune"], sparsity=max(levels)),
-                      on_report, levels=levels, steps=replace(ctx["steps"], seed=seed),
+    prune = replace(ctx["prune"], sparsity=max(levels))
+    if methods.get(method, methods.UNSTRUCTURED).one_shot:  # one shot to each level
+        prune = replace(prune, keep=None)
+    runs.prune_levels(model, bundle, method, prune, on_report, levels=levels, steps=replace(ctx["steps"], seed=seed),
                       dense=ctx["dense"], want=lambda level: not paths[level].is_file())
     missing = [lv for lv, p in paths.items() if not p.is_file()]
     if missing:

@@ -4,7 +4,8 @@ A row (:class:`Method`) says what the rest of the program needs to know about a 
 name and kind, a one-line summary, where it is documented, its own settings (a small frozen
 dataclass whose defaults are the method's defaults), whether it needs data, whether the
 pipeline recalibrates BatchNorm inside its loop by default, how its kept count is shared
-between layers by default (``allocation``: one of :data:`ALLOCATIONS`), and ``build``: the
+between layers by default (``allocation``: one of :data:`ALLOCATIONS`), whether it prunes in
+one shot by default (``one_shot``: the post-training methods), and ``build``: the
 ``"module:function"`` that makes the method's working part, imported only when it runs (so
 this module, and with it ``prunewise --help`` and ``prunewise methods``, needs no torch):
 
@@ -84,6 +85,7 @@ class Method:
     needs_data: bool = True
     loop_recalibrate: bool = False
     allocation: str = "global"
+    one_shot: bool = False
 
     def builder(self) -> Callable:
         """The function ``build`` names (imported now)."""
@@ -107,6 +109,7 @@ class Method:
                 "docs": self.docs, "needs_data": self.needs_data,
                 "loop_recalibrate": self.loop_recalibrate if self.kind == UNSTRUCTURED else None,
                 "allocation": self.allocation if self.kind == UNSTRUCTURED else None,
+                "one_shot": self.one_shot if self.kind == UNSTRUCTURED else None,
                 "settings": {f.name: {"default": f.default, "help": f.metadata.get("help", "")}
                              for f in fields(self.settings)}}
 
@@ -129,10 +132,10 @@ TABLE: list[Method] = [
            loop_recalibrate=True),
     Method("wanda", UNSTRUCTURED, "Wanda (ICLR 2024): |w| times the norm of its input feature, "
            "per output row", f"{_DOC}#post-training-peers", "prunewise.posttrain:wanda_scorer",
-           allocation="row"),
+           allocation="row", one_shot=True),
     Method("obs", UNSTRUCTURED, "OBS / SparseGPT saliency w^2 / [H^-1]_jj from each layer's "
            "input Gram matrix, per output row", f"{_DOC}#post-training-peers",
-           "prunewise.posttrain:obs_scorer", allocation="row"),
+           "prunewise.posttrain:obs_scorer", allocation="row", one_shot=True),
     # structured: (configure, select) pairs on the shared engine (prunewise.structured)
     Method("sliming", STRUCTURED, "SLIMING (Neural Networks 2025): singular-value configuration "
            "+ GEM nuclear-norm selection", f"{_DOC}#sliming", "prunewise.filters:sliming_pair",

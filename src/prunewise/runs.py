@@ -168,7 +168,9 @@ class Measurement:
 @dataclass(frozen=True)
 class Unstructured:
     """Mask pruning settings. ``samples``: attribution samples (None = all); ``batch_size``:
-    attribution batch size; ``loop_recalibrate``: recalibrate BatchNorm inside the iterative
+    attribution batch size; ``keep``: the fraction of the unpruned weights kept per iteration
+    (None = the method's default: one shot for a one-shot method of the table, else 0.98);
+    ``loop_recalibrate``: recalibrate BatchNorm inside the iterative
     loop (None = the method's default in the method table) on at most
     ``recalibrate_samples`` attribution samples (None = all of them); ``track_accuracy``:
     validation accuracy per iteration; ``exclude``: module-name patterns (``"fc"``,
@@ -179,7 +181,7 @@ class Unstructured:
     shared between layers (``global``, ``lamp``, ``uniform``, ``row``; None = the method's
     default in the method table)."""
     sparsity: float
-    keep: float = 0.98
+    keep: float | None = 0.98
     samples: int | None = 2048
     batch_size: int = 128
     loop_recalibrate: bool | None = None
@@ -193,7 +195,7 @@ class Unstructured:
     def __post_init__(self) -> None:
         checks.choice("allocation", self.allocation, methods.ALLOCATIONS, none=True)
         checks.fraction("sparsity", self.sparsity, zero=True)
-        checks.fraction("keep", self.keep)
+        checks.fraction("keep", self.keep, none=True)
         checks.integer("attribution samples", self.samples, 1, none=True)
         checks.integer("attribution batch size", self.batch_size, 1)
         checks.flag("loop recalibration", self.loop_recalibrate, none=True)
@@ -398,7 +400,8 @@ def prune_masks(model: nn.Module, bundle: D.DataBundle, method: str, settings: U
 
     recalibrate = settings.loop_recalibrate
     loop = masking.LoopSettings(
-        sparsity=settings.sparsity, keep=settings.keep, samples=settings.samples, params=scope,
+        sparsity=settings.sparsity, keep=keep_of(row, settings), samples=settings.samples,
+        params=scope,
         levels=tuple(levels), checkpoint_dir=resume_dir, seed=seed, on_level=on_level,
         eval_batches=validation if settings.track_accuracy and len(bundle.val) else None,
         progress=progress, recalibrate=row.loop_recalibrate if recalibrate is None else recalibrate,
@@ -406,6 +409,14 @@ def prune_masks(model: nn.Module, bundle: D.DataBundle, method: str, settings: U
         allocation=row.allocation if settings.allocation is None else settings.allocation)
     return masking.run(model, attribution, row.builder()(options, seed), loop, method=method,
                        settings=asdict(options), needs_data=row.needs_data)
+
+
+def keep_of(row: methods.Method, settings: Unstructured) -> float:
+    """The per-iteration keep a run uses: the one asked for, or the method's default (one
+    iteration to the target for a one-shot method, 0.98 otherwise)."""
+    if settings.keep is not None:
+        return settings.keep
+    return 1.0 - settings.sparsity if row.one_shot and settings.sparsity > 0 else 0.98
 
 
 def check_exclude(model: nn.Module, patterns: Sequence[str]) -> masking.Scope | None:

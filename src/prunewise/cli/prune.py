@@ -51,9 +51,10 @@ def prune_group():
 @click.argument("checkpoint", type=click.Path())
 @data_options
 @click.option("--sparsity", type=FRACTION, required=True, help="Target global sparsity in (0, 1).")
-@click.option("--keep", type=FRACTION, default=0.98, show_default=True,
+@click.option("--keep", type=FRACTION, default=None,
               help="Fraction of the unpruned weights kept per iteration (0.98: 114 iterations "
-                   "to 90%; 0.9: 22).")
+                   "to 90%; 0.9: 22). Default: 0.98, or one shot for the one-shot methods "
+                   "(wanda, obs).")
 @click.option("--samples", type=count(0), default=2048, show_default=True,
               help="Attribution samples from the training split (0 = all).")
 @method_setting_options(methods.UNSTRUCTURED)
@@ -196,7 +197,8 @@ def prune_sliming_cmd(checkpoint, data_name, root, image_size, data_seed, macs, 
 @click.option("--epochs", type=count(1), default=20, show_default=True,
               help="Base model training epochs (without --base).")
 @click.option("--keep", type=FRACTION, default=0.9, show_default=True,
-              help="Unstructured: fraction kept per iteration (the papers' 0.98 is slower).")
+              help="Unstructured: fraction kept per iteration (the papers' 0.98 is slower); "
+                   "the one-shot methods (wanda, obs) prune in one shot per level.")
 @click.option("--samples", type=count(0), default=512, show_default=True,
               help="Unstructured: attribution samples (0 = all).")
 @finetune_options(epochs=5, lr=0.05)
