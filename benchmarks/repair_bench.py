@@ -61,12 +61,12 @@ def both(dense, model, bundle, seed: int, masks=None, plan=None) -> dict:
             "repair_seconds": seconds}, recal, fixed
 
 
-def parse(config: str) -> tuple[str, runs.Unstructured]:
+def parse(config: str, levels=LEVELS) -> tuple[str, runs.Unstructured]:
     spec, _, allocation = config.partition("@")
     name, *opts = spec.split("+")
     row = methods.get(name, methods.UNSTRUCTURED)
     one_shot = row.allocation == "row"   # the post-training peers: one shot per level
-    kw = {"sparsity": max(LEVELS), "keep": 1 - max(LEVELS) if one_shot else 0.9,
+    kw = {"sparsity": max(levels), "keep": 1 - max(levels) if one_shot else 0.9,
           "samples": 512, "track_accuracy": False, "allocation": allocation or None}
     if row.needs_data and not one_shot:
         kw["loop_recalibrate"] = "loop" in opts
@@ -79,7 +79,12 @@ def main(argv=None) -> None:
     ap.add_argument("--model", default="resnet20")
     ap.add_argument("--configs", default=DEFAULT)
     ap.add_argument("--finetune", default="", help="cells CONFIG|LEVEL to fine-tune one epoch")
+    ap.add_argument("--levels", default=",".join(f"{v:g}" for v in LEVELS))
+    ap.add_argument("--budgets", default=",".join(f"{v:g}" for v in BUDGETS))
+    ap.add_argument("--channel-methods", default=",".join(CHANNEL_METHODS))
     args = ap.parse_args(argv)
+    levels = tuple(float(v) for v in args.levels.split(","))
+    budgets = tuple(float(v) for v in args.budgets.split(","))
     model = checkpoints.load_model(base_path(args.model, args.seed)).eval()
     bundle = D.load("fashion-mnist")
     path = results_dir(args.model) / f"repair-s{args.seed}.json"
@@ -99,8 +104,8 @@ def main(argv=None) -> None:
 
     for config in args.configs.split(","):
         if config == "channels":
-            for method in CHANNEL_METHODS:
-                for budget in BUDGETS:
+            for method in args.channel_methods.split(","):
+                for budget in budgets:
                     key = f"{method}|macs{budget:g}"
                     if key in res["cells"]:
                         continue
@@ -113,8 +118,8 @@ def main(argv=None) -> None:
                     cell, _, _ = both(model, small, bundle, args.seed, plan=plan)
                     save(key, {**cell, "prune_seconds": prune_seconds})
             continue
-        name, settings = parse(config)
-        keys = {lv: f"{config}|{lv:g}" for lv in LEVELS}
+        name, settings = parse(config, levels)
+        keys = {lv: f"{config}|{lv:g}" for lv in levels}
         if all(k in res["cells"] for k in keys.values()):
             continue
         start = time.perf_counter()
@@ -127,7 +132,7 @@ def main(argv=None) -> None:
             save(keys[level], {**cell, "sparsity": plan.sparsity,
                                "prune_seconds": t0 - start})
 
-        runs.prune_masks(model, bundle, name, settings, seed=args.seed, levels=LEVELS,
+        runs.prune_masks(model, bundle, name, settings, seed=args.seed, levels=levels,
                          on_level=on_level)
     for spec in want_ft:
         key = f"{spec}|ft1"
