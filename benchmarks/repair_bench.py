@@ -65,7 +65,7 @@ def parse(config: str, levels=LEVELS) -> tuple[str, runs.Unstructured]:
     spec, _, allocation = config.partition("@")
     name, *opts = spec.split("+")
     row = methods.get(name, methods.UNSTRUCTURED)
-    one_shot = row.allocation == "row"   # the post-training peers: one shot per level
+    one_shot = row.one_shot   # the post-training peers: one shot per level
     kw = {"sparsity": max(levels), "keep": 1 - max(levels) if one_shot else 0.9,
           "samples": 512, "track_accuracy": False, "allocation": allocation or None}
     if row.needs_data and not one_shot:
