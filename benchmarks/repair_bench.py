@@ -18,6 +18,8 @@ per level. Repair uses the pipeline's defaults (256 calibration images, damp 0.0
 (masked) fine-tuning from the recalibrated and from the repaired model, and that epoch's seconds
 (a masked model's epoch costs what the dense model's does: the cost yardstick).
 
+``--repair-samples N --damp D`` (other than 256 / 0.01) write ``repair-sS-nN-dD.json``.
+
 Writes ``benchmarks/results/fashion[-MODEL]/repair-sS.json`` after every cell; finished cells
 are not recomputed (the script resumes after a kill).
 """
@@ -82,12 +84,17 @@ def main(argv=None) -> None:
     ap.add_argument("--levels", default=",".join(f"{v:g}" for v in LEVELS))
     ap.add_argument("--budgets", default=",".join(f"{v:g}" for v in BUDGETS))
     ap.add_argument("--channel-methods", default=",".join(CHANNEL_METHODS))
+    ap.add_argument("--repair-samples", type=int, default=FIX.samples)
+    ap.add_argument("--damp", type=float, default=FIX.damp)
     args = ap.parse_args(argv)
+    global FIX
+    FIX = runs.Repair(enabled=True, samples=args.repair_samples, damp=args.damp)
+    tag = "" if (FIX.samples, FIX.damp) == (256, 0.01) else f"-n{FIX.samples}-d{FIX.damp:g}"
     levels = tuple(float(v) for v in args.levels.split(","))
     budgets = tuple(float(v) for v in args.budgets.split(","))
     model = checkpoints.load_model(base_path(args.model, args.seed)).eval()
     bundle = D.load("fashion-mnist")
-    path = results_dir(args.model) / f"repair-s{args.seed}.json"
+    path = results_dir(args.model) / f"repair-s{args.seed}{tag}.json"
     res = (json.loads(path.read_text()) if path.is_file() else
            {"model": args.model, "seed": args.seed, "repair": {"samples": FIX.samples,
                                                                "damp": FIX.damp},

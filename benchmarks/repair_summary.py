@@ -25,9 +25,10 @@ def stat(values: list[float]) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="resnet20")
+    ap.add_argument("--tag", default="", help="e.g. -n1024-d0.001 (repair_bench's file tag)")
     args = ap.parse_args(argv)
     folder = results_dir(args.model)
-    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("repair-s[0-9]*.json"))]
+    runs = [json.loads(p.read_text()) for p in sorted(folder.glob(f"repair-s[0-9]{args.tag}.json"))]
     if not runs:
         raise SystemExit(f"no repair-sS.json in {folder}")
     cells: dict[str, list[dict]] = {}
@@ -70,7 +71,7 @@ def main(argv=None) -> None:
                      f"{statistics.mean(v['repaired_epoch_seconds'] for v in vs):.0f} s, repair / "
                      f"epoch {statistics.mean(v['repair_seconds'] / v['repaired_epoch_seconds'] for v in vs):.3f}")
     text = "\n".join(lines) + "\n"
-    (folder / "repair-summary.md").write_text(text)
+    (folder / f"repair-summary{args.tag}.md").write_text(text)
     print(text, end="")
 
 
