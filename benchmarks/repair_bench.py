@@ -76,6 +76,7 @@ def parse(config: str, levels=LEVELS) -> tuple[str, runs.Unstructured]:
 
 
 def main(argv=None) -> None:
+    global FIX
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default="resnet20")
@@ -84,10 +85,9 @@ def main(argv=None) -> None:
     ap.add_argument("--levels", default=",".join(f"{v:g}" for v in LEVELS))
     ap.add_argument("--budgets", default=",".join(f"{v:g}" for v in BUDGETS))
     ap.add_argument("--channel-methods", default=",".join(CHANNEL_METHODS))
-    ap.add_argument("--repair-samples", type=int, default=FIX.samples)
-    ap.add_argument("--damp", type=float, default=FIX.damp)
+    ap.add_argument("--repair-samples", type=int, default=256)
+    ap.add_argument("--damp", type=float, default=0.01)
     args = ap.parse_args(argv)
-    global FIX
     FIX = runs.Repair(enabled=True, samples=args.repair_samples, damp=args.damp)
     tag = "" if (FIX.samples, FIX.damp) == (256, 0.01) else f"-n{FIX.samples}-d{FIX.damp:g}"
     levels = tuple(float(v) for v in args.levels.split(","))
