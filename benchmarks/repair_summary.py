@@ -22,6 +22,21 @@ def stat(values: list[float]) -> str:
     return f"{m:.1f} ± {s:.1f}" + ("" if len(values) == 3 else f" ({len(values)} seeds)")
 
 
+def table(kind: str, configs: list[str], columns: list[tuple[str, str]],
+          cells: dict[str, list[dict]]) -> list[str]:
+    """Markdown rows: one per config, ``recalibrated / **repaired**`` per (title, key) column."""
+    lines = [f"| {kind} | " + " | ".join(f"{t}: recal. / **repaired**" for t, _ in columns)
+             + " |", "|---|" + "---|" * len(columns)]
+    for c in configs:
+        row = []
+        for _, key in columns:
+            got = cells.get(f"{c}|{key}", [])
+            row.append(f"{stat([g['recalibrated'] for g in got])} / "
+                       f"**{stat([g['repaired'] for g in got])}**")
+        lines.append(f"| {c} | " + " | ".join(row) + " |")
+    return lines
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="resnet20")
@@ -40,26 +55,10 @@ def main(argv=None) -> None:
     chans = [c for c in configs if c in ("sliming", "l1", "chip", "sliming-l1")]
     dense = stat([r["dense"] for r in runs])
     lines = [f"{args.model}, dense {dense}; seeds {', '.join(str(r['seed']) for r in runs)}", ""]
-    lines += ["| masks | " + " | ".join(f"{lv:g}: recal. / **repaired**" for lv in LEVELS) + " |",
-              "|---|" + "---|" * len(LEVELS)]
-    for c in masks:
-        row = []
-        for lv in LEVELS:
-            got = cells.get(f"{c}|{lv:g}", [])
-            row.append(f"{stat([g['recalibrated'] for g in got])} / "
-                       f"**{stat([g['repaired'] for g in got])}**")
-        lines.append(f"| {c} | " + " | ".join(row) + " |")
+    lines += table("masks", masks, [(f"{lv:g}", f"{lv:g}") for lv in LEVELS], cells)
     if chans:
-        lines += ["", "| channels | " + " | ".join(f"{b:g} MACs: recal. / **repaired**"
-                                                 for b in BUDGETS) + " |",
-                  "|---|" + "---|" * len(BUDGETS)]
-        for c in chans:
-            row = []
-            for b in BUDGETS:
-                got = cells.get(f"{c}|macs{b:g}", [])
-                row.append(f"{stat([g['recalibrated'] for g in got])} / "
-                           f"**{stat([g['repaired'] for g in got])}**")
-            lines.append(f"| {c} | " + " | ".join(row) + " |")
+        lines += [""] + table("channels", chans, [(f"{b:g} MACs", f"macs{b:g}") for b in BUDGETS],
+                              cells)
     secs = [v["repair_seconds"] for vs in cells.values() for v in vs if "repair_seconds" in v]
     lines += ["", f"repair seconds: {min(secs):.1f}-{max(secs):.1f} (median "
                   f"{statistics.median(secs):.1f}) over {len(secs)} cells"]

@@ -109,28 +109,18 @@ def layer_input(model: nn.Module, name: str, x) -> torch.Tensor:
     return seen["x"]
 
 
-def forward_order(model: nn.Module, names: list[str], x) -> list[str]:
-    """``names`` in the order one forward pass reaches them."""
+def trace(model: nn.Module, names: list[str], x) -> tuple[list[str], dict[str, nn.Module]]:
+    """One eval-mode forward pass of ``model`` on ``x``: ``names`` in the order the pass
+    reaches them (any it never reaches last), and, per layer, the BatchNorm (with running
+    statistics) whose input is exactly that layer's output: where an intercept can be folded
+    into the running mean."""
     order: list[str] = []
-    mods = {model.get_submodule(n): n for n in names}
-    hooks = [m.register_forward_pre_hook(
-        lambda module, args: order.append(mods[module]) if mods[module] not in order else None)
-        for m in mods]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return order + [n for n in names if n not in order]
-
-
-def norm_after(model: nn.Module, names: list[str], x) -> dict[str, nn.Module]:
-    """Layer name -> the BatchNorm (with running statistics) whose input is exactly that
-    layer's output in an eval-mode forward pass of ``model`` on ``x``: where an intercept can
-    be folded into the running mean."""
     outputs: dict[int, tuple] = {}   # the outputs are held, so that no id is reused
     found: dict[str, nn.Module] = {}
+
+    def reached(module, args, name):
+        if name not in order:
+            order.append(name)
 
     def produced(module, args, out, name):
         outputs[id(out)] = (name, out)
@@ -140,8 +130,12 @@ def norm_after(model: nn.Module, names: list[str], x) -> dict[str, nn.Module]:
         if hit is not None and hit[1] is args[0]:
             found.setdefault(hit[0], module)
 
-    hooks = [model.get_submodule(n).register_forward_hook(
-        lambda module, args, out, n=n: produced(module, args, out, n)) for n in names]
+    hooks = []
+    for n in names:
+        m = model.get_submodule(n)
+        hooks.append(m.register_forward_pre_hook(lambda module, args, n=n: reached(module, args, n)))
+        hooks.append(m.register_forward_hook(
+            lambda module, args, out, n=n: produced(module, args, out, n)))
     hooks += [bn.register_forward_pre_hook(consumes) for bn in model.modules()
               if isinstance(bn, _BATCHNORMS) and bn.running_mean is not None]
     try:
@@ -150,7 +144,7 @@ def norm_after(model: nn.Module, names: list[str], x) -> dict[str, nn.Module]:
     finally:
         for h in hooks:
             h.remove()
-    return found
+    return order + [n for n in names if n not in order], found
 
 
 def _statistics(dense, pruned, name: str, data: Iterable, intercept: bool) -> list[tuple]:
@@ -240,8 +234,7 @@ def reconstruct(dense: nn.Module, pruned: nn.Module, batches, *,
             _consumers(dense, pruned, plan, x0)
         if not layers:
             return pruned
-        order = forward_order(pruned, list(layers), x0)
-        norms = norm_after(pruned, order, x0)
+        order, norms = trace(pruned, list(layers), x0)
         bar = progress_bar(len(order), "repair", progress)
         for name in order:
             _refit(dense, pruned, name, layers[name], norms.get(name), data, damp)
