@@ -109,7 +109,7 @@ def main(argv=None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         files.write_json(path, res)
 
-    for config in args.configs.split(","):
+    for config in [c for c in args.configs.split(",") if c]:
         if config == "channels":
             for method in args.channel_methods.split(","):
                 for budget in budgets:
