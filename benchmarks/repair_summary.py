@@ -24,7 +24,9 @@ def stat(values: list[float]) -> str:
 
 def table(kind: str, configs: list[str], columns: list[tuple[str, str]],
           cells: dict[str, list[dict]]) -> list[str]:
-    """Markdown rows: one per config, ``recalibrated / **repaired**`` per (title, key) column."""
+    """Markdown rows: one per config, ``recalibrated / **repaired**`` per (title, key) column
+    (columns without any cell are left out)."""
+    columns = [(t, k) for t, k in columns if any(f"{c}|{k}" in cells for c in configs)]
     lines = [f"| {kind} | " + " | ".join(f"{t}: recal. / **repaired**" for t, _ in columns)
              + " |", "|---|" + "---|" * len(columns)]
     for c in configs:
