@@ -366,3 +366,25 @@ def test_progress_in_a_log_is_plain_lines(monkeypatch):
             bar.set_postfix({"sparsity": "0.5"}, refresh=False)
         bar.close()
     assert len(err.getvalue().splitlines()) <= 2, err.getvalue()
+
+
+@pytest.mark.parametrize("args, what", [
+    (["--sparsity", "0.9_5"], "--sparsity"),
+    (["--sparsity", "٠.٥"], "--sparsity"),          # Arabic-Indic digits
+    (["--sparsity", "0.5", "--samples", "1_0"], "--samples"),
+    (["--sparsity", "0.5", "--seed", "１"], "--seed"),   # a fullwidth digit
+])
+def test_numbers_are_written_with_ascii_digits(args, what, digits_checkpoint, tmp_path):
+    r = invoke("prune", "fvw", digits_checkpoint, "--method", "magnitude", *args,
+               "--out", tmp_path / "x")
+    assert r.returncode == 2 and what in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("args, what", [
+    (["--seeds", "0,,1"], "empty"), (["--seeds", "1_0"], "integers"),
+    (["--sparsity", "0.5,0.5000000001"], "same cell"), (["--sparsity", "0.5,"], "empty"),
+])
+def test_bench_lists_are_strict(args, what, tmp_path):
+    r = invoke("bench", *args, "--out", tmp_path / "g")
+    assert r.returncode == 2 and what in r.stderr and "Traceback" not in r.stderr

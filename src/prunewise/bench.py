@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from . import data as D
-from . import checkpoints, files, methods, models, runs, schema, train
+from . import checkpoints, checks, files, methods, models, runs, schema, train
 from .errors import PrunewiseError
 from .report import pyplot, save_figure
 
@@ -89,15 +89,20 @@ class Grid:
 
 
 def parse_list(text: str, what: str, cast=float) -> list:
-    """'0.8,0.9' -> [0.8, 0.9]; an empty or malformed list is a PrunewiseError."""
-    items = [t.strip() for t in (text or "").split(",") if t.strip()]
-    if not items:
+    """'0.8,0.9' -> [0.8, 0.9]; an empty or malformed list (an empty entry, a number not
+    written with ASCII digits) is a PrunewiseError."""
+    items = [t.strip() for t in (text or "").split(",")]
+    if not any(items):
         raise PrunewiseError(f"empty {what} list: give at least one value")
+    if not all(items):
+        raise PrunewiseError(f"bad {what} list {text!r}: an entry between commas is empty")
+    if cast is str:
+        return items
     try:
-        return [cast(t) for t in items]
-    except ValueError:
+        return [checks.parse(what, t, integer=cast is int) for t in items]
+    except PrunewiseError:
         raise PrunewiseError(f"bad {what} list {text!r}: expected comma-separated "
-                             f"{'numbers' if cast is not str else 'names'}") from None
+                             f"{'integers' if cast is int else 'numbers'} (ASCII digits)") from None
 
 
 def check_grid(grid: Grid) -> None:
@@ -124,6 +129,10 @@ def check_grid(grid: Grid) -> None:
                          ("seed", grid.seeds)):
         if len(set(values)) != len(values):
             raise PrunewiseError(f"the {what} list repeats a value: {list(values)}")
+    named = [f"{b:g}" for b in grid.budgets]  # what a cell file is named by
+    if len(set(named)) != len(named):
+        raise PrunewiseError(f"budgets {list(grid.budgets)} name the same cell ({named}): give "
+                             f"values that differ in their first six significant digits")
     if grid.base is None:
         if grid.model_name not in models.names():
             raise PrunewiseError(f"unknown model '{grid.model_name}'; choose one of: "

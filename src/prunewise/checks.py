@@ -8,9 +8,26 @@ builds settings (and prints help) without importing it.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Iterable
 
 from .errors import PrunewiseError
+
+
+#: The written forms a number may take on the command line and in lists: ASCII digits only, no
+#: digit-group underscores (Python's ``float`` / ``int`` also take ``1_0`` and non-ASCII digits).
+FLOAT_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+INT_TEXT = re.compile(r"[+-]?[0-9]+")
+
+
+def parse(what: str, text: str, *, integer: bool = False) -> float | int:
+    """``text`` as a number written the way the help shows it (``0.9``, ``1e-8``, ``-3``);
+    anything else (``0.9_5``, non-ASCII digits, ``inf``, ``nan``) is a PrunewiseError."""
+    s = text.strip() if isinstance(text, str) else ""
+    if not (INT_TEXT if integer else FLOAT_TEXT).fullmatch(s):
+        kind = "an integer" if integer else "a number"
+        raise PrunewiseError(f"{what}: {text!r} is not {kind} written with ASCII digits")
+    return int(s) if integer else float(s)
 
 
 def integer(what: str, value: Any, low: int, high: int | None = None, *,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from .. import methods, names, schema
+from .. import checks, methods, names, schema
 from ..errors import PrunewiseError
 
 
@@ -32,6 +32,8 @@ class FiniteFloat(click.ParamType):
         return f"{lo}x{hi}"
 
     def convert(self, value, param, ctx):
+        if isinstance(value, str) and not checks.FLOAT_TEXT.fullmatch(value.strip()):
+            self.fail(f"{value!r} is not a number (ASCII digits, e.g. 0.9 or 1e-8)", param, ctx)
         try:
             v = float(value)
         except (TypeError, ValueError):
@@ -63,10 +65,20 @@ class MethodChoice(click.ParamType):
         return value
 
 
+class Integer(click.IntRange):
+    """A click integer range that takes only ASCII digits (``int`` also reads ``1_0``, ``'１'``
+    and other scripts' digits)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not checks.INT_TEXT.fullmatch(value.strip()):
+            self.fail(f"{value!r} is not an integer (ASCII digits)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 MAX_COUNT = 10 ** 9
-SEED = click.IntRange(0, 2 ** 32 - 1)
-SIDE = click.IntRange(1, schema.MAX_IMAGE_SIZE)
-CLASSES = click.IntRange(1, schema.MAX_CLASSES)
+SEED = Integer(0, 2 ** 32 - 1)
+SIDE = Integer(1, schema.MAX_IMAGE_SIZE)
+CLASSES = Integer(1, schema.MAX_CLASSES)
 LR = FiniteFloat(0, 10, min_open=True)
 WEIGHT_DECAY = FiniteFloat(0, 1)
 FRACTION = FiniteFloat(0, 1, min_open=True, max_open=True)
@@ -74,7 +86,7 @@ FRACTION = FiniteFloat(0, 1, min_open=True, max_open=True)
 
 def count(low: int) -> click.IntRange:
     """An integer option in ``low .. MAX_COUNT``."""
-    return click.IntRange(low, MAX_COUNT)
+    return Integer(low, MAX_COUNT)
 
 
 def check_output(path, what: str = "--out", *, folder: bool = True) -> Path:
