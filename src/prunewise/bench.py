@@ -260,8 +260,8 @@ def unstructured_cells(out: Path, model, bundle, method: str, seed: int, ctx: di
     prune = replace(ctx["prune"], sparsity=max(levels))
     if methods.get(method, methods.UNSTRUCTURED).one_shot:  # one shot to each level
         prune = replace(prune, keep=None)
-    runs.prune_levels(model, bundle, method, prune, on_report, levels=levels, steps=replace(ctx["steps"], seed=seed),
-                      dense=ctx["dense"], want=lambda level: not paths[level].is_file())
+    runs.prune_levels(model, bundle, method, prune, on_report, levels=levels,
+                      steps=replace(ctx["steps"], seed=seed), dense=ctx["dense"], want=lambda level: not paths[level].is_file())
     missing = [lv for lv, p in paths.items() if not p.is_file()]
     if missing:
         raise PrunewiseError(f"{method} seed {seed}: the schedule did not stop on sparsity "

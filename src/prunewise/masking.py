@@ -445,7 +445,7 @@ def allocate(allocation: str, masks: dict[str, torch.Tensor], kept: int,
     the ``kept`` best scores over all tensors give the counts. A tensor's largest weight
     scores 1, the most any weight can, so no tensor is emptied while ``kept`` >= the number of
     tensors. ``"global"`` is not an allocation of its own (its counts follow the scores)."""
-    checks.choice("allocation", allocation, ALLOCATIONS[1:3])
+    checks.choice("allocation", allocation, ("lamp", "uniform"))
     if allocation == "uniform":
         return _shares({n: m.numel() for n, m in masks.items()},
                        {n: int(m.sum()) for n, m in masks.items()}, kept)

@@ -131,11 +131,13 @@ class Recalibration:
 
 @dataclass(frozen=True)
 class Repair:
-    """Layer-wise repair of a masked model (:func:`prunewise.repair.reconstruct`) on
-    ``samples`` training images, right after pruning; off by default until it is measured on
-    three seeds. A repaired model is not BatchNorm-recalibrated: its layers were fitted to the
-    statistics they run with, and recalibrating afterwards cost 1 to 29 points in the first
-    probe (docs/methods.md, "Repair")."""
+    """Layer-wise repair of a pruned model, masks or channels
+    (:func:`prunewise.repair.reconstruct`), on ``samples`` training images right after
+    pruning; off by default until resnet56 and a network without BatchNorm have three seeds
+    (README, "Repair: every method with and without it"). A repaired model is not
+    BatchNorm-recalibrated: its layers were fitted to the statistics they run with, and
+    recalibrating afterwards cost 0.8 to 35 points in the first probe (docs/methods.md,
+    "Repair")."""
     enabled: bool = False
     samples: int = 256
     damp: float = 0.01
@@ -146,6 +148,12 @@ class Repair:
         checks.integer("repair samples", self.samples, 1)
         checks.integer("repair batch size", self.batch_size, 1)
         checks.number("repair damp", self.damp, 0.0, low_open=True)
+
+    @staticmethod
+    def check(value: Any) -> None:
+        """Raise PrunewiseError unless ``value`` is a :class:`Repair` (a settings field)."""
+        if not isinstance(value, Repair):
+            raise PrunewiseError(f"repair must be a runs.Repair, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -201,8 +209,7 @@ class Unstructured:
         checks.flag("loop recalibration", self.loop_recalibrate, none=True)
         checks.flag("track accuracy", self.track_accuracy)
         checks.integer("loop recalibration samples", self.recalibrate_samples, 1, none=True)
-        if not isinstance(self.repair, Repair):
-            raise PrunewiseError(f"repair must be a runs.Repair, got {self.repair!r}")
+        Repair.check(self.repair)
         if isinstance(self.exclude, str) or not all(isinstance(p, str) and p.strip()
                                                      for p in self.exclude):
             raise PrunewiseError(f"exclude must be a tuple of non-empty layer-name patterns, "
@@ -225,8 +232,7 @@ class Structured:
     repair: Repair = Repair()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.repair, Repair):
-            raise PrunewiseError(f"repair must be a runs.Repair, got {self.repair!r}")
+        Repair.check(self.repair)
         checks.choice("normalization", self.normalize, ("max", "sum"))
         checks.integer("min channels", self.min_channels, 1)
         checks.number("min ratio", self.min_ratio, 0.0, 1.0, high_open=True)
@@ -345,8 +351,8 @@ def finish(pruned: nn.Module, bundle: D.DataBundle, masks: dict | None, steps: S
            plan: ChannelPlan | None = None) -> dict:
     """Measure, repair or recalibrate BatchNorm, measure, fine-tune (masked), measure; in place
     on ``pruned``. ``repair_from``: ``(dense model, Repair)`` to repair ``pruned`` (then it is
-    not recalibrated): a masked model with ``masks``, or the smaller model of ``plan``. Returns ``{"accuracy": {pruned, repaired, recalibrated, finetuned},
-    "finetune", "stage_seconds"}`` (a stage that did not run is None)."""
+    not recalibrated): a masked model with ``masks``, or the smaller model of ``plan``. Returns
+    ``{"accuracy": {pruned, repaired, recalibrated, finetuned}, "finetune", "stage_seconds"}`` (a stage that did not run is None)."""
     acc = {s: None for s in STAGES[1:]}
     acc["pruned"] = accuracy(pruned, bundle)
     secs = {"repair": 0.0, "recalibrate": 0.0, "finetune": 0.0}
