@@ -167,7 +167,19 @@ class Scale(nn.Module):
         return x * self.w
 
 
-@pytest.mark.parametrize("model, layer", [(Detached(), "'a'"), (OwnWeight(), "'scale'")])
+def test_a_module_with_its_own_parameter_is_pruned_with_its_channels():
+    """A parameter outside any known layer (a per-channel scale) follows the channels it
+    multiplies (Torch-Pruning's unwrapped parameters), and the smaller model runs."""
+    torch.manual_seed(0)
+    model = OwnWeight().eval()
+    x = torch.randn(2, 3, 8, 8)
+    new, plan = sliming.prune(model, x, channels=5)
+    assert plan.counts == {"conv": 5}
+    assert new.scale.w.shape == (1, 5, 1, 1)
+    assert new(x).shape == (2, 2)
+
+
+@pytest.mark.parametrize("model, layer", [(Detached(), "'a'")])
 def test_untraceable_model_names_the_layer(model, layer):
     with pytest.raises(PrunewiseError, match=layer):
         sliming.prune(model, torch.randn(1, 3, 8, 8), macs=0.5)

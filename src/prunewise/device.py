@@ -78,10 +78,15 @@ def of(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def to(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
+def to(t, dev: torch.device):
     """``t`` on ``dev``: the same tensor when it is there already; on CUDA through pinned
-    memory with a non-blocking copy (the copy overlaps the previous step's kernels)."""
-    if t.device == dev:
+    memory with a non-blocking copy (the copy overlaps the previous step's kernels). A tuple
+    or dict of tensors (a model's several inputs) moves element by element."""
+    if isinstance(t, dict):
+        return {k: to(v, dev) for k, v in t.items()}
+    if isinstance(t, (tuple, list)):
+        return type(t)(to(v, dev) for v in t)
+    if not isinstance(t, torch.Tensor) or t.device == dev:
         return t
     if dev.type == "cuda" and t.device.type == "cpu":
         return t.pin_memory().to(dev, non_blocking=True)

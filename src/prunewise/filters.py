@@ -26,17 +26,19 @@ from .errors import PrunewiseError
 
 
 # --------------------------------------------------------------------------- configuration
-def uniform_counts(a: structured.Analysis, *, macs=None, params=None, min_channels: int = 1
-                   ) -> np.ndarray:
+def uniform_counts(a: structured.Analysis, *, macs=None, params=None, min_channels: int = 1,
+                   round_to: int | None = None) -> np.ndarray:
     """One keep fraction p for every group (N_g = round(p C_g), >= min_channels), bisected on
-    the exact MACs / params of the pruned architecture."""
+    the exact MACs / params of the pruned architecture; every count rounded to whole heads /
+    equal parts and to a multiple of ``round_to``."""
     kind, value = structured.parse_budget(macs, params)
     cost, limit = structured.budget_cost(a.cost, kind, value)
     sizes = np.array([g.size for g in a.prunable])
 
     def counts(p):
-        return np.minimum(sizes, np.maximum(np.minimum(min_channels, sizes),
-                                            np.floor(p * sizes + 0.5).astype(int)))
+        n = np.minimum(sizes, np.maximum(np.minimum(min_channels, sizes),
+                                         np.floor(p * sizes + 0.5).astype(int)))
+        return np.array([structured.round_count(int(k), g, round_to) for k, g in zip(n, a.prunable)])
 
     if cost(counts(0.0)) > limit:
         raise PrunewiseError(f"{kind} budget {value:g} is below what min_channels={min_channels} "
@@ -129,10 +131,17 @@ def chip_step(batches: Iterable, n_images: int = 16) -> structured.Select:
     """CHIP selection; the feature maps of every prunable group are collected once, on the
     pruned copy, the first time a channel has to go."""
     maps: dict = {}
+    scores: dict = {}
 
     def step(a, g, k):
         if not maps:
             maps.update(collect_maps(a.model, a.prunable, batches, n_images))
+        if g.parent:  # a view (whole heads, or one part): its units' summed channel scores
+            key = g.parent
+            if key not in scores:
+                scores[key] = chip_scores(maps[key])
+            unit = torch.stack([scores[key][u].sum() for u in g.units])
+            return unit.topk(k).indices.sort().values
         return chip_scores(maps[g.name]).topk(k).indices.sort().values
     return step
 
@@ -141,7 +150,8 @@ def uniform_configure(budget) -> structured.Configure:
     """The uniform configuration at ``budget``'s MACs / params (a :class:`prunewise.runs.Structured`
     or anything with ``macs``, ``params`` and ``min_channels``)."""
     return lambda a: uniform_counts(a, macs=budget.macs, params=budget.params,
-                                    min_channels=budget.min_channels)
+                                    min_channels=budget.min_channels,
+                                    round_to=getattr(budget, "round_to", None))
 
 
 def sliming_configure(budget) -> structured.Configure:
@@ -149,7 +159,8 @@ def sliming_configure(budget) -> structured.Configure:
     return lambda a: sliming.plan_counts(a, macs=budget.macs, params=budget.params,
                                          normalize=budget.normalize,
                                          min_channels=budget.min_channels,
-                                         min_ratio=budget.min_ratio)
+                                         min_ratio=budget.min_ratio,
+                                         round_to=getattr(budget, "round_to", None))
 
 
 # The method table's builders: ``(own settings, budget, batches, seed) -> (configure, select)``.

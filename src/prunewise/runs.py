@@ -210,10 +210,14 @@ class Unstructured:
         checks.flag("track accuracy", self.track_accuracy)
         checks.integer("loop recalibration samples", self.recalibrate_samples, 1, none=True)
         Repair.check(self.repair)
-        if isinstance(self.exclude, str) or not all(isinstance(p, str) and p.strip()
-                                                     for p in self.exclude):
-            raise PrunewiseError(f"exclude must be a tuple of non-empty layer-name patterns, "
-                                 f"got {self.exclude!r}")
+        check_patterns(self.exclude)
+
+
+def check_patterns(exclude) -> None:
+    """Refuse an ``exclude`` setting that is not a tuple of non-empty layer-name patterns."""
+    if isinstance(exclude, str) or not all(isinstance(p, str) and p.strip() for p in exclude):
+        raise PrunewiseError(f"exclude must be a tuple of non-empty layer-name patterns, "
+                             f"got {exclude!r}")
 
 
 @dataclass(frozen=True)
@@ -222,7 +226,9 @@ class Structured:
     ``plan``, the folder of a saved channel plan to apply instead of a budget. ``normalize``,
     ``min_ratio``: SLIMING's configuration step (sliming, sliming-l1); ``min_channels``: the
     floor of every group; ``repair``: refit the layers that consume pruned channels
-    (:class:`Repair`, off by default)."""
+    (:class:`Repair`, off by default); ``round_to``: every kept count a multiple of it (on top of
+    what attention heads and GroupNorm groups require); ``exclude``: layer-name patterns whose
+    output channels stay (Torch-Pruning's ignored layers)."""
     macs: float | None = None
     params: float | None = None
     normalize: str = "max"
@@ -230,9 +236,13 @@ class Structured:
     min_ratio: float = 0.0
     plan: str | None = None
     repair: Repair = Repair()
+    round_to: int | None = None
+    exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         Repair.check(self.repair)
+        checks.integer("round_to", self.round_to, 1, none=True)
+        check_patterns(self.exclude)
         checks.choice("normalization", self.normalize, ("max", "sum"))
         checks.integer("min channels", self.min_channels, 1)
         checks.number("min ratio", self.min_ratio, 0.0, 1.0, high_open=True)
@@ -551,7 +561,26 @@ def channel_plan(model: nn.Module, x: torch.Tensor, method: str, settings: Struc
     meta = {"method": method, "budget": {"macs": settings.macs, "params": settings.params},
             "normalize": settings.normalize, "min_channels": settings.min_channels,
             "min_ratio": settings.min_ratio}
-    return structured.prune(model, x, configure, select, spectrum=singular_values, meta=meta)
+    if settings.round_to:
+        meta["round_to"] = settings.round_to
+    return structured.prune(model, x, configure, select, spectrum=singular_values, meta=meta,
+                            ignored_layers=excluded_layers(model, settings.exclude))
+
+
+def excluded_layers(model: nn.Module, patterns: Sequence[str]) -> list[nn.Module]:
+    """The layers (conv, linear, LSTM) whose names match one of ``patterns``; a pattern that
+    matches none is an error naming the layers there are."""
+    import fnmatch
+
+    candidates = [(n, m) for n, m in model.named_modules() if isinstance(m, surgery._ROOTS)]
+    out = []
+    for p in patterns:
+        hit = [m for n, m in candidates if fnmatch.fnmatchcase(n, p)]
+        if not hit:
+            raise PrunewiseError(f"exclude pattern '{p}' matches no layer; the layers are: "
+                                 f"{', '.join(n for n, _ in candidates[:40])}")
+        out += [m for m in hit if m not in out]
+    return out
 
 
 def layer_rows(before: nn.Module, after: nn.Module) -> list[dict]:

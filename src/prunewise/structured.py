@@ -15,6 +15,7 @@ SLIMING (:mod:`prunewise.sliming`) and the baselines (:mod:`prunewise.filters`) 
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -54,8 +55,9 @@ def analyze(model: nn.Module, example_inputs: torch.Tensor, ignored_layers=None,
     t0 = time.perf_counter()
     if not isinstance(model, nn.Module):
         raise PrunewiseError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(example_inputs, torch.Tensor):
-        raise PrunewiseError("example_inputs must be a tensor (one batch of inputs)")
+    if not isinstance(example_inputs, (torch.Tensor, tuple, list, dict)):
+        raise PrunewiseError("example_inputs must be one batch of inputs: a tensor, or a tuple "
+                             "or dict of tensors")
     ignored = list(ignored_layers or [])
     example_inputs = device.to(example_inputs, device.of(model))  # trace where the model is
     dg = surgery.build_graph(model, example_inputs, ignored)
@@ -128,6 +130,57 @@ def bisect(fits: Callable[[float], bool], good: float, bad: float, *, steps: int
     return good
 
 
+# --------------------------------------------------------------------------- valid selections
+def round_count(n: int, g: surgery.GroupInfo, round_to: int | None = None) -> int:
+    """``n`` channels of group ``g`` rounded to the nearest count its structure allows (a
+    multiple of its heads' or parts' size and of ``round_to``, at least one such step, at most
+    the group)."""
+    u = math.lcm(g.unit, round_to or 1)
+    if u == 1:
+        return int(n)
+    return int(min(g.size, max(u, u * int(np.floor(n / u + 0.5)))))
+
+
+def views(a: Analysis, g: surgery.GroupInfo, spectrum: Spectrum | None = None) -> list:
+    """What a selection step ranks for group ``g``: ``[g]`` for a plain group; one view per
+    head for an attention group (a "channel" of the view is a whole head, its row of R the
+    head's rows side by side, so SLIMING ranks heads by the singular values of their weight
+    blocks); one view per part for a GroupNorm / grouped-conv / multi-head group (each part
+    keeps the same count). A view's ``units`` map its channels to ``g``'s."""
+    from dataclasses import replace
+
+    if g.unit == 1:
+        return [g]
+    R = a.R.get(g.name)
+    if g.head > 1:
+        H = g.size // g.head
+        units = [torch.arange(h * g.head, (h + 1) * g.head) for h in range(H)]
+        out = [replace(g, name=f"{g.name}#heads", size=H, head=1, parts=1, parent=g.name,
+                       units=units)]
+    else:
+        per = g.size // g.parts
+        out = [replace(g, name=f"{g.name}#part{p}", size=per, head=1, parts=1, parent=g.name,
+                       units=[torch.tensor([p * per + c]) for c in range(per)])
+               for p in range(g.parts)]
+    for v in out:
+        if R is not None:
+            a.R[v.name] = torch.stack([R[u].reshape(-1) for u in v.units])
+            if spectrum is not None:
+                a.sigma[v.name] = spectrum(a.R[v.name])
+    return out
+
+
+def select_valid(select: Select, a: Analysis, g: surgery.GroupInfo, n: int,
+                 spectrum: Spectrum | None = None) -> torch.Tensor:
+    """``select``'s ``n`` channels of ``g``, as whole heads or equally from every part."""
+    vs = views(a, g, spectrum)
+    if vs == [g]:
+        return select(a, g, n)
+    k = n // g.head if g.head > 1 else n // g.parts
+    kept = [torch.cat([v.units[int(i)] for i in select(a, v, k)]) for v in vs]
+    return torch.cat(kept).sort().values
+
+
 # --------------------------------------------------------------------------- the skeleton
 def prune(model: nn.Module, example_inputs: torch.Tensor, configure: Configure, select: Select,
           *, ignored_layers=None, spectrum: Spectrum | None = None, meta: dict | None = None
@@ -144,10 +197,15 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, configure: Configure, 
         t0 = time.perf_counter()
         new, ignored = surgery.copy_with_ignored(model, ignored_layers)
         a = analyze(new, example_inputs, ignored, spectrum=spectrum)
+        expected = surgery.output_shapes(model, example_inputs)
         counts = configure(a)
+        for g, n in zip(a.prunable, counts):
+            if n < g.size and n % g.unit:
+                raise PrunewiseError(f"the configuration keeps {n} channels of group '{g.name}', "
+                                     f"not a multiple of its {g.unit} (heads or parts)")
         t1 = time.perf_counter()
-        keep = {g.name: select(a, g, int(n)) if n < g.size else torch.arange(g.size)
-                for g, n in zip(a.prunable, counts)}
+        keep = {g.name: select_valid(select, a, g, int(n), spectrum) if n < g.size
+                else torch.arange(g.size) for g, n in zip(a.prunable, counts)}
         t2 = time.perf_counter()
         plan = surgery.make_plan(new, a.infos, keep, meta={
             **(meta or {}),
@@ -158,6 +216,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, configure: Configure, 
                         "selection": t2 - t1}})
         plan.spectra = a.sigma
         surgery.prune_in_place(new, a.dg, a.infos, plan)
+        surgery.check_runs(model, new, plan, example_inputs, expected)
         plan.meta["seconds"]["surgery"] = time.perf_counter() - t2
     new.train(model.training)
     return new, plan

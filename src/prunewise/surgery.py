@@ -16,13 +16,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import checkpoints, device, measure, models
+from . import checkpoints, device, layers, measure, models, utils
 from .errors import PrunewiseError
 from .plan import ChannelPlan
 from .models.cifar_resnet import PadShortcut
@@ -30,7 +31,9 @@ from .utils import LAYER_TYPES, one_thread
 
 _LAYERS = LAYER_TYPES
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-_CHANNEL_NORMS = _NORMS + (nn.GroupNorm,)  # a (weight, bias) pair per channel
+_CHANNEL_NORMS = _NORMS + (nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
+                           nn.InstanceNorm3d, nn.LayerNorm)  # a (weight, bias) pair per channel
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 # --------------------------------------------------------------------------- graph and groups
@@ -45,28 +48,31 @@ def copy_with_ignored(model: nn.Module, ignored_layers=None) -> tuple[nn.Module,
     return new, [mods[index[m]] for m in ignored_layers if m in index]
 
 
-def build_graph(model: nn.Module, example_inputs: torch.Tensor, ignored_layers=None):
-    """Trace ``model`` with Torch-Pruning; an untraceable layer is a PrunewiseError naming it."""
+def pruners() -> dict:
+    """The Torch-Pruning pruners prunewise adds: the zoo's custom modules and LSTMs."""
+    return {**models.customized_pruners(), **layers.customized_pruners()}
+
+
+def build_graph(model: nn.Module, example_inputs, ignored_layers=None):
+    """Trace ``model`` with Torch-Pruning; an untraceable model is a PrunewiseError.
+
+    Parameters that belong to no layer Torch-Pruning knows (a ViT's class token and position
+    embedding, a custom module's own weights) are handed to it as *unwrapped parameters*
+    (their last non-singleton dimension follows the channels); whatever that gets wrong, the
+    check after surgery (:func:`check_runs`) refuses."""
+    import warnings
+
     import torch_pruning as tp
 
     ignored = list(ignored_layers or [])
     example_inputs = device.to(example_inputs, device.of(model))  # trace on the model's device
-    # Modules with their own parameters that Torch-Pruning has no pruner for (and that are not
-    # built from standard layers) would be pruned blindly as "unwrapped parameters": refuse.
-    known = tuple(models.customized_pruners()) + _LAYERS + _NORMS + (nn.PReLU, nn.LayerNorm,
-                                                                nn.GroupNorm, nn.Embedding)
-    for n, m in model.named_modules():
-        own = list(m.parameters(recurse=False))
-        if own and not isinstance(m, known) and m not in ignored:
-            raise PrunewiseError(f"Torch-Pruning cannot prune layer '{n}' ({type(m).__name__}): it "
-                                 f"holds its own parameters and has no pruner; pass it in "
-                                 f"ignored_layers or build it from standard layers")
     was_training = model.training
     model.eval()
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             dg = tp.DependencyGraph().build_dependency(
-                model, example_inputs=example_inputs, customized_pruners=models.customized_pruners(),
+                model, example_inputs=example_inputs, customized_pruners=pruners(),
                 verbose=False)
     except PrunewiseError:
         raise
@@ -76,8 +82,11 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor, ignored_layers=N
                              f"{msg}") from None
     finally:
         model.train(was_training)
+    inside_mha = {c for m in model.modules() if isinstance(m, nn.MultiheadAttention)
+                  for c in m.modules() if c is not m}  # its forward reads their weights directly
     for n, m in model.named_modules():
-        if isinstance(m, _LAYERS) and m not in dg.module2node and m not in ignored:
+        if isinstance(m, _LAYERS) and m not in dg.module2node and m not in ignored \
+                and m not in inside_mha:
             raise PrunewiseError(f"Torch-Pruning cannot trace layer '{n}' ({type(m).__name__}): "
                                  f"it is not connected to the output through autograd (detached, "
                                  f"no_grad or unused); pass it in ignored_layers or fix forward()")
@@ -95,6 +104,15 @@ class GroupInfo:
     dims: list = field(default_factory=list)         # [(layer name, "out"|"in", n idxs)]
     group: object = None      # the Torch-Pruning group (full indices)
     root: nn.Module | None = None
+    head: int = 1             # attention head size: whole blocks of this many channels go together
+    parts: int = 1            # channels split into this many equal parts that keep equal counts
+    parent: str = ""          # a view of another group (see structured.views): its name
+    units: list = field(default_factory=list)  # a view's channels -> the parent's channels
+
+    @property
+    def unit(self) -> int:
+        """Every kept count is a multiple of this (unless it is the whole group)."""
+        return self.head if self.head > 1 else self.parts
 
 
 def _output_layers(dg) -> set:
@@ -121,41 +139,79 @@ def _output_layers(dg) -> set:
     return out
 
 
+_ROOTS = _LAYERS + (nn.LSTM,)
+_WIDTH = (nn.Embedding, nn.LayerNorm, nn.MultiheadAttention)  # a transformer's model width
+
+
 def groups(dg, model: nn.Module, ignored_layers=None) -> list[GroupInfo]:
     """Every channel group of ``model`` (traced into ``dg`` by :func:`build_graph`), in
-    execution-graph order, prunable or not."""
+    execution-graph order, prunable or not, with what keeps it valid: ``head`` (the group
+    holds an attention module's q/k/v outputs: whole heads go) and ``parts`` (GroupNorm
+    groups, grouped-conv groups and ``nn.MultiheadAttention`` heads must each keep the same
+    number of channels).
+
+    Not prunable, with the reason: a group whose channels reach the model output, holding an
+    ignored layer, touching a zero-padding shortcut, a transformer's model width (a group with an
+    embedding, a LayerNorm, an ``nn.MultiheadAttention`` or a loose parameter such as a
+    position embedding: every block reads it; its heads and MLP channels are pruned instead), or
+    a bidirectional / projected LSTM."""
     names = {m: n for n, m in model.named_modules()}
     ignored = set(ignored_layers or [])
     outputs = _output_layers(dg)
+    heads = layers.attention_heads(model)
+    qkv = {q: info for info in heads.values() for q in info["qkv"]}
     result = []
-    for g in dg.get_all_groups(ignored_layers=[], root_module_types=_LAYERS):
+    for g in dg.get_all_groups(ignored_layers=[], root_module_types=_ROOTS):
         root = g[0].dep.target.module
         info = GroupInfo(name=names[root], size=len(g[0].idxs), prunable=True, group=g, root=root)
+        parts = 1
         for item in g:
             m = item.dep.target.module
+            is_out = dg.is_out_channel_pruning_fn(item.dep.handler)
             if not isinstance(m, nn.Module) or m not in names:
                 continue
-            is_out = dg.is_out_channel_pruning_fn(item.dep.handler)
+            n = names[m]
             if isinstance(m, PadShortcut):
                 info.prunable, info.reason = False, "zero-padding shortcut (option A) on this path"
             if is_out and m in ignored:
-                info.prunable, info.reason = False, f"ignored layer '{names[m]}'"
+                info.prunable, info.reason = False, f"ignored layer '{n}'"
             if is_out and m in outputs:
-                info.prunable, info.reason = False, f"model output ('{names[m]}')"
+                info.prunable, info.reason = False, f"model output ('{n}')"
+            if isinstance(m, _WIDTH) and info.prunable:
+                info.prunable, info.reason = False, f"model width ({type(m).__name__} '{n}')"
+            if layers.unsupported_lstm(m):
+                info.prunable, info.reason = False, f"{layers.unsupported_lstm(m)} '{n}'"
+            if isinstance(m, nn.GroupNorm):
+                parts = math.lcm(parts, m.num_groups)
+            if isinstance(m, _CONVS) and m.groups > 1 and not _depthwise(m):
+                parts = math.lcm(parts, m.groups)
+            if isinstance(m, nn.MultiheadAttention):
+                parts = math.lcm(parts, m.num_heads)
+            if is_out and n in qkv and len(item.idxs) == info.size:
+                info.head = qkv[n]["head_dim"]
             if isinstance(m, _LAYERS + _CHANNEL_NORMS):
-                info.dims.append((names[m], "out" if is_out else "in", len(item.idxs)))
-                if is_out and isinstance(m, _LAYERS) and len(item.idxs) == info.size:
-                    order = np.argsort(np.asarray(item.root_idxs))
-                    info.out_layers.append((names[m], [int(item.idxs[i]) for i in order]))
+                info.dims.append((n, "out" if is_out else "in", len(item.idxs)))
+            if is_out and isinstance(m, _ROOTS) and len(item.idxs) == info.size:
+                order = np.argsort(np.asarray(item.root_idxs))
+                info.out_layers.append((n, [int(item.idxs[i]) for i in order]))
+        info.parts = parts if info.head == 1 else 1
+        if info.prunable and info.size % info.unit:
+            info.prunable, info.reason = False, (f"{info.size} channels do not split into "
+                                                 f"{info.unit} equal parts")
         result.append(info)
     return result
+
+
+def _depthwise(m: nn.Module) -> bool:
+    return m.groups == m.in_channels == m.out_channels
 
 
 def group_matrix(model: nn.Module, info: GroupInfo) -> torch.Tensor:
     """R (C x D): row c = the output-side weights of channel c in every conv/linear of the group,
     on the model's device (the spectra and GEM run there)."""
     mods = dict(model.named_modules())
-    parts = [mods[n].weight.detach()[idxs].reshape(len(idxs), -1).float()
+    parts = [layers.lstm_rows(mods[n], idxs) if isinstance(mods[n], nn.LSTM) else
+             mods[n].weight.detach()[idxs].reshape(len(idxs), -1).float()
              for n, idxs in info.out_layers]
     if not parts:
         return torch.zeros(info.size, 1, device=device.of(model))
@@ -194,7 +250,7 @@ class CostModel:
             if isinstance(m, _CHANNEL_NORMS):
                 self.norm[i] = True
                 self.out0[i] = self.in0[i] = w.shape[0]
-                self.kernel[i] = 2 if m.affine else 0
+                self.kernel[i] = sum(p.numel() for p in m.parameters(recurse=False)) / w.shape[0]
                 continue
             out, inpg = w.shape[0], w.shape[1]
             grp = getattr(m, "groups", 1)
@@ -252,6 +308,7 @@ def make_plan(model: nn.Module, infos: list[GroupInfo], keep: dict[str, torch.Te
 def prune_in_place(model: nn.Module, dg, infos: list[GroupInfo], plan: ChannelPlan) -> nn.Module:
     """Remove every channel the plan does not keep, group by group, through Torch-Pruning."""
     by_name = {g.name: g for g in infos}
+    heads = layers.attention_heads(model)
     for name, kept in plan.keep.items():
         info = by_name.get(name)
         if info is None:
@@ -261,12 +318,76 @@ def prune_in_place(model: nn.Module, dg, infos: list[GroupInfo], plan: ChannelPl
         if info.size != plan.sizes[name]:
             raise PrunewiseError(f"plan group '{name}' has {plan.sizes[name]} channels, the model "
                                  f"has {info.size}")
+        check_valid(info, kept)
         drop = sorted(set(range(info.size)) - set(kept.tolist()))
         if not drop:
             continue
         pruner = dg.get_pruner_of_module(info.root)
         dg.get_pruning_group(info.root, pruner.prune_out_channels, drop).prune(record_history=False)
+    layers.update_heads(model, heads)
     return model
+
+
+def check_valid(info: GroupInfo, kept: torch.Tensor) -> None:
+    """Refuse kept channels that would break the group's structure: partial attention heads,
+    or GroupNorm / grouped-conv / multi-head parts that keep different counts."""
+    kept = torch.as_tensor(kept, dtype=torch.long)
+    if info.head > 1:
+        per = torch.bincount(kept // info.head, minlength=info.size // info.head)
+        if bool(((per != 0) & (per != info.head)).any()):
+            raise PrunewiseError(f"plan keeps part of an attention head in group '{info.name}': "
+                                 f"heads of {info.head} channels are kept or removed whole")
+    elif info.parts > 1:
+        per = torch.bincount(kept // (info.size // info.parts), minlength=info.parts)
+        if bool((per != per[0]).any()):
+            raise PrunewiseError(f"plan keeps unequal channel counts in the {info.parts} parts "
+                                 f"of group '{info.name}' (GroupNorm groups, grouped-conv groups "
+                                 f"or attention heads): got {per.tolist()}")
+
+
+def output_shapes(model: nn.Module, example_inputs) -> list:
+    """The shapes of ``model``'s logits on ``example_inputs`` (what surgery must not change)."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = utils.logits(utils.call(model, device.to(example_inputs, device.of(model))))
+    finally:
+        model.train(was)
+    return [tuple(out.shape)]
+
+
+def check_runs(model: nn.Module, pruned: nn.Module, plan: ChannelPlan, example_inputs,
+               expected: list | None = None) -> None:
+    """Never hand back a model that does not run: run ``example_inputs`` through ``pruned``
+    and compare its output shape with ``model``'s (``expected``, when already known). On a
+    failure, find the first group of ``plan`` that alone breaks ``model`` and name it."""
+    expected = expected or output_shapes(model, example_inputs)
+    problem = _run_problem(pruned, example_inputs, expected)
+    if problem is None:
+        return
+    for name in plan.keep:
+        one = ChannelPlan(keep={name: plan.keep[name]}, sizes={name: plan.sizes[name]})
+        trial = copy.deepcopy(model)
+        dg = build_graph(trial, example_inputs)
+        prune_in_place(trial, dg, groups(dg, trial), one)
+        bad = _run_problem(trial, example_inputs, expected)
+        if bad is not None:
+            raise PrunewiseError(f"pruning channel group '{name}' gives a model that does not run "
+                                 f"({bad}); leave that layer dense (ignored_layers, or --exclude "
+                                 f"{name} on the command line)")
+    raise PrunewiseError(f"the pruned model does not run ({problem}); leave the layers around "
+                         f"the groups {', '.join(list(plan.keep)[:5])} dense (ignored_layers)")
+
+
+def _run_problem(model: nn.Module, x, expected: list) -> str | None:
+    try:
+        got = output_shapes(model, x)
+    except Exception as e:  # noqa: BLE001 - whatever breaks is the surgery's doing: report it
+        return f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
+    if got != expected:
+        return f"output shape {got[0]} instead of {expected[0]}"
+    return None
 
 
 def apply(model: nn.Module, plan: ChannelPlan, example_inputs: torch.Tensor) -> nn.Module:
@@ -279,6 +400,8 @@ def apply(model: nn.Module, plan: ChannelPlan, example_inputs: torch.Tensor) -> 
     with one_thread():
         dg = build_graph(new, example_inputs)
         prune_in_place(new, dg, groups(dg, new), plan)
+        check_runs(model, new, plan, example_inputs)
+    new.train(model.training)
     return new
 
 

@@ -11,6 +11,53 @@ from torch import nn
 LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
+def call(model: nn.Module, inputs):
+    """``model`` on one batch of inputs: a tensor, a tuple of positional tensors, or a dict of
+    keyword tensors (as a HuggingFace model takes ``input_ids`` / ``attention_mask``)."""
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def logits(out):
+    """The logits in a model's output: the tensor itself, the ``logits`` of a HuggingFace
+    ``ModelOutput`` or of a dict, else the first tensor of a tuple or list."""
+    if isinstance(out, torch.Tensor):
+        return out
+    got = getattr(out, "logits", None)
+    if got is None and isinstance(out, dict):
+        got = out.get("logits")
+    if got is None and isinstance(out, (tuple, list)) and out:
+        got = out[0]
+    if not isinstance(got, torch.Tensor):
+        from .errors import PrunewiseError
+
+        raise PrunewiseError(f"the model's output ({type(out).__name__}) holds no logits tensor: "
+                             f"return a tensor, a tuple starting with one, or an object or dict "
+                             f"with 'logits'")
+    return got
+
+
+def batch_size(inputs) -> int:
+    """The number of samples in a batch of inputs (tensor, tuple or dict of tensors)."""
+    if isinstance(inputs, dict):
+        inputs = next(iter(inputs.values()))
+    elif isinstance(inputs, (tuple, list)):
+        inputs = inputs[0]
+    return len(inputs)
+
+
+def take(inputs, index):
+    """Rows ``index`` (a slice, bool mask or indices) of every tensor of a batch of inputs."""
+    if isinstance(inputs, dict):
+        return {k: v[index] for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(v[index] for v in inputs)
+    return inputs[index]
+
+
 @contextlib.contextmanager
 def one_thread():
     """Small dense linear algebra (Gram, eigvalsh, greedy steps) is fastest, and far steadier on

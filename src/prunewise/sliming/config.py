@@ -11,6 +11,7 @@ the budget as one channel allows. :func:`plan_counts` applies it to a model's an
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import numpy as np
@@ -32,12 +33,21 @@ def counts_at(s: Sequence[np.ndarray], tau: float, floor: np.ndarray, round_to: 
     """N_g for threshold ``tau``: at least the per-group floor, then rounded up to a multiple
     of ``round_to`` (the floor too, so every count is a multiple unless it is the whole group)."""
     out = []
-    for sg, lo in zip(s, floor):
+    for sg, lo, r in zip(s, floor, _per_group(round_to, len(s))):
         n = max(int(np.sum(sg >= tau)), int(lo))
-        if round_to and round_to > 1:
-            n = int(np.ceil(n / round_to) * round_to)
+        if r > 1:
+            n = int(np.ceil(n / r) * r)
         out.append(min(len(sg), n))
     return np.array(out)
+
+
+def _per_group(round_to, n: int) -> list[int]:
+    """``round_to`` as one step per group (an int applies to all; None is 1)."""
+    if round_to is None:
+        return [1] * n
+    if isinstance(round_to, (int, np.integer)):
+        return [int(round_to)] * n
+    return [int(r) for r in round_to]
 
 
 def configure(sigmas: Sequence[torch.Tensor], cost: Callable[[np.ndarray], float], budget: float,
@@ -58,9 +68,11 @@ def configure(sigmas: Sequence[torch.Tensor], cost: Callable[[np.ndarray], float
         raise PrunewiseError(f"min_channels must be an integer >= 1, got {min_channels!r}")
     if not 0 <= min_ratio < 1:
         raise PrunewiseError(f"min_ratio must be in [0, 1), got {min_ratio!r}")
-    if round_to is not None and (isinstance(round_to, bool)
-                                 or not isinstance(round_to, (int, np.integer)) or round_to < 1):
-        raise PrunewiseError(f"round_to must be an integer >= 1, got {round_to!r}")
+    for r in ([] if round_to is None else [round_to] if not isinstance(round_to, (list, tuple,
+                                                                                   np.ndarray))
+              else list(round_to)):
+        if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1:
+            raise PrunewiseError(f"round_to must be an integer >= 1, got {r!r}")
     # numpy (the bisection and the top-up) needs the spectra on the CPU
     s = [normalized(torch.as_tensor(sg, dtype=torch.float64), normalize).cpu().numpy()
          for sg in sigmas]
@@ -68,7 +80,9 @@ def configure(sigmas: Sequence[torch.Tensor], cost: Callable[[np.ndarray], float
     lowest = floors(sizes, min_channels, min_ratio)
     floor = counts_at(s, np.inf, lowest, round_to)
     if cost(floor) > budget * (1 + 1e-12):
-        rounding = f", round_to={round_to}" if round_to and round_to > 1 else ""
+        steps = set(_per_group(round_to, len(s)))
+        rounding = ("" if steps <= {1} else f", round_to={steps.pop()}" if len(steps) == 1
+                    else ", whole heads / equal parts")
         raise PrunewiseError(f"{what} is below what min_channels={min_channels}, "
                              f"min_ratio={min_ratio:g}{rounding} allow: the floor is "
                              f"{cost(floor) / max(cost(sizes), 1e-300):.4f} of the original; "
@@ -81,14 +95,14 @@ def configure(sigmas: Sequence[torch.Tensor], cost: Callable[[np.ndarray], float
                             good=top, bad=0.0, steps=100, tol=1e-12)
     counts = counts_at(s, tau, lowest, round_to)
     # top-up: next channels in order of their normalized singular value, while they fit
-    step = round_to if round_to and round_to > 1 else 1
+    step = _per_group(round_to, len(s))
     cand = sorted(((float(s[g][c]), g) for g in range(len(s)) for c in range(counts[g], sizes[g])),
                   reverse=True)
     for _, g in cand[:5000]:
         if counts[g] >= sizes[g]:
             continue
         trial = counts.copy()
-        trial[g] = min(sizes[g], counts[g] + step)
+        trial[g] = min(sizes[g], counts[g] + step[g])
         if cost(trial) <= budget:
             counts = trial
     return counts
@@ -102,5 +116,6 @@ def plan_counts(a: "structured.Analysis", sigmas=None, *, macs=None, params=None
     kind, value = structured.parse_budget(macs, params, channels, total)
     cost, limit = structured.budget_cost(a.cost, kind, value, total)
     sig = sigmas or [a.sigma[g.name] for g in a.prunable]
+    steps = [math.lcm(g.unit, round_to or 1) for g in a.prunable]
     return configure(sig, cost, limit, normalize=normalize, min_channels=min_channels,
-                     min_ratio=min_ratio, round_to=round_to, what=f"{kind} budget {value:g}")
+                     min_ratio=min_ratio, round_to=steps, what=f"{kind} budget {value:g}")
