@@ -126,9 +126,11 @@ def test_peers_on_a_conv_net_and_clear_errors():
             assert int(rows.max()) - int(rows.min()) <= 1
         with pytest.raises(PrunewiseError, match="calibration data"):
             score(model, plan.masks, None, 0)
-    bad = nn.Sequential(nn.Linear(4, 4), nn.Embedding(3, 4))
-    with pytest.raises(PrunewiseError, match="linear weights only"):
-        posttrain.wanda_score(bad, {"1.weight": torch.ones(3, 4, dtype=torch.bool)}, [], 0)
+    # a weight matrix that is not a conv / linear weight (an embedding, an attention module's
+    # input projection) has no layer input to weigh: it is scored by its magnitude
+    other = nn.Sequential(nn.Linear(4, 4), nn.Embedding(3, 4))
+    got, _ = posttrain.wanda_score(other, {"1.weight": torch.ones(3, 4, dtype=torch.bool)}, [], 0)
+    assert torch.equal(got["1.weight"], other[1].weight.detach().double().abs())
 
 
 def test_one_shot_methods_default_to_one_iteration(digits):

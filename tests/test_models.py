@@ -11,7 +11,7 @@ from prunewise.models.cifar_resnet import PadShortcut
 
 ALL = ["densenet40", "googlenet", "mobilenetv2", "mobilenetv2_imagenet", "resnet110", "resnet20",
        "resnet20_ln",
-       "resnet32", "resnet50", "resnet56", "vgg16_bn"]
+       "resnet32", "resnet50", "resnet56", "vgg16_bn", "vit_tiny"]
 CIFAR = [n for n in ALL if n not in ("resnet50", "mobilenetv2_imagenet")]
 
 

@@ -57,8 +57,8 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("api", {"__init__", "__main__", "cli"}),   # "__init__" = the root package prunewise itself
     ("pipelines", {"runs", "demo", "bench", "report"}),
     ("methods", {"fvw", "baselines", "posttrain", "sliming", "filters", "toy"}),
-    ("engines", {"masking", "structured", "surgery", "interop", "repair"}),
-    ("core", {"plan", "train", "measure", "files", "checkpoints"}),
+    ("engines", {"masking", "structured", "checkpoints", "surgery", "interop", "repair"}),
+    ("core", {"plan", "train", "measure", "files", "layers"}),
     ("inputs", {"data", "models"}),
     ("base", {"utils", "errors", "schema", "device", "dist", "checks", "methods", "names"}),
 ]

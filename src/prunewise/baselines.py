@@ -24,6 +24,7 @@ from torch import nn
 from . import device, masking, methods
 from .errors import PrunewiseError
 from .plan import MaskPlan
+from .utils import forward, take
 
 #: Samples per backward pass when OBD estimates the curvature (squared per-chunk gradients).
 OBD_CHUNK = 8
@@ -72,8 +73,10 @@ def obd_score(work, masks, data, iteration):
     dev = device.of(model)
     for x, y in data:
         x, y = device.pair(x, y, dev)
-        for xc, yc in zip(x.split(OBD_CHUNK), y.split(OBD_CHUNK)):
-            grads = torch.autograd.grad(F.cross_entropy(model(xc), yc, reduction="sum"), ps)
+        for start in range(0, len(y), OBD_CHUNK):
+            xc, yc = take(x, slice(start, start + OBD_CHUNK)), y[start:start + OBD_CHUNK]
+            grads = torch.autograd.grad(F.cross_entropy(forward(model, xc), yc,
+                                                        reduction="sum"), ps)
             for f, g in zip(fisher, grads):  # (sum of the chunk's gradients)^2 / its size
                 f.addcmul_(g, g, value=1.0 / len(yc))
             chunks += 1

@@ -1,47 +1,108 @@
 """Checkpoint folders: a model as ``config.json`` + ``model.safetensors``, never a pickle.
 
-``config.json`` holds the architecture name, its arguments, the layer widths and free-form
-metadata (such as the data set the model was trained on). Loading rebuilds the architecture from
-the zoo, checks the saved tensors against it, resizes any layer whose saved tensors are narrower
-(a structurally pruned model), and loads the tensors; nothing is unpickled. Files are written
-through :mod:`prunewise.files` (atomic, checked).
+Two kinds of folder, told apart by ``config.json``:
+
+* a **zoo** model's config holds the architecture name, its arguments, the layer widths and
+  free-form metadata (such as the data set the model was trained on); loading rebuilds the
+  architecture from the zoo;
+* a **user** model's config (``"kind": "user"``) holds the class name (for information only),
+  the layer widths and the metadata; loading needs the code that builds it, given by the caller
+  (``load_model(folder, build=FACTORY)``, ``--model FILE.py:FACTORY``): a checkpoint never names
+  code to run by itself.
+
+A structurally pruned model's folder also records how it was cut: its channel plans, in order,
+under ``structure/0``, ``structure/1``, ... with the example input they were traced on
+(``inputs``). Loading then builds the dense model and applies the plans again with the same
+surgery (attention head counts included), so any architecture reloads exactly; an older zoo
+folder without plans is resized layer by layer from the saved shapes. Everything is checked
+before anything large is allocated, and nothing is unpickled. Files are written through
+:mod:`prunewise.files` (atomic, checked), ``config.json`` last.
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
-from . import files, models, schema
+from . import files, layers, models, schema, surgery
 from .errors import PrunewiseError
-from .utils import LAYER_TYPES
+from .plan import ChannelPlan
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
+STRUCTURE = "structure"
 FORMAT = 1
+USER = "user"
+#: How many channel plans a checkpoint may chain (a model pruned again and again).
+MAX_PLANS = 32
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+           "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32,
+           "uint8": torch.uint8, "bool": torch.bool}
+
+layer_widths = layers.layer_widths
 
 
-def layer_widths(model: nn.Module) -> dict[str, list[int]]:
-    """Weight shape of every conv / linear / norm layer: what a pruned architecture changes."""
-    kinds = LAYER_TYPES + (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
-    return {n: list(m.weight.shape) for n, m in model.named_modules()
-            if isinstance(m, kinds) and getattr(m, "weight", None) is not None}
+def input_spec(example) -> dict:
+    """The shape (without the batch) and dtype of an example input: ``{"": spec}`` for one
+    tensor, ``{name: spec}`` for a dict of keyword inputs (what a checkpoint records)."""
+    def one(t: torch.Tensor) -> dict:
+        dtype = str(t.dtype).replace("torch.", "")
+        if dtype not in _DTYPES:
+            raise PrunewiseError(f"example inputs of dtype {dtype} cannot be recorded")
+        return {"shape": list(t.shape[1:]), "dtype": dtype}
+    if isinstance(example, dict):
+        return {k: one(v) for k, v in example.items()}
+    if isinstance(example, torch.Tensor):
+        return {"": one(example)}
+    raise PrunewiseError("example inputs must be a tensor or a dict of tensors to be recorded")
+
+
+def example_of(spec: dict, batch: int = 1):
+    """A zero batch of inputs from :func:`input_spec`'s record."""
+    def zeros(s):
+        return torch.zeros((batch, *s["shape"]), dtype=_DTYPES[s["dtype"]])
+    if set(spec) == {""}:
+        return zeros(spec[""])
+    return {k: zeros(v) for k, v in spec.items()}
 
 
 def save_model(model: nn.Module, folder: str | Path, *, meta: dict | None = None) -> Path:
-    """Save ``model`` (a zoo model, possibly pruned) as a checkpoint folder; returns the folder."""
-    cfg = getattr(model, "prunewise_config", None)
-    if not cfg or "arch" not in cfg:
-        raise PrunewiseError("model has no prunewise_config: only models built by "
-                             "prunewise.models.create can be saved as checkpoints")
+    """Save ``model`` as a checkpoint folder; returns the folder. A zoo model (built by
+    :func:`prunewise.models.create`) reloads by itself; any other ``nn.Module`` reloads with
+    ``load_model(folder, build=FACTORY)``. A model cut by channel plans (``prunewise_structure``,
+    set by the structured pipeline) keeps them, so it reloads through the same surgery."""
+    if not isinstance(model, nn.Module):
+        raise PrunewiseError(f"save_model needs a torch.nn.Module, got {type(model).__name__}")
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise PrunewiseError(f"checkpoint path exists and is not a folder: {folder}")
+    cfg = getattr(model, "prunewise_config", None)
+    if cfg and "arch" in cfg:
+        head = {"format": FORMAT, **cfg}
+    else:
+        cls = type(model)
+        head = {"format": FORMAT, "kind": USER, "model": f"{cls.__module__}.{cls.__qualname__}"}
+    plans = list(getattr(model, "prunewise_structure", None) or [])
+    if len(plans) > MAX_PLANS:
+        raise PrunewiseError(f"a checkpoint chains at most {MAX_PLANS} channel plans")
     folder.mkdir(parents=True, exist_ok=True)
     files.write_tensors(folder / WEIGHTS, model.state_dict())
-    files.write_json(folder / CONFIG, {"format": FORMAT, **cfg, "widths": layer_widths(model),
-                                 "meta": meta or {}})
+    if (folder / STRUCTURE).is_dir():
+        shutil.rmtree(folder / STRUCTURE)
+    for i, plan in enumerate(plans):
+        plan.save(folder / STRUCTURE / str(i))
+    inputs = getattr(model, "prunewise_inputs", None)
+    if plans and not inputs:
+        raise PrunewiseError("a model cut by channel plans needs prunewise_inputs (the example "
+                             "input spec the plans were traced on) to be saved")
+    if plans:
+        head["structure"] = len(plans)
+    if inputs:
+        head["inputs"] = inputs
+    files.write_json(folder / CONFIG, {**head, "widths": layer_widths(model), "meta": meta or {}})
     return folder
 
 
@@ -51,11 +112,18 @@ def read_config(folder: str | Path) -> dict:
     folder = Path(folder)
     if not folder.is_dir():
         raise PrunewiseError(f"checkpoint folder not found: {folder}")
-    return files.read_json(folder / CONFIG, "checkpoint config", schema.CONFIG)
+    cfg = files.read_json(folder / CONFIG, "checkpoint config")
+    kind = cfg.get("kind") if isinstance(cfg, dict) else None
+    schema.check(cfg, schema.USER_CONFIG if kind == USER else schema.CONFIG,
+                 str(folder / CONFIG))
+    return cfg
+
+
+_NOT_KWARGS = ("format", "arch", "widths", "meta", "structure", "inputs")
 
 
 def _model_kwargs(cfg: dict) -> dict:
-    return {k: v for k, v in cfg.items() if k not in ("format", "arch", "widths", "meta")}
+    return {k: v for k, v in cfg.items() if k not in _NOT_KWARGS}
 
 
 def dense_shapes(cfg: dict, where: str = "checkpoint") -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -78,9 +146,11 @@ def _dtype_kind(name: str) -> str:
     return "bool" if name == "BOOL" else "float" if name.startswith(("F", "BF")) else "int"
 
 
-def check_against(header: dict[str, dict], dense: dict, where: str, arch: str) -> None:
+def check_against(header: dict[str, dict], dense: dict, where: str, arch: str, *,
+                  exact: bool = False) -> None:
     """Refuse saved tensors the architecture cannot have: other names, another rank or kind of
-    dtype, any dimension larger than the dense model's, or a zero where the dense one is not."""
+    dtype, any dimension larger than the dense model's (other than the model's, ``exact``), or
+    a zero where the dense one is not."""
     missing, extra = sorted(dense.keys() - header.keys()), sorted(header.keys() - dense.keys())
     if missing or extra:
         bits = ([f"missing {', '.join(missing[:3])}"] if missing else []) + \
@@ -91,36 +161,97 @@ def check_against(header: dict[str, dict], dense: dict, where: str, arch: str) -
         saved = tuple(entry["shape"])
         kind = "bool" if dtype == torch.bool else "float" if dtype.is_floating_point else "int"
         if (len(saved) != len(shape) or _dtype_kind(entry["dtype"]) != kind
+                or (exact and saved != tuple(shape))
                 or any(s > d or (s == 0 and d > 0) for s, d in zip(saved, shape))):
             raise PrunewiseError(f"{where}: tensor '{name}' has shape {list(saved)} "
                                  f"({entry['dtype']}), which architecture '{arch}' cannot have "
                                  f"(dense shape {list(shape)}, {str(dtype).replace('torch.', '')})")
 
 
-def load_model(folder: str | Path) -> nn.Module:
+def load_model(folder: str | Path, build: Callable[[], nn.Module] | None = None) -> nn.Module:
     """Rebuild a checkpoint's model (pruned widths included) without unpickling anything.
 
-    Everything is checked before anything large is allocated: ``config.json`` against its schema,
-    the safetensors header against the file, and the saved shapes against the dense architecture
-    (built on the meta device) that the config names.
+    ``build``: a function returning the dense model, needed for a user model's folder (and used
+    instead of the zoo for a zoo folder when given). Everything is checked before anything large
+    is allocated: ``config.json`` against its schema, the safetensors header against the file,
+    and the saved shapes against the architecture (the dense zoo model on the meta device, or
+    the model ``build`` and the recorded plans give).
     """
     folder = Path(folder)
     cfg = read_config(folder)
     where = f"checkpoint weights {folder / WEIGHTS}"
     header, _ = files.read_header(folder / WEIGHTS, "checkpoint weights")
-    check_against(header, dense_shapes(cfg, f"checkpoint {folder}"), where, cfg["arch"])
-    state = files.read_tensors(folder / WEIGHTS, "checkpoint weights")
-    model = models.create(cfg["arch"], **_model_kwargs(cfg))
-    fit_to_state(model, state)
+    if build is None and cfg.get("kind") == USER:
+        raise PrunewiseError(f"checkpoint {folder} holds a model of your own ({cfg['model']}): "
+                             f"pass the code that builds it: load_model(folder, build=FACTORY) "
+                             f"in Python, --model FILE.py:FACTORY on the command line")
+    name = cfg.get("arch") or cfg.get("model")
+    if build is not None or "structure" in cfg:
+        model = _rebuilt(folder, cfg, build)
+        shapes = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+        check_against(header, shapes, where, name, exact=True)
+        state = files.read_tensors(folder / WEIGHTS, "checkpoint weights")
+    else:
+        check_against(header, dense_shapes(cfg, f"checkpoint {folder}"), where, name)
+        state = files.read_tensors(folder / WEIGHTS, "checkpoint weights")
+        model = models.create(cfg["arch"], **_model_kwargs(cfg))
+        fit_to_state(model, state)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()
         raise PrunewiseError(f"checkpoint {folder} does not match architecture "
-                             f"'{cfg['arch']}': {' '.join(first[:3])[:300]}") from None
-    model.prunewise_config = {k: v for k, v in cfg.items() if k not in ("format", "widths", "meta")}
+                             f"'{name}': {' '.join(first[:3])[:300]}") from None
+    if cfg.get("kind") != USER:
+        model.prunewise_config = {k: v for k, v in cfg.items()
+                                  if k not in ("format", "widths", "meta", "structure", "inputs")}
     model.prunewise_meta = cfg.get("meta", {})
+    if cfg.get("inputs"):
+        model.prunewise_inputs = cfg["inputs"]
     return model
+
+
+def load_state(path: str | Path, build: Callable[[], nn.Module]) -> nn.Module:
+    """The model ``build()`` returns with the weights of a ``.safetensors`` state dict (a
+    model's ``state_dict()`` saved with safetensors), its names and shapes checked first."""
+    model = _built(build)
+    header, _ = files.read_header(path, "model weights")
+    shapes = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+    check_against(header, shapes, f"model weights {path}", type(model).__name__, exact=True)
+    model.load_state_dict(files.read_tensors(path, "model weights"), strict=True)
+    model.prunewise_meta = {}
+    return model.eval()
+
+
+def _built(build: Callable[[], nn.Module]) -> nn.Module:
+    """``build()``, with a failure or a non-module result as a one-line PrunewiseError."""
+    try:
+        model = build()
+    except PrunewiseError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's code failed: say so in one line
+        raise PrunewiseError(f"the model factory failed: {type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:200]}") from None
+    if not isinstance(model, nn.Module):
+        raise PrunewiseError(f"the model factory returned {type(model).__name__}, not a "
+                             f"torch.nn.Module")
+    return model
+
+
+def _rebuilt(folder: Path, cfg: dict, build: Callable | None) -> nn.Module:
+    """The dense model (``build()`` or the zoo's) with the folder's channel plans applied."""
+    model = models.create(cfg["arch"], **_model_kwargs(cfg)) if build is None else _built(build)
+    count = cfg.get("structure", 0)
+    if count:
+        if not cfg.get("inputs"):
+            raise PrunewiseError(f"{folder / CONFIG}: 'structure' needs 'inputs' (the example "
+                                 f"input the plans were traced on)")
+        example = example_of(cfg["inputs"])
+        plans = [ChannelPlan.load(folder / STRUCTURE / str(i)) for i in range(count)]
+        for plan in plans:
+            model = surgery.apply(model, plan, example)
+        model.prunewise_structure, model.prunewise_inputs = plans, cfg["inputs"]
+    return model.eval()
 
 
 def fit_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import device, dist, sliming, structured
+from . import device, dist, sliming, structured, utils
 from .errors import PrunewiseError
 
 
@@ -103,9 +103,9 @@ def collect_maps(model: nn.Module, infos: list, batches: Iterable, n_images: int
     try:
         with torch.no_grad():
             for x, _ in batches:
-                x = device.to(x[: n_images - seen], dev)
-                model(x)
-                seen += len(x)
+                x = device.to(utils.take(x, slice(0, n_images - seen)), dev)
+                utils.call(model, x)
+                seen += utils.batch_size(x)
                 if seen >= n_images:
                     break
     finally:

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checks, masking, methods
+from . import checks, masking, methods, utils
 from .errors import PrunewiseError
 from .masking import PruningWarning, Source, mask_list, prunable
 from .plan import MaskPlan
@@ -289,7 +289,7 @@ class FVWScorer:
 def _num_classes(model: nn.Module, data: Source) -> int:
     for x, _ in data:
         with torch.no_grad():
-            return int(model(x[:1]).shape[1])
+            return int(utils.forward(model, utils.take(x, slice(0, 1))).shape[1])
     raise PrunewiseError("the attribution data is empty: no samples to attack with")
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .utils import LAYER_TYPES
+
 #: Attributes that hold an attention module's head count.
 HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "heads")
 #: Names of the query / key / value projections of an attention module.
@@ -29,6 +31,18 @@ QKV_NAMES = (("q", "k", "v"), ("query", "key", "value"), ("q_proj", "k_proj", "v
              ("to_q", "to_k", "to_v"), ("wq", "wk", "wv"))
 #: Attributes derived from the head count that are rewritten with it (heads * head_dim).
 WIDTH_ATTRS = ("all_head_size", "inner_dim")
+
+
+def layer_widths(model: nn.Module) -> dict[str, list[int]]:
+    """Weight shape of every conv / linear / norm layer and the hidden weights of every LSTM:
+    what a structurally pruned architecture changes (a checkpoint records it; a channel
+    plan's architecture signature hashes it)."""
+    kinds = LAYER_TYPES + (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
+    out = {n: list(m.weight.shape) for n, m in model.named_modules()
+           if isinstance(m, kinds) and getattr(m, "weight", None) is not None}
+    out.update({n: list(m.weight_hh_l0.shape) for n, m in model.named_modules()
+                if isinstance(m, nn.LSTM)})
+    return out
 
 
 def _heads_attr(module: nn.Module) -> str | None:

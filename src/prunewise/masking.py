@@ -36,9 +36,10 @@ from . import checks, device, dist, files, methods, schema
 from .errors import PrunewiseError
 from .plan import MaskPlan, apply_masks, check_masks, check_shapes
 from .train import evaluate, recalibrate_bn
-from .utils import LAYER_TYPES, progress_bar
+from .utils import LAYER_TYPES, forward, progress_bar, take
 
-PRUNABLE_TYPES = LAYER_TYPES
+#: The modules whose weight matrices the default scope prunes (:func:`weight_matrices`).
+PRUNABLE_TYPES = LAYER_TYPES + (nn.MultiheadAttention, nn.RNNBase)
 RESUME_FILE = "resume.safetensors"
 
 
@@ -51,33 +52,82 @@ class PruningWarning(UserWarning):
 # ------------------------------------------------------------------------------------------
 
 
+def weight_matrices(module: nn.Module) -> list[str]:
+    """The names (in ``module``, not recursing) of its prunable weight matrices: a conv's or
+    linear layer's ``weight``; an ``nn.MultiheadAttention``'s input projections (its output
+    projection is a linear child); an RNN / LSTM / GRU's ``weight_ih_l*`` / ``weight_hh_l*``
+    (and ``weight_hr_l*``); an embedding's ``weight``."""
+    if isinstance(module, LAYER_TYPES + (nn.Embedding,)):
+        w = getattr(module, "weight", None)
+        return ["weight"] if isinstance(w, nn.Parameter) else []
+    if isinstance(module, nn.MultiheadAttention):
+        return [n for n in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+                if isinstance(getattr(module, n, None), nn.Parameter)]
+    if isinstance(module, nn.RNNBase):
+        return [n for n, _ in module.named_parameters(recurse=False) if n.startswith("weight_")]
+    return []
+
+
 @dataclass
 class Scope:
-    """Which weights are prunable: the ``weight`` of modules of ``types`` minus exclusions.
+    """Which weights are prunable: the weight matrices (:func:`weight_matrices`) of modules of
+    ``types`` minus exclusions.
 
     ``include`` / ``exclude`` hold module-name glob patterns (``"layer3.*"``) or module types
-    (``nn.Linear``); ``include=None`` means every module of ``types``. ``skip_first`` drops the
-    first conv/linear module in ``named_modules()`` order (the input stem).
+    (``nn.Linear``); ``include=None`` means every module of ``types``. ``skip_first`` leaves the
+    input stem dense: the first module in ``named_modules()`` order that has weight matrices,
+    when it is a conv or linear layer (an embedding is the stem of a text model, and
+    embeddings stay dense unless ``embeddings``). ``embeddings=True`` prunes ``nn.Embedding``
+    weights too.
     """
 
     include: Sequence[Any] | None = None
     exclude: Sequence[Any] = ()
     types: tuple = PRUNABLE_TYPES
     skip_first: bool = True
+    embeddings: bool = False
 
     def names(self, model: nn.Module) -> list[str]:
-        mods = [(n, m) for n, m in model.named_modules()
-                if isinstance(m, self.types) and isinstance(getattr(m, "weight", None), nn.Parameter)]
-        if self.skip_first and mods:
-            mods = mods[1:]
-        out = []
-        for n, m in mods:
-            if self.include is not None and not _matches(n, m, self.include):
-                continue
-            if _matches(n, m, self.exclude):
-                continue
-            out.append(f"{n}.weight" if n else "weight")
+        return [p for p, why in self.decisions(model) if why is None]
+
+    def decisions(self, model: nn.Module) -> list[tuple[str, str | None]]:
+        """Every weight matrix of ``model`` (parameters of two or more dimensions) and why it is
+        left out of this scope (None: it is pruned)."""
+        types = tuple(self.types) + ((nn.Embedding,) if self.embeddings else ())
+        stem = next((n for n, m in model.named_modules() if weight_matrices(m)), None)
+        out, owned = [], set()
+        for n, m in model.named_modules():
+            for leaf in weight_matrices(m):
+                name = f"{n}.{leaf}" if n else leaf
+                owned.add(name)
+                if not isinstance(m, types):
+                    why = ("embedding (embeddings=True / --embeddings prunes it)"
+                           if isinstance(m, nn.Embedding) else f"{type(m).__name__} is not in "
+                           f"the scope's layer types")
+                elif self.skip_first and n == stem and isinstance(m, LAYER_TYPES):
+                    why = "input stem (left dense)"
+                elif self.include is not None and not _matches(n, m, self.include):
+                    why = "not included"
+                elif _matches(n, m, self.exclude):
+                    why = "excluded"
+                else:
+                    why = None
+                out.append((name, why))
+        for name, p in model.named_parameters():
+            if p.dim() >= 2 and name not in owned:
+                out.append((name, "not a layer's weight matrix (a loose parameter, or a layer "
+                                  "prunewise does not prune)"))
         return out
+
+
+def left_out(model: nn.Module, masked: Iterable[str], scope: Scope | None = None) -> list[dict]:
+    """Every weight matrix of ``model`` (two or more dimensions) outside ``masked`` (the
+    parameter names a plan prunes), with the reason ``scope`` (default: the default scope)
+    gives: ``[{"layer", "reason"}]``, the report's ``left_out``."""
+    masked = set(masked)
+    why = dict((scope or Scope()).decisions(model))
+    return [{"layer": n, "reason": why.get(n) or "not in the plan's scope"}
+            for n, p in model.named_parameters() if p.dim() >= 2 and n not in masked]
 
 
 def _matches(name: str, module: nn.Module, patterns: Sequence[Any]) -> bool:
@@ -192,7 +242,7 @@ class Source:
         for x, y in _limited(iter(src), self.samples):
             if self.where is not None:
                 keep = self.where(y)
-                x, y = x[keep], y[keep]
+                x, y = take(x, keep), y[keep]
             if len(y):
                 yield x, y
 
@@ -208,7 +258,7 @@ def _limited(it, samples):
             if left <= 0:
                 break
             if len(y) > left:
-                x, y = x[:left], y[:left]
+                x, y = take(x, slice(0, left)), y[:left]
             left -= len(y)
         yield x, y
 
@@ -242,7 +292,7 @@ def gradient_sweep(model: nn.Module, params: Sequence[torch.Tensor], data: Itera
 
     def one(batch) -> tuple[float, int, int]:
         x, y = device.pair(batch[0], batch[1], dev)
-        loss, counted = loss_of(model(x), y)
+        loss, counted = loss_of(forward(model, x), y)
         if loss is None:
             return 0.0, counted, len(y)
         loss.backward()

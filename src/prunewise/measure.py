@@ -7,7 +7,7 @@ import time
 import torch
 from torch import nn
 
-from . import device
+from . import device, layers, utils
 from .utils import LAYER_TYPES
 
 _COUNTED = LAYER_TYPES
@@ -28,44 +28,175 @@ def _layer_macs(module: nn.Module, out: torch.Tensor) -> int:
     return out.numel() * per_output
 
 
-def layer_table(model: nn.Module, example_inputs: torch.Tensor) -> list[dict]:
-    """One row per conv/linear layer in execution order: name, type, shapes, params, MACs.
+def _steps(module: nn.RNNBase, inputs: tuple) -> int:
+    x = inputs[0] if inputs else None
+    if not isinstance(x, torch.Tensor):  # a packed sequence: its total length per sample
+        data = getattr(x, "data", None)
+        return int(data.shape[0]) if isinstance(data, torch.Tensor) else 0
+    if x.dim() == 2:  # unbatched (L, H)
+        return int(x.shape[0])
+    return int(x.shape[1] if module.batch_first else x.shape[0])
 
-    MACs are the multiply-accumulates of conv and linear layers for ONE sample (the first of
-    ``example_inputs``); norm layers, activations, pooling and biases are not counted, which is
+
+def layer_table(model: nn.Module, example_inputs) -> list[dict]:
+    """One row per layer that multiplies, in execution order, for ONE sample (the first of
+    ``example_inputs``): name, type, shapes, params, MACs.
+
+    Rows: every conv and linear layer (``macs`` = its multiply-accumulates); every recurrent
+    layer (its input and hidden weight matrices once per time step); every module with matrix
+    products of its own (``nn.MultiheadAttention``, hand-written or HuggingFace attention: the
+    query-key and attention-value products, an MHA's packed projections), counted by
+    ``torch.utils.flop_counter``; and a last row ``"(other matmuls)"`` for products outside any
+    module. Norms, activations, pooling, element-wise ops and biases are not counted, which is
     how the pruning literature reports MACs (ResNet-56 on 32x32: 125,485,696).
     """
+    from torch.utils.flop_counter import FlopCounterMode
+
     rows: list[dict] = []
     names = {m: n for n, m in model.named_modules()}
+    counter = FlopCounterMode(display=False)
+    opened: dict[int, list] = {}   # module id -> stack of (flops at entry, row index)
 
-    def hook(module, inputs, out):
-        if not isinstance(out, torch.Tensor):
-            return
-        rows.append({
-            "name": names.get(module, "?"),
-            "type": type(module).__name__,
-            "weight_shape": list(module.weight.shape),
-            "output_shape": list(out.shape[1:]),
-            "params": sum(p.numel() for p in module.parameters(recurse=False)),
-            "macs": _layer_macs(module, out[:1]),
-        })
+    def enter(module, inputs):
+        opened.setdefault(id(module), []).append(counter.get_total_flops())
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _COUNTED)]
+    def leave(module, inputs, out):
+        start = opened[id(module)].pop()
+        inside = (counter.get_total_flops() - start) // 2
+        row = {"name": names.get(module, "?"), "type": type(module).__name__, "inside": inside}
+        if isinstance(module, LAYER_TYPES):
+            out_t = out if isinstance(out, torch.Tensor) else None
+            if out_t is None:
+                return
+            row.update(weight_shape=list(module.weight.shape), output_shape=list(out_t.shape[1:]),
+                       params=sum(p.numel() for p in module.parameters(recurse=False)),
+                       macs=_layer_macs(module, out_t[:1]))
+            row["weights"] = {_join(row["name"], "weight"): row["macs"]}
+        elif isinstance(module, nn.RNNBase):
+            own = layers.rnn_macs(module, _steps(module, inputs))
+            row.update(weight_shape=[], output_shape=[],
+                       params=sum(p.numel() for p in module.parameters(recurse=False)),
+                       macs=max(own, inside))
+            row["extra"] = row["macs"] - inside  # what the flop counter did not see
+            steps = _steps(module, inputs)
+            row["weights"] = {_join(row["name"], n): p.numel() * steps
+                              for n, p in module.named_parameters(recurse=False)
+                              if n.startswith(("weight_ih", "weight_hh", "weight_hr"))}
+        else:
+            row.update(weight_shape=[], output_shape=[], params=0, macs=inside)
+        rows.append(row)
+
+    heads = layers.attention_heads(model)
+    shapes: dict[str, int] = {}   # an MHA's MACs from its inputs' shapes (its fast path is unseen)
+
+    def mha(module, args, kwargs):
+        q, k, v = (list(args) + [kwargs.get(n) for n in ("query", "key", "value")[len(args):]])[:3]
+        shapes[names[module]], weights[names[module]] = _mha_macs(module, q, k, v)
+
+    weights: dict[str, dict] = {}
+
+    watched = [m for n, m in model.named_modules()
+               if isinstance(m, LAYER_TYPES + (nn.RNNBase, nn.MultiheadAttention)) or n in heads]
+    handles = [h for m in watched for h in (m.register_forward_pre_hook(enter),
+                                            m.register_forward_hook(leave))]
+    handles += [m.register_forward_pre_hook(mha, with_kwargs=True) for m in watched
+                if isinstance(m, nn.MultiheadAttention)]
     example_inputs = device.to(example_inputs, device.of(model))
     was_training = model.training
     try:
         model.eval()
-        with torch.no_grad():
-            model(example_inputs[:1])
+        with torch.no_grad(), counter:
+            utils.call(model, utils.take(example_inputs, slice(0, 1)))
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
-    return rows
+    # a module's own products: what ran inside it minus what its watched children account for
+    kids = {r["name"]: 0 for r in rows}
+    for r in rows:
+        parent = _watched_parent(r["name"], kids)
+        if parent is not None:
+            kids[parent] += r["inside"]
+    by_name = {r["name"]: r for r in rows}
+    for r in rows:
+        m = model.get_submodule(r["name"]) if r["name"] != "?" else None
+        if not isinstance(m, LAYER_TYPES + (nn.RNNBase,)):
+            seen = max(0, r["inside"] - kids[r["name"]])
+            r["macs"] = max(seen, shapes.get(r["name"], 0) if isinstance(m, nn.MultiheadAttention)
+                            else _attention_macs(heads.get(r["name"]), by_name))
+            r["extra"] = r["macs"] - seen
+            r["weights"] = {_join(r["name"], k): v for k, v in weights.get(r["name"], {}).items()}
+    counted = sum(r["macs"] - r.get("extra", 0) for r in rows)
+    other = counter.get_total_flops() // 2 - counted
+    if other > 0:
+        rows.append({"name": "(other matmuls)", "type": "matmul", "weight_shape": [],
+                     "output_shape": [], "params": 0, "macs": int(other)})
+    for r in rows:
+        r.pop("inside", None)
+        r.pop("extra", None)
+        r.setdefault("weights", {})
+    return [r for r in rows if r["macs"] or r["type"] in _LAYER_NAMES]
 
 
-def macs(model: nn.Module, example_inputs: torch.Tensor) -> int:
-    """Conv + linear multiply-accumulates for one sample (see :func:`layer_table`)."""
+_LAYER_NAMES = {t.__name__ for t in LAYER_TYPES}
+
+
+def _length(t, batch_first: bool) -> int:
+    if not isinstance(t, torch.Tensor):
+        return 0
+    if t.dim() == 2:
+        return int(t.shape[0])
+    return int(t.shape[1] if batch_first else t.shape[0])
+
+
+def _mha_macs(m: nn.MultiheadAttention, q, k, v) -> tuple[int, dict]:
+    """One sample's MACs of ``nn.MultiheadAttention`` (the three input projections, the
+    query-key and attention-value products, the output projection) and the share of each
+    weight matrix in them."""
+    k = q if k is None else k
+    L, S = _length(q, m.batch_first), _length(k, m.batch_first)
+    E = m.embed_dim
+    proj = {"q_proj_weight": L * E * E, "k_proj_weight": S * E * m.kdim,
+            "v_proj_weight": S * E * m.vdim}
+    if m.in_proj_weight is not None:
+        proj = {"in_proj_weight": sum(proj.values())}
+    proj["out_proj.weight"] = L * E * E
+    return int(sum(proj.values()) + 2 * L * S * E), proj
+
+
+def _join(module: str, leaf: str) -> str:
+    return f"{module}.{leaf}" if module else leaf
+
+
+def _attention_macs(info: dict | None, rows: dict) -> int:
+    """One sample's query-key and attention-value MACs of an attention module built from linear
+    layers, from the output shapes of its q / k / v layers (sequence length x width)."""
+    if info is None or not all(n in rows for n in info["qkv"]):
+        return 0
+    (L, Eq), (S, _), (_, Ev) = (_flat(rows[n]["output_shape"]) for n in info["qkv"])
+    return int(L * S * Eq + L * S * Ev)
+
+
+def _flat(shape: list) -> tuple[int, int]:
+    """(tokens, width) of a linear layer's per-sample output shape."""
+    tokens = 1
+    for d in shape[:-1]:
+        tokens *= d
+    return tokens, shape[-1]
+
+
+def _watched_parent(name: str, watched: dict) -> str | None:
+    """The nearest enclosing watched module of ``name`` (by dotted name)."""
+    while "." in name:
+        name = name.rpartition(".")[0]
+        if name in watched:
+            return name
+    return "" if "" in watched and name != "" else None
+
+
+def macs(model: nn.Module, example_inputs) -> int:
+    """Multiply-accumulates for one sample: conv, linear, recurrent layers and every matrix
+    product of attention (see :func:`layer_table`)."""
     return int(sum(r["macs"] for r in layer_table(model, example_inputs)))
 
 
@@ -107,7 +238,7 @@ def latency_ms(model: nn.Module, example_inputs: torch.Tensor, *, warmup: int = 
             for i in range(warmup + repeats):
                 device.synchronize(dev)
                 t0 = time.perf_counter()
-                model(example_inputs)
+                utils.call(model, example_inputs)
                 device.synchronize(dev)
                 if i >= warmup:
                     times.append((time.perf_counter() - t0) * 1e3)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import device, dist, masking
+from . import device, dist, masking, utils
 from .baselines import entry
 from .errors import PrunewiseError
 from .repair import REPAIRABLE, columns, layer_input
@@ -33,16 +33,22 @@ OBS_DAMP = 0.01
 
 
 def _layers(work: nn.Module, masks: dict, method: str) -> dict[str, nn.Module]:
-    """Masked parameter name -> its conv / linear layer (the only weights these methods score)."""
+    """Masked parameter name -> its conv / linear layer (the weights these methods score from
+    their inputs; any other weight matrix in the scope, such as an attention module's input
+    projection or an LSTM's, is scored by its magnitude: :func:`_magnitudes`)."""
     out = {}
     for pname in masks:
         module, _, leaf = pname.rpartition(".")
         m = work.get_submodule(module) if module else work
-        if leaf != "weight" or not isinstance(m, REPAIRABLE):
-            raise PrunewiseError(f"{method} scores conv1d / conv2d / linear weights only; "
-                                 f"'{pname}' is not one (leave it out of the scope)")
-        out[pname] = m
+        if leaf == "weight" and isinstance(m, REPAIRABLE):
+            out[pname] = m
     return out
+
+
+def _magnitudes(work: nn.Module, masks: dict, layers: dict) -> dict[str, torch.Tensor]:
+    """``|w|`` of the masked weights that are not a conv / linear weight."""
+    named = dict(work.named_parameters())
+    return {n: named[n].detach().double().abs() * masks[n] for n in masks if n not in layers}
 
 
 def _groups(m: nn.Module) -> int:
@@ -78,7 +84,7 @@ def wanda_score(work, masks, data, iteration):
         hooks = [layers[n].register_forward_pre_hook(
             lambda module, args, n=n: hook(module, args, n)) for n in names]
         try:
-            work(device.to(batch[0], dev))
+            utils.call(work, device.to(batch[0], dev))
         finally:
             for h in hooks:
                 h.remove()
@@ -95,7 +101,7 @@ def wanda_score(work, masks, data, iteration):
         pos += k
         scale = _per_row(m, [g[None, :] for g in norm]).to(m.weight.device)
         out[n] = m.weight.detach().double().abs() * scale * masks[n]
-    return out, {}
+    return {**out, **_magnitudes(work, masks, layers)}, {}
 
 
 @torch.no_grad()
@@ -126,7 +132,7 @@ def obs_score(work, masks, data, iteration):
             inv_diag.append(torch.cholesky_inverse(torch.linalg.cholesky(H)).diagonal()[None, :])
         denom = _per_row(m, inv_diag).to(m.weight.device)
         out[pname] = m.weight.detach().double().square() / denom * masks[pname]
-    return out, {}
+    return {**out, **_magnitudes(work, masks, layers)}, {}
 
 
 def wanda_scorer(settings, seed: int = 0) -> masking.Scorer:

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checks, device, dist, surgery
+from . import checks, device, dist, surgery, utils
 from .errors import PrunewiseError
 from .masking import Source
 from .plan import ChannelPlan
@@ -99,7 +99,7 @@ def layer_input(model: nn.Module, name: str, x) -> torch.Tensor:
     handle = model.get_submodule(name).register_forward_pre_hook(hook)
     try:
         with torch.no_grad():
-            model(x)
+            utils.call(model, x)
     except _Reached:
         pass
     finally:
@@ -140,7 +140,7 @@ def trace(model: nn.Module, names: list[str], x) -> tuple[list[str], dict[str, n
               if isinstance(bn, _BATCHNORMS) and bn.running_mean is not None]
     try:
         with torch.no_grad():
-            model(x)
+            utils.call(model, x)
     finally:
         for h in hooks:
             h.remove()
@@ -260,6 +260,15 @@ def _masked_layers(pruned: nn.Module, masks: dict) -> dict[str, tuple]:
     return layers
 
 
+def _double(x):
+    """Floating inputs as float64 (token ids and other integer inputs stay as they are)."""
+    if isinstance(x, dict):
+        return {k: _double(v) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(_double(v) for v in x)
+    return x.double() if x.is_floating_point() else x
+
+
 @torch.no_grad()
 def _consumers(dense: nn.Module, pruned: nn.Module, plan: ChannelPlan, x) -> dict[str, tuple]:
     """Layer name -> (the dense rows it kept, None) for every layer of the smaller model that
@@ -272,7 +281,7 @@ def _consumers(dense: nn.Module, pruned: nn.Module, plan: ChannelPlan, x) -> dic
             idx = (torch.arange(O, dtype=torch.float64)[:, None] * I
                    + torch.arange(I, dtype=torch.float64)[None, :])
             m.weight.copy_(idx.reshape(O, I, *([1] * (m.weight.dim() - 2))).expand_as(m.weight))
-    cut = surgery.apply(tagged, plan, x.double())
+    cut = surgery.apply(tagged, plan, _double(x))
     small = dict(pruned.named_modules())
     layers = {}
     for name, m in cut.named_modules():

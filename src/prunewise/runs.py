@@ -187,7 +187,9 @@ class Unstructured:
     :class:`prunewise.methods.FVWSettings`; None = its defaults); ``repair``: layer-wise repair
     after pruning (:class:`Repair`, off by default); ``allocation``: how the kept weights are
     shared between layers (``global``, ``lamp``, ``uniform``, ``row``; None = the method's
-    default in the method table)."""
+    default in the method table); ``embeddings``: prune ``nn.Embedding`` weights too (left
+    dense by default, like the input stem; the report's ``left_out`` lists every weight matrix
+    left dense and why)."""
     sparsity: float
     keep: float | None = 0.98
     samples: int | None = 2048
@@ -199,8 +201,10 @@ class Unstructured:
     options: Any = None
     repair: Repair = Repair()
     allocation: str | None = None
+    embeddings: bool = False
 
     def __post_init__(self) -> None:
+        checks.flag("embeddings", self.embeddings)
         checks.choice("allocation", self.allocation, methods.ALLOCATIONS, none=True)
         checks.fraction("sparsity", self.sparsity, zero=True)
         checks.fraction("keep", self.keep, none=True)
@@ -271,9 +275,9 @@ def check_structured(method: str, settings: Structured) -> methods.Method:
 
 # ---- measuring ------------------------------------------------------------------------------
 
-def example(bundle: D.DataBundle, batch: int = 1) -> torch.Tensor:
-    """A zero input batch shaped like the bundle's images."""
-    return torch.zeros(batch, bundle.in_channels, bundle.image_size, bundle.image_size)
+def example(bundle: D.DataBundle, batch: int = 1):
+    """A zero input batch shaped like the bundle's inputs (:meth:`DataBundle.example`)."""
+    return bundle.example(batch)
 
 
 def accuracy(model: nn.Module, bundle: D.DataBundle) -> dict:
@@ -282,13 +286,18 @@ def accuracy(model: nn.Module, bundle: D.DataBundle) -> dict:
     return {"val": val, "test": train.evaluate_split(model, bundle, "test")["top1"]}
 
 
-def nonzero_macs(model: nn.Module, x: torch.Tensor) -> int:
-    """MACs of the non-zero conv/linear weights for one sample: every zero weight saves the
-    multiply-accumulates it takes part in (equals :func:`prunewise.measure.macs` when dense)."""
+def nonzero_macs(model: nn.Module, x) -> int:
+    """MACs for one sample with every zero weight's multiply-accumulates saved: each weight
+    matrix's share of a layer's MACs scales with its non-zero fraction; attention's products
+    stay (equals :func:`prunewise.measure.macs` when dense)."""
+    named = dict(model.named_parameters())
     total = 0
     for row in measure.layer_table(model, x):
-        w = model.get_submodule(row["name"]).weight
-        total += row["macs"] // w.numel() * int(torch.count_nonzero(w))
+        saved = 0
+        for name, share in row["weights"].items():
+            w = named[name]
+            saved += share - share // w.numel() * int(torch.count_nonzero(w))
+        total += row["macs"] - saved
     return int(total)
 
 
@@ -405,7 +414,7 @@ def prune_masks(model: nn.Module, bundle: D.DataBundle, method: str, settings: U
     every one of ``levels`` on the way, reported to ``on_level(level, plan)``)."""
     row = check_unstructured(method, settings)
     options = row.options(settings.options)
-    scope = check_exclude(model, settings.exclude)
+    scope = check_exclude(model, settings.exclude, settings.embeddings)
 
     def attribution():
         return D.batches(bundle.train, bundle, settings.batch_size, shuffle=True, seed=seed,
@@ -435,21 +444,23 @@ def keep_of(row: methods.Method, settings: Unstructured) -> float:
     return 1.0 - settings.sparsity if row.one_shot and settings.sparsity > 0 else 0.98
 
 
-def check_exclude(model: nn.Module, patterns: Sequence[str]) -> masking.Scope | None:
-    """The pruning scope that leaves the layers matching ``patterns`` dense (None: the default
-    scope). A pattern that matches no prunable layer is an error (a typo would otherwise prune
-    the layer it meant to keep), and so is one that leaves nothing to prune."""
-    if not patterns:
+def check_exclude(model: nn.Module, patterns: Sequence[str], embeddings: bool = False
+                  ) -> masking.Scope | None:
+    """The pruning scope that leaves the layers matching ``patterns`` dense and prunes
+    embeddings when ``embeddings`` (None: the default scope). A pattern that matches no
+    prunable layer is an error (a typo would otherwise prune the layer it meant to keep), and
+    so is one that leaves nothing to prune."""
+    if not patterns and not embeddings:
         return None
-    every = masking.Scope().names(model)
+    every = masking.Scope(embeddings=embeddings).names(model)
     for p in patterns:
         if not isinstance(p, str) or not p.strip():
             raise PrunewiseError(f"exclude patterns must be non-empty layer names, got {p!r}")
-        if masking.Scope(exclude=[p]).names(model) == every:  # Scope's own name matching
-            layers = ", ".join(n.removesuffix(".weight") for n in every)
+        if masking.Scope(exclude=[p], embeddings=embeddings).names(model) == every:
+            layers = ", ".join(sorted({n.rpartition(".")[0] or n for n in every}))
             raise PrunewiseError(f"exclude pattern '{p}' matches no prunable layer; the prunable "
                                  f"layers are: {layers}")
-    scope = masking.Scope(exclude=list(patterns))
+    scope = masking.Scope(exclude=list(patterns), embeddings=embeddings)
     if not scope.names(model):
         raise PrunewiseError(f"exclude patterns {', '.join(patterns)} leave no layer to prune")
     return scope
@@ -479,6 +490,8 @@ def finish_masks(model: nn.Module, bundle: D.DataBundle, plan: MaskPlan, *,
            "stage_seconds": {"prune": prune_seconds, **after["stage_seconds"]},
            "iterations": plan.meta.get("iterations"), "history": plan.meta.get("history", []),
            "layers": [{"layer": k, "sparsity": v} for k, v in plan.per_layer().items()],
+           "left_out": masking.left_out(model, plan.masks, check_exclude(
+               model, settings.exclude, settings.embeddings) if settings is not None else None),
            "config": config(plan.method, settings, steps) if settings is not None else None,
            "compute": steps.compute.record(pruned)}
     rep["seconds"] = prune_seconds + time.perf_counter() - start
@@ -556,15 +569,24 @@ def channel_plan(model: nn.Module, x: torch.Tensor, method: str, settings: Struc
     torch.manual_seed(seed)
     if settings.plan is not None:
         plan = ChannelPlan.load(settings.plan)
-        return surgery.apply(model, plan, x), plan
+        return record_structure(model, surgery.apply(model, plan, x), plan, x), plan
     configure, select = row.builder()(row.options(), settings, batches, seed)
     meta = {"method": method, "budget": {"macs": settings.macs, "params": settings.params},
             "normalize": settings.normalize, "min_channels": settings.min_channels,
             "min_ratio": settings.min_ratio}
     if settings.round_to:
         meta["round_to"] = settings.round_to
-    return structured.prune(model, x, configure, select, spectrum=singular_values, meta=meta,
-                            ignored_layers=excluded_layers(model, settings.exclude))
+    new, plan = structured.prune(model, x, configure, select, spectrum=singular_values, meta=meta,
+                                 ignored_layers=excluded_layers(model, settings.exclude))
+    return record_structure(model, new, plan, x), plan
+
+
+def record_structure(model: nn.Module, new: nn.Module, plan: ChannelPlan, x) -> nn.Module:
+    """Note on ``new`` (cut from ``model`` by ``plan`` on the example input ``x``) every plan
+    that made it, so a saved checkpoint rebuilds it by the same surgery."""
+    new.prunewise_structure = [*getattr(model, "prunewise_structure", []), plan]
+    new.prunewise_inputs = checkpoints.input_spec(x)
+    return new
 
 
 def excluded_layers(model: nn.Module, patterns: Sequence[str]) -> list[nn.Module]:

@@ -11,7 +11,7 @@ integer, number, boolean, null), ``enum``, ``minimum`` / ``maximum`` / ``exclusi
 ``config.json: meta.data.image_size must be an integer <= 4096, got 100000``.
 Numbers are checked as values: booleans are not integers, NaN and infinities are not numbers.
 
-Specs here: :data:`CONFIG` (checkpoint ``config.json``), :data:`MASK_PLAN` and
+Specs here: :data:`CONFIG` (checkpoint ``config.json``), :data:`USER_CONFIG` (a user model's), :data:`MASK_PLAN` and
 :data:`CHANNEL_PLAN` (the ``plan.json`` of the two plan kinds), :data:`SAFETENSORS_ENTRY` (one
 tensor of a safetensors header), :data:`RESUME` (the masking engine's resume metadata, after
 :func:`decode_resume`) and :func:`report_spec` (``report.json``).
@@ -179,6 +179,21 @@ NAME = {"type": "string", "minLength": 1, "maxLength": MAX_NAME}
 SHAPE = {"type": "array", "maxItems": MAX_RANK, "items": _int(0, MAX_DIM)}
 ANY_OBJECT = {"type": "object"}
 
+WIDTHS = {"type": "object", "maxProperties": MAX_TENSORS,
+          "additionalProperties": {**SHAPE, "minItems": 1}}
+CHECKPOINT_META = {"type": "object", "properties": {
+    "data": {"type": "object", "properties": {
+        "name": {"type": "string", "maxLength": MAX_NAME},
+        "image_size": _int(1, MAX_IMAGE_SIZE)}}}}
+#: An example input's record: per input ("" for a single tensor) its shape without the batch
+#: and its dtype; at most 2^24 elements per sample.
+INPUTS = {"type": "object", "maxProperties": 64, "additionalProperties": {
+    "type": "object", "required": ["shape", "dtype"], "additionalProperties": False,
+    "properties": {"shape": {**SHAPE, "maxItems": 6, "items": _int(1, 1 << 16)},
+                   "dtype": {"type": "string", "enum": ["float32", "float64", "float16",
+                                                        "bfloat16", "int64", "int32", "uint8",
+                                                        "bool"]}}}}
+
 CONFIG = {
     "type": "object",
     "required": ["format", "arch", "num_classes", "in_channels"],
@@ -191,15 +206,30 @@ CONFIG = {
         "width_mult": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_WIDTH_MULT},
         "dropout": {"type": "number", "minimum": 0, "maximum": 1},
         "zero_init_residual": {"type": "boolean"},
-        "widths": {"type": "object", "maxProperties": MAX_TENSORS,
-                   "additionalProperties": {**SHAPE, "minItems": 1}},
-        "meta": {"type": "object", "properties": {
-            "data": {"type": "object", "properties": {
-                "name": {"type": "string", "maxLength": MAX_NAME},
-                "image_size": _int(1, MAX_IMAGE_SIZE)}}}},
+        "widths": WIDTHS,
+        "meta": CHECKPOINT_META,
+        "structure": _int(1, 32),
+        "inputs": INPUTS,
     },
 }
-"""A checkpoint's ``config.json`` (architecture arguments, widths, free-form ``meta``)."""
+"""A checkpoint's ``config.json`` (architecture arguments, widths, free-form ``meta``; a
+structurally pruned model's plan count and example input spec)."""
+
+USER_CONFIG = {
+    "type": "object",
+    "required": ["format", "kind", "model"],
+    "additionalProperties": False,
+    "properties": {
+        "format": {"type": "integer", "enum": [1]},
+        "kind": {"type": "string", "enum": ["user"]},
+        "model": NAME,
+        "widths": WIDTHS,
+        "meta": CHECKPOINT_META,
+        "structure": _int(1, 32),
+        "inputs": INPUTS,
+    },
+}
+"""The ``config.json`` of a user model's checkpoint (rebuilt by the caller's factory)."""
 
 MASK_PLAN = {
     "type": "object",

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import checkpoints, device, layers, measure, models, utils
+from . import device, layers, measure, models, utils
 from .errors import PrunewiseError
 from .plan import ChannelPlan
 from .models.cifar_resnet import PadShortcut
@@ -189,7 +189,7 @@ def groups(dg, model: nn.Module, ignored_layers=None) -> list[GroupInfo]:
                 parts = math.lcm(parts, m.num_heads)
             if is_out and n in qkv and len(item.idxs) == info.size:
                 info.head = qkv[n]["head_dim"]
-            if isinstance(m, _LAYERS + _CHANNEL_NORMS):
+            if isinstance(m, _LAYERS + _CHANNEL_NORMS + (nn.LSTM,)):
                 info.dims.append((n, "out" if is_out else "in", len(item.idxs)))
             if is_out and isinstance(m, _ROOTS) and len(item.idxs) == info.size:
                 order = np.argsort(np.asarray(item.root_idxs))
@@ -227,20 +227,23 @@ class CostModel:
     :func:`prunewise.measure.macs` and :func:`prunewise.measure.params` on the pruned model.
     """
 
-    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, infos: list[GroupInfo]):
+    def __init__(self, model: nn.Module, example_inputs, infos: list[GroupInfo]):
         self.infos = [g for g in infos if g.prunable]
         self.sizes = np.array([g.size for g in self.infos], dtype=np.float64)
         mods = dict(model.named_modules())
         table = {r["name"]: r for r in measure.layer_table(model, example_inputs)}
         rows = [n for n, m in mods.items() if isinstance(m, _LAYERS + _CHANNEL_NORMS)
                 and getattr(m, "weight", None) is not None]
+        # rows beyond conv / linear / norms: (name, out0, in0, MACs, params, which group dims
+        # shrink their out and in side: (layer, "out"|"in", channels per group channel))
+        extra = self._extra_rows(model, table)
         idx = {n: i for i, n in enumerate(rows)}
-        L, G = len(rows), len(self.infos)
+        L, G = len(rows) + len(extra), len(self.infos)
         self.out0 = np.zeros(L)
         self.in0 = np.zeros(L)
         self.spatial = np.zeros(L)   # MACs per (out * in_per_group)
         self.kernel = np.zeros(L)    # params per (out * in_per_group)
-        self.bias = np.zeros(L)      # 1 when the layer has a per-output bias
+        self.bias = np.zeros(L)      # per-output params (a bias)
         self.depthwise = np.zeros(L, dtype=bool)
         self.norm = np.zeros(L, dtype=bool)
         self.groups_ = np.ones(L)
@@ -266,9 +269,51 @@ class CostModel:
             for n, kind, k in g.dims:
                 if n in idx:
                     (self.a_out if kind == "out" or self.norm[idx[n]] else self.a_in)[idx[n], j] = k / g.size
+        dims = {(n, kind): (j, k / g.size) for j, g in enumerate(self.infos)
+                for n, kind, k in g.dims}
+        for i, (out0, in0, row_macs, row_params, bias, shrink) in enumerate(extra, len(rows)):
+            self.out0[i], self.in0[i] = out0, in0
+            self.spatial[i] = row_macs / (out0 * in0) if out0 * in0 else 0.0
+            self.kernel[i] = row_params / (out0 * in0) if out0 * in0 else 0.0
+            self.bias[i] = bias
+            for side, (layer, kind, per) in shrink.items():
+                if (layer, kind) in dims:
+                    j, frac = dims[(layer, kind)]
+                    (self.a_out if side == "out" else self.a_in)[i, j] = frac * per
+        counted = {n for n in rows if n in table} | {n for n, r in table.items()
+                                                     if n in self._extra_names}
+        self.other_macs = sum(r["macs"] for n, r in table.items() if n not in counted)
         self.other_params = sum(p.numel() for p in model.parameters()) - self.params(self.sizes)
         self.full_macs = self.macs(self.sizes)
         self.full_params = self.params(self.sizes)
+
+    def _extra_rows(self, model: nn.Module, table: dict) -> list[tuple]:
+        """Cost rows for what shrinks with channels besides conv / linear layers: the query-key
+        and attention-value products of an attention module built from linear layers (they
+        scale with its q/k/v width: whole heads), and an LSTM's input and hidden matrices
+        (four gates per hidden unit)."""
+        out, self._extra_names = [], set()
+        for name, info in layers.attention_heads(model).items():
+            if name in table and table[name]["macs"]:
+                q = model.get_submodule(info["qkv"][0])
+                out.append((q.out_features, 1, table[name]["macs"], 0, 0,
+                            {"out": (info["qkv"][0], "out", 1)}))
+                self._extra_names.add(name)
+        for name, m in model.named_modules():
+            if not isinstance(m, nn.LSTM) or layers.unsupported_lstm(m) or name not in table:
+                continue
+            H = m.hidden_size
+            steps = table[name]["macs"] / max(layers.rnn_macs(m, 1), 1)
+            for l in range(m.num_layers):
+                inp = m.input_size if l == 0 else H
+                has_b = 2 if getattr(m, f"bias_ih_l{l}", None) is not None else 0
+                in_side = {"in": (name, "in", 1)} if l == 0 else {"in": (name, "out", 1)}
+                out.append((4 * H, inp, steps * 4 * H * inp, 4 * H * inp, has_b,
+                            {"out": (name, "out", 4), **in_side}))
+                out.append((4 * H, H, steps * 4 * H * H, 4 * H * H, 0,
+                            {"out": (name, "out", 4), "in": (name, "out", 1)}))
+            self._extra_names.add(name)
+        return out
 
     def _dims(self, counts):
         removed = self.sizes - np.asarray(counts, dtype=np.float64)
@@ -279,7 +324,7 @@ class CostModel:
 
     def macs(self, counts) -> float:
         out, inpg = self._dims(counts)
-        return float(np.sum(self.spatial * out * inpg))
+        return float(np.sum(self.spatial * out * inpg)) + getattr(self, "other_macs", 0)
 
     def params(self, counts) -> float:
         out, inpg = self._dims(counts)
@@ -290,7 +335,7 @@ class CostModel:
 # --------------------------------------------------------------------------- the plan
 def signature(model: nn.Module) -> str:
     """A short hash of the architecture (layer names and weight shapes) a plan was made for."""
-    text = json.dumps(checkpoints.layer_widths(model), sort_keys=True)
+    text = json.dumps(layers.layer_widths(model), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import data as D
-from . import checks, device, dist, names
+from . import checks, device, dist, names, utils
 from .errors import PrunewiseError
 from .plan import check_shapes
 from .utils import progress_bar
@@ -46,7 +46,7 @@ def _counts(model: nn.Module, batches: Iterable) -> tuple[int, int, int, float]:
     loss = 0.0
     for x, y in batches:
         x, y = device.pair(x, y, dev)
-        out = model(x)
+        out = utils.forward(model, x)
         loss += float(F.cross_entropy(out, y, reduction="sum"))
         top = out.topk(min(5, out.shape[1]), dim=1).indices
         correct1 += int((top[:, 0] == y).sum())
@@ -110,12 +110,13 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, *, samples: int | None =
     try:
         for batch in batches:
             x = device.to(batch[0] if isinstance(batch, (tuple, list)) else batch, dev)
-            if samples is not None and seen + len(x) > samples:
-                x = x[: samples - seen]
-            if len(x) == 0:
+            n = utils.batch_size(x)
+            if samples is not None and seen + n > samples:
+                x, n = utils.take(x, slice(0, samples - seen)), samples - seen
+            if n == 0:
                 break
-            model(x)
-            seen += len(x)
+            utils.call(model, x)
+            seen += n
             if samples is not None and seen >= samples:
                 break
     finally:
@@ -247,7 +248,7 @@ class _Stepper:
 
     def loss(self, x, y):
         with device.autocast(self.dev, self.amp):
-            out = self.net(x)
+            out = utils.forward(self.net, x)
         if not dist.active():
             return F.cross_entropy(out.float(), y) if self.amp else F.cross_entropy(out, y)
         scale = dist.world() / self.batch_size

@@ -21,6 +21,11 @@ def call(model: nn.Module, inputs):
     return model(inputs)
 
 
+def forward(model: nn.Module, inputs) -> torch.Tensor:
+    """``model``'s logits on one batch of inputs (:func:`call`, then :func:`logits`)."""
+    return logits(call(model, inputs))
+
+
 def logits(out):
     """The logits in a model's output: the tensor itself, the ``logits`` of a HuggingFace
     ``ModelOutput`` or of a dict, else the first tensor of a tuple or list."""

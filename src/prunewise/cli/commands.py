@@ -10,7 +10,8 @@ from .. import methods, schema
 from ..errors import PrunewiseError
 from . import loading, output
 from .options import (CLASSES, LR, SEED, SIDE, WEIGHT_DECAY, amp_option, check_output,
-                      compute_of, count, data_options, device_option, progress_on, quiet_option,
+                      compute_of, count, data_options, device_option, model_option, progress_on,
+                      quiet_option,
                       recalibration_of, recalibration_options, repair_of, repair_options)
 from .. import names
 
@@ -70,16 +71,19 @@ def train_cmd(model_name, data_name, root, image_size, data_seed, epochs, lr, ba
 @click.command("eval")
 @click.argument("checkpoint", type=click.Path())
 @data_options
+@model_option
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test",
               show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @device_option
-def eval_cmd(checkpoint, data_name, root, image_size, data_seed, split, as_json, device_name):
-    """Evaluate a checkpoint: top-1, top-5, loss."""
+def eval_cmd(checkpoint, data_name, root, image_size, data_seed, factory, split, as_json,
+             device_name):
+    """Evaluate a checkpoint (with --model: of your own model): top-1, top-5, loss."""
     from .. import train
 
     compute = compute_of(device_name)
-    model, bundle = loading.load_checkpoint(checkpoint, data_name, root, image_size, data_seed)
+    model, bundle = loading.load_checkpoint(checkpoint, data_name, root, image_size, data_seed,
+                                            factory)
     model = compute.place(model)
     output.emit({"data": bundle.name, "split": split,
                  **train.evaluate_split(model, bundle, split)}, as_json)
@@ -93,31 +97,39 @@ def eval_cmd(checkpoint, data_name, root, image_size, data_seed, split, as_json,
 @click.option("--input-size", type=SIDE, default=None,
               help="Input side (default: the model's natural one).")
 @click.option("--json", "as_json", is_flag=True)
-def info_cmd(name, num_classes, in_channels, input_size, as_json):
-    """Params, MACs and a layer table of a zoo model NAME or a checkpoint folder."""
+@model_option
+def info_cmd(name, num_classes, in_channels, input_size, as_json, factory):
+    """Params, MACs and a layer table of a zoo model NAME or a checkpoint folder (with
+    --model: of your own model, NAME a checkpoint folder or a .safetensors state dict)."""
     from .. import checkpoints, measure, models
 
-    if Path(name).is_dir():
+    if factory is not None:
+        model = loading.load_model(name, factory)
+        x = loading.user_example(model, in_channels, input_size)
+        size, arch = input_size, type(model).__name__
+    elif Path(name).is_dir():
         model = checkpoints.load_model(name)
         size = input_size or model.prunewise_meta.get("data", {}).get("image_size") \
             or models.input_size(model.prunewise_config["arch"])
     else:
         model = models.create(name, num_classes=num_classes, in_channels=in_channels)
         size = input_size or models.input_size(name)
-    x = loading.example_input(model, size)
+    if factory is None:
+        x, arch = loading.example_input(model, size), model.prunewise_config["arch"]
     try:
         table = measure.layer_table(model, x)
     except RuntimeError as e:
-        raise PrunewiseError(f"input size {size} is too small for "
-                             f"'{model.prunewise_config['arch']}': "
+        raise PrunewiseError(f"input size {size} is too small for '{arch}': "
                              f"{str(e).splitlines()[0]}") from None
-    info = {"model": model.prunewise_config["arch"], "input_size": size,
+    info = {"model": arch, "input_size": size,
             "params": measure.params(model), "macs": sum(r["macs"] for r in table),
             "nonzero_params": measure.params(model, nonzero=True), "layers": table}
     if as_json:
         output.emit(info, True)
         return
-    click.echo(f"{info['model']}  input {model.prunewise_config['in_channels']}x{size}x{size}  "
+    shape = "x".join(map(str, next(iter(x.values())).shape[1:] if isinstance(x, dict)
+                          else x.shape[1:]))
+    click.echo(f"{info['model']}  input {shape}  "
                f"params {info['params']:,}  MACs {info['macs']:,}")
     click.echo(f"{'layer':<40} {'type':<8} {'weight':<20} {'output':<16} {'params':>10} "
                f"{'MACs':>14}")
@@ -188,7 +200,8 @@ def report_cmd(folder):
               help="ONNX file to write.")
 @click.option("--input-size", type=SIDE, default=None,
               help="Input side (default: the data the model was trained on, else the natural one).")
-def export_cmd(folder, onnx_path, input_size):
+@model_option
+def export_cmd(folder, onnx_path, input_size, factory):
     """Export a checkpoint (dense, masked or structurally pruned) to ONNX.
 
     FOLDER is a checkpoint folder or a `prune` output folder (its `model` subfolder is used).
@@ -201,12 +214,16 @@ def export_cmd(folder, onnx_path, input_size):
     folder = Path(folder)
     if (folder / "model" / checkpoints.CONFIG).is_file() and not (folder / checkpoints.CONFIG).is_file():
         folder = folder / "model"
-    model = checkpoints.load_model(folder)
-    size = input_size or model.prunewise_meta.get("data", {}).get("image_size") \
-        or models.input_size(model.prunewise_config["arch"])
-    path = interop.export_onnx(model, onnx_path, loading.example_input(model, size))
-    click.echo(f"wrote {path} (input 1x{model.prunewise_config['in_channels']}x{size}x{size}, "
-               f"dynamic batch)")
+    model = loading.load_model(folder, factory)
+    if factory is not None:
+        x = loading.user_example(model, 3, input_size)
+    else:
+        size = input_size or model.prunewise_meta.get("data", {}).get("image_size") \
+            or models.input_size(model.prunewise_config["arch"])
+        x = loading.example_input(model, size)
+    path = interop.export_onnx(model, onnx_path, x)
+    shape = "x".join(map(str, (next(iter(x.values())) if isinstance(x, dict) else x).shape))
+    click.echo(f"wrote {path} (input {shape}, dynamic batch)")
 
 
 @click.command("demo")

@@ -37,6 +37,23 @@ def data_meta(bundle, root, seed: int) -> dict:
 
 
 def check_classes(model, bundle) -> None:
+    if getattr(model, "prunewise_config", None) is None:  # a user model: ask its output
+        from .. import utils
+
+        import torch
+
+        try:
+            with torch.no_grad():
+                out = utils.forward(model.eval(), bundle.example(1))
+        except Exception as e:  # noqa: BLE001 - the user's model rejects the data: say so
+            raise PrunewiseError(f"the model cannot run on data set '{bundle.name}' "
+                                 f"({type(e).__name__}: {' '.join(str(e).split())[:160]}); "
+                                 f"pass the data it was made for (--data, --root)") from None
+        if out.dim() != 2 or out.shape[-1] != bundle.num_classes:
+            raise PrunewiseError(f"the model's output has shape {tuple(out.shape)} but data set "
+                                 f"'{bundle.name}' has {bundle.num_classes} classes: it must "
+                                 f"give (batch, {bundle.num_classes}) logits")
+        return
     n = model.prunewise_config["num_classes"]
     if n != bundle.num_classes:
         raise PrunewiseError(f"model has num_classes={n} but data set '{bundle.name}' has "
@@ -47,17 +64,87 @@ def check_classes(model, bundle) -> None:
                              f"{bundle.in_channels} channels; they must match")
 
 
-def load_checkpoint(checkpoint, data_name, root, image_size, data_seed):
-    """A checkpoint's model and the data it is used with (by default, what it was trained on)."""
-    from .. import checkpoints
-
-    model = checkpoints.load_model(checkpoint)
+def load_checkpoint(checkpoint, data_name, root, image_size, data_seed, factory=None):
+    """A checkpoint's model and the data it is used with (by default, what it was trained on).
+    ``factory`` (``--model``): the user's code that builds the model; CHECKPOINT is then a
+    checkpoint folder of that model or a ``.safetensors`` state dict."""
+    model = load_model(checkpoint, factory)
     bundle = load_data(data_name, root, image_size, data_seed, model.prunewise_meta)
     check_classes(model, bundle)
     return model, bundle
+
+
+def load_model(checkpoint, factory=None):
+    """A zoo checkpoint folder, or with ``factory`` (``--model SPEC``) a user model's folder or
+    a ``.safetensors`` state dict of the model ``factory`` builds."""
+    from pathlib import Path
+
+    from .. import checkpoints
+
+    build = None if factory is None else load_factory(factory)
+    path = Path(checkpoint)
+    if build is not None and path.suffix == ".safetensors" and not path.is_dir():
+        return checkpoints.load_state(path, build)
+    return checkpoints.load_model(checkpoint, build=build)
+
+
+def load_factory(spec: str):
+    """``FILE.py:FUNCTION`` or ``package.module:FUNCTION`` -> that function (called later with
+    no arguments to build the model). Only code the user names on the command line runs."""
+    import importlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    target, sep, attr = str(spec).rpartition(":")
+    if not sep or not target or not attr.isidentifier():
+        raise PrunewiseError(f"--model must be FILE.py:FUNCTION or package.module:FUNCTION, "
+                             f"got {spec!r}")
+    try:
+        if target.endswith(".py"):
+            path = Path(target)
+            if not path.is_file():
+                raise PrunewiseError(f"--model: file not found: {target}")
+            name = f"prunewise_user_{abs(hash(str(path.resolve())))}"
+            module_spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.path.insert(0, str(path.resolve().parent))  # its own imports of sibling files
+            try:
+                sys.modules[name] = module
+                module_spec.loader.exec_module(module)
+            finally:
+                sys.path.remove(str(path.resolve().parent))
+        else:
+            module = importlib.import_module(target)
+    except PrunewiseError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's code failed to import: one line
+        raise PrunewiseError(f"--model {spec}: importing {target} failed: {type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:200]}") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise PrunewiseError(f"--model {spec}: {target} has no function '{attr}'")
+    return fn
 
 
 def example_input(model, size: int):
     import torch
 
     return torch.zeros(1, model.prunewise_config["in_channels"], size, size)
+
+
+def user_example(model, in_channels: int, size: int | None):
+    """A user model's example input: the one its checkpoint recorded (a structurally pruned
+    model), else images of ``in_channels`` x ``size`` x ``size`` (32 when not given)."""
+    from .. import checkpoints
+
+    spec = getattr(model, "prunewise_inputs", None)
+    if spec and size is None:
+        return checkpoints.example_of(spec)
+    return example_input_of(in_channels, size or 32)
+
+
+def example_input_of(in_channels: int, size: int):
+    import torch
+
+    return torch.zeros(1, in_channels, size, size)

@@ -145,13 +145,23 @@ def data_options(f):
                      help="Seed of the train/val split (default: the checkpoint's, else 0).")(f)
     f = click.option("--image-size", type=SIDE, default=None,
                      help="Resize images to this side (default: the data set's own).")(f)
-    f = click.option("--root", type=click.Path(file_okay=False), default=None,
+    f = click.option("--root", type=click.Path(), default=None,
                      help="Folder of a local data set (cifar10, cifar100, imagefolder, mnist; "
-                          "fashion-mnist defaults to /usr/share/datasets/fashion-mnist).")(f)
+                          "fashion-mnist defaults to /usr/share/datasets/fashion-mnist), or "
+                          "the .safetensors file of --data tensors.")(f)
     f = click.option("--data", "data_name", default=None,
                      help=f"Data set: {', '.join(names.DATASETS)} (default: the checkpoint's, "
                           f"else digits).")(f)
     return f
+
+
+def model_option(f):
+    """--model FACTORY: a model of the user's own (every command that reads a checkpoint)."""
+    return click.option(
+        "--model", "factory", default=None, metavar="FILE.py:FUNCTION",
+        help="Your own model: FILE.py:FUNCTION or package.module:FUNCTION, a function that "
+             "takes no arguments and returns the (dense) nn.Module. CHECKPOINT is then a "
+             "checkpoint folder of that model or a .safetensors state dict.")(f)
 
 
 def finetune_options(epochs: int = 0, lr: float = 0.01):

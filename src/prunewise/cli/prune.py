@@ -12,19 +12,19 @@ from . import loading, output
 from .options import (FRACTION, SEED, FiniteFloat, MethodChoice, amp_option, check_apart,
                       check_output, compute_of, count, data_options, device_option,
                       finetune_of, finetune_options, latency_option, loop_recalibrate_option,
-                      measurement_of, method_options, method_setting_options,
+                      measurement_of, method_options, method_setting_options, model_option,
                       pop_method_options, progress_on, quiet_option, recalibration_of,
                       recalibration_options, repair_of, repair_options, allocation_option)
 
 
-def prune_setup(checkpoint, data: tuple, device_name: str, amp, kw: dict):
+def prune_setup(checkpoint, data: tuple, device_name: str, amp, kw: dict, factory=None):
     """What both prune commands do once their method settings are checked: check the shared
     options, place the run, load the checkpoint and its data. Returns (model, bundle, the
     keyword arguments of the steps after pruning)."""
     finetune, recalibration = finetune_of(kw), recalibration_of(kw)
     measurement = measurement_of(kw)
     compute = compute_of(device_name, amp)
-    model, bundle = loading.load_checkpoint(checkpoint, *data)
+    model, bundle = loading.load_checkpoint(checkpoint, *data, factory)
     if finetune.epochs:
         loading.check_batch(bundle, finetune.batch_size, "--finetune-batch-size")
     return model, bundle, dict(finetune=finetune, recalibration=recalibration,
@@ -50,6 +50,7 @@ def prune_group():
 @prune_group.command("fvw")
 @click.argument("checkpoint", type=click.Path())
 @data_options
+@model_option
 @click.option("--sparsity", type=FRACTION, required=True, help="Target global sparsity in (0, 1).")
 @click.option("--keep", type=FRACTION, default=None,
               help="Fraction of the unpruned weights kept per iteration (0.98: 114 iterations "
@@ -65,6 +66,8 @@ def prune_group():
 @click.option("--exclude", multiple=True, metavar="PATTERN",
               help="Leave the layers whose module name matches PATTERN dense (repeatable; "
                    "e.g. fc or 'layer3.*'); --sparsity is then that of the other layers.")
+@click.option("--embeddings", is_flag=True,
+              help="Prune embedding tables too (left dense by default, like the input stem).")
 @finetune_options()
 @repair_options
 @allocation_option
@@ -80,7 +83,8 @@ def prune_group():
 @quiet_option
 def prune_fvw_cmd(checkpoint, data_name, root, image_size, data_seed, sparsity, keep, samples,
                   method, batch_size, exclude, seed, out, quiet, loop_recalibrate,
-                  loop_recalibrate_samples, allocation, device_name, amp, **kw):
+                  loop_recalibrate_samples, allocation, device_name, amp, factory, embeddings,
+                  **kw):
     """Unstructured pruning of CHECKPOINT to --sparsity with FVW (or another --method).
 
     Writes OUT/masks.safetensors + OUT/plan.json (the plan), OUT/model (the masked, recalibrated
@@ -98,10 +102,11 @@ def prune_fvw_cmd(checkpoint, data_name, root, image_size, data_seed, sparsity, 
         sparsity=sparsity, keep=keep, samples=samples or None, batch_size=batch_size,
         loop_recalibrate=loop_recalibrate, exclude=tuple(exclude),
         recalibrate_samples=loop_recalibrate_samples, repair=repair_of(kw), allocation=allocation,
+        embeddings=embeddings,
         options=method_options(row, pop_method_options(methods.UNSTRUCTURED, kw)))
     runs.check_unstructured(method, settings)
     model, bundle, steps_kw = prune_setup(checkpoint, (data_name, root, image_size, data_seed),
-                                          device_name, amp, kw)
+                                          device_name, amp, kw, factory)
     resume = Path(out) / "resume"
     pruned, plan, rep = runs.run_unstructured(
         model, bundle, method, settings, seed=seed, progress=progress_on(quiet),
@@ -124,6 +129,7 @@ def remove_resume(folder: Path) -> None:
 @prune_group.command("sliming")
 @click.argument("checkpoint", type=click.Path())
 @data_options
+@model_option
 @click.option("--macs", type=FRACTION, default=None,
               help="Keep this fraction of the MACs, in (0, 1).")
 @click.option("--params", type=FRACTION, default=None,
@@ -134,6 +140,12 @@ def remove_resume(folder: Path) -> None:
 @click.option("--min-ratio", type=FiniteFloat(0, 1, max_open=True), default=0.0,
               show_default=True,
               help="Keep at least this fraction of every group (0 = the paper's configuration).")
+@click.option("--round-to", type=count(1), default=None,
+              help="Keep a multiple of this many channels in every group (whole attention "
+                   "heads and equal GroupNorm parts are kept anyway).")
+@click.option("--exclude", multiple=True, metavar="PATTERN",
+              help="Keep every output channel of the layers whose name matches PATTERN "
+                   "(repeatable).")
 @click.option("--method", type=MethodChoice(methods.STRUCTURED), default="sliming",
               show_default=True, help="SLIMING or a baseline at the same budget.")
 @finetune_options()
@@ -150,7 +162,7 @@ def remove_resume(folder: Path) -> None:
 @quiet_option
 def prune_sliming_cmd(checkpoint, data_name, root, image_size, data_seed, macs, params, normalize,
                       min_channels, min_ratio, method, seed, plan_dir, out, quiet, device_name,
-                      amp, **kw):
+                      amp, factory, round_to, exclude, **kw):
     """SLIMING (or a structured baseline) pruning of CHECKPOINT into a physically smaller model.
 
     Writes OUT/model (the smaller, recalibrated and optionally fine-tuned checkpoint), OUT/plan
@@ -163,10 +175,10 @@ def prune_sliming_cmd(checkpoint, data_name, root, image_size, data_seed, macs, 
     check_apart(out, checkpoint)
     settings = runs.Structured(macs=macs, params=params, normalize=normalize,
                                min_channels=min_channels, min_ratio=min_ratio, plan=plan_dir,
-                               repair=repair_of(kw))
+                               repair=repair_of(kw), round_to=round_to, exclude=tuple(exclude))
     runs.check_structured(method, settings)
     model, bundle, steps_kw = prune_setup(checkpoint, (data_name, root, image_size, data_seed),
-                                          device_name, amp, kw)
+                                          device_name, amp, kw, factory)
     pruned, plan, rep = runs.run_structured(model, bundle, method, settings, seed=seed,
                                             progress=progress_on(quiet), **steps_kw)
     click.echo(output.format_layers(rep["layers"]))

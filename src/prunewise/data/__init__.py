@@ -40,6 +40,11 @@ Supported data sets (:data:`DATASETS`):
     28x28 images are zero-padded to 32x32; the validation split is a fixed, seed-0, stratified
     55,000 / 5,000 division of the training file (see :mod:`.idx`); the test split is the
     official 10,000 images.
+
+``tensors``
+    Any prepared data set, ``root`` a ``.safetensors`` file of inputs and labels per split (see
+    :mod:`.tensors`); :func:`from_tensors` / :func:`from_batches` build the same from memory.
+    Its inputs reach the model as stored: token ids, waveforms, features.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from .core import (
 )
 from .idx import IDX_FILES, IDX_SETS, IDX_VAL_SIZE, read_idx
 from .loaders import DATASETS, load
+from .tensors import from_batches, from_tensors
 
 __all__ = [
     "DATASETS",
@@ -79,4 +85,6 @@ __all__ = [
     "IDX_SETS",
     "IDX_FILES",
     "IDX_VAL_SIZE",
+    "from_tensors",
+    "from_batches",
 ]

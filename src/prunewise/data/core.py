@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from prunewise.errors import PrunewiseError
+from prunewise.utils import take
 
 #: Keys understood in an ``augment`` dict.
 AUGMENT_KEYS = ("crop_padding", "hflip")
@@ -48,7 +49,7 @@ class Split:
         """A new split holding the samples at positions ``idx`` (in that order)."""
         idx = torch.as_tensor(idx, dtype=torch.long)
         return Split(
-            x=self.x[idx],
+            x=take(self.x, idx),
             y=self.y[idx],
             index=None if self.index is None else self.index[idx],
         )
@@ -69,6 +70,18 @@ class DataBundle:
     std: tuple[float, ...]
     augment: dict
     classes: tuple[str, ...] = field(default=())
+    raw: bool = False   # inputs go to the model as stored (see :mod:`.tensors`)
+
+    def example(self, batch: int = 1):
+        """A zero batch of ``batch`` inputs shaped like this data set's (for tracing, MACs and
+        latency): images ``batch x C x H x W``, or a raw set's sample shape and dtype."""
+        if not self.raw:
+            return torch.zeros(batch, self.in_channels, self.image_size, self.image_size)
+        x = self.train.x
+
+        def zeros(t):
+            return torch.zeros((batch, *t.shape[1:]), dtype=t.dtype)
+        return {k: zeros(v) for k, v in x.items()} if isinstance(x, dict) else zeros(x)
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,6 +202,13 @@ def batches(
     Arguments are checked when this is called, not when iteration starts.
     """
     _check_batch_size(batch_size)
+    if isinstance(bundle_or_stats, DataBundle) and bundle_or_stats.raw:
+        if augment:
+            raise PrunewiseError(f"data set '{bundle_or_stats.name}' holds prepared inputs: "
+                                 f"augmentation is for images")
+        n = _effective_len(len(split), limit)
+        return _iterate(split, None, None, int(batch_size), bool(shuffle), 0, 0.0, int(seed), n,
+                        drop_last, shard, raw=True)
     mean, std = _stats_of(bundle_or_stats)
     crop_padding, flip_p = _parse_augment(augment)
     n = _effective_len(len(split), limit)
@@ -207,7 +227,8 @@ def batches(
                     shard)
 
 
-def _iterate(split, mean, std, batch_size, shuffle, crop_padding, flip_p, seed, n, drop_last, shard=None):
+def _iterate(split, mean, std, batch_size, shuffle, crop_padding, flip_p, seed, n, drop_last, shard=None,
+             raw=False):
     gen = torch.Generator().manual_seed(seed)
     if shuffle:
         order = torch.randperm(len(split), generator=gen)[:n]
@@ -216,6 +237,11 @@ def _iterate(split, mean, std, batch_size, shuffle, crop_padding, flip_p, seed, 
     stop = (n // batch_size) * batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         idx = order[start : start + batch_size]
+        if raw:
+            if shard is not None:
+                idx = idx[shard[0] :: shard[1]]
+            yield take(split.x, idx), split.y[idx].long()
+            continue
         xb = split.x[idx]
         if crop_padding:
             xb = random_crop(xb, crop_padding, gen)

@@ -14,6 +14,7 @@ from .core import DataBundle, check_limit
 from .digits import load_digits
 from .idx import IDX_SETS, load_idx
 from .imagefolder import load_imagefolder
+from .tensors import load_tensors
 
 DATASETS = names.DATASETS
 
@@ -60,5 +61,7 @@ def load(
         return load_cifar(name, root, image_size, vf, int(seed), limit)
     if name in IDX_SETS:
         return load_idx(name, root, image_size, limit)
+    if name == "tensors":
+        return load_tensors(root, vf, int(seed), limit)
     return load_imagefolder(root, 32 if image_size is None else int(image_size), vf, int(seed), limit)
 

@@ -12,7 +12,7 @@ arguments); the built model carries ``prunewise_config`` so it can be rebuilt wi
 from __future__ import annotations
 
 # The model files register themselves on import, through ``registry.register``.
-from . import cifar_resnet, densenet, googlenet, mobilenetv2, resnet_imagenet, vgg  # noqa: F401
+from . import cifar_resnet, densenet, googlenet, mobilenetv2, resnet_imagenet, vgg, vit  # noqa: F401
 from .registry import create, init_weights, input_size, names, register
 
 
