@@ -13,7 +13,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt
   echo "setting up $venv (first run only) ..." >&2
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet torch==2.13.0
-  "$venv/bin/python" -m pip install --quiet -c constraints.txt -e ".[test]"
+  "$venv/bin/python" -m pip install --quiet -c constraints.txt -e ".[test,hf]"
   touch "$stamp"
 fi
 job=${1:-demo}

@@ -18,7 +18,8 @@ from .errors import PrunewiseError
 
 __version__ = "0.1.0"
 __all__ = ["ChannelPlan", "MaskPlan", "PrunewiseError", "baselines", "bench", "checkpoints", "data",
-           "files", "filters", "fvw", "interop", "load_model", "masking", "measure", "methods",
+           "files", "filters", "fvw", "interop", "layers", "load_model", "masking", "measure",
+           "methods", "posttrain", "repair",
            "models", "runs", "save_model", "sliming", "structured", "surgery", "toy", "train"]
 _NAMES = {"ChannelPlan": "plan", "MaskPlan": "plan", "load_model": "checkpoints",
           "save_model": "checkpoints"}

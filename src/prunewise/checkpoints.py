@@ -214,7 +214,7 @@ def load_model(folder: str | Path, build: Callable[[], nn.Module] | None = None)
 def load_state(path: str | Path, build: Callable[[], nn.Module]) -> nn.Module:
     """The model ``build()`` returns with the weights of a ``.safetensors`` state dict (a
     model's ``state_dict()`` saved with safetensors), its names and shapes checked first."""
-    model = _built(build)
+    model = built(build)
     header, _ = files.read_header(path, "model weights")
     shapes = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
     check_against(header, shapes, f"model weights {path}", type(model).__name__, exact=True)
@@ -223,7 +223,7 @@ def load_state(path: str | Path, build: Callable[[], nn.Module]) -> nn.Module:
     return model.eval()
 
 
-def _built(build: Callable[[], nn.Module]) -> nn.Module:
+def built(build: Callable[[], nn.Module]) -> nn.Module:
     """``build()``, with a failure or a non-module result as a one-line PrunewiseError."""
     try:
         model = build()
@@ -240,7 +240,7 @@ def _built(build: Callable[[], nn.Module]) -> nn.Module:
 
 def _rebuilt(folder: Path, cfg: dict, build: Callable | None) -> nn.Module:
     """The dense model (``build()`` or the zoo's) with the folder's channel plans applied."""
-    model = models.create(cfg["arch"], **_model_kwargs(cfg)) if build is None else _built(build)
+    model = models.create(cfg["arch"], **_model_kwargs(cfg)) if build is None else built(build)
     count = cfg.get("structure", 0)
     if count:
         if not cfg.get("inputs"):

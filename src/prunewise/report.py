@@ -161,6 +161,12 @@ def markdown(report: dict) -> str:
     for name, step in (report.get("runs") or {}).items():
         rows[name] = run_row(step)
     lines += ["## Results", "", *table(rows), "", NOTE, ""]
+    left = [r for r in report.get("left_out") or [] if isinstance(r, dict)]
+    if left:
+        lines += ["## Left dense", "", "The sparsity is that of the pruned weights; these weight "
+                  "matrices were not pruned:", "", "| weights | why |", "|---|---|"]
+        lines += [f"| {r.get('layer')} | {r.get('reason')} |" for r in left[:200]]
+        lines += [""]
     if report.get("plots"):
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]] + [""]
     if report.get("config"):

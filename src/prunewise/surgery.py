@@ -152,9 +152,8 @@ def groups(dg, model: nn.Module, ignored_layers=None) -> list[GroupInfo]:
 
     Not prunable, with the reason: a group whose channels reach the model output, holding an
     ignored layer, touching a zero-padding shortcut, a transformer's model width (a group with an
-    embedding, a LayerNorm, an ``nn.MultiheadAttention`` or a loose parameter such as a
-    position embedding: every block reads it; its heads and MLP channels are pruned instead), or
-    a bidirectional / projected LSTM."""
+    embedding, a LayerNorm or an ``nn.MultiheadAttention``: every block reads it; its heads and
+    MLP channels are pruned instead), or a bidirectional / projected LSTM."""
     names = {m: n for n, m in model.named_modules()}
     ignored = set(ignored_layers or [])
     outputs = _output_layers(dg)

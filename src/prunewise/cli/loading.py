@@ -71,6 +71,10 @@ def load_checkpoint(checkpoint, data_name, root, image_size, data_seed, factory=
     model = load_model(checkpoint, factory)
     bundle = load_data(data_name, root, image_size, data_seed, model.prunewise_meta)
     check_classes(model, bundle)
+    if factory is not None and getattr(model, "prunewise_inputs", None) is None:
+        from .. import checkpoints
+
+        model.prunewise_inputs = checkpoints.input_spec(bundle.example(1))  # saved with it
     return model, bundle
 
 
