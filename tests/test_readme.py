@@ -7,10 +7,10 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def python_example() -> str:
+def python_example(which: int = 0) -> str:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert len(blocks) == 1, "the README has one Python example"
-    return blocks[0]
+    assert len(blocks) == 2, "the README has two Python examples: the API, your own model"
+    return blocks[which]
 
 
 def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
@@ -27,3 +27,22 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     report = scope["report"]
     assert report["accuracy"]["finetuned"] is not None
     assert report["sparsity"] == pytest.approx(0.3, abs=1e-3)
+
+
+def test_readme_own_model_example_runs(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("transformers")
+    code = python_example(1)
+    short = re.sub(r"epochs=\d+", "epochs=1", code)
+    assert short.count("epochs=1") == 3
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(short, str(README), "exec"), scope)  # noqa: S102 -- our own README
+    lines = capsys.readouterr().out.strip().splitlines()
+    heads = eval(lines[0])  # noqa: S307 -- our own printed list
+    assert len(heads) == 4 and min(heads) < 4 and all(h >= 1 for h in heads)
+    assert "embeddings" in lines[1]
+    assert (tmp_path / "runs" / "mycnn-s50" / "structure" / "0").is_dir()
+    import torch
+    x = scope["bundle"].example(2)
+    torch.testing.assert_close(scope["same"](x), scope["small"].eval()(x))
+    assert scope["report"]["sparsity"] == pytest.approx(0.9, abs=1e-3)
