@@ -48,12 +48,12 @@ class OddCNN(nn.Module):
 
 
 class AudioNet(nn.Module):
-    """Conv1d over a waveform."""
+    """Conv1d over a waveform, with an InstanceNorm after the first conv."""
 
     def __init__(self, num_classes: int = CLASSES):
         super().__init__()
         self.c1 = nn.Conv1d(1, 16, 9, stride=2, padding=4)
-        self.b1 = nn.BatchNorm1d(16)
+        self.b1 = nn.InstanceNorm1d(16, affine=True)
         self.c2 = nn.Conv1d(16, 32, 5, stride=2, padding=2)
         self.b2 = nn.BatchNorm1d(32)
         self.c3 = nn.Conv1d(32, 32, 3, padding=1)

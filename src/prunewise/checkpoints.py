@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import files, layers, models, schema, surgery
+from . import files, layers, models, schema, surgery, utils
 from .errors import PrunewiseError
 from .plan import ChannelPlan
 
@@ -38,35 +38,9 @@ FORMAT = 1
 USER = "user"
 #: How many channel plans a checkpoint may chain (a model pruned again and again).
 MAX_PLANS = 32
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
-           "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32,
-           "uint8": torch.uint8, "bool": torch.bool}
 
 layer_widths = layers.layer_widths
-
-
-def input_spec(example) -> dict:
-    """The shape (without the batch) and dtype of an example input: ``{"": spec}`` for one
-    tensor, ``{name: spec}`` for a dict of keyword inputs (what a checkpoint records)."""
-    def one(t: torch.Tensor) -> dict:
-        dtype = str(t.dtype).replace("torch.", "")
-        if dtype not in _DTYPES:
-            raise PrunewiseError(f"example inputs of dtype {dtype} cannot be recorded")
-        return {"shape": list(t.shape[1:]), "dtype": dtype}
-    if isinstance(example, dict):
-        return {k: one(v) for k, v in example.items()}
-    if isinstance(example, torch.Tensor):
-        return {"": one(example)}
-    raise PrunewiseError("example inputs must be a tensor or a dict of tensors to be recorded")
-
-
-def example_of(spec: dict, batch: int = 1):
-    """A zero batch of inputs from :func:`input_spec`'s record."""
-    def zeros(s):
-        return torch.zeros((batch, *s["shape"]), dtype=_DTYPES[s["dtype"]])
-    if set(spec) == {""}:
-        return zeros(spec[""])
-    return {k: zeros(v) for k, v in spec.items()}
+input_spec, example_of = utils.input_spec, utils.example_of
 
 
 def save_model(model: nn.Module, folder: str | Path, *, meta: dict | None = None) -> Path:

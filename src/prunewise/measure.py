@@ -40,66 +40,28 @@ def _steps(module: nn.RNNBase, inputs: tuple) -> int:
 
 def layer_table(model: nn.Module, example_inputs) -> list[dict]:
     """One row per layer that multiplies, in execution order, for ONE sample (the first of
-    ``example_inputs``): name, type, shapes, params, MACs.
+    ``example_inputs``): name, type, shapes, params, MACs, and ``weights`` (each weight
+    matrix's share of the MACs, what a zero weight saves).
 
     Rows: every conv and linear layer (``macs`` = its multiply-accumulates); every recurrent
     layer (its input and hidden weight matrices once per time step); every module with matrix
-    products of its own (``nn.MultiheadAttention``, hand-written or HuggingFace attention: the
-    query-key and attention-value products, an MHA's packed projections), counted by
-    ``torch.utils.flop_counter``; and a last row ``"(other matmuls)"`` for products outside any
-    module. Norms, activations, pooling, element-wise ops and biases are not counted, which is
-    how the pruning literature reports MACs (ResNet-56 on 32x32: 125,485,696).
+    products of its own (``nn.MultiheadAttention``: projections and products, also on its fused
+    fast path; attention built from linear layers: the query-key and attention-value products);
+    and a last row ``"(other matmuls)"`` for products outside them, counted by
+    ``torch.utils.flop_counter``. Norms, activations, pooling, element-wise ops and biases are
+    not counted, which is how the pruning literature reports MACs (ResNet-56 on 32x32:
+    125,485,696).
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    rows: list[dict] = []
-    names = {m: n for n, m in model.named_modules()}
     counter = FlopCounterMode(display=False)
-    opened: dict[int, list] = {}   # module id -> stack of (flops at entry, row index)
-
-    def enter(module, inputs):
-        opened.setdefault(id(module), []).append(counter.get_total_flops())
-
-    def leave(module, inputs, out):
-        start = opened[id(module)].pop()
-        inside = (counter.get_total_flops() - start) // 2
-        row = {"name": names.get(module, "?"), "type": type(module).__name__, "inside": inside}
-        if isinstance(module, LAYER_TYPES):
-            out_t = out if isinstance(out, torch.Tensor) else None
-            if out_t is None:
-                return
-            row.update(weight_shape=list(module.weight.shape), output_shape=list(out_t.shape[1:]),
-                       params=sum(p.numel() for p in module.parameters(recurse=False)),
-                       macs=_layer_macs(module, out_t[:1]))
-            row["weights"] = {_join(row["name"], "weight"): row["macs"]}
-        elif isinstance(module, nn.RNNBase):
-            own = layers.rnn_macs(module, _steps(module, inputs))
-            row.update(weight_shape=[], output_shape=[],
-                       params=sum(p.numel() for p in module.parameters(recurse=False)),
-                       macs=max(own, inside))
-            row["extra"] = row["macs"] - inside  # what the flop counter did not see
-            steps = _steps(module, inputs)
-            row["weights"] = {_join(row["name"], n): p.numel() * steps
-                              for n, p in module.named_parameters(recurse=False)
-                              if n.startswith(("weight_ih", "weight_hh", "weight_hr"))}
-        else:
-            row.update(weight_shape=[], output_shape=[], params=0, macs=inside)
-        rows.append(row)
-
     heads = layers.attention_heads(model)
-    shapes: dict[str, int] = {}   # an MHA's MACs from its inputs' shapes (its fast path is unseen)
-
-    def mha(module, args, kwargs):
-        q, k, v = (list(args) + [kwargs.get(n) for n in ("query", "key", "value")[len(args):]])[:3]
-        shapes[names[module]], weights[names[module]] = _mha_macs(module, q, k, v)
-
-    weights: dict[str, dict] = {}
-
+    rec = _Recorder(model, counter)
     watched = [m for n, m in model.named_modules()
                if isinstance(m, LAYER_TYPES + (nn.RNNBase, nn.MultiheadAttention)) or n in heads]
-    handles = [h for m in watched for h in (m.register_forward_pre_hook(enter),
-                                            m.register_forward_hook(leave))]
-    handles += [m.register_forward_pre_hook(mha, with_kwargs=True) for m in watched
+    handles = [h for m in watched for h in (m.register_forward_pre_hook(rec.enter),
+                                            m.register_forward_hook(rec.leave))]
+    handles += [m.register_forward_pre_hook(rec.mha, with_kwargs=True) for m in watched
                 if isinstance(m, nn.MultiheadAttention)]
     example_inputs = device.to(example_inputs, device.of(model))
     was_training = model.training
@@ -111,31 +73,81 @@ def layer_table(model: nn.Module, example_inputs) -> list[dict]:
         for h in handles:
             h.remove()
         model.train(was_training)
-    # a module's own products: what ran inside it minus what its watched children account for
-    kids = {r["name"]: 0 for r in rows}
-    for r in rows:
-        parent = _watched_parent(r["name"], kids)
-        if parent is not None:
-            kids[parent] += r["inside"]
-    by_name = {r["name"]: r for r in rows}
-    for r in rows:
-        m = model.get_submodule(r["name"]) if r["name"] != "?" else None
-        if not isinstance(m, LAYER_TYPES + (nn.RNNBase,)):
+    return rec.finish(heads, counter.get_total_flops() // 2)
+
+
+class _Recorder:
+    """The forward hooks of :func:`layer_table`: a row per watched module as it finishes, with
+    the MACs the flop counter saw inside it (``inside``)."""
+
+    def __init__(self, model: nn.Module, counter):
+        self.model, self.counter = model, counter
+        self.names = {m: n for n, m in model.named_modules()}
+        self.rows: list[dict] = []
+        self.opened: dict[int, list] = {}   # module id -> stack of flops at entry
+        self.mha_macs: dict[str, int] = {}  # an MHA's MACs from its inputs' shapes
+        self.mha_weights: dict[str, dict] = {}
+
+    def enter(self, module, inputs):
+        self.opened.setdefault(id(module), []).append(self.counter.get_total_flops())
+
+    def mha(self, module, args, kwargs):
+        q, k, v = (list(args) + [kwargs.get(n) for n in ("query", "key", "value")[len(args):]])[:3]
+        name = self.names[module]
+        self.mha_macs[name], self.mha_weights[name] = _mha_macs(module, q, k, v)
+
+    def leave(self, module, inputs, out):
+        inside = (self.counter.get_total_flops() - self.opened[id(module)].pop()) // 2
+        name = self.names.get(module, "?")
+        row = {"name": name, "type": type(module).__name__, "inside": inside,
+               "weight_shape": [], "output_shape": [], "params": 0, "macs": inside}
+        if isinstance(module, LAYER_TYPES):
+            if not isinstance(out, torch.Tensor):
+                return
+            row.update(weight_shape=list(module.weight.shape), output_shape=list(out.shape[1:]),
+                       params=sum(p.numel() for p in module.parameters(recurse=False)),
+                       macs=_layer_macs(module, out[:1]))
+            row["weights"] = {_join(name, "weight"): row["macs"]}
+        elif isinstance(module, nn.RNNBase):
+            steps = _steps(module, inputs)
+            row.update(params=sum(p.numel() for p in module.parameters(recurse=False)),
+                       macs=max(layers.rnn_macs(module, steps), inside))
+            row["extra"] = row["macs"] - inside  # what the flop counter did not see
+            row["weights"] = {_join(name, n): p.numel() * steps
+                              for n, p in module.named_parameters(recurse=False)
+                              if n.startswith(("weight_ih", "weight_hh", "weight_hr"))}
+        self.rows.append(row)
+
+    def finish(self, heads: dict, total: int) -> list[dict]:
+        """Attention rows get their own products (what ran inside them minus their watched
+        children, or the shape formula when larger); the rest of the counted total becomes the
+        "(other matmuls)" row."""
+        rows = self.rows
+        kids = {r["name"]: 0 for r in rows}
+        for r in rows:
+            parent = _watched_parent(r["name"], kids)
+            if parent is not None:
+                kids[parent] += r["inside"]
+        by_name = {r["name"]: r for r in rows}
+        for r in rows:
+            m = self.model.get_submodule(r["name"]) if r["name"] != "?" else None
+            if isinstance(m, LAYER_TYPES + (nn.RNNBase,)):
+                continue
             seen = max(0, r["inside"] - kids[r["name"]])
-            r["macs"] = max(seen, shapes.get(r["name"], 0) if isinstance(m, nn.MultiheadAttention)
-                            else _attention_macs(heads.get(r["name"]), by_name))
-            r["extra"] = r["macs"] - seen
-            r["weights"] = {_join(r["name"], k): v for k, v in weights.get(r["name"], {}).items()}
-    counted = sum(r["macs"] - r.get("extra", 0) for r in rows)
-    other = counter.get_total_flops() // 2 - counted
-    if other > 0:
-        rows.append({"name": "(other matmuls)", "type": "matmul", "weight_shape": [],
-                     "output_shape": [], "params": 0, "macs": int(other)})
-    for r in rows:
-        r.pop("inside", None)
-        r.pop("extra", None)
-        r.setdefault("weights", {})
-    return [r for r in rows if r["macs"] or r["type"] in _LAYER_NAMES]
+            formula = (self.mha_macs.get(r["name"], 0) if isinstance(m, nn.MultiheadAttention)
+                       else _attention_macs(heads.get(r["name"]), by_name))
+            r["macs"], r["extra"] = max(seen, formula), max(seen, formula) - seen
+            r["weights"] = {_join(r["name"], k): v
+                            for k, v in self.mha_weights.get(r["name"], {}).items()}
+        other = total - sum(r["macs"] - r.get("extra", 0) for r in rows)
+        if other > 0:
+            rows.append({"name": "(other matmuls)", "type": "matmul", "weight_shape": [],
+                         "output_shape": [], "params": 0, "macs": int(other)})
+        for r in rows:
+            r.pop("inside", None)
+            r.pop("extra", None)
+            r.setdefault("weights", {})
+        return [r for r in rows if r["macs"] or r["type"] in _LAYER_NAMES]
 
 
 _LAYER_NAMES = {t.__name__ for t in LAYER_TYPES}

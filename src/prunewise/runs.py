@@ -569,24 +569,15 @@ def channel_plan(model: nn.Module, x: torch.Tensor, method: str, settings: Struc
     torch.manual_seed(seed)
     if settings.plan is not None:
         plan = ChannelPlan.load(settings.plan)
-        return record_structure(model, surgery.apply(model, plan, x), plan, x), plan
+        return surgery.apply(model, plan, x), plan
     configure, select = row.builder()(row.options(), settings, batches, seed)
     meta = {"method": method, "budget": {"macs": settings.macs, "params": settings.params},
             "normalize": settings.normalize, "min_channels": settings.min_channels,
             "min_ratio": settings.min_ratio}
     if settings.round_to:
         meta["round_to"] = settings.round_to
-    new, plan = structured.prune(model, x, configure, select, spectrum=singular_values, meta=meta,
-                                 ignored_layers=excluded_layers(model, settings.exclude))
-    return record_structure(model, new, plan, x), plan
-
-
-def record_structure(model: nn.Module, new: nn.Module, plan: ChannelPlan, x) -> nn.Module:
-    """Note on ``new`` (cut from ``model`` by ``plan`` on the example input ``x``) every plan
-    that made it, so a saved checkpoint rebuilds it by the same surgery."""
-    new.prunewise_structure = [*getattr(model, "prunewise_structure", []), plan]
-    new.prunewise_inputs = checkpoints.input_spec(x)
-    return new
+    return structured.prune(model, x, configure, select, spectrum=singular_values, meta=meta,
+                            ignored_layers=excluded_layers(model, settings.exclude))
 
 
 def excluded_layers(model: nn.Module, patterns: Sequence[str]) -> list[nn.Module]:
@@ -594,7 +585,7 @@ def excluded_layers(model: nn.Module, patterns: Sequence[str]) -> list[nn.Module
     matches none is an error naming the layers there are."""
     import fnmatch
 
-    candidates = [(n, m) for n, m in model.named_modules() if isinstance(m, surgery._ROOTS)]
+    candidates = [(n, m) for n, m in model.named_modules() if isinstance(m, surgery.ROOTS)]
     out = []
     for p in patterns:
         hit = [m for n, m in candidates if fnmatch.fnmatchcase(n, p)]

@@ -219,4 +219,4 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, configure: Configure, 
         surgery.check_runs(model, new, plan, example_inputs, expected)
         plan.meta["seconds"]["surgery"] = time.perf_counter() - t2
     new.train(model.training)
-    return new, plan
+    return surgery.record(model, new, plan, example_inputs), plan

@@ -139,7 +139,7 @@ def _output_layers(dg) -> set:
     return out
 
 
-_ROOTS = _LAYERS + (nn.LSTM,)
+ROOTS = _LAYERS + (nn.LSTM,)
 _WIDTH = (nn.Embedding, nn.LayerNorm, nn.MultiheadAttention)  # a transformer's model width
 
 
@@ -160,7 +160,7 @@ def groups(dg, model: nn.Module, ignored_layers=None) -> list[GroupInfo]:
     heads = layers.attention_heads(model)
     qkv = {q: info for info in heads.values() for q in info["qkv"]}
     result = []
-    for g in dg.get_all_groups(ignored_layers=[], root_module_types=_ROOTS):
+    for g in dg.get_all_groups(ignored_layers=[], root_module_types=ROOTS):
         root = g[0].dep.target.module
         info = GroupInfo(name=names[root], size=len(g[0].idxs), prunable=True, group=g, root=root)
         parts = 1
@@ -190,7 +190,7 @@ def groups(dg, model: nn.Module, ignored_layers=None) -> list[GroupInfo]:
                 info.head = qkv[n]["head_dim"]
             if isinstance(m, _LAYERS + _CHANNEL_NORMS + (nn.LSTM,)):
                 info.dims.append((n, "out" if is_out else "in", len(item.idxs)))
-            if is_out and isinstance(m, _ROOTS) and len(item.idxs) == info.size:
+            if is_out and isinstance(m, ROOTS) and len(item.idxs) == info.size:
                 order = np.argsort(np.asarray(item.root_idxs))
                 info.out_layers.append((n, [int(item.idxs[i]) for i in order]))
         info.parts = parts if info.head == 1 else 1
@@ -446,6 +446,17 @@ def apply(model: nn.Module, plan: ChannelPlan, example_inputs: torch.Tensor) -> 
         prune_in_place(new, dg, groups(dg, new), plan)
         check_runs(model, new, plan, example_inputs)
     new.train(model.training)
+    return record(model, new, plan, example_inputs)
+
+
+def record(model: nn.Module, new: nn.Module, plan: ChannelPlan, example_inputs) -> nn.Module:
+    """Note on ``new`` (cut from ``model`` by ``plan``) every plan that made it and the example
+    input they were traced on, so a saved checkpoint rebuilds it by the same surgery."""
+    new.prunewise_structure = [*getattr(model, "prunewise_structure", []), plan]
+    try:
+        new.prunewise_inputs = utils.input_spec(example_inputs)
+    except PrunewiseError:   # a tuple of inputs: not recordable, so not saveable either
+        new.prunewise_inputs = None
     return new
 
 

@@ -1,4 +1,4 @@
-"""Small utilities shared by every layer (only the base layer's `dist` from prunewise)."""
+"""Small utilities shared by every layer (only the base layer's `dist` and `errors` from prunewise)."""
 from __future__ import annotations
 
 import contextlib
@@ -6,6 +6,8 @@ import re
 
 import torch
 from torch import nn
+
+from .errors import PrunewiseError
 
 #: The layers whose weights prunewise prunes, counts MACs of and resizes: conv and linear.
 LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -37,8 +39,6 @@ def logits(out):
     if got is None and isinstance(out, (tuple, list)) and out:
         got = out[0]
     if not isinstance(got, torch.Tensor):
-        from .errors import PrunewiseError
-
         raise PrunewiseError(f"the model's output ({type(out).__name__}) holds no logits tensor: "
                              f"return a tensor, a tuple starting with one, or an object or dict "
                              f"with 'logits'")
@@ -61,6 +61,36 @@ def take(inputs, index):
     if isinstance(inputs, (tuple, list)):
         return type(inputs)(v[index] for v in inputs)
     return inputs[index]
+
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+           "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32,
+           "uint8": torch.uint8, "bool": torch.bool}
+
+
+def input_spec(example) -> dict:
+    """The shape (without the batch) and dtype of an example input: ``{"": spec}`` for one
+    tensor, ``{name: spec}`` for a dict of keyword inputs (what a checkpoint records)."""
+    def one(t: torch.Tensor) -> dict:
+        dtype = str(t.dtype).replace("torch.", "")
+        if dtype not in _DTYPES:
+            raise PrunewiseError(f"example inputs of dtype {dtype} cannot be recorded")
+        return {"shape": list(t.shape[1:]), "dtype": dtype}
+    if isinstance(example, dict):
+        return {k: one(v) for k, v in example.items()}
+    if isinstance(example, torch.Tensor):
+        return {"": one(example)}
+    raise PrunewiseError("example inputs must be a tensor or a dict of tensors to be recorded")
+
+
+def example_of(spec: dict, batch: int = 1):
+    """A zero batch of inputs from :func:`input_spec`'s record."""
+    def zeros(s):
+        return torch.zeros((batch, *s["shape"]), dtype=_DTYPES[s["dtype"]])
+    if set(spec) == {""}:
+        return zeros(spec[""])
+    return {k: zeros(v) for k, v in spec.items()}
+
 
 
 @contextlib.contextmanager

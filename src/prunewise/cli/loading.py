@@ -23,8 +23,13 @@ def load_data(data_name, root, image_size, data_seed, meta: dict | None = None):
     """The data bundle named on the command line, defaulting to what a checkpoint was trained on."""
     from .. import data as D
 
+    from pathlib import Path
+
     used = (meta or {}).get("data", {})
     name = data_name or used.get("name", "digits")
+    if root is not None and Path(root).exists() and Path(root).is_dir() == (name == "tensors"):
+        want = "a .safetensors file" if name == "tensors" else "a folder"
+        raise PrunewiseError(f"--root {root}: data set '{name}' reads {want}")
     same = name == used.get("name")
     return D.load(name, root or (used.get("root") if same else None),
                   image_size=image_size or (used.get("image_size") if same else None),
