@@ -209,9 +209,10 @@ def cell_path(out: Path, method: str, budget: float, seed: int) -> Path:
 def base_model(grid: Grid, out: Path, bundle: D.DataBundle, seed: int,
                progress: bool, compute: runs.Compute = runs.Compute()) -> nn.Module:
     """The dense model for one seed (on the compute device): from ``--base``, else trained once
-    into OUT/base/seed-S."""
+    into OUT/base/seed-S (its config.json, written last, marks it complete: a save killed
+    before it is trained again)."""
     folder = base_folder(grid, out, seed)
-    if (folder / checkpoints.WEIGHTS).is_file() or grid.base is not None:
+    if (folder / checkpoints.CONFIG).is_file() or grid.base is not None:
         return compute.place(checkpoints.load_model(folder))
     torch.manual_seed(seed)
     model = compute.place(models.create(grid.model_name, num_classes=bundle.num_classes,

@@ -160,6 +160,7 @@ def load_model(folder: str | Path, build: Callable[[], nn.Module] | None = None)
                              f"pass the code that builds it: load_model(folder, build=FACTORY) "
                              f"in Python, --model FILE.py:FACTORY on the command line")
     name = cfg.get("arch") or cfg.get("model")
+    check_widths(cfg, header, f"checkpoint {folder}")
     if build is not None or "structure" in cfg:
         model = _rebuilt(folder, cfg, build)
         shapes = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
@@ -183,6 +184,19 @@ def load_model(folder: str | Path, build: Callable[[], nn.Module] | None = None)
     if cfg.get("inputs"):
         model.prunewise_inputs = cfg["inputs"]
     return model
+
+
+def check_widths(cfg: dict, header: dict, where: str) -> None:
+    """Refuse a ``config.json`` whose layer widths are not the weights file's shapes: the two
+    files come from different saves (say, a run killed between writing them)."""
+    for layer, shape in (cfg.get("widths") or {}).items():
+        key = f"{layer}.weight" if layer else "weight"
+        entry = header.get(key) or header.get(f"{layer}.weight_hh_l0")
+        if entry is None or list(entry["shape"]) != list(shape):
+            got = "nothing" if entry is None else entry["shape"]
+            raise PrunewiseError(f"{where}: {CONFIG} gives layer '{layer}' weights of shape "
+                                 f"{list(shape)}, {WEIGHTS} holds {got}: the two files are from "
+                                 f"different saves")
 
 
 def load_state(path: str | Path, build: Callable[[], nn.Module]) -> nn.Module:

@@ -93,6 +93,7 @@ def _replace(path: Path, write) -> None:
         write(tmp)
         if not stat.S_ISREG(os.lstat(tmp).st_mode):
             raise PrunewiseError(f"temporary file {tmp} was replaced by a non-file; not writing {path}")
+        os.chmod(tmp, 0o666 & ~_UMASK)  # a writer may have made its own file (safetensors: 0600)
         os.replace(tmp, path)
     except BaseException:
         if fd >= 0:

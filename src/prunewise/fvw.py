@@ -242,6 +242,9 @@ class FVWScorer:
             yield None, data, "all data"
             return
         num_classes = _num_classes(work, data)
+        if self.class_groups > num_classes:
+            raise PrunewiseError(f"class groups {self.class_groups} is more than the model's "
+                                 f"{num_classes} classes; give at most {num_classes}")
         size = max(1, math.ceil(num_classes / self.class_groups))
         for g in range(math.ceil(num_classes / size)):
             yield g, data.filtered(lambda y, g=g, s=size: (y // s) == g), f"class group {g}"

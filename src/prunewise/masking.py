@@ -358,6 +358,9 @@ def schedule(total: int, sparsity: float, keep: float, levels: Sequence[float] =
     ``levels`` (sparsities below the target) insert extra stops that land exactly on them.
     """
     final = kept_count(total, sparsity)
+    if final < 1:
+        raise PrunewiseError(f"sparsity {sparsity!r} keeps no weight of the {total} prunable ones; "
+                             f"ask for at most {1 - 1 / total:.10g}")
     t_max = iterations(sparsity, keep)
     counts = [max(final, int(round(total * keep ** t))) for t in range(1, t_max + 1)]
     if counts:

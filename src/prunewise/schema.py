@@ -35,6 +35,7 @@ MAX_ELEMENTS = 2_000_000_000     # total elements of a model (or of one tensor f
 MAX_TENSORS = 100_000            # tensors in one file / layers in a width table
 MAX_JSON_BYTES = 64 << 20        # a JSON file, or a safetensors header
 MAX_NAME = 1000                  # a tensor or group name
+MAX_DEPTH = 64                   # nesting of lists and objects in a JSON file
 
 _TYPES = {"object": dict, "array": list, "string": str, "integer": int, "number": (int, float),
           "boolean": bool, "null": type(None)}
@@ -165,9 +166,25 @@ def parse_json(text: str | bytes, where: str):
     if len(text) > MAX_JSON_BYTES:
         raise PrunewiseError(f"{where}: too large ({len(text)} bytes, at most {MAX_JSON_BYTES})")
     try:
-        return json.loads(text)
+        obj = json.loads(text)
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError included
         raise PrunewiseError(f"corrupt {where}: {short(str(e), 200)}") from None
+    if depth(obj) > MAX_DEPTH:
+        raise PrunewiseError(f"{where}: nested more than {MAX_DEPTH} levels deep")
+    return obj
+
+
+def depth(obj) -> int:
+    """How deeply lists and objects nest in ``obj`` (iterative: any depth is measured safely)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        item, d = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, d)
+            stack.extend((v, d + 1) for v in item if isinstance(v, (dict, list)))
+    return deepest
 
 
 # ---------------------------------------------------------------------- specs

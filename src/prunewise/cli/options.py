@@ -96,7 +96,16 @@ def check_output(path, what: str = "--out", *, folder: bool = True) -> Path:
     kind = "folder" if folder else "file"
     if not text.strip() or "\0" in text:
         raise PrunewiseError(f"{what} must name a {kind}, got {text!r}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PrunewiseError(f"{what} {text.encode('utf-8', 'replace').decode()!r}: the name is "
+                             f"not valid UTF-8; give a name that is") from None
     p = Path(text)
+    for part in [p, *p.parents]:
+        if os.path.islink(part) and not part.exists():
+            raise PrunewiseError(f"{what} {p}: {part} is a symbolic link to nothing (dangling, "
+                                 f"or a loop); remove it or give another path")
     if p.exists() and p.is_dir() != folder:
         raise PrunewiseError(f"{what} {p} is {'a file' if folder else 'a folder'}; give a {kind}")
     at = p if (folder and p.is_dir()) else p.parent

@@ -67,7 +67,10 @@ def read_cifar_batch(path: str, label_key: bytes, num_classes: int) -> tuple[np.
             raise PrunewiseError(f"{path}: b'data' holds values outside 0..255")
         data = data.astype(np.uint8)
     try:
-        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        raw = np.asarray(labels)
+        if raw.dtype.kind not in "ui" and raw.size:  # floats, bools, objects: never truncated
+            raise TypeError
+        labels = raw.astype(np.int64).reshape(-1)
     except (TypeError, ValueError):
         raise PrunewiseError(f"{path}: {label_key!r} is not a list of integer labels") from None
     if labels.shape[0] != data.shape[0]:

@@ -72,6 +72,12 @@ def from_tensors(train, test, val=None, *, name: str = "tensors", num_classes: i
             raise PrunewiseError(f"{name} {s}: give an (inputs, labels) pair") from None
         n = _inputs_len(x, f"{name} {s}")
         splits[s] = Split(x=x, y=_labels(y, n, f"{name} {s}"))
+    kinds = {s: tuple(sorted(sp.x)) if isinstance(sp.x, dict) else None
+             for s, sp in splits.items()}
+    if len(set(kinds.values())) > 1:
+        raise PrunewiseError(f"{name}: every split must hold the same inputs, got "
+                             + ", ".join(f"{s}: {'one tensor' if k is None else list(k)}"
+                                         for s, k in kinds.items()))
     if len(splits["train"]) == 0 or len(splits["test"]) == 0:
         raise PrunewiseError(f"{name}: the train and test splits must not be empty")
     if "val" not in splits:
@@ -133,16 +139,19 @@ def load_tensors(root, val_fraction: float, seed: int, limit: int | None) -> Dat
     for s in ("train", "test"):
         if (s, "x") not in groups or (s, "y") not in groups:
             raise PrunewiseError(f"{path}: needs {s}.x and {s}.y")
-    if ("val", "x") in groups and ("val", "y") not in groups:
-        raise PrunewiseError(f"{path}: val.x without val.y")
+    if (("val", "x") in groups) != (("val", "y") in groups):
+        raise PrunewiseError(f"{path}: val.x and val.y go together")
+    for (split, part), fields in groups.items():
+        if part == "x" and "" in fields and len(fields) > 1:
+            raise PrunewiseError(f"{path}: {split}.x is either one tensor or named inputs "
+                                 f"{split}.x.NAME, not both")
     tensors = files.read_tensors(path, "tensors data set")
     pairs = {}
     for s in SPLITS:
         if (s, "x") not in groups:
             continue
         fields = groups[(s, "x")]
-        x = (tensors[f"{s}.x"] if "" in fields and len(fields) == 1 else
-             {f: tensors[f"{s}.x.{f}"] for f in fields if f})
+        x = tensors[f"{s}.x"] if "" in fields else {f: tensors[f"{s}.x.{f}"] for f in fields}
         y = tensors[f"{s}.y"]
         if limit is not None and s == "train":
             x, y = take(x, slice(0, limit)), y[:limit]

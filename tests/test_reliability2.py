@@ -1,0 +1,82 @@
+"""Reliability, second round: files that are valid but lie, values at the edges of their range,
+output paths that cannot be used, and what a killed save leaves behind."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import stat
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from helpers import assert_bad_input, invoke
+from prunewise import PrunewiseError, checkpoints, files, fvw, masking, models, schema
+from prunewise import data as D
+
+
+def test_dangling_symlink_and_loop_as_out_are_refused_before_work(tmp_path):
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    for name in ("dangling", "loop"):
+        r = invoke("train", "resnet20", "--epochs", "1", "--out", tmp_path / name)
+        assert_bad_input(r, "--out", "symbolic link")
+        assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_name_that_is_not_utf8_is_refused(tmp_path, digits_checkpoint):
+    bad = str(tmp_path / b"m\xff.onnx".decode("utf-8", "surrogateescape"))
+    r = invoke("export", digits_checkpoint, "--onnx", bad)
+    assert_bad_input(r, "--onnx", "UTF-8")
+
+
+def test_safetensors_get_the_umask_mode(tmp_path):
+    files.write_tensors(tmp_path / "t.safetensors", {"a": torch.ones(2)})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(tmp_path / "t.safetensors").st_mode) == 0o666 & ~umask
+
+
+def test_a_sparsity_that_keeps_nothing_is_refused():
+    with pytest.raises(PrunewiseError, match="keeps no weight"):
+        masking.schedule(1000, 0.9999999999999999, 0.5)
+    assert masking.schedule(1000, 0.999, 0.5)[-1] == 1   # the last weight can stay
+
+
+def test_more_class_groups_than_classes_is_refused():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    batches = [(torch.randn(12, 16), torch.arange(12) % 3)]
+    with pytest.raises(PrunewiseError, match="class groups 1000 is more than the model's 3"):
+        fvw.prune(model, batches, sparsity=0.5, keep=0.5, class_groups=1000)
+
+
+def test_cifar_labels_must_be_integers(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.RandomState(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        obj = {b"labels": [0.7, 1.2, 9.9, -0.4], b"data": rng.randint(0, 256, (4, 3072))
+               .astype(np.uint8)}
+        (folder / name).write_bytes(pickle.dumps(obj, protocol=2))
+    with pytest.raises(PrunewiseError, match="integer labels"):
+        D.load("cifar10", tmp_path)
+
+
+def test_json_nested_too_deep_is_refused():
+    with pytest.raises(PrunewiseError, match="nested more than"):
+        schema.parse_json("[" * 600 + "]" * 600, "config.json")
+    assert schema.parse_json("[" * 10 + "]" * 10, "x") == [[[[[[[[[[]]]]]]]]]]
+
+
+def test_config_and_weights_from_different_saves_are_refused(tmp_path):
+    torch.manual_seed(0)
+    model = models.create("resnet20", num_classes=10, in_channels=1)
+    folder = checkpoints.save_model(model, tmp_path / "ck")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["widths"]["layer1.0.conv1"] = [8, 16, 3, 3]      # what a later, pruned save would say
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(PrunewiseError, match="different saves"):
+        checkpoints.load_model(folder)
