@@ -122,7 +122,7 @@ CHECKPOINT_CASES = [
     ("meta-string", cfg_case(set_key("meta", "x")), "meta must be an object"),
     ("meta-data-string", cfg_case(set_key("meta.data", "cifar10")), "meta.data must be an object"),
     ("image-size-huge", cfg_case(set_key("meta.data.image_size", 100_000)),
-     "meta.data.image_size must be an integer <= 4096"),
+     "meta.data.image_size must be an integer <= 1024"),
     ("image-size-zero", cfg_case(set_key("meta.data.image_size", 0)), "meta.data.image_size"),
     ("image-size-text", cfg_case(set_key("meta.data.image_size", "big")),
      "meta.data.image_size must be an integer"),

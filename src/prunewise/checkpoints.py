@@ -160,14 +160,15 @@ def load_model(folder: str | Path, build: Callable[[], nn.Module] | None = None)
                              f"pass the code that builds it: load_model(folder, build=FACTORY) "
                              f"in Python, --model FILE.py:FACTORY on the command line")
     name = cfg.get("arch") or cfg.get("model")
-    check_widths(cfg, header, f"checkpoint {folder}")
     if build is not None or "structure" in cfg:
         model = _rebuilt(folder, cfg, build)
         shapes = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
         check_against(header, shapes, where, name, exact=True)
+        check_widths(cfg, header, f"checkpoint {folder}")
         state = files.read_tensors(folder / WEIGHTS, "checkpoint weights")
     else:
         check_against(header, dense_shapes(cfg, f"checkpoint {folder}"), where, name)
+        check_widths(cfg, header, f"checkpoint {folder}")
         state = files.read_tensors(folder / WEIGHTS, "checkpoint weights")
         model = models.create(cfg["arch"], **_model_kwargs(cfg))
         fit_to_state(model, state)

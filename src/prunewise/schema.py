@@ -28,7 +28,7 @@ from .errors import PrunewiseError
 MAX_CLASSES = 100_000            # num_classes of a model
 MAX_IN_CHANNELS = 4096           # in_channels of a model
 MAX_WIDTH_MULT = 16.0            # MobileNetV2 width multiplier, in (0, 16]
-MAX_IMAGE_SIZE = 4096            # input side recorded in a checkpoint
+MAX_IMAGE_SIZE = 1024            # an input side (options, a checkpoint's record): runs in bounded memory
 MAX_DIM = 1 << 24                # any one dimension of a stored tensor
 MAX_RANK = 8                     # dimensions of a stored tensor
 MAX_ELEMENTS = 2_000_000_000     # total elements of a model (or of one tensor file)

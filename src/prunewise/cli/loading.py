@@ -137,9 +137,7 @@ def load_factory(spec: str):
 
 
 def example_input(model, size: int):
-    import torch
-
-    return torch.zeros(1, model.prunewise_config["in_channels"], size, size)
+    return example_input_of(model.prunewise_config["in_channels"], size)
 
 
 def user_example(model, in_channels: int, size: int | None):
@@ -154,6 +152,16 @@ def user_example(model, in_channels: int, size: int | None):
 
 
 def example_input_of(in_channels: int, size: int):
+    """A zero image batch of one, refused when one sample would exceed the readers' bound."""
+    import math
+
     import torch
 
+    from ..data.core import MAX_SAMPLE_ELEMENTS
+
+    if in_channels * size * size > MAX_SAMPLE_ELEMENTS:
+        raise PrunewiseError(f"an input of {in_channels}x{size}x{size} is more than "
+                             f"{MAX_SAMPLE_ELEMENTS:,} values; with {in_channels} channels use an "
+                             f"input size of at most "
+                             f"{math.isqrt(MAX_SAMPLE_ELEMENTS // in_channels)}")
     return torch.zeros(1, in_channels, size, size)

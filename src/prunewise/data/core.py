@@ -346,10 +346,31 @@ def channel_stats(x: torch.Tensor, what: str) -> tuple[tuple[float, ...], tuple[
     return tuple(round(float(m), 6) for m in mean), tuple(round(float(s), 6) for s in std)
 
 
+#: The most values one input sample may hold (C x H x W): 4 Mi, 16 MB as float32.
+MAX_SAMPLE_ELEMENTS = 1 << 22
+#: The most bytes a data set's images may take in memory (uint8, all splits).
+MAX_DATA_BYTES = 1 << 30
+
+
+def check_images(n: int, channels: int, size: int, what: str) -> None:
+    """Refuse, before allocating, images whose side ``size`` makes one sample or the whole data
+    set (``n`` images of ``channels`` channels) larger than the readers' bounds; the message
+    gives the largest side that fits."""
+    per = channels * size * size
+    fits = min(math.isqrt(MAX_SAMPLE_ELEMENTS // max(channels, 1)),
+               math.isqrt(MAX_DATA_BYTES // max(n * channels, 1)))
+    if per > MAX_SAMPLE_ELEMENTS or n * per > MAX_DATA_BYTES:
+        raise PrunewiseError(f"{what}: image size {size} makes {n} images of {channels}x{size}x"
+                             f"{size} ({n * per / 2**30:.1f} GiB), more than this reader holds "
+                             f"({MAX_DATA_BYTES >> 30} GiB, {MAX_SAMPLE_ELEMENTS:,} values per "
+                             f"image); use an image size of at most {fits}")
+
+
 def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinear resize of uint8 N x C x H x W images to size x size (antialiased when shrinking)."""
     if x.shape[-2:] == (size, size) or x.shape[0] == 0:
         return x
+    check_images(x.shape[0], x.shape[1], size, "resizing the images")
     out = []
     shrink = size < x.shape[-1] or size < x.shape[-2]
     for start in range(0, x.shape[0], 2048):

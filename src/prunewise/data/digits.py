@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import DataBundle, channel_stats
+from .core import DataBundle, channel_stats, check_images
 from .splits import make_split, split_pool
 
 DIGITS_TEST_FRACTION = 0.2
@@ -20,6 +20,7 @@ def load_digits(image_size: int, val_fraction: float, seed: int, limit: int | No
     images = torch.from_numpy(np.asarray(raw.images, dtype=np.float32))  # N x 8 x 8, values 0..16
     labels = torch.from_numpy(np.asarray(raw.target, dtype=np.int64))
     x = images.unsqueeze(1).mul_(255.0 / 16.0)  # N x 1 x 8 x 8 in 0..255
+    check_images(len(x), 1, image_size, "digits")
     if image_size != 8:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
                           antialias=image_size < 8)

@@ -49,6 +49,11 @@ IDX_VAL_SEED = 0
 IDX_MAX_ITEMS = 10_000_000
 IDX_MAX_SIDE = 4096
 IDX_MAX_BYTES = 1 << 32  # payload bound: refuses absurd headers before reading anything
+#: What the MNIST / Fashion-MNIST files really hold: 60,000 training and 10,000 test images of
+#: 28 x 28 pixels; a header announcing more (a 3.7 MB gzip can announce 4.9 M images) is refused
+#: before anything is read (sides up to 64 leave room for variants).
+IDX_KNOWN_ITEMS = {"train": 60_000, "test": 10_000}
+IDX_KNOWN_SIDE = 64
 _CHUNK = 1 << 24
 
 
@@ -61,7 +66,8 @@ def idx_path(folder: str, stem: str) -> str | None:
     return None
 
 
-def _read_dims(fh: BinaryIO, path: str, ndim: int) -> list[int]:
+def _read_dims(fh: BinaryIO, path: str, ndim: int, max_items: int = IDX_MAX_ITEMS,
+               max_side: int = IDX_MAX_SIDE) -> list[int]:
     head = fh.read(4 + 4 * ndim)
     if len(head) < 4:
         raise PrunewiseError(f"{path}: file is too short to be an IDX file")
@@ -74,10 +80,10 @@ def _read_dims(fh: BinaryIO, path: str, ndim: int) -> list[int]:
     if len(head) < 4 + 4 * ndim:
         raise PrunewiseError(f"{path}: IDX header is truncated")
     dims = [int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    if (dims[0] < 1 or dims[0] > IDX_MAX_ITEMS or any(d < 1 or d > IDX_MAX_SIDE for d in dims[1:])
+    if (dims[0] < 1 or dims[0] > max_items or any(d < 1 or d > max_side for d in dims[1:])
             or math.prod(dims) > IDX_MAX_BYTES):
-        raise PrunewiseError(f"{path}: IDX dimensions {dims} are out of range (at most {IDX_MAX_ITEMS} items "
-                             f"of sides 1..{IDX_MAX_SIDE}, {IDX_MAX_BYTES} bytes in all)")
+        raise PrunewiseError(f"{path}: IDX dimensions {dims} are out of range (at most {max_items} items "
+                             f"of sides 1..{max_side}, {IDX_MAX_BYTES} bytes in all)")
     return dims
 
 
@@ -93,7 +99,8 @@ def _read_payload(fh: BinaryIO, want: int) -> bytes:
     return b"".join(parts)
 
 
-def read_idx(path: str, ndim: int) -> np.ndarray:
+def read_idx(path: str, ndim: int, max_items: int = IDX_MAX_ITEMS,
+             max_side: int = IDX_MAX_SIDE) -> np.ndarray:
     """A uint8 IDX file (optionally gzipped) as an array, checked strictly.
 
     The magic number must say unsigned bytes with ``ndim`` dimensions, every dimension must be
@@ -103,7 +110,7 @@ def read_idx(path: str, ndim: int) -> np.ndarray:
     try:
         opener = gzip.open if path.endswith(".gz") else open
         with opener(path, "rb") as fh:
-            dims = _read_dims(fh, path, ndim)
+            dims = _read_dims(fh, path, ndim, max_items, max_side)
             want = math.prod(dims)
             payload = _read_payload(fh, want)
     except PrunewiseError:
@@ -119,7 +126,9 @@ def read_idx(path: str, ndim: int) -> np.ndarray:
 def _read_idx_pair(name: str, folder: str, part: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, str]:
     img_stem, lbl_stem = IDX_FILES[part]
     img_path, lbl_path = idx_path(folder, img_stem), idx_path(folder, lbl_stem)
-    images, labels = read_idx(img_path, 3), read_idx(lbl_path, 1)
+    most = IDX_KNOWN_ITEMS[part]
+    images = read_idx(img_path, 3, most, IDX_KNOWN_SIDE)
+    labels = read_idx(lbl_path, 1, most, IDX_KNOWN_SIDE)
     if images.shape[0] != labels.shape[0]:
         raise PrunewiseError(f"{name}: {img_path} holds {images.shape[0]} images but {lbl_path} "
                              f"holds {labels.shape[0]} labels")

@@ -10,7 +10,7 @@ import torch
 
 from prunewise.errors import PrunewiseError
 
-from .core import DataBundle, Split, channel_stats
+from .core import DataBundle, Split, channel_stats, check_images
 from .splits import make_split, split_pool
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
@@ -24,6 +24,10 @@ def image_files(folder: str) -> list[str]:
     )
 
 
+#: The most pixels one image file may declare (a 20 KB PNG can declare 13000 x 13000).
+MAX_PIXELS = 1 << 25
+
+
 def read_images(paths: Sequence[str], size: int) -> torch.Tensor:
     from PIL import Image
 
@@ -31,8 +35,13 @@ def read_images(paths: Sequence[str], size: int) -> torch.Tensor:
     for i, path in enumerate(paths):
         try:
             with Image.open(path) as im:
+                if im.width * im.height > MAX_PIXELS:  # checked from the header, before decoding
+                    raise PrunewiseError(f"{path}: the image declares {im.width}x{im.height} "
+                                         f"pixels, more than {MAX_PIXELS:,}")
                 rgb = im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
                 out[i] = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+        except PrunewiseError:
+            raise
         except Exception as exc:  # OSError, DecompressionBombError, truncated files, ...
             raise PrunewiseError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
     return torch.from_numpy(out)
@@ -78,6 +87,7 @@ def load_imagefolder(root, image_size: int, val_fraction: float, seed: int, limi
         chosen = np.random.RandomState(0).permutation(len(train_paths))[: int(limit)]
     else:
         chosen = np.arange(len(train_paths))
+    check_images(len(chosen) + len(test_paths), 3, image_size, "imagefolder")
     x_pool = read_images([train_paths[i] for i in chosen], image_size)
     y_pool = torch.from_numpy(y_all[chosen])
     idx_pool = torch.from_numpy(chosen.astype(np.int64))
