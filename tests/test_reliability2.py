@@ -115,3 +115,23 @@ def test_an_image_that_declares_huge_pixels_is_refused_before_decoding(tmp_path)
         Image.new("1", (13000, 13000)).save(tmp_path / split / "a" / "big.png")
     with pytest.raises(PrunewiseError, match="13000x13000"):
         D.load("imagefolder", tmp_path)
+
+
+def test_a_resume_file_that_claims_another_iteration_is_refused(tmp_path):
+    from prunewise import baselines
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                          nn.Linear(32, 3))
+    baselines.magnitude(model, sparsity=0.9, keep=0.5, checkpoint_dir=tmp_path)
+    path = tmp_path / masking.RESUME_FILE
+    with safe_open(str(path), "pt") as fh:
+        meta, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+    rows = json.loads(meta["history"])
+    for n in (99, 1):   # past the 4-iteration schedule; the finished masks called iteration 1
+        history = json.dumps([{**rows[0], "iteration": i + 1} for i in range(n)])
+        save_file(tensors, str(path), metadata={**meta, "iteration": str(n), "history": history})
+        with pytest.raises(PrunewiseError, match="corrupt resume checkpoint"):
+            baselines.magnitude(model, sparsity=0.9, keep=0.5, checkpoint_dir=tmp_path)

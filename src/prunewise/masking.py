@@ -683,7 +683,7 @@ def _start(model: nn.Module, loop: LoopSettings, method: str, settings: dict | N
     start = 0
     ckpt = Path(loop.checkpoint_dir) / RESUME_FILE if loop.checkpoint_dir is not None else None
     if ckpt is not None and ckpt.exists():
-        masks, start, history = _read_resume(ckpt, config, masks)
+        masks, start, history = _read_resume(ckpt, config, masks, counts)
         masks = {n: m.to(named[n].device) for n, m in masks.items()}  # masks live by their weight
     return _State(method, config, counts, level_at, total, masks, history, start, ckpt)
 
@@ -731,7 +731,7 @@ def _write_resume(path: Path, config: dict, masks, done: int, history: list) -> 
         "iteration": str(done), "history": json.dumps(history, default=files.jsonable)})
 
 
-def _read_resume(path: Path, config: dict, masks: dict):
+def _read_resume(path: Path, config: dict, masks: dict, counts: list[int]):
     _, meta = files.read_header(path, "resume checkpoint")
     saved, done, history = schema.decode_resume(meta, str(path))
     tensors = files.read_tensors(path, "resume checkpoint")
@@ -743,4 +743,14 @@ def _read_resume(path: Path, config: dict, masks: dict):
                              f"another model ({', '.join(diff)} differ); use a new folder")
     if set(tensors) != set(masks) or any(tensors[k].shape != masks[k].shape for k in masks):
         raise PrunewiseError(f"corrupt resume checkpoint {path}: masks do not match the model")
+    # consistent with the schedule: the iteration exists, its masks keep what it keeps, and
+    # the history has one row per finished iteration
+    kept = int(sum(int(torch.count_nonzero(t)) for t in tensors.values()))
+    if not 0 <= done <= len(counts):
+        raise PrunewiseError(f"corrupt resume checkpoint {path}: it claims iteration {done} of a "
+                             f"{len(counts)}-iteration schedule; use a new folder")
+    if kept != (counts[done - 1] if done else config["total"]) or len(history) != done:
+        raise PrunewiseError(f"corrupt resume checkpoint {path}: its masks keep {kept} weights "
+                             f"and it records {len(history)} iterations, which iteration {done} "
+                             f"of this schedule cannot have; use a new folder")
     return {k: tensors[k].to(torch.bool) for k in masks}, done, history
