@@ -365,3 +365,19 @@ def test_cli_trains_a_user_model_then_prunes_it(tmp_path):
     assert (tmp_path / "m.onnx").stat().st_size > 0
     r = cli(["train", "resnet20", *common, "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "one of them" in r.output
+
+
+def test_mha_output_projection_is_read_not_called():
+    """nn.MultiheadAttention reads its out_proj weight without calling it: repair leaves it as
+    masked and the post-training scorers weigh it by magnitude (no hook ever sees its input)."""
+    from prunewise import posttrain, repair
+
+    model, x = U.build("encoder_text"), U.INPUTS["encoder_text"](16)
+    y = torch.arange(16) % U.CLASSES
+    plan = posttrain.wanda(model, [(x, y)], sparsity=0.5, keep=0.5)
+    name = "encoder.layers.0.self_attn.out_proj.weight"
+    assert 0.3 < 1 - float(plan.masks[name].float().mean()) < 0.7
+    masked = plan.apply(model)
+    repair.reconstruct(model, masked, [(x, y)], masks=plan.masks, progress=False)
+    params = dict(masked.named_parameters())
+    assert not bool(params[name][~plan.masks[name]].any())

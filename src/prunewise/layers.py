@@ -45,6 +45,13 @@ def layer_widths(model: nn.Module) -> dict[str, list[int]]:
     return out
 
 
+def read_directly(model: nn.Module) -> set[str]:
+    """Names of the layers whose weights another module reads without calling them (the output
+    projection of an ``nn.MultiheadAttention``): no forward hook ever sees their inputs."""
+    return {f"{n}.{c}" if n else c for n, m in model.named_modules()
+            if isinstance(m, nn.MultiheadAttention) for c, _ in m.named_modules() if c}
+
+
 def _heads_attr(module: nn.Module) -> str | None:
     for a in HEAD_ATTRS:
         v = getattr(module, a, None)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from . import device, dist, masking, utils
+from . import layers as layers_mod
 from .baselines import entry
 from .errors import PrunewiseError
 from .repair import REPAIRABLE, columns, layer_input
@@ -36,11 +37,11 @@ def _layers(work: nn.Module, masks: dict, method: str) -> dict[str, nn.Module]:
     """Masked parameter name -> its conv / linear layer (the weights these methods score from
     their inputs; any other weight matrix in the scope, such as an attention module's input
     projection or an LSTM's, is scored by its magnitude: :func:`_magnitudes`)."""
-    out = {}
+    out, unseen = {}, layers_mod.read_directly(work)
     for pname in masks:
         module, _, leaf = pname.rpartition(".")
         m = work.get_submodule(module) if module else work
-        if leaf == "weight" and isinstance(m, REPAIRABLE):
+        if leaf == "weight" and isinstance(m, REPAIRABLE) and module not in unseen:
             out[pname] = m
     return out
 

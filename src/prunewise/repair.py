@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checks, device, dist, surgery, utils
+from . import layers as layers_mod
 from .errors import PrunewiseError
 from .masking import Source
 from .plan import ChannelPlan
@@ -247,12 +248,15 @@ def reconstruct(dense: nn.Module, pruned: nn.Module, batches, *,
 
 
 def _masked_layers(pruned: nn.Module, masks: dict) -> dict[str, tuple]:
-    """Layer name -> (dense rows, kept-input mask) for every masked layer that prunes anything."""
-    layers = {}
+    """Layer name -> (dense rows, kept-input mask) for every masked conv / linear layer that
+    prunes anything and is called as a layer (an ``nn.MultiheadAttention``'s output projection
+    is read, not called: it keeps its masked weights)."""
+    layers, unseen = {}, layers_mod.read_directly(pruned)
     for pname, mask in masks.items():
         module, _, leaf = pname.rpartition(".")
         m = pruned.get_submodule(module) if module else pruned
-        if leaf == "weight" and isinstance(m, REPAIRABLE) and not bool(mask.all()):
+        if leaf == "weight" and isinstance(m, REPAIRABLE) and not bool(mask.all()) \
+                and module not in unseen:
             if tuple(mask.shape) != tuple(m.weight.shape):
                 raise PrunewiseError(f"repair: the mask of '{pname}' has shape "
                                      f"{tuple(mask.shape)}, the layer {tuple(m.weight.shape)}")

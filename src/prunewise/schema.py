@@ -169,22 +169,38 @@ def parse_json(text: str | bytes, where: str):
         obj = json.loads(text)
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError included
         raise PrunewiseError(f"corrupt {where}: {short(str(e), 200)}") from None
-    if depth(obj) > MAX_DEPTH:
+    try:
+        deep = depth(obj)
+    except PrunewiseError as e:
+        raise PrunewiseError(f"{where}: {e}") from None
+    if deep > MAX_DEPTH:
         raise PrunewiseError(f"{where}: nested more than {MAX_DEPTH} levels deep")
     return obj
 
 
 def depth(obj) -> int:
-    """How deeply lists and objects nest in ``obj`` (iterative: any depth is measured safely)."""
+    """How deeply lists and objects nest in ``obj`` (iterative: any depth is measured safely);
+    a string that is not valid Unicode (a lone surrogate, which JSON's ``\\ud800`` escape can
+    make) is refused on the way, since no file could hold it when written back."""
     deepest, stack = 0, [(obj, 1)]
     while stack:
         item, d = stack.pop()
         if isinstance(item, dict):
-            item = list(item.values())
+            item = list(item.keys()) + list(item.values())
+        if isinstance(item, str):
+            _unicode(item)
         if isinstance(item, list):
             deepest = max(deepest, d)
-            stack.extend((v, d + 1) for v in item if isinstance(v, (dict, list)))
+            stack.extend((v, d + 1) for v in item if isinstance(v, (dict, list, str)))
     return deepest
+
+
+def _unicode(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PrunewiseError(f"a string holds a lone surrogate (not valid Unicode): "
+                             f"{text.encode('utf-8', 'replace').decode()[:60]!r}") from None
 
 
 # ---------------------------------------------------------------------- specs
