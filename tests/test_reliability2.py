@@ -163,3 +163,16 @@ def test_a_report_whose_fields_lie_is_one_line(tmp_path, demo_report, path, valu
     r = invoke("report", tmp_path)
     assert_bad_input(r, "report")
     assert (tmp_path / "report.json").read_bytes() == before
+
+
+def test_evaluation_batches_shrink_with_the_input_size():
+    from prunewise import train
+
+    torch.manual_seed(0)
+    bundle = D.load("digits", image_size=160, limit=200)
+    model = models.create("resnet20", num_classes=10, in_channels=1).eval()
+    assert train.EVAL_VALUES // (160 * 160) < 256          # this size gets smaller batches
+    got = train.evaluate_split(model, bundle, "test")
+    ref = train.evaluate(model, D.batches(bundle.test, bundle, 7))
+    assert got["n"] == ref["n"] and got["top1"] == ref["top1"]
+    assert got["loss"] == pytest.approx(ref["loss"], rel=1e-5)

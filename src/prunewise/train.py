@@ -67,8 +67,13 @@ def evaluate_split(model: nn.Module, bundle: "D.DataBundle", split: str = "test"
                    batch_size: int = 256) -> dict:
     """:func:`evaluate` on one split ('train', 'val' or 'test') of a data bundle; under torchrun
     the ranks share out whole batches and add their counts and losses in batch order, so every
-    rank gets exactly the single-process figures."""
-    batches = D.batches(getattr(bundle, split), bundle, batch_size)
+    rank gets exactly the single-process figures. Large inputs get smaller batches (at most
+    :data:`EVAL_VALUES` input values per batch), so memory follows the input size."""
+    part = getattr(bundle, split)
+    if len(part) and not isinstance(part.x, dict):
+        per = max(1, part.x[0].numel())
+        batch_size = max(1, min(batch_size, EVAL_VALUES // per))
+    batches = D.batches(part, bundle, batch_size)
     if not dist.active():
         return evaluate(model, batches)
     n = c1 = c5 = 0
@@ -77,6 +82,10 @@ def evaluate_split(model: nn.Module, bundle: "D.DataBundle", split: str = "test"
                                                             dtype=torch.float64), 4):
         n, c1, c5, loss = n + int(v[0]), c1 + int(v[1]), c5 + int(v[2]), loss + float(v[3])
     return _result(n, c1, c5, loss)
+
+
+#: The most input values one evaluation batch holds (256 images of 3 x 64 x 64).
+EVAL_VALUES = 256 * 3 * 64 * 64
 
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
