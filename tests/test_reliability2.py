@@ -2,6 +2,7 @@
 output paths that cannot be used, and what a killed save leaves behind."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -176,3 +177,66 @@ def test_evaluation_batches_shrink_with_the_input_size():
     ref = train.evaluate(model, D.batches(bundle.test, bundle, 7))
     assert got["n"] == ref["n"] and got["top1"] == ref["top1"]
     assert got["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+
+
+# ------------------------------------------------------------------ write failures and digests
+@contextlib.contextmanager
+def small_files():
+    """Files may grow to 20 kB in this block (writes past it fail with EFBIG, as on a full disk)."""
+    import resource
+    import signal
+
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+
+
+@pytest.mark.parametrize("args, name", [
+    (["prune", "fvw", "{ck}", "--method", "magnitude", "--sparsity", "0.5", "--quiet",
+      "--out", "{out}"], "safetensors"),
+    (["prune", "sliming", "{ck}", "--macs", "0.5", "--quiet", "--out", "{out}"],
+     "model.safetensors"),
+    (["export", "{ck}", "--onnx", "{out}/m.onnx"], "m.onnx"),
+])
+def test_a_write_that_fails_is_one_line_naming_the_file(tmp_path, digits_checkpoint, args, name):
+    out = tmp_path / "out"
+    old = tmp_path / "out" / "keep.txt"
+    out.mkdir()
+    old.write_text("written before")
+    args = [a.format(ck=digits_checkpoint, out=out) for a in args]
+    before = {p: p.read_bytes() for p in digits_checkpoint.rglob("*") if p.is_file()}
+    with small_files():
+        r = invoke(*args)
+    assert_bad_input(r, "could not write", name, "File too large")
+    assert old.read_text() == "written before"
+    assert {p: p.read_bytes() for p in digits_checkpoint.rglob("*") if p.is_file()} == before
+    assert not [p for p in out.rglob("*") if files.TMP_MARK in p.name]
+
+
+def test_files_from_two_saves_are_refused_by_their_digest(tmp_path):
+    from prunewise.plan import MaskPlan
+
+    torch.manual_seed(0)
+    a, b = models.create("resnet20", num_classes=10, in_channels=1), \
+        models.create("resnet20", num_classes=10, in_channels=1)
+    checkpoints.save_model(a, tmp_path / "a")
+    checkpoints.save_model(b, tmp_path / "b")
+    # a save killed after the weights: b's weights (same shapes) next to a's config
+    (tmp_path / "a" / "model.safetensors").write_bytes((tmp_path / "b" / "model.safetensors")
+                                                       .read_bytes())
+    with pytest.raises(PrunewiseError, match="model.safetensors is not the file .*config.json was "
+                                             "written with"):
+        checkpoints.load_model(tmp_path / "a")
+    assert torch.equal(checkpoints.load_model(tmp_path / "b").fc.weight, b.fc.weight)
+    masks = {"fc.weight": torch.rand(10, 64) > 0.5}
+    MaskPlan(masks).save(tmp_path / "p")
+    MaskPlan({"fc.weight": ~masks["fc.weight"]}).save(tmp_path / "q")
+    (tmp_path / "p" / "masks.safetensors").write_bytes((tmp_path / "q" / "masks.safetensors")
+                                                       .read_bytes())
+    with pytest.raises(PrunewiseError, match="masks.safetensors is not the file"):
+        MaskPlan.load(tmp_path / "p")

@@ -29,7 +29,7 @@ from torch import nn
 
 from . import files, layers, models, schema, surgery, utils
 from .errors import PrunewiseError
-from .plan import ChannelPlan
+from .plan import PLAN_JSON, PLAN_TENSORS, ChannelPlan
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -38,6 +38,7 @@ FORMAT = 1
 USER = "user"
 #: How many channel plans a checkpoint may chain (a model pruned again and again).
 MAX_PLANS = 32
+PLAN_NAMES = (PLAN_TENSORS, PLAN_JSON)
 
 layer_widths = layers.layer_widths
 input_spec, example_of = utils.input_spec, utils.example_of
@@ -76,8 +77,15 @@ def save_model(model: nn.Module, folder: str | Path, *, meta: dict | None = None
         head["structure"] = len(plans)
     if inputs:
         head["inputs"] = inputs
-    files.write_json(folder / CONFIG, {**head, "widths": layer_widths(model), "meta": meta or {}})
+    bound = bound_files(len(plans))
+    files.write_json(folder / CONFIG, {**head, "widths": layer_widths(model), "meta": meta or {},
+                                       "digests": {n: files.digest(folder / n) for n in bound}})
     return folder
+
+
+def bound_files(plans: int) -> list[str]:
+    """The files a checkpoint's ``config.json`` binds by digest: the weights and every plan's."""
+    return [WEIGHTS] + [f"{STRUCTURE}/{i}/{name}" for i in range(plans) for name in PLAN_NAMES]
 
 
 def read_config(folder: str | Path) -> dict:
@@ -93,7 +101,7 @@ def read_config(folder: str | Path) -> dict:
     return cfg
 
 
-_NOT_KWARGS = ("format", "arch", "widths", "meta", "structure", "inputs")
+_NOT_KWARGS = ("format", "arch", "widths", "meta", "structure", "inputs", "digests")
 
 
 def _model_kwargs(cfg: dict) -> dict:
@@ -165,10 +173,14 @@ def load_model(folder: str | Path, build: Callable[[], nn.Module] | None = None)
         shapes = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
         check_against(header, shapes, where, name, exact=True)
         check_widths(cfg, header, f"checkpoint {folder}")
+        files.check_digests(folder, cfg.get("digests"), bound_files(cfg.get("structure", 0)),
+                            CONFIG)
         state = files.read_tensors(folder / WEIGHTS, "checkpoint weights")
     else:
         check_against(header, dense_shapes(cfg, f"checkpoint {folder}"), where, name)
         check_widths(cfg, header, f"checkpoint {folder}")
+        files.check_digests(folder, cfg.get("digests"), bound_files(cfg.get("structure", 0)),
+                            CONFIG)
         state = files.read_tensors(folder / WEIGHTS, "checkpoint weights")
         model = models.create(cfg["arch"], **_model_kwargs(cfg))
         fit_to_state(model, state)
@@ -180,7 +192,7 @@ def load_model(folder: str | Path, build: Callable[[], nn.Module] | None = None)
                              f"'{name}': {' '.join(first[:3])[:300]}") from None
     if cfg.get("kind") != USER:
         model.prunewise_config = {k: v for k, v in cfg.items()
-                                  if k not in ("format", "widths", "meta", "structure", "inputs")}
+                                  if k not in _NOT_KWARGS or k == "arch"}
     model.prunewise_meta = cfg.get("meta", {})
     if cfg.get("inputs"):
         model.prunewise_inputs = cfg["inputs"]

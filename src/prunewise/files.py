@@ -3,6 +3,8 @@ allocated. Checkpoint folders (a model's config and weights) are :mod:`prunewise
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import stat
@@ -82,7 +84,23 @@ def atomic_write(path: str | Path, write) -> None:
 
 
 def _replace(path: Path, write) -> None:
-    """The write-then-rename of :func:`atomic_write`, in this process."""
+    """The write-then-rename of :func:`atomic_write`, in this process; a failed write (disk full,
+    file too large, permissions, a read-only file system) is a PrunewiseError naming ``path``."""
+    try:
+        _write_then_rename(path, write)
+    except (OSError, SafetensorError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else _io_reason(str(e))
+        kept = "left as it was" if os.path.lexists(path) else "not created"
+        raise PrunewiseError(f"could not write {path}: {reason} ({kept})") from None
+
+
+def _io_reason(message: str) -> str:
+    """The OS's words in a safetensors I/O error ('... I/O error: File too large (os error 27)')."""
+    reason = message.rsplit("I/O error:", 1)[-1].split("(os error", 1)[0].strip()
+    return " ".join(reason.split())[:160]
+
+
+def _write_then_rename(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}{os.getpid()}-", dir=path.parent)
@@ -98,7 +116,7 @@ def _replace(path: Path, write) -> None:
     except BaseException:
         if fd >= 0:
             os.close(fd)
-        if os.path.lexists(tmp):
+        with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
 
@@ -141,6 +159,37 @@ def read_json(path: str | Path, what: str = "file", spec: dict | None = None) ->
     if spec is not None:
         schema.check(obj, spec, str(path))
     return obj
+
+
+def digest(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            h.update(piece)
+    return h.hexdigest()
+
+
+def check_digests(folder: Path, recorded: dict | None, names: list[str], index: str) -> None:
+    """Refuse a folder whose files are not the ones its ``index`` file (written last) recorded.
+
+    ``recorded`` is the index's ``{name: sha256}`` (None for folders saved before digests, which
+    pass); ``names`` are the files this folder must bind, computed by the reader: a recorded name
+    is never opened unless it is one of them. A digest that differs means the files come from
+    different saves (a save killed between them, or a file replaced by hand)."""
+    if recorded is None:
+        return
+    if sorted(recorded) != sorted(names):
+        raise PrunewiseError(f"corrupt {folder / index}: its file digests name "
+                             f"{schema.short(sorted(recorded))}, expected {schema.short(names)}")
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            raise PrunewiseError(f"{path} not found ({index} was written with it)")
+        if digest(path) != recorded[name]:
+            raise PrunewiseError(f"{path} is not the file {folder / index} was written with (its "
+                                 f"SHA-256 differs): the two come from different saves, for "
+                                 f"example a save interrupted between them; save again")
 
 
 def write_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:

@@ -108,7 +108,7 @@ class MaskPlan:
             "format": PLAN_FORMAT, "kind": "masks", "method": self.method,
             "sparsity": self.sparsity, "kept": self.kept, "total": self.total,
             "shapes": {k: list(m.shape) for k, m in self.masks.items()},
-            "meta": self.meta})
+            "digests": {MASKS_FILE: files.digest(folder / MASKS_FILE)}, "meta": self.meta})
         return folder
 
     @classmethod
@@ -135,6 +135,7 @@ class MaskPlan:
             if entry["shape"] != shapes[k] or entry["dtype"] not in ("BOOL", "U8"):
                 raise PrunewiseError(f"corrupt plan {folder}: mask '{k}' is {entry['dtype']} of "
                                      f"shape {entry['shape']}, {PLAN_FILE} says a BOOL of {shapes[k]}")
+        files.check_digests(folder, info.get("digests"), [MASKS_FILE], PLAN_FILE)
         masks = files.read_tensors(folder / MASKS_FILE, "plan masks")
         ordered = {k: masks[k] for k in shapes}
         check_masks(ordered, str(folder / MASKS_FILE), allow_all_pruned=allow_all_pruned)
@@ -219,7 +220,9 @@ class ChannelPlan:
         files.write_tensors(folder / PLAN_TENSORS, {k: v.to(torch.long) for k, v in self.keep.items()})
         files.write_json(folder / PLAN_JSON, {"format": PLAN_FORMAT, "kind": "channels",
                                              "arch": self.arch, "sizes": self.sizes,
-                                             "counts": self.counts, "meta": self.meta})
+                                             "counts": self.counts, "meta": self.meta,
+                                             "digests": {PLAN_TENSORS: files.digest(
+                                                 folder / PLAN_TENSORS)}})
         return folder
 
     @classmethod
@@ -245,6 +248,7 @@ class ChannelPlan:
                 raise PrunewiseError(f"{where}: group '{k}' must be a list of at most {sizes[k]} "
                                      f"integer indices (as counts says), got {entry['dtype']} "
                                      f"of shape {entry['shape']}")
+        files.check_digests(folder, cfg.get("digests"), [PLAN_TENSORS], PLAN_JSON)
         keep = files.read_tensors(folder / PLAN_TENSORS, "channel plan tensors")
         check_keep(keep, sizes, where)
         return cls(keep={k: v.to(torch.long) for k, v in keep.items()}, sizes=dict(sizes),

@@ -211,6 +211,10 @@ def _int(lo: int, hi: int) -> dict:
 NAME = {"type": "string", "minLength": 1, "maxLength": MAX_NAME}
 SHAPE = {"type": "array", "maxItems": MAX_RANK, "items": _int(0, MAX_DIM)}
 ANY_OBJECT = {"type": "object"}
+DIGESTS = {"type": "object", "maxProperties": 2 * 32 + 1, "additionalProperties": {
+    "type": "string", "minLength": 64, "maxLength": 64}}
+"""``{file name: SHA-256 hex}`` of the files a folder's index file binds (checked by
+:func:`prunewise.files.check_digests`, which decides which names may appear)."""
 
 WIDTHS = {"type": "object", "maxProperties": MAX_TENSORS,
           "additionalProperties": {**SHAPE, "minItems": 1}}
@@ -243,6 +247,7 @@ CONFIG = {
         "meta": CHECKPOINT_META,
         "structure": _int(1, 32),
         "inputs": INPUTS,
+        "digests": DIGESTS,
     },
 }
 """A checkpoint's ``config.json`` (architecture arguments, widths, free-form ``meta``; a
@@ -260,6 +265,7 @@ USER_CONFIG = {
         "meta": CHECKPOINT_META,
         "structure": _int(1, 32),
         "inputs": INPUTS,
+        "digests": DIGESTS,
     },
 }
 """The ``config.json`` of a user model's checkpoint (rebuilt by the caller's factory)."""
@@ -275,6 +281,7 @@ MASK_PLAN = {
         "kept": _int(0, MAX_ELEMENTS),
         "total": _int(0, MAX_ELEMENTS),
         "shapes": {"type": "object", "maxProperties": MAX_TENSORS, "additionalProperties": SHAPE},
+        "digests": DIGESTS,
         "meta": {"type": "object", "properties": {
             "settings": ANY_OBJECT,
             "iterations": _int(0, 1_000_000),
@@ -293,6 +300,7 @@ CHANNEL_PLAN = {
         "sizes": {"type": "object", "maxProperties": MAX_TENSORS,
                   "additionalProperties": _int(1, MAX_DIM)},
         "counts": {"type": "object", "additionalProperties": _int(1, MAX_DIM)},
+        "digests": DIGESTS,
         "meta": ANY_OBJECT,
     },
 }
