@@ -240,3 +240,27 @@ def test_files_from_two_saves_are_refused_by_their_digest(tmp_path):
                                                        .read_bytes())
     with pytest.raises(PrunewiseError, match="masks.safetensors is not the file"):
         MaskPlan.load(tmp_path / "p")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/mem"), reason="needs /proc/self/mem")
+def test_an_input_that_fails_on_read_is_one_line_naming_it(tmp_path, digits_checkpoint):
+    """/proc/self/mem is a regular file that fails on read (EIO): a symlink to it stands for a
+    device or a network file that breaks while we read it."""
+    import shutil
+
+    for name in ("config.json", "model.safetensors"):
+        ck = tmp_path / name / "ck"
+        shutil.copytree(digits_checkpoint, ck)
+        (ck / name).unlink()
+        (ck / name).symlink_to("/proc/self/mem")
+        for command in ("eval", "info"):
+            assert_bad_input(invoke(command, ck), "cannot read", str(ck / name),
+                             "Input/output error")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "report.json").symlink_to("/proc/self/mem")
+    assert_bad_input(invoke("report", tmp_path / "run"), "cannot read report", "report.json")
+    (tmp_path / "t.safetensors").symlink_to("/proc/self/mem")
+    r = invoke("train", "resnet20", "--data", "tensors", "--root", tmp_path / "t.safetensors",
+               "--epochs", "1", "--out", tmp_path / "t")
+    assert_bad_input(r, "cannot read", "t.safetensors")
+    assert not (tmp_path / "t").exists()

@@ -51,6 +51,15 @@ def test_write_validates_against_the_schema_and_draws(tmp_path):
     assert "1,000" in dense and "5,000" in dense and "20.000" in dense
 
 
+def test_a_report_written_from_a_script_has_no_command_line(tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["my_experiment.py", "--lr", "0.1"])
+    rep = report.write(tmp_path, sample(), kind="prune-unstructured")
+    assert "command" not in rep and "Command:" not in (tmp_path / "report.md").read_text()
+    monkeypatch.setattr("sys.argv", ["/usr/bin/prunewise", "report", "x"])
+    assert report.write(tmp_path, sample(), kind="prune-unstructured")["command"] == \
+        "prunewise report x"
+
+
 def test_history_legend_names_both_lines(tmp_path, monkeypatch):
     figs = []
     monkeypatch.setattr(report, "save_figure", lambda fig, path: figs.append(fig) or path)

@@ -142,6 +142,16 @@ def jsonable(o):
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
+@contextlib.contextmanager
+def reading(label: str):
+    """Turn an OSError while reading (a device that fails on read, a file removed under us,
+    permissions) into a PrunewiseError naming the file: ``label`` says what and where it is."""
+    try:
+        yield
+    except OSError as e:
+        raise PrunewiseError(f"cannot read {label}: {e.strerror or e}") from None
+
+
 def read_json(path: str | Path, what: str = "file", spec: dict | None = None) -> dict:
     """Read a JSON object (at most ``schema.MAX_JSON_BYTES``); a missing, corrupt or oversized
     file is a PrunewiseError naming it. With ``spec``, the object is checked by :func:`schema.check`."""
@@ -152,8 +162,9 @@ def read_json(path: str | Path, what: str = "file", spec: dict | None = None) ->
     if size > schema.MAX_JSON_BYTES:
         raise PrunewiseError(f"{what} {path} is too large ({size} bytes, at most "
                              f"{schema.MAX_JSON_BYTES})")
-    with open(path, "rb") as f:
-        obj = schema.parse_json(f.read(schema.MAX_JSON_BYTES + 1), f"{what} {path}")
+    with reading(f"{what} {path}"), open(path, "rb") as f:
+        text = f.read(schema.MAX_JSON_BYTES + 1)
+    obj = schema.parse_json(text, f"{what} {path}")
     if not isinstance(obj, dict):
         raise PrunewiseError(f"corrupt {what} {path}: expected a JSON object")
     if spec is not None:
@@ -164,7 +175,7 @@ def read_json(path: str | Path, what: str = "file", spec: dict | None = None) ->
 def digest(path: str | Path) -> str:
     """The SHA-256 of a file's bytes (hex), read in 1 MiB pieces."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with reading(str(path)), open(path, "rb") as f:
         for piece in iter(lambda: f.read(1 << 20), b""):
             h.update(piece)
     return h.hexdigest()
@@ -209,7 +220,7 @@ def numel(shape) -> int:
 
 def _raw_header(path: Path, where: str) -> tuple[dict, int]:
     size = path.stat().st_size
-    with open(path, "rb") as f:
+    with reading(where), open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
             raise PrunewiseError(f"corrupt {where}: shorter than a safetensors header")

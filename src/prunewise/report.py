@@ -64,8 +64,8 @@ def write(out: str | Path, report: dict, *, kind: str, config: dict | None = Non
     report = {"kind": kind, **report}
     report.setdefault("config", config or {})
     report.setdefault("versions", versions())
-    report.setdefault("command", " ".join(["prunewise", *sys.argv[1:]])
-                      if Path(sys.argv[0]).name in ("prunewise", "__main__.py") else None)
+    if "command" not in report and Path(sys.argv[0]).name in ("prunewise", "__main__.py"):
+        report["command"] = " ".join(["prunewise", *sys.argv[1:]])  # run from the command line
     report = json.loads(json.dumps(report, default=files.jsonable))  # plain JSON types only
     return _emit(out, report)
 
