@@ -384,7 +384,10 @@ def test_numbers_are_written_with_ascii_digits(args, what, digits_checkpoint, tm
 @pytest.mark.parametrize("args, what", [
     (["--seeds", "0,,1"], "empty"), (["--seeds", "1_0"], "integers"),
     (["--sparsity", "0.5,0.5000000001"], "same cell"), (["--sparsity", "0.5,"], "empty"),
+    (["--base", "b{seed}{0}"], "only placeholder"), (["--base", "b{seed:300000000}"], "{seed}"),
+    (["--base", "b{seed"], "no other braces"), (["--base", "x" * 100_000 + "}"], "braces"),
 ])
 def test_bench_lists_are_strict(args, what, tmp_path):
     r = invoke("bench", *args, "--out", tmp_path / "g")
     assert r.returncode == 2 and what in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr) < 400 and not (tmp_path / "g").exists()

@@ -133,6 +133,10 @@ def check_grid(grid: Grid) -> None:
     if len(set(named)) != len(named):
         raise PrunewiseError(f"budgets {list(grid.budgets)} name the same cell ({named}): give "
                              f"values that differ in their first six significant digits")
+    if grid.base is not None and ("{" in grid.base.replace("{seed}", "")
+                                  or "}" in grid.base.replace("{seed}", "")):
+        raise PrunewiseError(f"--base {schema.short(grid.base, 80)}: the only placeholder a base "
+                             f"path may hold is {{seed}} (no other braces)")
     if grid.base is None:
         if grid.model_name not in models.names():
             raise PrunewiseError(f"unknown model '{grid.model_name}'; choose one of: "
@@ -146,7 +150,7 @@ def base_folder(grid: Grid, out: Path, seed: int) -> Path:
     if grid.base is None:
         return out / "base" / f"seed-{seed}"
     if "{seed}" in grid.base:
-        return Path(grid.base.format(seed=seed))
+        return Path(grid.base.replace("{seed}", str(seed)))
     return Path(grid.base) / f"seed-{seed}"
 
 
