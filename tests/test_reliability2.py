@@ -264,3 +264,20 @@ def test_an_input_that_fails_on_read_is_one_line_naming_it(tmp_path, digits_chec
                "--epochs", "1", "--out", tmp_path / "t")
     assert_bad_input(r, "cannot read", "t.safetensors")
     assert not (tmp_path / "t").exists()
+
+
+def test_weights_and_data_holding_nan_are_refused(tmp_path):
+    torch.manual_seed(0)
+    model = models.create("resnet20", num_classes=10, in_channels=1)
+    with torch.no_grad():
+        model.fc.weight[0, 0] = float("nan")
+        model.conv1.weight[0, 0, 0, 0] = float("inf")
+    checkpoints.save_model(model, tmp_path / "ck")
+    with pytest.raises(PrunewiseError, match="tensor '.*' holds 1 NaN or infinite value"):
+        checkpoints.load_model(tmp_path / "ck")
+    x = torch.rand(8, 1, 4, 4)
+    x[3, 0, 1, 1] = float("nan")
+    y = torch.arange(8) % 2
+    with pytest.raises(PrunewiseError, match="NaN or infinite"):
+        D.from_tensors((x, y), (x.nan_to_num(), y))
+    assert len(D.from_tensors((x.nan_to_num(), y), (x.nan_to_num(), y)).test) == 8

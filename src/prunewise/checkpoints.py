@@ -176,12 +176,14 @@ def load_model(folder: str | Path, build: Callable[[], nn.Module] | None = None)
         files.check_digests(folder, cfg.get("digests"), bound_files(cfg.get("structure", 0)),
                             CONFIG)
         state = files.read_tensors(folder / WEIGHTS, "checkpoint weights")
+        files.check_finite(state, where)
     else:
         check_against(header, dense_shapes(cfg, f"checkpoint {folder}"), where, name)
         check_widths(cfg, header, f"checkpoint {folder}")
         files.check_digests(folder, cfg.get("digests"), bound_files(cfg.get("structure", 0)),
                             CONFIG)
         state = files.read_tensors(folder / WEIGHTS, "checkpoint weights")
+        files.check_finite(state, where)
         model = models.create(cfg["arch"], **_model_kwargs(cfg))
         fit_to_state(model, state)
     try:
@@ -219,7 +221,9 @@ def load_state(path: str | Path, build: Callable[[], nn.Module]) -> nn.Module:
     header, _ = files.read_header(path, "model weights")
     shapes = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
     check_against(header, shapes, f"model weights {path}", type(model).__name__, exact=True)
-    model.load_state_dict(files.read_tensors(path, "model weights"), strict=True)
+    state = files.read_tensors(path, "model weights")
+    files.check_finite(state, f"model weights {path}")
+    model.load_state_dict(state, strict=True)
     model.prunewise_meta = {}
     return model.eval()
 

@@ -210,6 +210,16 @@ def write_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: 
     atomic_write(path, lambda tmp: save_file(clean, tmp, metadata=meta))
 
 
+def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse floating-point tensors holding NaN or infinite values (weights or data that would
+    make every later number meaningless); one pass over each tensor, in place."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise PrunewiseError(f"{where}: tensor '{name}' holds {bad} NaN or infinite "
+                                 f"value{'s' if bad > 1 else ''}")
+
+
 def numel(shape) -> int:
     """Elements of ``shape`` (exact Python integers, no overflow)."""
     n = 1

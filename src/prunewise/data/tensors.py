@@ -40,6 +40,7 @@ def _inputs_len(x, what: str) -> int:
         if not isinstance(t, torch.Tensor) or t.dim() < 1:
             raise PrunewiseError(f"{what}: inputs must be tensors with a sample dimension")
         lens.add(int(t.shape[0]))
+    files.check_finite(x if isinstance(x, dict) else {"x": x}, what)
     if len(lens) != 1:
         raise PrunewiseError(f"{what}: the input tensors hold different numbers of samples "
                              f"{sorted(lens)}")
