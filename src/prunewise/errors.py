@@ -6,3 +6,14 @@ class PrunewiseError(ValueError):
 
     The message names the bad value and what is allowed; it is shown to the user as one line.
     """
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is an allocation that failed (CPU or accelerator): the job asked for more
+    memory than the machine (or the process's limit) gives, which the command line reports as
+    one line rather than as a bug."""
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in text
+                                            or "out of memory" in text.lower())

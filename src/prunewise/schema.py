@@ -167,7 +167,9 @@ def parse_json(text: str | bytes, where: str):
         raise PrunewiseError(f"{where}: too large ({len(text)} bytes, at most {MAX_JSON_BYTES})")
     try:
         obj = json.loads(text)
-    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError included
+    except RecursionError:
+        raise PrunewiseError(f"{where}: nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError included
         raise PrunewiseError(f"corrupt {where}: {short(str(e), 200)}") from None
     try:
         deep = depth(obj)

@@ -8,12 +8,13 @@ Exit codes: 0 success, 2 bad input (one line on stderr, no traceback), 1 interna
 """
 from __future__ import annotations
 
+import re
 import sys
 import traceback
 
 import click
 
-from ..errors import PrunewiseError
+from ..errors import PrunewiseError, out_of_memory
 from . import commands, prune
 
 
@@ -35,6 +36,20 @@ def _rank_note() -> str:
     return f" (rank {dist.rank()} of {dist.world()})" if dist and dist.active() else ""
 
 
+def _failure(e: Exception) -> int:
+    """An allocation that failed is one line (exit 2); anything else is a bug: its traceback is
+    kept for the report (exit 1)."""
+    if out_of_memory(e):
+        wanted = re.search(r"allocate (\d+) bytes", str(e))
+        asked = f" (an allocation of {int(wanted[1]):,} bytes failed)" if wanted else ""
+        click.echo(f"prunewise: error{_rank_note()}: out of memory{asked}: use a smaller "
+                   f"--batch-size or input size, or a machine with more memory", err=True)
+        return 2
+    traceback.print_exc()
+    click.echo("prunewise: internal error (please report it with the traceback above)", err=True)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and map errors to exit codes (2 bad input, 1 internal)."""
     try:
@@ -52,18 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         code = 130
     except OSError as e:  # our own paths (unreadable, unwritable, disk full): bad input
         if e.filename is None:
-            traceback.print_exc()
-            click.echo("prunewise: internal error (please report it with the traceback above)",
-                       err=True)
-            code = 1
+            code = _failure(e)
         else:
             click.echo(f"prunewise: error: {e.strerror or e}: {e.filename}", err=True)
             code = 2
-    except Exception:  # a genuine internal failure: keep the traceback for the bug report
-        traceback.print_exc()
-        click.echo("prunewise: internal error (please report it with the traceback above)",
-                   err=True)
-        code = 1
+    except Exception as e:  # noqa: BLE001 -- out of memory, or a genuine internal failure
+        code = _failure(e)
     dist = sys.modules.get("prunewise.dist")
     if code == 0 and dist is not None:
         dist.finish()  # after a failure the peers are stopped by torchrun or the timeout

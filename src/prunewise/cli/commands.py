@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .. import methods, schema
-from ..errors import PrunewiseError
+from ..errors import PrunewiseError, out_of_memory
 from . import loading, output
 from .options import (CLASSES, LR, SEED, SIDE, WEIGHT_DECAY, amp_option, check_output,
                       compute_of, count, data_options, device_option, model_option, progress_on,
@@ -132,6 +132,8 @@ def info_cmd(name, num_classes, in_channels, input_size, as_json, factory):
     try:
         table = measure.layer_table(model, x)
     except RuntimeError as e:
+        if out_of_memory(e):
+            raise
         raise PrunewiseError(f"input size {size} is too small for '{arch}': "
                              f"{str(e).splitlines()[0]}") from None
     info = {"model": arch, "input_size": size,

@@ -21,10 +21,13 @@ def load_digits(image_size: int, val_fraction: float, seed: int, limit: int | No
     labels = torch.from_numpy(np.asarray(raw.target, dtype=np.int64))
     x = images.unsqueeze(1).mul_(255.0 / 16.0)  # N x 1 x 8 x 8 in 0..255
     check_images(len(x), 1, image_size, "digits")
-    if image_size != 8:
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
-                          antialias=image_size < 8)
-    x = x.round_().clamp_(0, 255).to(torch.uint8)
+    parts = []
+    for chunk in x.split(256):   # resized a few at a time: memory is the uint8 result's
+        if image_size != 8:
+            chunk = F.interpolate(chunk, size=(image_size, image_size), mode="bilinear",
+                                  align_corners=False, antialias=image_size < 8)
+        parts.append(chunk.round_().clamp_(0, 255).to(torch.uint8))
+    x = torch.cat(parts)
 
     y_np = labels.numpy()
     # Test split: fixed seed, independent of ``seed`` and ``limit``.
