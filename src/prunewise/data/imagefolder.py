@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -28,18 +29,24 @@ def image_files(folder: str) -> list[str]:
 MAX_PIXELS = 1 << 25
 
 
-def read_images(paths: Sequence[str], size: int) -> torch.Tensor:
+def _read_image(path: str, size: int) -> np.ndarray:
     from PIL import Image
 
+    with warnings.catch_warnings():  # our own bound replaces PIL's decompression-bomb warning
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            if im.width * im.height > MAX_PIXELS:  # checked from the header, before decoding
+                raise PrunewiseError(f"{path}: the image declares {im.width}x{im.height} "
+                                     f"pixels, more than {MAX_PIXELS:,}")
+            rgb = im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def read_images(paths: Sequence[str], size: int) -> torch.Tensor:
     out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
     for i, path in enumerate(paths):
         try:
-            with Image.open(path) as im:
-                if im.width * im.height > MAX_PIXELS:  # checked from the header, before decoding
-                    raise PrunewiseError(f"{path}: the image declares {im.width}x{im.height} "
-                                         f"pixels, more than {MAX_PIXELS:,}")
-                rgb = im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-                out[i] = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+            out[i] = _read_image(path, size)
         except PrunewiseError:
             raise
         except Exception as exc:  # OSError, DecompressionBombError, truncated files, ...
