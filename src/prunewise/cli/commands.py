@@ -9,7 +9,7 @@ import click
 from .. import methods, schema
 from ..errors import PrunewiseError, out_of_memory
 from . import loading, output
-from .options import (CLASSES, LR, SEED, SIDE, WEIGHT_DECAY, amp_option, check_output,
+from .options import (CLASSES, LR, SEED, SIDE, WEIGHT_DECAY, Integer, amp_option, check_output,
                       compute_of, count, data_options, device_option, model_option, progress_on,
                       quiet_option,
                       recalibration_of, recalibration_options, repair_of, repair_options)
@@ -105,7 +105,7 @@ def eval_cmd(checkpoint, data_name, root, image_size, data_seed, factory, split,
 @click.command("info")
 @click.argument("name")
 @click.option("--num-classes", type=CLASSES, default=10, show_default=True)
-@click.option("--in-channels", type=click.IntRange(1, schema.MAX_IN_CHANNELS), default=3,
+@click.option("--in-channels", type=Integer(1, schema.MAX_IN_CHANNELS), default=3,
               show_default=True)
 @click.option("--input-size", type=SIDE, default=None,
               help="Input side (default: the model's natural one).")

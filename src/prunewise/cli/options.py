@@ -307,7 +307,7 @@ def _setting_option(f):
     if kind == "choice":
         kind_type = click.Choice(meta["choices"])
     elif kind == "int":
-        kind_type = click.IntRange(meta.get("low"), meta.get("high"))
+        kind_type = Integer(meta.get("low"), meta.get("high"))
     else:
         kind_type = FiniteFloat(meta.get("low"), meta.get("high"),
                                 min_open=meta.get("low_open", False))
