@@ -81,7 +81,7 @@ def worker(rank: int, folder: str, port: int) -> None:
     try:  # a write that fails on rank 0 fails on every rank, no rank waits forever
         files.atomic_write(out / "shared" / "never.json", failing)
     except (OSError, PrunewiseError) as e:
-        result["write_error"] = type(e).__name__
+        result["write_error"] = f"{type(e).__name__}: {e}"
     (out / f"result-{rank}.json").write_text(json.dumps(result))
     dist.finish()
     dist.leave(0)  # as the CLI does under torchrun
@@ -122,7 +122,10 @@ def test_only_rank_zero_writes_and_a_failed_write_fails_everywhere(two_ranks):
     assert checkpoints.load_model(shared / "model") is not None
     r0 = json.loads((two_ranks / "result-0.json").read_text())
     r1 = json.loads((two_ranks / "result-1.json").read_text())
-    assert r0["write_error"] == "OSError" and r1["write_error"] == "PrunewiseError"
+    # rank 0 names the file it could not write; the other rank is told rank 0 failed
+    assert r0["write_error"].startswith("PrunewiseError: could not write"), r0["write_error"]
+    assert "never.json" in r0["write_error"] and "disk full" in r0["write_error"]
+    assert r1["write_error"].startswith("PrunewiseError"), r1["write_error"]
     assert not (shared / "never.json").exists()
 
 

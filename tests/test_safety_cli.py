@@ -363,9 +363,12 @@ def test_prune_never_writes_over_its_input_checkpoint(world, tmp_path):
     run = tmp_path / "run"
     save_digits_model(run / "model", seed=3)
     before = snapshot(run)
+    (tmp_path / "link").symlink_to(run / "model")
+    outs = [run, run / "model", run / "model" / "inner", tmp_path / "link"]
     for args in (["prune", "fvw", run / "model", "--sparsity", "0.5"],
                  ["prune", "sliming", run / "model", "--macs", "0.5"]):
-        assert_bad_input(invoke(*args, "--out", run), "over the input checkpoint")
+        for out in outs:  # the model's run folder, the checkpoint itself, inside it, a link to it
+            assert_bad_input(invoke(*args, "--out", out), "into the input checkpoint")
     assert snapshot(run) == before
 
 

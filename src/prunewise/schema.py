@@ -168,7 +168,7 @@ def parse_json(text: str | bytes, where: str):
     try:
         obj = json.loads(text)
     except RecursionError:
-        raise PrunewiseError(f"{where}: nested more than {MAX_DEPTH} levels deep") from None
+        raise PrunewiseError(f"corrupt {where}: nested more than {MAX_DEPTH} levels deep") from None
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError included
         raise PrunewiseError(f"corrupt {where}: {short(str(e), 200)}") from None
     try:
@@ -176,7 +176,7 @@ def parse_json(text: str | bytes, where: str):
     except PrunewiseError as e:
         raise PrunewiseError(f"{where}: {e}") from None
     if deep > MAX_DEPTH:
-        raise PrunewiseError(f"{where}: nested more than {MAX_DEPTH} levels deep")
+        raise PrunewiseError(f"corrupt {where}: nested more than {MAX_DEPTH} levels deep")
     return obj
 
 

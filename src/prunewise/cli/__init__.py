@@ -36,6 +36,13 @@ def _rank_note() -> str:
     return f" (rank {dist.rank()} of {dist.world()})" if dist and dist.active() else ""
 
 
+def _short_words(message: str) -> str:
+    """One line, each run of 200+ non-blank characters (a pasted value, a long path) cut to its
+    ends, so an error about a huge option value stays short."""
+    line = " ".join(message.split())
+    return re.sub(r"\S{200,}", lambda m: f"{m[0][:120]}...{m[0][-60:]}", line)
+
+
 def _failure(e: Exception) -> int:
     """An allocation that failed is one line (exit 2); anything else is a bug: its traceback is
     kept for the report (exit 1)."""
@@ -57,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         code = rv if isinstance(rv, int) else 0
     except (PrunewiseError, click.ClickException) as e:
         msg = e.format_message() if isinstance(e, click.ClickException) else str(e)
-        click.echo(f"prunewise: error{_rank_note()}: {' '.join(msg.split())}", err=True)
+        click.echo(f"prunewise: error{_rank_note()}: {_short_words(msg)}", err=True)
         code = 2
     except click.exceptions.Abort:
         click.echo("prunewise: aborted", err=True)
@@ -69,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         if e.filename is None:
             code = _failure(e)
         else:
-            click.echo(f"prunewise: error: {e.strerror or e}: {e.filename}", err=True)
+            click.echo(f"prunewise: error: {_short_words(f'{e.strerror or e}: {e.filename}')}",
+                       err=True)
             code = 2
     except Exception as e:  # noqa: BLE001 -- out of memory, or a genuine internal failure
         code = _failure(e)

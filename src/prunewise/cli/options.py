@@ -119,12 +119,16 @@ def check_output(path, what: str = "--out", *, folder: bool = True) -> Path:
 
 
 def check_apart(out, checkpoint) -> None:
-    """Refuse a prune ``--out`` whose ``model`` folder is the input checkpoint: the run would
-    write the pruned model over the only copy of the model it started from."""
-    target, source = Path(out) / "model", Path(checkpoint)
-    if source.exists() and target.exists() and target.resolve() == source.resolve():
-        raise PrunewiseError(f"--out {out} would write the pruned model over the input checkpoint "
-                             f"{checkpoint}; choose another --out folder")
+    """Refuse a prune ``--out`` that is the input checkpoint's folder, lies inside it, or whose
+    ``model`` folder is it (symbolic links followed): the run would write its files among, or
+    its pruned model over, the only copy of the model it started from."""
+    source = Path(checkpoint).resolve() if Path(checkpoint).exists() else None
+    if source is None or not source.is_dir():
+        return
+    target = Path(out).resolve()
+    if target == source or source in target.parents or (target / "model") == source:
+        raise PrunewiseError(f"--out {out} would write into the input checkpoint {checkpoint}; "
+                             f"choose an --out folder outside it")
 
 
 def progress_on(quiet: bool) -> bool:
