@@ -27,13 +27,14 @@ import json
 import os
 import random
 import re
-import resource
 import shutil
 import signal
 import struct
 import sys
 import tempfile
 from pathlib import Path
+
+from helpers import limit_address_space  # tests/ is on the path: this file runs as a script
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "fuzz_corpus.json"
@@ -452,14 +453,6 @@ def problem(code, err: str) -> str | None:
     return None
 
 
-def limit_memory() -> None:
-    """Let this process's address space grow by :data:`MEMORY` at most from here on."""
-    with open("/proc/self/status") as f:
-        size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize"))
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    resource.setrlimit(resource.RLIMIT_AS, (size + MEMORY, hard))
-
-
 def example(kind: str, rng: random.Random, ex: Path, inputs: dict) -> tuple[list[str], str]:
     if kind == "cli":
         return cli_example(rng, ex, inputs), "cli"
@@ -483,7 +476,7 @@ def campaign(seed: int, examples: int, kinds: list[str], seconds: float, work: P
     """Run ``examples`` new examples (and the ``replay`` cases); returns the failures."""
     inputs = build_inputs(work / "inputs")
     before = snapshot(work / "inputs")
-    limit_memory()
+    limit_address_space(MEMORY)
     failures = []
     cases = [(c["argv"], c.get("what", "corpus"), None) for c in (replay or [])]
     cases += [(None, None, i) for i in (only if only is not None else range(examples))]

@@ -3,9 +3,18 @@ codes of the real process, the console script), and check bad-input errors."""
 import contextlib
 import io
 import os
+import resource
 import subprocess
 import sys
 from types import SimpleNamespace
+
+
+def limit_address_space(extra: int = 1 << 30) -> None:
+    """Let this process's address space grow by ``extra`` bytes at most from here on (memory
+    tests: an allocation past it fails at once instead of swapping the machine)."""
+    with open("/proc/self/status") as f:
+        size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (size + extra, resource.getrlimit(resource.RLIMIT_AS)[1]))
 
 
 def run(*args, cwd=None):

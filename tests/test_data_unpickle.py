@@ -14,6 +14,8 @@ import pytest
 from prunewise.data import unpickle
 from prunewise.errors import PrunewiseError
 
+TESTS = os.path.dirname(os.path.abspath(__file__))  # for helpers.py in subprocess scripts
+
 
 def _bomb(levels=5, width=100) -> dict:
     """A label list of ``width ** levels`` entries made of shared references (about 1 KB)."""
@@ -50,13 +52,13 @@ def test_bomb_refused_with_bounded_memory(tmp_path):
             obj[b"labels"] = _bomb()[b"labels"]
         (folder / name).write_bytes(pickle.dumps(obj, protocol=2))
     script = textwrap.dedent(f"""
-        import pickle, resource, sys
+        import pickle, sys
         import numpy as np
         from prunewise import data
         from prunewise.errors import PrunewiseError
-        with open("/proc/self/status") as fh:
-            vm = next(int(l.split()[1]) * 1024 for l in fh if l.startswith("VmSize:"))
-        resource.setrlimit(resource.RLIMIT_AS, (vm + 2**30, resource.getrlimit(resource.RLIMIT_AS)[1]))
+        sys.path.insert(0, {str(TESTS)!r})
+        from helpers import limit_address_space
+        limit_address_space()
         try:
             data.load("cifar10", {str(folder)!r})
         except PrunewiseError as exc:

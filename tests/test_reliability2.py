@@ -17,6 +17,8 @@ from helpers import assert_bad_input, invoke
 from prunewise import PrunewiseError, checkpoints, files, fvw, masking, models, schema
 from prunewise import data as D
 
+TESTS = os.path.dirname(os.path.abspath(__file__))  # for helpers.py in subprocess scripts
+
 
 def test_dangling_symlink_and_loop_as_out_are_refused_before_work(tmp_path):
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
@@ -325,11 +327,11 @@ def test_small_crafted_inputs_stay_under_1gb(tmp_path, digits_checkpoint):
             ["train", "resnet20", "--image-size", "700", "--epochs", "1", "--quiet",
              "--out", tmp_path / "t"]]
     script = textwrap.dedent(f"""
-        import contextlib, io, resource
+        import contextlib, io, sys
         from prunewise.cli import main
-        with open("/proc/self/status") as fh:
-            vm = next(int(l.split()[1]) * 1024 for l in fh if l.startswith("VmSize:"))
-        resource.setrlimit(resource.RLIMIT_AS, (vm + 2**30, resource.getrlimit(resource.RLIMIT_AS)[1]))
+        sys.path.insert(0, {str(TESTS)!r})
+        from helpers import limit_address_space
+        limit_address_space()
         for argv in {[[str(a) for a in r] for r in runs]!r}:
             err = io.StringIO()
             with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):

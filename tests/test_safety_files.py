@@ -29,6 +29,8 @@ from prunewise import checkpoints, files, models, PrunewiseError, schema
 from prunewise.plan import MASKS_FILE, PLAN_FILE, MaskPlan, check_masks
 from prunewise.plan import PLAN_JSON, PLAN_TENSORS, ChannelPlan
 
+TESTS = os.path.dirname(os.path.abspath(__file__))  # for helpers.py in subprocess scripts
+
 BYTES = {"F32": 4, "I64": 8, "BOOL": 1, "U8": 1, "F16": 2, "I32": 4}
 
 
@@ -384,13 +386,13 @@ def test_hostile_small_files_are_refused_within_1gb(tmp_path):
         (tmp_path / name).mkdir()
         folders[name] = str(make(tmp_path / name))
     script = textwrap.dedent(f"""
-        import resource
+        import sys
         import torch
         from prunewise import checkpoints, files
         from prunewise.errors import PrunewiseError
-        with open("/proc/self/status") as fh:
-            vm = next(int(l.split()[1]) * 1024 for l in fh if l.startswith("VmSize:"))
-        resource.setrlimit(resource.RLIMIT_AS, (vm + 2**30, resource.getrlimit(resource.RLIMIT_AS)[1]))
+        sys.path.insert(0, {str(TESTS)!r})
+        from helpers import limit_address_space
+        limit_address_space()
         for name, folder in {folders!r}.items():
             try:
                 checkpoints.load_model(folder)

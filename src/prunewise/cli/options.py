@@ -122,11 +122,10 @@ def check_apart(out, checkpoint) -> None:
     """Refuse a prune ``--out`` that is the input checkpoint's folder, lies inside it, or whose
     ``model`` folder is it (symbolic links followed): the run would write its files among, or
     its pruned model over, the only copy of the model it started from."""
-    source = Path(checkpoint).resolve() if Path(checkpoint).exists() else None
-    if source is None or not source.is_dir():
+    if not Path(checkpoint).is_dir():   # also false for a symlink loop, which resolve() rejects
         return
-    target = Path(out).resolve()
-    if target == source or source in target.parents or (target / "model") == source:
+    source, target = Path(checkpoint).resolve(), Path(out).resolve()
+    if target == source or source in target.parents or target / "model" == source:
         raise PrunewiseError(f"--out {out} would write into the input checkpoint {checkpoint}; "
                              f"choose an --out folder outside it")
 
