@@ -150,6 +150,24 @@ def outcome(folder: Path) -> dict:
     return got
 
 
+def test_a_rank_other_than_zero_never_removes_files(tmp_path, monkeypatch):
+    """A checkpoint save on rank 1 clears no old channel plans: under torchrun rank 1 once removed
+    them after rank 0 had written the new ones (seen as a missing plan.safetensors)."""
+    folder = checkpoints.save_model(tiny_model(), tmp_path / "ck")   # written by "rank 0"
+    plan = folder / "structure" / "0" / "plan.safetensors"
+    plan.parent.mkdir(parents=True)
+    plan.write_bytes(b"rank 0's new plan")
+
+    def agree(error):
+        if error is not None:
+            raise error
+    monkeypatch.setattr(dist, "active", lambda: True)
+    monkeypatch.setattr(dist, "rank", lambda: 1)
+    monkeypatch.setattr(dist, "agree", agree)
+    checkpoints.save_model(tiny_model(), folder)
+    assert plan.read_bytes() == b"rank 0's new plan"
+
+
 @pytest.mark.parametrize("case", sorted(CLI_CASES))
 def test_torchrun_cli_gives_the_one_process_result(case, digits_checkpoint, tmp_path):
     """Two processes through the command line, exactly as a user runs it, give the masks, kept

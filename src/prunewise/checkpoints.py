@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import files, layers, models, schema, surgery, utils
+from . import dist, files, layers, models, schema, surgery, utils
 from .errors import PrunewiseError
 from .plan import PLAN_JSON, PLAN_TENSORS, ChannelPlan
 
@@ -65,8 +65,9 @@ def save_model(model: nn.Module, folder: str | Path, *, meta: dict | None = None
         raise PrunewiseError(f"a checkpoint chains at most {MAX_PLANS} channel plans")
     folder.mkdir(parents=True, exist_ok=True)
     files.write_tensors(folder / WEIGHTS, model.state_dict())
-    if (folder / STRUCTURE).is_dir():
-        shutil.rmtree(folder / STRUCTURE)
+    # rank 0 alone clears the old plans (the other ranks wait): a rank that removed them late
+    # under torchrun deleted the plan rank 0 had just written
+    dist.main_writes(lambda: (folder / STRUCTURE).is_dir() and shutil.rmtree(folder / STRUCTURE))
     for i, plan in enumerate(plans):
         plan.save(folder / STRUCTURE / str(i))
     inputs = getattr(model, "prunewise_inputs", None)
