@@ -2,8 +2,8 @@
 with FVW isolates the score.
 
 * :func:`magnitude` -- global ``|w|``.
-* :func:`taylor` -- first-order Taylor / SNIP-like ``|w * dL/dw|``: one gradient of the mean
-  cross-entropy over all attribution samples, no attack.
+* :func:`taylor` -- first-order Taylor / SNIP-like ``|w * dL/dw|``: one gradient of the task's
+  mean loss over all attribution samples, no attack.
 * :func:`random` -- uniform random scores (seeded; reproducible and resumable).
 * :func:`obd` -- ours: second-order (empirical Fisher) loss increase ``0.5 * F * w^2``.
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import device, masking, methods
@@ -36,18 +35,14 @@ def magnitude_score(work, masks, data, iteration):
     return {n: named[n].detach().abs() * masks[n] for n in masks}, {}
 
 
-def summed_ce(out: torch.Tensor, y: torch.Tensor):
-    """Taylor's loss of one batch: the summed cross-entropy of every sample, and their number."""
-    return F.cross_entropy(out, y, reduction="sum"), len(y)
-
-
 def taylor_score(work, masks, data, iteration):
-    """Scorer: ``|w * dL/dw| * M`` with L the mean cross-entropy over all of ``data``, on the
-    model's device; under torchrun the gradient is exactly the single-process one
+    """Scorer: ``|w * dL/dw| * M`` with L the task's loss (:meth:`prunewise.tasks.Task.loss_sum`)
+    over all of ``data``, divided by the number of samples, on the model's device; under
+    torchrun the gradient is exactly the single-process one
     (:func:`prunewise.masking.gradient_sweep`)."""
     model, ps = masking.grad_copy(work, list(masks))
     named = dict(zip(masks, ps))
-    _, _, seen = masking.gradient_sweep(model, ps, data, summed_ce)
+    _, _, seen = masking.gradient_sweep(model, ps, data, data.task.loss_sum)
     if seen == 0:
         raise PrunewiseError("the attribution data is empty: no samples to score with")
     out = {}
@@ -74,10 +69,11 @@ def obd_score(work, masks, data, iteration):
     for x, y in data:
         x, y = device.pair(x, y, dev)
         for start in range(0, len(y), OBD_CHUNK):
-            xc, yc = take(x, slice(start, start + OBD_CHUNK)), y[start:start + OBD_CHUNK]
-            grads = torch.autograd.grad(F.cross_entropy(forward(model, xc), yc,
-                                                        reduction="sum"), ps)
-            for f, g in zip(fisher, grads):  # (sum of the chunk's gradients)^2 / its size
+            xc, yc = take(x, slice(start, start + OBD_CHUNK)), take(y, slice(start, start + OBD_CHUNK))
+            loss, _ = data.task.loss_sum(forward(model, xc), (xc, yc))
+            grads = torch.autograd.grad(loss, ps, allow_unused=True)
+            for f, g, p in zip(fisher, grads, ps):  # (sum of the chunk's gradients)^2 / its size
+                g = torch.zeros_like(p) if g is None else g
                 f.addcmul_(g, g, value=1.0 / len(yc))
             chunks += 1
     if chunks == 0:

@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from . import data as D
-from . import checkpoints, checks, files, methods, models, runs, schema, train
+from . import checkpoints, checks, files, methods, models, runs, schema, tasks, train
 from .errors import PrunewiseError
-from .report import pyplot, save_figure
+from .report import BEFORE_TASKS, pyplot, save_figure
 
 STAGES = runs.STAGES[1:]
 FORMAT = 2
@@ -40,30 +40,30 @@ FIXED = ("format", "model", "data", "root", "epochs", "base", "prune", "finetune
          "recalibration")
 MAX_SEED = 2 ** 32 - 1
 
-_TOP1 = {"type": "number", "minimum": 0, "maximum": 1}
 _SPLITS = {"type": "object", "required": ["test"],
-           "properties": {"val": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
-                          "test": _TOP1}}
+           "properties": {"val": {"type": ["number", "null"]}, "test": {"type": "number"}}}
+_STAGES = {"type": "object", "required": ["dense", "pruned"],
+           "properties": {s: {**_SPLITS, "type": ["object", "null"]}
+                          for s in ("dense",) + STAGES}}
 SETTINGS_SPEC = {"type": "object", "required": list(FIXED),
                  "properties": {"format": {"type": "integer"},
                                 "prune": {"type": ["object", "null"]},
                                 "finetune": {"type": "object"},
                                 "recalibration": {"type": "object"}}}
 """OUT/settings.json: the grid configuration its cells were made with."""
-CELL_SPEC = {"type": "object", "required": ["method", "seed", "accuracy", "params", "macs"],
+CELL_SPEC = {"type": "object", "required": ["method", "seed", "params", "macs"],
              "properties": {
                  "method": {"type": "string", "maxLength": schema.MAX_NAME},
                  "seed": {"type": "integer"},
-                 "accuracy": {"type": "object", "required": ["dense", "pruned"],
-                              "properties": {s: {**_SPLITS, "type": ["object", "null"]}
-                                             for s in ("dense",) + STAGES}},
+                 "scores": _STAGES, "accuracy": _STAGES,
                  "params": {"type": "object", "required": ["ratio"],
                             "properties": {"ratio": {"type": "number", "minimum": 0}}},
                  "macs": {"type": "object", "required": ["ratio"],
                           "properties": {"ratio": {"type": "number", "minimum": 0}}}}}
-"""OUT/cells/*.json: one finished cell (what :func:`summarize` reads of it)."""
-DENSE_SPEC = {"type": "object", "required": ["accuracy", "params", "macs", "weights"],
-              "properties": {"accuracy": _SPLITS,
+"""OUT/cells/*.json: one finished cell (what :func:`summarize` reads of it; ``scores``, or
+``accuracy`` in a cell written before tasks)."""
+DENSE_SPEC = {"type": "object", "required": ["params", "macs", "weights"],
+              "properties": {"scores": _SPLITS, "accuracy": _SPLITS,
                              "params": {"type": "integer", "minimum": 1},
                              "macs": {"type": "integer", "minimum": 0},
                              "weights": {"type": "integer", "minimum": 1},
@@ -179,7 +179,7 @@ def check_bases(grid: Grid, bundle: D.DataBundle) -> None:
 
 
 def settings_of(grid: Grid, prune: runs.Unstructured, finetune: runs.FineTune,
-                recalibration: runs.Recalibration) -> dict:
+                recalibration: runs.Recalibration, task: tasks.Task | None = None) -> dict:
     # bench prunes every layer of the default scope: an empty ``exclude`` is left out, so grid
     # folders written before that setting existed still match
     prune_dict = {k: v for k, v in asdict(prune).items()
@@ -191,7 +191,10 @@ def settings_of(grid: Grid, prune: runs.Unstructured, finetune: runs.FineTune,
             "budgets": list(grid.budgets), "structured": grid.structured,
             "seeds": list(grid.seeds), "epochs": None if grid.base else grid.epochs,
             "base": grid.base, "prune": channels if grid.structured else prune_dict,
-            "finetune": asdict(finetune), "recalibration": asdict(recalibration)}
+            "finetune": asdict(finetune), "recalibration": asdict(recalibration),
+            # only another task is recorded, so that classification folders stay as they were
+            **({"task": task.name} if task is not None and task.name != "classification"
+               else {})}
 
 
 def check_settings(out: Path, settings: dict) -> None:
@@ -200,10 +203,10 @@ def check_settings(out: Path, settings: dict) -> None:
     if not path.is_file():
         return
     prev = files.read_json(path, "bench settings", SETTINGS_SPEC)
-    for key in FIXED:
-        if prev.get(key) != settings[key]:
+    for key in FIXED + ("task",):
+        if prev.get(key) != settings.get(key):
             raise PrunewiseError(f"{out} holds a grid made with {key}={prev.get(key)!r}, not "
-                                 f"{settings[key]!r}; use another --out folder")
+                                 f"{settings.get(key)!r}; use another --out folder")
 
 
 def cell_path(out: Path, method: str, budget: float, seed: int) -> Path:
@@ -211,41 +214,54 @@ def cell_path(out: Path, method: str, budget: float, seed: int) -> Path:
 
 
 def base_model(grid: Grid, out: Path, bundle: D.DataBundle, seed: int,
-               progress: bool, compute: runs.Compute = runs.Compute()) -> nn.Module:
-    """The dense model for one seed (on the compute device): from ``--base``, else trained once
-    into OUT/base/seed-S (its config.json, written last, marks it complete: a save killed
-    before it is trained again)."""
+               progress: bool, compute: runs.Compute = runs.Compute(),
+               given: Callable | nn.Module | None = None,
+               task: tasks.Task | None = None) -> nn.Module:
+    """The dense model for one seed (on the compute device): ``given`` (a trained model, or a
+    function of the seed that returns one), from ``--base``, else trained once into
+    OUT/base/seed-S (its config.json, written last, marks it complete: a save killed before it
+    is trained again)."""
+    if given is not None:
+        model = given if isinstance(given, nn.Module) else given(seed)
+        if not isinstance(model, nn.Module):
+            raise PrunewiseError(f"bench model for seed {seed}: the function returned "
+                                 f"{type(model).__name__}, not an nn.Module")
+        return compute.place(model)
     folder = base_folder(grid, out, seed)
     if (folder / checkpoints.CONFIG).is_file() or grid.base is not None:
         return compute.place(checkpoints.load_model(folder))
     torch.manual_seed(seed)
     model = compute.place(models.create(grid.model_name, num_classes=bundle.num_classes,
                                         in_channels=bundle.in_channels))
-    train.fit(model, bundle, epochs=grid.epochs, seed=seed, progress=progress,
-              desc=f"train {grid.model_name} seed {seed}", amp=compute.amp)
-    acc = train.evaluate_split(model, bundle, "test")["top1"]
+    train.fit(model, bundle, train.Training(epochs=grid.epochs), seed=seed, progress=progress,
+              desc=f"train {grid.model_name} seed {seed}", amp=compute.amp, task=task)
+    task = tasks.of(task)
+    score = train.evaluate_split(model, bundle, "test", task=task)[task.primary]
+    quality = ({"test_accuracy": score} if task.aliases
+               else {"test_score": score, "metric": task.describe()})
     checkpoints.save_model(model, folder, meta={"data": {"name": bundle.name, "root": grid.root,
                                                    "image_size": bundle.image_size, "seed": 0},
-                                          "seed": seed, "test_accuracy": acc})
+                                          "seed": seed, **quality})
     return model
 
 
 def dense_measures(out: Path, model: nn.Module, bundle: D.DataBundle, seed: int,
-                   measurement: runs.Measurement) -> dict:
-    """The base model's accuracy, size and latency, measured once per seed (OUT/dense/)."""
+                   steps: runs.Steps) -> dict:
+    """The base model's scores, size and latency, measured once per seed (OUT/dense/)."""
     path = out / "dense" / f"seed-{seed}.json"
     if path.is_file():
         return files.read_json(path, "dense measures", DENSE_SPEC)
-    dense = runs.measure_dense(model, bundle, measurement)
+    dense = runs.measure_dense(model, bundle, steps.measurement, steps.task)
     files.write_json(path, dense)
     return dense
 
 
 def cell_line(rep: dict, level: float, seconds: float) -> str:
-    """One log line per finished cell: method, budget, seed and the accuracy of every stage."""
-    acc = rep["accuracy"]
+    """One log line per finished cell: method, budget, seed and the score of every stage."""
+    acc = runs.stage_scores(rep)
     stages = " -> ".join(f"{s} {acc[s]['test']:.4f}" for s in STAGES if acc.get(s))
-    return (f"cell {rep['method']} {level:g} seed {rep['seed']}: test top-1 {stages} "
+    return (f"cell {rep['method']} {level:g} seed {rep['seed']}: test {rep['metric']['title']} "
+            f"{stages} "
             f"(dense {acc['dense']['test']:.4f}; {seconds:.0f}s)")
 
 
@@ -279,13 +295,9 @@ def structured_cells(out: Path, model, bundle, method: str, seed: int, ctx: dict
         path = cell_path(out, method, level, seed)
         if path.is_file():
             continue
-        st = ctx["steps"]
-        _, _, rep = runs.run_structured(model, bundle, method, runs.Structured(macs=level,
-                                                                        repair=ctx["prune"].repair),
-                                        finetune=st.finetune, recalibration=st.recalibration,
-                                        measurement=st.measurement, seed=seed,
-                                        progress=st.progress, dense=ctx["dense"],
-                                        compute=st.compute)
+        _, _, rep = runs.run_structured(model, bundle, method,
+                                        runs.Structured(macs=level, repair=ctx["prune"].repair),
+                                        dense=ctx["dense"], steps=replace(ctx["steps"], seed=seed))
         files.write_json(path, runs.cell(rep))
         ctx["log"](cell_line(rep, level, rep["seconds"]))
 
@@ -295,41 +307,51 @@ def run(out: str | Path, grid: Grid, *, prune: runs.Unstructured = runs.Unstruct
         recalibration: runs.Recalibration = runs.Recalibration(),
         measurement: runs.Measurement = runs.Measurement(repeats=10),
         progress: bool = False, log: Callable[[str], None] | None = None,
-        compute: runs.Compute = runs.Compute()) -> dict:
+        compute: runs.Compute = runs.Compute(), task: tasks.Task | None = None,
+        data: D.DataBundle | None = None, model: Callable | nn.Module | None = None) -> dict:
     """Run (or complete) the grid in ``out``; returns the summary written to ``grid.json``.
 
     ``prune`` holds the unstructured settings (its ``sparsity`` is replaced by each level).
     Every option is checked, and the data and ``--base`` checkpoints are read, before anything
     is written or trained. ``log`` receives one line per finished cell. ``compute``: the device
     (and fine-tuning precision) of every model; it does not change which cells a folder holds.
+    From Python, any model and task: ``data`` (a bundle) replaces ``grid.data_name``, ``model``
+    (a trained model, or a function of the seed returning one) replaces the zoo model and its
+    training, and ``task`` (:mod:`prunewise.tasks`, default classification) scores every cell.
     """
     check_grid(grid)
     compute.place(torch.nn.Linear(1, 1))  # check the device and amp before any work
+    task = tasks.of(task)
     prune = replace(prune, track_accuracy=False)  # cells keep no per-iteration history
     if not grid.structured:
         for method in grid.methods:
             runs.check_unstructured(method, replace(prune, sparsity=max(grid.budgets)))
-    bundle = D.load(grid.data_name, grid.root)
+    bundle = D.load(grid.data_name, grid.root) if data is None else data
     if finetune.epochs and finetune.batch_size > len(bundle.train):
         raise PrunewiseError(f"--finetune-batch-size {finetune.batch_size} is larger than the "
                              f"{len(bundle.train)} training images: no step would be taken")
-    check_bases(grid, bundle)
+    if model is None:
+        check_bases(grid, bundle)
+    else:
+        grid = replace(grid, data_name=bundle.name, base="(given)", model_name="(given)")
     out = Path(out)
-    settings = settings_of(grid, prune, finetune, recalibration)
+    settings = settings_of(grid, prune, finetune, recalibration, task)
     check_settings(out, settings)
-    files.write_json(out / "settings.json", settings)
     ctx = {"grid": grid, "prune": prune, "log": log or (lambda line: None),
            "steps": runs.Steps(finetune=finetune, recalibration=recalibration,
-                               measurement=measurement, compute=compute, progress=progress)}
+                               measurement=measurement, compute=compute, progress=progress,
+                               task=task)}
     start = time.perf_counter()
     dense = {}
     for seed in grid.seeds:
-        model = base_model(grid, out, bundle, seed, progress, compute)
-        ctx["dense"] = dense[seed] = dense_measures(out, model, bundle, seed, measurement)
+        base = base_model(grid, out, bundle, seed, progress, compute, model, task)
+        runs.check_task(base, bundle, task)
+        files.write_json(out / "settings.json", settings)
+        ctx["dense"] = dense[seed] = dense_measures(out, base, bundle, seed, ctx["steps"])
         for method in grid.methods:
             cells = structured_cells if grid.structured else unstructured_cells
-            cells(out, model, bundle, method, seed, ctx)
-    summary = summarize(out, grid, dense)
+            cells(out, base, bundle, method, seed, ctx)
+    summary = summarize(out, grid, dense, task.describe())
     summary["settings"] = settings
     summary["seconds_this_run"] = time.perf_counter() - start
     files.write_json(out / "grid.json", summary)
@@ -340,8 +362,10 @@ def _mean_std(vals: list[float]) -> tuple[float, float]:
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
-def summarize(out: Path, grid: Grid, dense: dict) -> dict:
-    """Mean and standard deviation over seeds per (method, budget); writes md, csv and png."""
+def summarize(out: Path, grid: Grid, dense: dict, metric: dict | None = None) -> dict:
+    """Mean and standard deviation over seeds per (method, budget) of the primary metric
+    (``metric``: the task's description, default top-1); writes md, csv and png."""
+    metric = metric or BEFORE_TASKS
     rows = []
     for method in grid.methods:
         for b in grid.budgets:
@@ -349,17 +373,20 @@ def summarize(out: Path, grid: Grid, dense: dict) -> dict:
                      for s in grid.seeds]
             row = {"method": method, "budget": b, "n": len(cells)}
             for stage in STAGES:
-                vals = [c["accuracy"][stage]["test"] for c in cells if c["accuracy"].get(stage)]
+                vals = [runs.stage_scores(c)[stage]["test"] for c in cells
+                        if runs.stage_scores(c).get(stage)]
                 if vals:
                     row[stage], row[stage + "_std"] = _mean_std(vals)
             for key in ("params", "macs"):
                 row[key + "_ratio"] = statistics.fmean(c[key]["ratio"] for c in cells)
             rows.append(row)
     budget_name = "MACs kept" if grid.structured else "sparsity"
-    summary = {"budget": budget_name,
-               "dense_test_accuracy": statistics.fmean(d["accuracy"]["test"]
-                                                       for d in dense.values()),
-               "dense_by_seed": {str(k): d["accuracy"] for k, d in dense.items()}, "rows": rows}
+    dense_test = statistics.fmean(runs.stage_scores(d)["test"] for d in dense.values())
+    summary = {"budget": budget_name, "metric": metric, "dense_test": dense_test,
+               "dense_by_seed": {str(k): runs.stage_scores(d) for k, d in dense.items()},
+               "rows": rows}
+    if metric["task"] == "classification":  # the name grids had before tasks
+        summary["dense_test_accuracy"] = dense_test
     files.atomic_write(out / "grid.md", lambda t: Path(t).write_text(grid_markdown(summary)))
     files.atomic_write(out / "grid.csv", lambda t: Path(t).write_text(grid_csv(rows)))
     plot_grid(out / "grid.png", summary)
@@ -369,11 +396,13 @@ def summarize(out: Path, grid: Grid, dense: dict) -> dict:
 def grid_markdown(summary: dict) -> str:
     stages = [s for s in STAGES if any(s in r for r in summary["rows"])]
     titles = runs.STAGE_TITLES
+    metric = summary["metric"]
     head = (f"| method | {summary['budget']} | "
-            + " | ".join(f"test top-1 {titles[s]} (mean ± std)" for s in stages)
+            + " | ".join(f"test {metric['title']} {titles[s]} (mean ± std)" for s in stages)
             + " | params ratio | MACs ratio |")
-    lines = [f"Dense test top-1: {summary['dense_test_accuracy']:.4f} "
-             f"(mean over {len(summary['dense_by_seed'])} seeds)", "", head,
+    better = "higher" if metric["higher_is_better"] else "lower"
+    lines = [f"Dense test {metric['title']}: {summary['dense_test']:.4f} "
+             f"(mean over {len(summary['dense_by_seed'])} seeds; {better} is better)", "", head,
              "|---|---|" + "---|" * (len(stages) + 2)]
     for r in summary["rows"]:
         accs = " | ".join(f"{r[s]:.4f} ± {r[s + '_std']:.4f}" if s in r else "" for s in stages)
@@ -393,7 +422,7 @@ def grid_csv(rows: list[dict]) -> str:
 
 
 def plot_grid(path: Path, summary: dict) -> Path:
-    """Accuracy after the last stage every cell ran vs. budget, one line per method, error
+    """The primary metric after the last stage every cell ran vs. budget, one line per method, error
     bars = std over seeds."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -402,9 +431,10 @@ def plot_grid(path: Path, summary: dict) -> Path:
         rs = [r for r in summary["rows"] if r["method"] == method]
         ax.errorbar([r["budget"] for r in rs], [r[stage] for r in rs],
                     yerr=[r[stage + "_std"] for r in rs], marker="o", capsize=3, label=method)
-    ax.axhline(summary["dense_test_accuracy"], color="gray", ls="--", lw=1, label="dense")
+    title = summary["metric"]["title"]
+    ax.axhline(summary["dense_test"], color="gray", ls="--", lw=1, label="dense")
     ax.set_xlabel(summary["budget"])
-    ax.set_ylabel(f"test top-1 ({stage})")
-    ax.set_title(f"accuracy vs. {summary['budget']} (mean ± std over seeds)")
+    ax.set_ylabel(f"test {title} ({stage})")
+    ax.set_title(f"{title} vs. {summary['budget']} (mean ± std over seeds)")
     ax.legend()
     return save_figure(fig, path)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from . import data as D
-from . import checkpoints, models, runs, train
+from . import checkpoints, models, runs, tasks, train
 from . import report as report_mod
 
 DEMO_MODEL = "resnet20"
@@ -60,11 +60,13 @@ def run_demo(out: str | Path = "runs/demo", *, epochs: int | None = None, seed: 
     measurement = runs.Measurement(repeats=3 if quick else 10, warmup=1 if quick else 3)
     dense = runs.measure_dense(model, bundle, measurement)
     data_meta = {"name": "digits", "root": None, "image_size": bundle.image_size, "seed": seed}
-    meta = {"data": data_meta, "seed": seed, "test_accuracy": dense["accuracy"]["test"]}
+    meta = {"data": data_meta, "seed": seed, "test_accuracy": runs.stage_scores(dense)["test"]}
     checkpoints.save_model(model, out / "dense", meta=meta)
     report = {
         "model": DEMO_MODEL, "data": "digits", "seed": seed, "epochs": epochs,
-        "accuracy": {"dense": dense["accuracy"]}, "params": {"dense": dense["params"]},
+        "metric": tasks.classification().describe(),
+        **tasks.classification().keyed({"dense": runs.stage_scores(dense)}),
+        "params": {"dense": dense["params"]},
         "macs": {"dense": dense["macs"]},
         "latency_ms": {b: {"dense": ms} for b, ms in (dense["latency_ms"] or {}).items()},
         "train_seconds": hist["seconds"], "best_epoch": hist["best_epoch"],

@@ -49,16 +49,14 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import checks, masking, methods, utils
+from . import checks, masking, methods, tasks, utils
 from .errors import PrunewiseError
 from .masking import PruningWarning, Source, mask_list, prunable
 from .plan import MaskPlan
 
 DIRECTIONS = ("ascent", "descent")
-AGGREGATES = ("union", "sum")
 
 
 # ------------------------------------------------------------------------------------------
@@ -75,17 +73,15 @@ def check_attack(alpha, steps, direction) -> None:
 
 
 def correct_ce(out: torch.Tensor, y: torch.Tensor):
-    """The attack's loss of one batch: the summed cross-entropy of the correctly classified
-    samples (None when there is none), and their number."""
-    ok = out.argmax(dim=1) == y
-    k = int(ok.sum())
-    if k == 0:
-        return None, 0
-    return F.cross_entropy(out[ok], y[ok], reduction="sum"), k
+    """The attack's loss of one classification batch: the summed cross-entropy of the correctly
+    classified samples (None when there is none), and their number
+    (:meth:`prunewise.tasks.Task.attack_loss` of the classification task)."""
+    return tasks.classification().attack_loss(out, (None, y))
 
 
 def sweep(model: nn.Module, data: Iterable) -> tuple[float, int, int]:
-    """Forward+backward over ``data``; the loss sums the CE of correctly classified samples.
+    """Forward+backward over ``data``; the loss is the task's attack loss (classification: the
+    summed loss of the correctly classified samples).
 
     Returns (loss sum, number counted, number seen); gradients accumulate in ``.grad`` of the
     parameters that require them. This is the sweep the attack runs ``steps + 1`` times.
@@ -93,7 +89,8 @@ def sweep(model: nn.Module, data: Iterable) -> tuple[float, int, int]:
     on every rank (:func:`prunewise.masking.gradient_sweep`).
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    return masking.gradient_sweep(model, params, data, correct_ce)
+    data = data if isinstance(data, Source) else Source(data)
+    return masking.gradient_sweep(model, params, data, data.task.attack_loss)
 
 
 def _attack_copy(model: nn.Module, names: list[str], masks) -> tuple[nn.Module, list, list]:
@@ -161,13 +158,16 @@ def attack(model: nn.Module, batches, alpha: float, steps: int, ascent: bool, ma
         for p in ps:
             if p.grad is not None:
                 p.grad.zero_()
-        loss, counted, seen = masking.gradient_sweep(work, ps, data, correct_ce)
+        loss, counted, seen = masking.gradient_sweep(work, ps, data, data.task.attack_loss)
         if s == 0:
             if seen == 0:
                 raise PrunewiseError("the attribution data is empty: no samples to attack with")
             if counted == 0:
                 raise PrunewiseError(f"the model classifies none of the {seen} attribution samples "
-                                     f"correctly: nothing to attack")
+                                     f"correctly: nothing to attack"
+                                     if isinstance(data.task, tasks.Classification) else
+                                     f"task '{data.task.name}' counts no term of the {seen} "
+                                     f"attribution samples: nothing to attack")
             n, loss0 = counted, loss
         if s == steps:
             lossk = loss
@@ -241,6 +241,9 @@ class FVWScorer:
         if self.class_groups is None:
             yield None, data, "all data"
             return
+        if not isinstance(data.task, tasks.Classification):
+            raise PrunewiseError(f"class groups need a classification task, not "
+                                 f"'{data.task.name}'; leave class_groups unset")
         num_classes = _num_classes(work, data)
         if self.class_groups > num_classes:
             raise PrunewiseError(f"class groups {self.class_groups} is more than the model's "

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Protocol, Sequence, Union
 import torch
 from torch import nn
 
-from . import checks, device, dist, files, methods, schema
+from . import checks, device, dist, files, methods, schema, tasks
 from .errors import PrunewiseError
 from .plan import MaskPlan, apply_masks, check_masks, check_shapes
 from .train import evaluate, recalibrate_bn
@@ -203,7 +203,9 @@ def mask_list(masks: dict[str, torch.Tensor] | None, names: Sequence[str],
 
 class Source:
     """Re-iterable attribution data: a callable or re-iterable of ``(x, y)``, optionally
-    limited to the first ``samples`` samples and filtered to some labels.
+    limited to the first ``samples`` samples and filtered to some labels, and the task that
+    scores it (``task``: what a gradient scorer differentiates, :mod:`prunewise.tasks`;
+    default classification).
 
     ``batches`` may be a callable returning a fresh iterable, a re-iterable (list,
     DataLoader, ...) or another Source (limits and filters combine); a one-shot iterator (a
@@ -211,11 +213,13 @@ class Source:
     mask of the samples to keep; batches left empty are skipped.
     """
 
-    def __init__(self, batches, samples: int | None = None, where: Callable | None = None):
+    def __init__(self, batches, samples: int | None = None, where: Callable | None = None,
+                 task: tasks.Task | None = None):
         checks.integer("samples", samples, 1, none=True)
         if batches is None:
             raise PrunewiseError("this method needs attribution data (batches), got None")
         if isinstance(batches, Source):
+            self.task = batches.task if task is None else tasks.of(task)
             self.base, self.samples = batches.base, batches.samples
             if samples is not None:
                 self.samples = samples if self.samples is None else min(samples, self.samples)
@@ -232,6 +236,7 @@ class Source:
             if it is batches:  # a one-shot iterator: read it once (bounded by samples)
                 batches = list(_limited(it, samples))
         self.base, self.samples, self.where = batches, samples, where
+        self.task = tasks.of(task)
 
     def filtered(self, where: Callable) -> "Source":
         """This source restricted to the samples where ``where(y)`` is True."""
@@ -283,7 +288,7 @@ def gradient_sweep(model: nn.Module, params: Sequence[torch.Tensor], data: Itera
                    loss_of: Callable) -> tuple[float, int, int]:
     """Forward and backward over every batch of ``data``; returns (loss sum, counted, seen).
 
-    ``loss_of(outputs, y) -> (loss or None, counted)`` gives each batch's loss (None: nothing
+    ``loss_of(outputs, (x, y)) -> (loss or None, counted)`` gives each batch's loss (None: nothing
     to back-propagate); the gradients of ``params`` accumulate in their ``.grad`` in batch
     order, on the model's device. Under torchrun whole batches are shared out and their
     gradients, losses and counts added in batch order (:func:`prunewise.dist.in_order`), so
@@ -292,7 +297,7 @@ def gradient_sweep(model: nn.Module, params: Sequence[torch.Tensor], data: Itera
 
     def one(batch) -> tuple[float, int, int]:
         x, y = device.pair(batch[0], batch[1], dev)
-        loss, counted = loss_of(forward(model, x), y)
+        loss, counted = loss_of(forward(model, x), (x, y))
         if loss is None:
             return 0.0, counted, len(y)
         loss.backward()
@@ -576,7 +581,9 @@ class LoopSettings:
     BatchNorm statistics on the attribution data (at most ``recalibrate_samples`` samples;
     all of it when None), so the next score sees statistics that match the pruned weights;
     ``allocation``: how each iteration's kept count is shared between tensors (one of
-    :data:`ALLOCATIONS`, see :func:`select`).
+    :data:`ALLOCATIONS`, see :func:`select`); ``task``: what the model is for
+    (:mod:`prunewise.tasks`; its loss drives gradient scorers and its primary metric is the
+    per-iteration ``score``; default classification).
     """
 
     sparsity: float
@@ -593,6 +600,7 @@ class LoopSettings:
     recalibrate: bool = False
     recalibrate_samples: int | None = None
     allocation: str = "global"
+    task: Any = None
 
     def __post_init__(self) -> None:
         """Raise PrunewiseError for a bad target, keep, sample count, recalibration setting or
@@ -602,6 +610,7 @@ class LoopSettings:
         checks.integer("samples", self.samples, 1, none=True)
         checks.flag("recalibrate", self.recalibrate)
         checks.integer("recalibrate_samples", self.recalibrate_samples, 1, none=True)
+        self.task = tasks.of(self.task)
 
 
 @dataclass
@@ -635,7 +644,8 @@ def run(model: nn.Module, batches, score: Scorer, loop: LoopSettings, *, method:
     plan and the resume file; ``needs_data=False`` lets ``batches`` be None. ``model`` is not
     modified.
     """
-    data = Source(batches, loop.samples) if (needs_data or batches is not None) else None
+    data = (Source(batches, loop.samples, task=loop.task)
+            if (needs_data or batches is not None) else None)
     if loop.recalibrate and data is None:
         raise PrunewiseError("recalibrate needs attribution data (batches) to re-estimate "
                              "BatchNorm statistics on")
@@ -651,8 +661,8 @@ def run(model: nn.Module, batches, score: Scorer, loop: LoopSettings, *, method:
         row = _iteration(work, score, data, evals, loop, st, t)
         bar.update(1)
         post = {"sparsity": f"{row['sparsity']:.3f}"}
-        if "accuracy" in row:
-            post["acc"] = f"{row['accuracy']:.3f}"
+        if "score" in row:
+            post[loop.task.primary] = f"{row['score']:.3f}"
         bar.set_postfix(post, refresh=False)
         if loop.callback is not None:
             loop.callback(row)
@@ -700,7 +710,8 @@ def _iteration(work, score, data, evals, loop: LoopSettings, st: _State, t: int)
     kept = int(sum(int(m.sum()) for m in st.masks.values()))
     row = {"iteration": t + 1, "kept": kept, "sparsity": 1.0 - kept / st.total, **info}
     if evals is not None:
-        row["accuracy"] = evaluate(work, evals)["top1"]
+        score = evaluate(work, evals, loop.task)[loop.task.primary]
+        row.update({k: score for k in ("score",) + loop.task.aliases})
     row["seconds"] = time.perf_counter() - t0
     st.history.append(row)
     if st.ckpt is not None:

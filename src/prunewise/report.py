@@ -7,7 +7,8 @@ The JSON is checked against ``report_schema.json`` (kept beside this module) bef
 Plot data a report may carry (each optional):
 - ``layers``: per-layer rows, ``{"layer", "sparsity"}`` (unstructured) or
   ``{"layer", "before", "after"}`` weight shapes (structured);
-- ``history``: FVW iterations, ``{"iteration", "sparsity", "accuracy"?}``;
+- ``history``: pruning iterations, ``{"iteration", "sparsity", "score"?}`` (the task's primary
+  metric on the validation split; older reports: ``accuracy``);
 - ``spectra``: group name -> singular values (SLIMING).
 A demo report nests whole pruning reports under ``runs``. The keys of a pruning report are
 described in :mod:`prunewise.runs`; ``report_schema.json`` enforces them.
@@ -75,7 +76,35 @@ def render(out: str | Path) -> dict:
     out = Path(out)
     if not out.is_dir():
         raise PrunewiseError(f"report folder not found: {out}")
-    return _emit(out, files.read_json(out / REPORT, "report", schema.report_spec()))
+    return _emit(out, upgrade(files.read_json(out / REPORT, "report", schema.report_spec())))
+
+
+#: What a report written before tasks existed scored: a classifier's top-1.
+BEFORE_TASKS = {"task": "classification", "name": "top1", "title": "top-1",
+                "higher_is_better": True}
+
+
+def upgrade(report: dict) -> dict:
+    """A report written before tasks existed, in today's form: its ``accuracy`` becomes
+    ``scores`` too and its ``metric`` is top-1 (its nested runs the same)."""
+    if "scores" not in report and isinstance(report.get("accuracy"), dict):
+        report = {**report, "scores": report["accuracy"], "metric": BEFORE_TASKS}
+    if isinstance(report.get("runs"), dict):
+        report["runs"] = {k: upgrade(v) if isinstance(v, dict) else v
+                          for k, v in report["runs"].items()}
+    return report
+
+
+def scores_of(r: dict) -> dict:
+    """A report's per-stage scores of its primary metric."""
+    got = r.get("scores")
+    return got if isinstance(got, dict) else (r.get("accuracy") or {})
+
+
+def metric_of(r: dict) -> dict:
+    """A report's metric: ``{"task", "name", "title", "higher_is_better"}``."""
+    got = r.get("metric")
+    return got if isinstance(got, dict) else BEFORE_TASKS
 
 
 def _emit(out: Path, report: dict) -> dict:
@@ -89,12 +118,17 @@ def _emit(out: Path, report: dict) -> dict:
 
 # ---- Markdown -------------------------------------------------------------------------------
 
-COLUMNS = ("budget", "sparsity", "params", "MACs", "top-1 pruned", "top-1 repaired",
-           "top-1 recalibrated", "top-1 fine-tuned", "latency b1 (ms)", "latency b64 (ms)",
-           "speed-up b64", "seconds")
-NOTE = ("Top-1 on the test split (validation top-1 is in report.json). Masked models: params "
-        "are the non-zero parameters and MACs those of the non-zero weights; a dense CPU kernel "
-        "does not skip zeros, so their latency stays the dense one and no speed-up is shown.")
+SCORED = ("pruned", "repaired", "recalibrated", "fine-tuned")   # the stages a column shows
+COLUMNS = ("budget", "sparsity", "params", "MACs", *SCORED, "latency b1 (ms)",
+           "latency b64 (ms)", "speed-up b64", "seconds")
+NOTE = ("{title} ({direction} is better) on the test split; the validation figures are in "
+        "report.json. Masked models: params are the non-zero parameters and MACs those of the "
+        "non-zero weights; a dense CPU kernel does not skip zeros, so their latency stays the "
+        "dense one and no speed-up is shown.")
+
+
+def _score(v) -> str:
+    return _fmt(v, "{:.4f}" if v is None or abs(v) < 1000 else "{:.4g}")
 
 
 def _fmt(v, fmt: str) -> str:
@@ -113,20 +147,20 @@ def _latency(r: dict, batch: str, stage: str) -> str:
 
 def dense_row(r: dict) -> dict:
     """The dense model's cells of the results table."""
-    acc = (r.get("accuracy") or {}).get("dense") or {}
+    acc = scores_of(r).get("dense") or {}
     return {"params": _fmt((r.get("params") or {}).get("dense"), "{:,}"),
             "MACs": _fmt((r.get("macs") or {}).get("dense"), "{:,}"),
-            "top-1 pruned": _fmt(acc.get("test"), "{:.4f}") + " (dense)",
+            "pruned": _score(acc.get("test")) + " (dense)",
             "latency b1 (ms)": _latency(r, "1", "dense"),
             "latency b64 (ms)": _latency(r, "64", "dense")}
 
 
 def run_row(r: dict) -> dict:
     """One pruning run's cells of the results table."""
-    acc = r.get("accuracy") or {}
+    acc = scores_of(r)
 
-    def top1(stage):
-        return _fmt((acc.get(stage) or {}).get("test"), "{:.4f}")
+    def score(stage):
+        return _score((acc.get(stage) or {}).get("test"))
 
     speed = _fmt(((r.get("latency_ms") or {}).get("64") or {}).get("speedup"), "x{:.2f}")
     if r.get("kind") == "prune-unstructured":
@@ -134,18 +168,19 @@ def run_row(r: dict) -> dict:
     return {"budget": _budget(r), "sparsity": _fmt(r.get("sparsity"), "{:.4f}"),
             "params": _fmt(r["params"].get("pruned"), "{:,}"),
             "MACs": _fmt(r["macs"].get("pruned"), "{:,}"),
-            "top-1 pruned": top1("pruned"), "top-1 repaired": top1("repaired"),
-            "top-1 recalibrated": top1("recalibrated"),
-            "top-1 fine-tuned": top1("finetuned"),
+            "pruned": score("pruned"), "repaired": score("repaired"),
+            "recalibrated": score("recalibrated"), "fine-tuned": score("finetuned"),
             "latency b1 (ms)": _latency(r, "1", "pruned"),
             "latency b64 (ms)": _latency(r, "64", "pruned"),
             "speed-up b64": speed, "seconds": _fmt(r.get("seconds"), "{:.1f}")}
 
 
-def table(rows: dict[str, dict]) -> list[str]:
-    """Markdown table lines: one row per entry of ``rows`` (name -> column -> text)."""
+def table(rows: dict[str, dict], title: str = "top-1") -> list[str]:
+    """Markdown table lines: one row per entry of ``rows`` (name -> column -> text); the
+    score columns are headed by the metric's ``title``."""
     cols = [c for c in COLUMNS if any(cells.get(c) for cells in rows.values())]
-    lines = ["| run | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    head = [f"{title} {c}" if c in SCORED else c for c in cols]
+    lines = ["| run | " + " | ".join(head) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, cells in rows.items():
         lines.append(f"| {name} | " + " | ".join(cells.get(c, "") for c in cols) + " |")
     return lines
@@ -160,7 +195,10 @@ def markdown(report: dict) -> str:
         rows[report.get("method", "pruned")] = run_row(report)
     for name, step in (report.get("runs") or {}).items():
         rows[name] = run_row(step)
-    lines += ["## Results", "", *table(rows), "", NOTE, ""]
+    metric = metric_of(report)
+    note = NOTE.format(title=metric["title"],
+                       direction="higher" if metric["higher_is_better"] else "lower")
+    lines += ["## Results", "", *table(rows, metric["title"]), "", note, ""]
     left = [r for r in report.get("left_out") or [] if isinstance(r, dict)]
     if left:
         lines += ["## Left dense", "", "The sparsity is that of the pruned weights; these weight "
@@ -214,7 +252,8 @@ def plot(out: Path, report: dict, prefix: str = "") -> list[str]:
     if report.get("layers"):
         made.append(plot_layers(plot_path(out, prefix, "layers"), report["layers"], label))
     if report.get("history"):
-        made.append(plot_history(plot_path(out, prefix, "history"), report["history"], label))
+        made.append(plot_history(plot_path(out, prefix, "history"), report["history"], label,
+                                 metric_of(report)))
     if report.get("spectra"):
         made.append(plot_spectra(plot_path(out, prefix, "spectra"), report["spectra"],
                                  report.get("config", {}).get("normalize", "max")))
@@ -255,8 +294,9 @@ def plot_layers(path: Path, rows: list[dict], label: str) -> Path:
     return save_figure(fig, path)
 
 
-def plot_history(path: Path, history: list[dict], label: str) -> Path:
-    """Accuracy (validation, pruned, not fine-tuned) and sparsity against the iteration."""
+def plot_history(path: Path, history: list[dict], label: str,
+                 metric: dict = BEFORE_TASKS) -> Path:
+    """The validation score (pruned, not fine-tuned) and sparsity against the iteration."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     it = [h["iteration"] for h in history]
@@ -265,16 +305,18 @@ def plot_history(path: Path, history: list[dict], label: str) -> Path:
     ax.set_ylabel("sparsity")
     ax.set_ylim(0, 1)
     lines = list(ax.get_lines())
-    if any("accuracy" in h for h in history):
+    scored = [(h["iteration"], h.get("score", h.get("accuracy"))) for h in history]
+    scored = [(i, v) for i, v in scored if v is not None]
+    if scored:
         ax2 = ax.twinx()
-        lines += ax2.plot([h["iteration"] for h in history if "accuracy" in h],
-                          [h["accuracy"] for h in history if "accuracy" in h], color="tab:red",
-                          marker=".", label="validation accuracy")
-        ax2.set_ylabel("validation top-1", color="tab:red")
-        ax2.set_ylim(0, 1)
+        lines += ax2.plot([i for i, _ in scored], [v for _, v in scored], color="tab:red",
+                          marker=".", label=f"validation {metric['title']}")
+        ax2.set_ylabel(f"validation {metric['title']}", color="tab:red")
+        if metric["task"] == "classification":
+            ax2.set_ylim(0, 1)
     ax.legend(lines, [ln.get_label() for ln in lines], loc="lower left")
-    has_acc = any("accuracy" in h for h in history)
-    ax.set_title(f"{label}: {'validation accuracy and ' if has_acc else ''}sparsity vs. iteration")
+    what = f"validation {metric['title']} and " if scored else ""
+    ax.set_title(f"{label}: {what}sparsity vs. iteration")
     return save_figure(fig, path)
 
 

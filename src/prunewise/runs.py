@@ -57,6 +57,7 @@ import torch
 from torch import nn
 
 from . import checkpoints, checks, device, dist, masking, measure, methods, repair, structured
+from . import tasks, utils
 from . import surgery
 from . import train
 from . import data as D
@@ -75,22 +76,11 @@ HEAVY_KEYS = ("history", "layers", "spectra", "counts", "groups")  # dropped fro
 # ---- settings -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class FineTune:
-    """Fine-tuning after pruning (masked for masks); ``epochs=0`` skips it."""
+class FineTune(train.Training):
+    """Fine-tuning after pruning (masked for masks): :class:`prunewise.train.Training` with
+    fine-tuning's defaults; ``epochs=0`` skips it."""
     epochs: int = 0
     lr: float = 0.01
-    optimizer: str = "sgd"
-    weight_decay: float = 5e-4
-    batch_size: int = 64
-    patience: int | None = None
-
-    def __post_init__(self) -> None:
-        checks.integer("fine-tune epochs", self.epochs, 0)
-        checks.integer("fine-tune batch size", self.batch_size, 1)
-        checks.integer("patience", self.patience, 1, none=True)
-        checks.number("fine-tune learning rate", self.lr, 0.0, low_open=True)
-        checks.choice("optimizer", self.optimizer, train.OPTIMIZERS)
-        checks.number("weight decay", self.weight_decay, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -280,10 +270,46 @@ def example(bundle: D.DataBundle, batch: int = 1):
     return bundle.example(batch)
 
 
+def scores(model: nn.Module, bundle: D.DataBundle, task: tasks.Task | None = None) -> dict:
+    """The task's primary metric (default: top-1) on the validation split (None when it is
+    empty) and on the test split."""
+    task = tasks.of(task)
+
+    def one(split):
+        return train.evaluate_split(model, bundle, split, task=task)[task.primary]
+    return {"val": one("val") if len(bundle.val) else None, "test": one("test")}
+
+
 def accuracy(model: nn.Module, bundle: D.DataBundle) -> dict:
-    """Top-1 on the validation split (None when it is empty) and on the test split."""
-    val = train.evaluate_split(model, bundle, "val")["top1"] if len(bundle.val) else None
-    return {"val": val, "test": train.evaluate_split(model, bundle, "test")["top1"]}
+    """Top-1 on the validation and test splits (:func:`scores` of the classification task)."""
+    return scores(model, bundle)
+
+
+def stage_scores(report: dict) -> dict:
+    """A report's (or dense measure's) scores per stage: ``scores``, or ``accuracy`` in one
+    written before tasks."""
+    got = report.get("scores")
+    return got if got is not None else report["accuracy"]
+
+
+def check_task(model: nn.Module, bundle: D.DataBundle, task: tasks.Task) -> None:
+    """Refuse, before any pruning, a task that does not fit ``model`` and ``bundle``: its loss
+    on a first training batch must be a finite scalar, every split's targets in range, and a
+    custom task's metrics numbers (PrunewiseError naming the task)."""
+    batch = next(iter(D.batches(bundle.train, bundle, 8)), None)
+    if batch is None:
+        raise PrunewiseError(f"data set '{bundle.name}' has no training samples")
+    task.check(model, batch)
+    width = None
+    with torch.no_grad():
+        was = model.training
+        model.eval()
+        x = device.to(batch[0], device.of(model))
+        width = utils.forward(model, x).shape[-1]
+        model.train(was)
+    for split in (bundle.train, bundle.val, bundle.test):
+        if len(split):
+            task.check_targets(split.y, width)
 
 
 def nonzero_macs(model: nn.Module, x) -> int:
@@ -311,11 +337,13 @@ def latency(model: nn.Module, bundle: D.DataBundle, measurement: Measurement) ->
 
 
 def measure_dense(model: nn.Module, bundle: D.DataBundle,
-                  measurement: Measurement = Measurement()) -> dict:
-    """What every run compares against: accuracy, params, MACs and latency of the dense model.
-    Compute it once and pass it as ``dense=`` to several runs on the same model."""
+                  measurement: Measurement = Measurement(), task: tasks.Task | None = None
+                  ) -> dict:
+    """What every run compares against: the task's scores, params, MACs and latency of the
+    dense model. Compute it once and pass it as ``dense=`` to several runs on the same model."""
     x = example(bundle)
-    return {"accuracy": accuracy(model, bundle), "params": measure.params(model),
+    task = tasks.of(task)
+    return {**task.keyed(scores(model, bundle, task)), "params": measure.params(model),
             "macs": measure.macs(model, x), "latency_ms": latency(model, bundle, measurement),
             "weights": measure.sparsity(model)["total"]}
 
@@ -355,6 +383,24 @@ class Steps:
     compute: Compute = Compute()
     seed: int = 0
     progress: bool = False
+    task: Any = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task", tasks.of(self.task))
+
+
+def steps_of(steps: Steps | None, given: dict) -> Steps:
+    """``steps``, or a :class:`Steps` built from its fields given as keywords (``finetune=``,
+    ``seed=``, ``task=`` ...): the keyword form of the run functions."""
+    if steps is None:
+        try:
+            return Steps(**given)
+        except TypeError as e:
+            raise PrunewiseError(f"bad run keyword: {e}") from None
+    if given:
+        raise PrunewiseError(f"give either steps or its fields ({', '.join(sorted(given))}), "
+                             f"not both")
+    return steps
 
 
 def calibration_batches(bundle: D.DataBundle, settings: Recalibration | Repair, seed: int):
@@ -371,9 +417,11 @@ def finish(pruned: nn.Module, bundle: D.DataBundle, masks: dict | None, steps: S
     """Measure, repair or recalibrate BatchNorm, measure, fine-tune (masked), measure; in place
     on ``pruned``. ``repair_from``: ``(dense model, Repair)`` to repair ``pruned`` (then it is
     not recalibrated): a masked model with ``masks``, or the smaller model of ``plan``. Returns
-    ``{"accuracy": {pruned, repaired, recalibrated, finetuned}, "finetune", "stage_seconds"}`` (a stage that did not run is None)."""
+    ``{"scores": {pruned, repaired, recalibrated, finetuned}, "finetune", "stage_seconds"}``
+    (a stage that did not run is None; the scores are the task's primary metric)."""
+    task = steps.task
     acc = {s: None for s in STAGES[1:]}
-    acc["pruned"] = accuracy(pruned, bundle)
+    acc["pruned"] = scores(pruned, bundle, task)
     secs = {"repair": 0.0, "recalibrate": 0.0, "finetune": 0.0}
     recalibration, finetune = steps.recalibration, steps.finetune
     if repair_from is not None and repair_from[1].enabled:
@@ -383,33 +431,32 @@ def finish(pruned: nn.Module, bundle: D.DataBundle, masks: dict | None, steps: S
                            masks=None if plan is not None else masks, plan=plan,
                            samples=how.samples, damp=how.damp, progress=steps.progress)
         secs["repair"] = time.perf_counter() - t0
-        acc["repaired"] = accuracy(pruned, bundle)
+        acc["repaired"] = scores(pruned, bundle, task)
     elif recalibration.enabled:
         t0 = time.perf_counter()
         train.recalibrate_bn(pruned, calibration_batches(bundle, recalibration, steps.seed),
                              samples=recalibration.samples)
         secs["recalibrate"] = time.perf_counter() - t0
-        acc["recalibrated"] = accuracy(pruned, bundle)
+        acc["recalibrated"] = scores(pruned, bundle, task)
     hist = None
     if finetune.epochs:
-        h = train.fit(pruned, bundle, epochs=finetune.epochs, lr=finetune.lr,
-                      optimizer=finetune.optimizer, weight_decay=finetune.weight_decay,
-                      batch_size=finetune.batch_size, masks=masks, patience=finetune.patience,
-                      seed=steps.seed, progress=steps.progress, desc=desc,
-                      amp=steps.compute.amp)
+        h = train.fit(pruned, bundle, finetune, masks=masks, seed=steps.seed,
+                      progress=steps.progress, desc=desc, amp=steps.compute.amp, task=task)
         secs["finetune"] = h["seconds"]
         hist = {"epochs_run": len(h["history"]), "best_epoch": h["best_epoch"],
-                "best_val_top1": h["best_val_top1"], "seconds": h["seconds"]}
-        acc["finetuned"] = accuracy(pruned, bundle)
+                **{k: v for k, v in h.items() if k.startswith("best_val")},
+                "seconds": h["seconds"]}
+        acc["finetuned"] = scores(pruned, bundle, task)
     pruned.eval()
-    return {"accuracy": acc, "finetune": hist, "stage_seconds": secs}
+    return {"scores": acc, "finetune": hist, "stage_seconds": secs}
 
 
 # ---- unstructured ---------------------------------------------------------------------------
 
 def prune_masks(model: nn.Module, bundle: D.DataBundle, method: str, settings: Unstructured, *,
                 seed: int = 0, progress: bool = False, resume_dir: str | Path | None = None,
-                levels: Sequence[float] = (), on_level: Callable | None = None) -> MaskPlan:
+                levels: Sequence[float] = (), on_level: Callable | None = None,
+                task: tasks.Task | None = None) -> MaskPlan:
     """Step 1 for masks: the method's iterative pruning to ``settings.sparsity`` (stopping on
     every one of ``levels`` on the way, reported to ``on_level(level, plan)``)."""
     row = check_unstructured(method, settings)
@@ -431,7 +478,8 @@ def prune_masks(model: nn.Module, bundle: D.DataBundle, method: str, settings: U
         eval_batches=validation if settings.track_accuracy and len(bundle.val) else None,
         progress=progress, recalibrate=row.loop_recalibrate if recalibrate is None else recalibrate,
         recalibrate_samples=settings.recalibrate_samples,
-        allocation=row.allocation if settings.allocation is None else settings.allocation)
+        allocation=row.allocation if settings.allocation is None else settings.allocation,
+        task=task)
     return masking.run(model, attribution, row.builder()(options, seed), loop, method=method,
                        settings=asdict(options), needs_data=row.needs_data)
 
@@ -475,7 +523,7 @@ def finish_masks(model: nn.Module, bundle: D.DataBundle, plan: MaskPlan, *,
     plan's); ``prune_seconds``: what making the plan took; ``settings``: recorded in
     ``config``."""
     model = steps.compute.place(model)
-    dense = dense or measure_dense(model, bundle, steps.measurement)
+    dense = dense or measure_dense(model, bundle, steps.measurement, steps.task)
     start = time.perf_counter()
     pruned = plan.apply(model)
     fix = (model, settings.repair) if settings is not None else None
@@ -483,7 +531,8 @@ def finish_masks(model: nn.Module, bundle: D.DataBundle, plan: MaskPlan, *,
                    repair_from=fix)
     rep = {"kind": "prune-unstructured", "method": plan.method, "data": bundle.name,
            "seed": steps.seed, "budget": {"sparsity": plan.sparsity if target is None else target},
-           "accuracy": {"dense": dense["accuracy"], **after["accuracy"]},
+           "metric": steps.task.describe(),
+           **steps.task.keyed({"dense": stage_scores(dense), **after["scores"]}),
            "sparsity": plan.sparsity, **_size(dense, pruned, bundle, masked=True),
            "latency_ms": _latency(dense, pruned, bundle, steps.measurement, masked=True),
            "finetune": after["finetune"],
@@ -509,13 +558,15 @@ def prune_levels(model: nn.Module, bundle: D.DataBundle, method: str, settings: 
     the run took to reach it (finishing earlier levels not counted). Returns the final plan."""
     check_unstructured(method, settings)
     model = steps.compute.place(model)
+    check_task(model, bundle, steps.task)
     state = {"start": time.perf_counter(), "other": 0.0, "dense": dense, "done": set()}
 
     def at_level(level: float, plan: MaskPlan) -> None:
         if level in state["done"] or (want is not None and not want(level)):
             return
         t0 = time.perf_counter()
-        state["dense"] = state["dense"] or measure_dense(model, bundle, steps.measurement)
+        state["dense"] = state["dense"] or measure_dense(model, bundle, steps.measurement,
+                                                         steps.task)
         pruned, rep = finish_masks(model, bundle, plan, steps=steps, dense=state["dense"],
                                    target=level, prune_seconds=t0 - state["start"] - state["other"],
                                    settings=replace(settings, sparsity=level))
@@ -524,28 +575,27 @@ def prune_levels(model: nn.Module, bundle: D.DataBundle, method: str, settings: 
         on_report(level, pruned, plan, rep)
 
     plan = prune_masks(model, bundle, method, settings, seed=steps.seed, progress=steps.progress,
-                       resume_dir=resume_dir, levels=levels, on_level=at_level)
+                       resume_dir=resume_dir, levels=levels, on_level=at_level,
+                       task=steps.task)
     at_level(settings.sparsity, plan)  # a run resumed after its last iteration reports here
     return plan
 
 
 def run_unstructured(model: nn.Module, bundle: D.DataBundle, method: str, settings: Unstructured,
-                     *, finetune: FineTune = FineTune(),
-                     recalibration: Recalibration = Recalibration(),
-                     measurement: Measurement = Measurement(), seed: int = 0,
-                     progress: bool = False, dense: dict | None = None,
-                     resume_dir: str | Path | None = None,
-                     compute: Compute = Compute()) -> tuple[nn.Module, MaskPlan, dict]:
+                     *, dense: dict | None = None, resume_dir: str | Path | None = None,
+                     steps: Steps | None = None, **given) -> tuple[nn.Module, MaskPlan, dict]:
     """Mask pruning of ``model`` (untouched) with ``method`` (a name from
     ``prunewise.methods.names("unstructured")``): prune, measure, recalibrate, measure, masked
-    fine-tune, measure. Returns (masked copy, plan, report). ``resume_dir`` makes the pruning
-    loop resumable; ``dense`` is a :func:`measure_dense` result to reuse; ``compute`` says where
-    (and with which fine-tuning precision) it runs."""
+    fine-tune, measure. Returns (masked copy, plan, report). What follows pruning is ``steps``
+    (:class:`Steps`), or its fields as keywords: ``finetune``, ``recalibration``,
+    ``measurement``, ``compute`` (where, and with which fine-tuning precision, it runs),
+    ``seed``, ``progress`` and ``task`` (what the model is for, :mod:`prunewise.tasks`;
+    default classification). ``resume_dir`` makes the pruning loop resumable; ``dense`` is a
+    :func:`measure_dense` result to reuse."""
     got: dict = {}
     prune_levels(model, bundle, method, settings,
                  lambda level, pruned, plan, rep: got.update(out=(pruned, plan, rep)),
-                 steps=Steps(finetune, recalibration, measurement, compute, seed, progress),
-                 dense=dense, resume_dir=resume_dir)
+                 steps=steps_of(steps, given), dense=dense, resume_dir=resume_dir)
     return got["out"]
 
 
@@ -610,14 +660,15 @@ def finish_channels(model: nn.Module, bundle: D.DataBundle, pruned: nn.Module,
                     ) -> tuple[nn.Module, dict]:
     """Steps 2-6 for the smaller model ``pruned`` cut from ``model`` by ``plan``: its complete
     report (the one function that builds a channel report); ``pruned`` is finished in place."""
-    dense = dense or measure_dense(model, bundle, steps.measurement)
+    dense = dense or measure_dense(model, bundle, steps.measurement, steps.task)
     start = time.perf_counter()
     method = plan.meta.get("method", "plan")
     after = finish(pruned, bundle, None, steps, desc=f"fine-tune {method}",
                    repair_from=(model, settings.repair), plan=plan)
     rep = {"kind": "prune-structured", "method": method, "data": bundle.name, "seed": steps.seed,
            "budget": {"macs": settings.macs, "params": settings.params},
-           "accuracy": {"dense": dense["accuracy"], **after["accuracy"]},
+           "metric": steps.task.describe(),
+           **steps.task.keyed({"dense": stage_scores(dense), **after["scores"]}),
            "sparsity": 1.0 - measure.sparsity(pruned)["total"] / dense["weights"],
            **_size(dense, pruned, bundle, masked=False),
            "latency_ms": _latency(dense, pruned, bundle, steps.measurement, masked=False),
@@ -631,26 +682,23 @@ def finish_channels(model: nn.Module, bundle: D.DataBundle, pruned: nn.Module,
 
 
 def run_structured(model: nn.Module, bundle: D.DataBundle, method: str, settings: Structured, *,
-                   finetune: FineTune = FineTune(),
-                   recalibration: Recalibration = Recalibration(),
-                   measurement: Measurement = Measurement(), seed: int = 0,
-                   progress: bool = False, dense: dict | None = None,
-                   compute: Compute = Compute()
+                   dense: dict | None = None, steps: Steps | None = None, **given
                    ) -> tuple[nn.Module, ChannelPlan, dict]:
     """Channel pruning of ``model`` (untouched) with ``method`` (a name from
     ``prunewise.methods.names("structured")``) or a saved plan: prune, measure, recalibrate,
-    measure, fine-tune, measure. Returns (smaller model, channel plan, report); ``compute`` as
-    for :func:`run_unstructured`."""
+    measure, fine-tune, measure. Returns (smaller model, channel plan, report); ``steps`` or
+    its fields as keywords (``task=`` among them) as for :func:`run_unstructured`."""
     check_structured(method, settings)
-    steps = Steps(finetune, recalibration, measurement, compute, seed, progress)
-    model = compute.place(model)
+    steps = steps_of(steps, given)
+    model = steps.compute.place(model)
+    check_task(model, bundle, steps.task)
     start = time.perf_counter()
-    pruned, plan = prune_channels(model, bundle, method, settings, seed=seed)
+    pruned, plan = prune_channels(model, bundle, method, settings, seed=steps.seed)
     plan.meta.setdefault("method", method)
     prune_seconds = time.perf_counter() - start  # before measuring: a bad budget fails first
+    dense = dense or measure_dense(model, bundle, steps.measurement, steps.task)
     pruned, rep = finish_channels(model, bundle, pruned, plan, settings, steps=steps,
-                                  dense=dense or measure_dense(model, bundle, measurement),
-                                  prune_seconds=prune_seconds)
+                                  dense=dense, prune_seconds=prune_seconds)
     return pruned, plan, rep
 
 
@@ -659,13 +707,19 @@ def run_structured(model: nn.Module, bundle: D.DataBundle, method: str, settings
 def config(method: str, settings, steps: Steps) -> dict:
     """The settings of a run as plain JSON (the report's ``config``)."""
     return {"method": method, "seed": steps.seed, "prune": asdict(settings),
-            "finetune": asdict(steps.finetune), "recalibration": asdict(steps.recalibration)}
+            "finetune": asdict(steps.finetune), "recalibration": asdict(steps.recalibration),
+            "task": steps.task.name}
+
+
+def final_scores(report: dict) -> dict:
+    """The scores of the model a run hands back: after the last stage that ran."""
+    acc = stage_scores(report)
+    return next(acc[s] for s in reversed(STAGES[1:]) if acc.get(s))
 
 
 def final_accuracy(report: dict) -> dict:
-    """The accuracy of the model a run hands back: after the last stage that ran."""
-    acc = report["accuracy"]
-    return next(acc[s] for s in reversed(STAGES[1:]) if acc.get(s))
+    """:func:`final_scores` (the name from before tasks, for classification reports)."""
+    return final_scores(report)
 
 
 def save(out: str | Path, pruned: nn.Module, plan, report: dict, *,
@@ -682,9 +736,19 @@ def save(out: str | Path, pruned: nn.Module, plan, report: dict, *,
     model_meta = {**(meta or {}), "pruned": {"method": report["method"],
                                             "budget": report.get("budget"),
                                             "sparsity": report.get("sparsity")},
-                  "test_accuracy": final_accuracy(report)["test"]}
+                  **final_meta(report)}
     report["model"] = str(checkpoints.save_model(pruned, out / "model", meta=model_meta))
     return report
+
+
+def final_meta(report: dict) -> dict:
+    """What a pruned checkpoint's meta says of its quality: ``test_accuracy`` for a
+    classifier, else ``test_score`` and the metric it is."""
+    test = final_scores(report)["test"]
+    metric = report.get("metric") or {}
+    if metric.get("task", "classification") == "classification":
+        return {"test_accuracy": test}
+    return {"test_score": test, "metric": metric}
 
 
 def cell(report: dict) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
@@ -22,7 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import data as D
-from . import checks, device, dist, names, utils
+from . import checks, device, dist, names, tasks, utils
 from .errors import PrunewiseError
 from .plan import check_shapes
 from .utils import progress_bar
@@ -30,58 +31,46 @@ from .utils import progress_bar
 OPTIMIZERS = names.OPTIMIZERS
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable) -> dict:
-    """Top-1 / top-5 accuracy (fractions) and mean cross-entropy over ``(x, y)`` batches
-    (moved to the model's device). In this process only: :func:`evaluate_split` combines the
-    ranks' shares under torchrun."""
-    return _result(*_counts(model, batches))
+def evaluate(model: nn.Module, batches: Iterable, task: tasks.Task | None = None) -> dict:
+    """The task's named metrics (default classification: top-1 / top-5 accuracy as fractions
+    and mean cross-entropy) over ``(x, y)`` batches, moved to the model's device. In this
+    process only: :func:`evaluate_split` combines the ranks' shares under torchrun."""
+    return tasks.of(task).evaluate(model, batches)
 
 
-def _counts(model: nn.Module, batches: Iterable) -> tuple[int, int, int, float]:
+def _totals(model: nn.Module, batch, task: tasks.Task) -> list[float]:
     was_training = model.training
     model.eval()
     dev = device.of(model)
-    n = correct1 = correct5 = 0
-    loss = 0.0
-    for x, y in batches:
-        x, y = device.pair(x, y, dev)
-        out = utils.forward(model, x)
-        loss += float(F.cross_entropy(out, y, reduction="sum"))
-        top = out.topk(min(5, out.shape[1]), dim=1).indices
-        correct1 += int((top[:, 0] == y).sum())
-        correct5 += int((top == y[:, None]).any(dim=1).sum())
-        n += len(y)
+    x, y = device.pair(batch[0], batch[1], dev)
+    with torch.no_grad():
+        got = list(task.totals(utils.forward(model, x), (x, y)))
     model.train(was_training)
-    return n, correct1, correct5, loss
+    return got
 
 
-def _result(n, correct1, correct5, loss) -> dict:
-    if n == 0:
-        raise PrunewiseError("evaluation set is empty")
-    return {"top1": correct1 / n, "top5": correct5 / n, "loss": loss / n, "n": n}
-
-
-@torch.no_grad()
 def evaluate_split(model: nn.Module, bundle: "D.DataBundle", split: str = "test",
-                   batch_size: int = 256) -> dict:
+                   batch_size: int = 256, task: tasks.Task | None = None) -> dict:
     """:func:`evaluate` on one split ('train', 'val' or 'test') of a data bundle; under torchrun
-    the ranks share out whole batches and add their counts and losses in batch order, so every
-    rank gets exactly the single-process figures. Large inputs get smaller batches (at most
-    :data:`EVAL_VALUES` input values per batch), so memory follows the input size."""
+    the ranks share out whole batches and add the task's totals in batch order, so every
+    rank gets exactly the single-process figures (a custom task evaluates every batch on every
+    rank). Large inputs get smaller batches (at most :data:`EVAL_VALUES` input values per
+    batch), so memory follows the input size."""
+    task = tasks.of(task)
     part = getattr(bundle, split)
     if len(part) and not isinstance(part.x, dict):
         per = max(1, part.x[0].numel())
         batch_size = max(1, min(batch_size, EVAL_VALUES // per))
     batches = D.batches(part, bundle, batch_size)
-    if not dist.active():
-        return evaluate(model, batches)
-    n = c1 = c5 = 0
-    loss = 0.0
-    for v in dist.in_order(batches, lambda b: torch.tensor(_counts(model, [b]),
-                                                            dtype=torch.float64), 4):
-        n, c1, c5, loss = n + int(v[0]), c1 + int(v[1]), c5 + int(v[2]), loss + float(v[3])
-    return _result(n, c1, c5, loss)
+    if not dist.active() or not task.width:
+        return task.evaluate(model, batches)
+    sums = None
+    for v in dist.in_order(batches, lambda b: torch.tensor(_totals(model, b, task),
+                                                            dtype=torch.float64), task.width):
+        sums = v.tolist() if sums is None else [a + b for a, b in zip(sums, v.tolist())]
+    if sums is None:
+        raise PrunewiseError("evaluation set is empty")
+    return task.from_totals(sums)
 
 
 #: The most input values one evaluation batch holds (256 images of 3 x 64 x 64).
@@ -170,33 +159,60 @@ def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
     raise PrunewiseError(f"unknown optimizer '{name}'; choose one of: {', '.join(OPTIMIZERS)}")
 
 
-def fit(model: nn.Module, bundle: "D.DataBundle", *, epochs: int, lr: float = 0.05,
-        optimizer: str = "sgd", weight_decay: float = 5e-4, batch_size: int = 64,
-        masks: dict[str, torch.Tensor] | None = None, patience: int | None = None,
-        seed: int = 0, augment: bool = True, progress: bool = True,
-        on_epoch: Callable[[dict], None] | None = None, desc: str = "train",
-        amp: str | None = None) -> dict:
-    """Train ``model`` in place with a cosine schedule; restore the best-on-validation weights.
+@dataclass(frozen=True)
+class Training:
+    """How :func:`fit` trains: ``epochs`` with a cosine schedule from ``lr``, ``optimizer``
+    ('sgd' with Nesterov momentum 0.9, or 'adam'), ``weight_decay``, global ``batch_size``;
+    ``patience`` stops after that many epochs without a better validation score (None: never).
+    Checked once, here."""
+    epochs: int = 20
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    patience: int | None = None
+
+    def __post_init__(self) -> None:
+        checks.integer("epochs", self.epochs, 0)
+        checks.integer("batch size", self.batch_size, 1)
+        checks.integer("patience", self.patience, 1, none=True)
+        checks.number("learning rate", self.lr, 0.0, low_open=True)
+        checks.choice("optimizer", self.optimizer, OPTIMIZERS)
+        checks.number("weight decay", self.weight_decay, 0.0, 1.0)
+
+
+def fit(model: nn.Module, bundle: "D.DataBundle", settings: Training | None = None, *,
+        masks: dict[str, torch.Tensor] | None = None, seed: int = 0, augment: bool = True,
+        progress: bool = True, on_epoch: Callable[[dict], None] | None = None,
+        desc: str = "train", amp: str | None = None, task: tasks.Task | None = None,
+        **given) -> dict:
+    """Train ``model`` in place as ``settings`` (a :class:`Training`; or its fields as keywords,
+    ``fit(model, bundle, epochs=20)``) say; restore the best-on-validation weights, best by the
+    task's primary metric (default classification: top-1).
 
     ``masks`` keeps pruned weights exactly zero after every optimizer step (fine-tuning).
-    ``patience`` stops after that many epochs without a better validation accuracy.
     Trains on the model's device; ``amp`` ('bf16' or 'fp16', CUDA only) runs the forward pass
     in mixed precision (fp16 with a gradient scaler). Under torchrun every rank trains the same
     DistributedDataParallel model on its share of each batch (``batch_size`` is the global
     batch) and ends with the same weights.
-    Returns the history: per-epoch train loss and validation accuracy, best epoch, seconds.
+    Returns the history: per-epoch train loss and validation score (``val``), the best epoch
+    and its score (``best_val``; ``val_top1`` / ``best_val_top1`` too for classification),
+    seconds.
     """
-    if epochs < 0:
-        raise PrunewiseError(f"epochs must be >= 0, got {epochs}")
-    if lr <= 0:
-        raise PrunewiseError(f"learning rate must be > 0, got {lr}")
+    if settings is None:
+        settings = Training(**given)
+    elif given:
+        raise PrunewiseError(f"give fit either settings or keywords, not both "
+                             f"({', '.join(sorted(given))})")
+    task = tasks.of(task)
+    epochs, batch_size = settings.epochs, settings.batch_size
     if batch_size < dist.world():
         raise PrunewiseError(f"batch size {batch_size} is smaller than the {dist.world()} "
                              f"processes it is split over")
     dev = device.of(model)
     device.check_amp(amp, dev)
     torch.manual_seed(seed)
-    opt = make_optimizer(model, optimizer, lr, weight_decay)
+    opt = make_optimizer(model, settings.optimizer, settings.lr, settings.weight_decay)
     steps_per_epoch = D.num_batches(bundle.train, batch_size, drop_last=True)
     total = max(1, epochs * steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -204,36 +220,46 @@ def fit(model: nn.Module, bundle: "D.DataBundle", *, epochs: int, lr: float = 0.
     keeper = MaskKeeper(model, masks)
     aug = bundle.augment if augment else None
     start = time.perf_counter()
-    best = {"val_top1": -1.0, "epoch": 0, "state": copy.deepcopy(model.state_dict())}
+
+    def score() -> float:
+        if not len(bundle.val):
+            return float("nan")
+        return evaluate_split(model, bundle, "val", task=task)[task.primary]
+
+    best = {"val": task.worst(), "epoch": 0, "state": copy.deepcopy(model.state_dict())}
     if epochs == 0 or len(bundle.val) == 0:
-        best["val_top1"] = evaluate_split(model, bundle, "val")["top1"] if len(bundle.val) else -1.0
+        best["val"] = score()
     history = []
     bar = progress_bar(total, desc, progress)
-    step = _Stepper(model, opt, sched, keeper, dev, amp, batch_size, bar)
+    step = _Stepper(model, opt, sched, keeper, dev, amp, batch_size, bar, task)
     for epoch in range(1, epochs + 1):
         model.train()
         train_loss = step.epoch(D.batches(bundle.train, bundle, batch_size, shuffle=True,
                                           augment=aug, seed=seed * 100_003 + epoch,
                                           drop_last=True, shard=dist.part()))
-        val = evaluate_split(model, bundle, "val") if len(bundle.val) else {"top1": float("nan")}
-        row = {"epoch": epoch, "train_loss": train_loss, "val_top1": val["top1"],
+        val = score()
+        row = {"epoch": epoch, "train_loss": train_loss, **_named(task, "val", val),
                "lr": opt.param_groups[0]["lr"]}
         history.append(row)
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{val['top1']:.3f}",
-                        refresh=False)
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{val:.3f}", refresh=False)
         if on_epoch:
             on_epoch(row)
-        if val["top1"] > best["val_top1"]:
-            best = {"val_top1": val["top1"], "epoch": epoch,
-                    "state": copy.deepcopy(model.state_dict())}
-        elif patience is not None and epoch - best["epoch"] >= patience:
+        if task.better(val, best["val"]):
+            best = {"val": val, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+        elif settings.patience is not None and epoch - best["epoch"] >= settings.patience:
             break
     bar.close()
     model.load_state_dict(best["state"])
     keeper.apply()
     model.eval()
-    return {"history": history, "best_epoch": best["epoch"], "best_val_top1": best["val_top1"],
-            "seconds": time.perf_counter() - start}
+    return {"history": history, "best_epoch": best["epoch"],
+            **_named(task, "best_val", best["val"]), "seconds": time.perf_counter() - start}
+
+
+def _named(task: tasks.Task, key: str, value: float) -> dict:
+    """``{key: value}``, and ``{key_top1: value}`` as well for classification (the name
+    histories had before tasks)."""
+    return {key: value, **({f"{key}_top1": value} if task.aliases else {})}
 
 
 class _Stepper:
@@ -246,8 +272,9 @@ class _Stepper:
     differ by one sample. BatchNorm buffers are copied from rank 0 after every epoch.
     """
 
-    def __init__(self, model, opt, sched, keeper, dev, amp, batch_size, bar):
+    def __init__(self, model, opt, sched, keeper, dev, amp, batch_size, bar, task):
         self.model, self.opt, self.sched, self.keeper = model, opt, sched, keeper
+        self.task = task
         self.dev, self.amp, self.batch_size, self.bar = dev, amp, batch_size, bar
         self.scaler = device.grad_scaler(dev, amp)
         self.net = model
@@ -258,10 +285,12 @@ class _Stepper:
     def loss(self, x, y):
         with device.autocast(self.dev, self.amp):
             out = utils.forward(self.net, x)
+        if self.amp:
+            out = out.float()
         if not dist.active():
-            return F.cross_entropy(out.float(), y) if self.amp else F.cross_entropy(out, y)
+            return self.task.loss(out, (x, y))
         scale = dist.world() / self.batch_size
-        return F.cross_entropy(out.float(), y, reduction="sum") * scale
+        return self.task.loss_sum(out, (x, y))[0] * scale
 
     def epoch(self, batches) -> float:
         """One pass over ``batches``; the mean training loss over every rank's samples."""

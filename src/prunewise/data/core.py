@@ -240,7 +240,7 @@ def _iterate(split, mean, std, batch_size, shuffle, crop_padding, flip_p, seed, 
         if raw:
             if shard is not None:
                 idx = idx[shard[0] :: shard[1]]
-            yield take(split.x, idx), split.y[idx].long()
+            yield take(split.x, idx), split.y[idx]
             continue
         xb = split.x[idx]
         if crop_padding:

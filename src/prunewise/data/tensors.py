@@ -7,8 +7,11 @@ split are one tensor (``N x ...``) or, for a model that takes several (a Hugging
 
 File layout (``--data tensors --root FILE.safetensors``): ``train.x`` / ``train.y``,
 ``test.x`` / ``test.y`` and optionally ``val.x`` / ``val.y``; dict inputs as ``train.x.NAME``.
-Labels are 1-D integers in ``0..classes-1``; without a ``val`` split, ``val_fraction`` of the
-training samples (seeded, stratified) is held out. Every shape is checked from the header before
+Targets are 1-D integer class labels in ``0..classes-1`` (stratified splits, ``num_classes``
+counted), or any other tensor with one row per sample -- float regression targets, token ids of
+a language model -- which the task (:mod:`prunewise.tasks`) scores and ``num_classes`` is 0;
+without a ``val`` split, ``val_fraction`` of the training samples (seeded; stratified by class)
+is held out. Every shape is checked from the header before
 anything is read.
 
 >>> bundle = data.from_tensors((x_train, y_train), (x_test, y_test), name="my-text")
@@ -19,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import torch
 
 from prunewise import files
@@ -47,12 +51,22 @@ def _inputs_len(x, what: str) -> int:
     return lens.pop()
 
 
+def is_labels(y: torch.Tensor) -> bool:
+    """Whether targets are class labels: a 1-D integer tensor."""
+    return y.dim() == 1 and not (y.dtype.is_floating_point or y.dtype.is_complex
+                                 or y.dtype == torch.bool)
+
+
 def _labels(y, n: int, what: str) -> torch.Tensor:
-    if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.dtype.is_floating_point \
-            or y.dtype.is_complex or y.dtype == torch.bool:
-        raise PrunewiseError(f"{what}: labels must be a 1-D integer tensor")
+    if not isinstance(y, torch.Tensor) or y.dim() < 1 or y.dtype.is_complex \
+            or y.dtype == torch.bool:
+        raise PrunewiseError(f"{what}: targets must be a tensor with one row per sample: 1-D "
+                             f"integer class labels, or float / token-id targets")
     if len(y) != n:
-        raise PrunewiseError(f"{what}: {len(y)} labels for {n} samples")
+        raise PrunewiseError(f"{what}: {len(y)} targets for {n} samples")
+    if not is_labels(y):
+        files.check_finite({"y": y}, what)
+        return y if y.dtype.is_floating_point else y.long()
     if n and int(y.min()) < 0:
         raise PrunewiseError(f"{what}: labels must be >= 0, got {int(y.min())}")
     return y.long()
@@ -75,6 +89,13 @@ def from_tensors(train, test, val=None, *, name: str = "tensors", num_classes: i
         splits[s] = Split(x=x, y=_labels(y, n, f"{name} {s}"))
     kinds = {s: tuple(sorted(sp.x)) if isinstance(sp.x, dict) else None
              for s, sp in splits.items()}
+    shapes = {s: (is_labels(sp.y), tuple(sp.y.shape[1:]), sp.y.dtype.is_floating_point)
+              for s, sp in splits.items()}
+    if len(set(shapes.values())) > 1:
+        raise PrunewiseError(f"{name}: every split's targets must be of one kind and shape, got "
+                             + ", ".join(f"{s}: {tuple(sp.y.shape)} {sp.y.dtype}"
+                                         for s, sp in splits.items()))
+    labels = is_labels(splits["train"].y)
     if len(set(kinds.values())) > 1:
         raise PrunewiseError(f"{name}: every split must hold the same inputs, got "
                              + ", ".join(f"{s}: {'one tensor' if k is None else list(k)}"
@@ -82,11 +103,12 @@ def from_tensors(train, test, val=None, *, name: str = "tensors", num_classes: i
     if len(splits["train"]) == 0 or len(splits["test"]) == 0:
         raise PrunewiseError(f"{name}: the train and test splits must not be empty")
     if "val" not in splits:
-        keep, held = split_pool(splits["train"].y.numpy(), val_fraction, seed, name)
+        strata = splits["train"].y.numpy() if labels else np.zeros(len(splits["train"]))
+        keep, held = split_pool(strata, val_fraction, seed, name)
         whole = splits["train"]
         splits["train"], splits["val"] = (Split(x=take(whole.x, torch.from_numpy(p)),
                                                 y=whole.y[torch.from_numpy(p)]) for p in (keep, held))
-    top = max(int(sp.y.max()) for sp in splits.values() if len(sp)) + 1
+    top = max(int(sp.y.max()) for sp in splits.values() if len(sp)) + 1 if labels else 0
     classes = top if num_classes is None else int(num_classes)
     if classes < top:
         raise PrunewiseError(f"{name}: labels go up to {top - 1}, more than num_classes={classes}")

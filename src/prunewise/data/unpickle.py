@@ -44,7 +44,6 @@ _LATIN1 = ("latin1", "latin-1", "latin_1", "iso-8859-1", "iso8859-1", "l1")
 _PUT_OPS = ("PUT", "BINPUT", "LONG_BINPUT")
 _GET_OPS = ("GET", "BINGET", "LONG_BINGET")
 _IN_PLACE_OPS = ("APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD")
-_MARKS = (pickletools.markobject, pickletools.stackslice)
 
 
 class _Refused(Exception):
