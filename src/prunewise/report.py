@@ -76,7 +76,9 @@ def render(out: str | Path) -> dict:
     out = Path(out)
     if not out.is_dir():
         raise PrunewiseError(f"report folder not found: {out}")
-    return _emit(out, upgrade(files.read_json(out / REPORT, "report", schema.report_spec())))
+    got = upgrade(files.read_json(out / REPORT, "report"))
+    schema.check(got, schema.report_spec(), str(out / REPORT))
+    return _emit(out, got)
 
 
 #: What a report written before tasks existed scored: a classifier's top-1.
@@ -87,6 +89,8 @@ BEFORE_TASKS = {"task": "classification", "name": "top1", "title": "top-1",
 def upgrade(report: dict) -> dict:
     """A report written before tasks existed, in today's form: its ``accuracy`` becomes
     ``scores`` too and its ``metric`` is top-1 (its nested runs the same)."""
+    if not isinstance(report, dict):
+        return report
     if "scores" not in report and isinstance(report.get("accuracy"), dict):
         report = {**report, "scores": report["accuracy"], "metric": BEFORE_TASKS}
     if isinstance(report.get("runs"), dict):

@@ -127,21 +127,27 @@ class Task:
         x, y = batch
         dev = device.of(model)
         x, y = device.pair(x, y, dev)
+        self.check_inputs(model, x)
         was = model.training
         model.eval()
+        what = "the model"
         try:
             with torch.no_grad():
                 out = utils.forward(model, x)
+                what = "its loss"
                 self.check_fit(out, y)
                 loss = self.loss(out, (x, y))
         except PrunewiseError:
             raise
         except Exception as e:  # the user's loss or model failing on our batch
-            raise PrunewiseError(f"task '{self.name}': its loss failed on a batch of the data: "
+            raise PrunewiseError(f"task '{self.name}': {what} failed on a batch of the data: "
                                  f"{type(e).__name__}: {e}") from None
         finally:
             model.train(was)
         check_scalar(self.name, "loss", loss)
+
+    def check_inputs(self, model: nn.Module, inputs) -> None:
+        """Raise PrunewiseError when ``inputs`` cannot go into ``model`` (before calling it)."""
 
     def check_fit(self, output: torch.Tensor, targets) -> None:
         """Raise PrunewiseError when ``targets`` cannot be scored against ``output``."""
@@ -300,6 +306,14 @@ class CausalLM(Task):
     def check_targets(self, targets, width):
         _in_range(self.name, "token id", _integer_targets(self.name, targets), width,
                   "the model's vocabulary of {width}")
+
+    def check_inputs(self, model, inputs):
+        """Input ids beyond the first embedding's rows (the vocabulary) are refused."""
+        ids = inputs.get("input_ids") if isinstance(inputs, dict) else inputs
+        emb = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+        if emb is not None and isinstance(ids, torch.Tensor) and not ids.dtype.is_floating_point:
+            _in_range(self.name, "token id", ids, emb.num_embeddings,
+                      "the model's vocabulary of {width}")
 
 
 class Regression(Task):
