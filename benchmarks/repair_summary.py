@@ -3,7 +3,7 @@ found, recalibrated (no repair) and repaired, per method and level; the repair c
 
     .venv/bin/python benchmarks/repair_summary.py [--model resnet20]
 
-Prints markdown (the README's tables) and writes it to ``repair-summary.md`` next to the JSON.
+Prints markdown (the tables of docs/results.md) and writes it to ``repair-summary.md`` next to the JSON.
 """
 from __future__ import annotations
 

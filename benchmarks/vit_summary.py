@@ -4,7 +4,7 @@ MACs, params, heads kept and CPU latency (one thread) next to the dense model's.
 
     .venv/bin/python benchmarks/vit_summary.py
 
-Prints markdown (the README's table) and writes it to ``vit-summary.md`` next to the JSON.
+Prints markdown (the table of docs/results.md) and writes it to ``vit-summary.md`` next to the JSON.
 """
 from __future__ import annotations
 

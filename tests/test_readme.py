@@ -9,7 +9,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def python_example(which: int = 0) -> str:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert len(blocks) == 2, "the README has two Python examples: the API, your own model"
+    assert len(blocks) == 3, "the README has three Python examples: the API, your own model, your own task"
     return blocks[which]
 
 
@@ -46,3 +46,16 @@ def test_readme_own_model_example_runs(tmp_path, monkeypatch, capsys):
     x = scope["bundle"].example(2)
     torch.testing.assert_close(scope["same"](x), scope["small"].eval()(x))
     assert scope["report"]["sparsity"] == pytest.approx(0.9, abs=1e-3)
+
+
+def test_readme_own_task_example_runs(capsys):
+    code = python_example(2)
+    short = re.sub(r"epochs=\d+", "epochs=2", code)
+    assert short.count("epochs=2") == 2
+    scope: dict = {}
+    exec(compile(short, str(README), "exec"), scope)  # noqa: S102 -- our own README
+    name, dense, finetuned = capsys.readouterr().out.split()
+    assert name == "mae" and float(dense) > 0 and float(finetuned) > 0
+    report = scope["report"]
+    assert report["metric"]["higher_is_better"] is False and "accuracy" not in report
+    assert report["scores"]["repaired"] is not None and report["sparsity"] == pytest.approx(0.5, abs=1e-3)

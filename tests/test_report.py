@@ -65,7 +65,7 @@ def test_history_legend_names_both_lines(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "save_figure", lambda fig, path: figs.append(fig) or path)
     report.plot_history(tmp_path / "h.png", sample()["history"], "fvw")
     labels = [t.get_text() for t in figs[0].axes[0].get_legend().get_texts()]
-    assert labels == ["sparsity", "validation accuracy"]
+    assert labels == ["sparsity", "validation top-1"]
 
 
 def test_structured_report_draws_widths_and_spectra(tmp_path):
@@ -86,7 +86,7 @@ def bad_reports():
     return [("prune-unstructured", sample(sparsity=1.5), "sparsity"),
             ("prune-unstructured", missing_stage, "recalibrated"),
             ("prune-structured", wrong_acc, "pruned"),
-            ("prune-structured", {"seed": 0, "seconds": 1.0}, "accuracy"),
+            ("prune-structured", {"seed": 0, "seconds": 1.0}, "scores"),
             ("demo", demo, "recalibrated")]
 
 

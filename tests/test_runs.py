@@ -64,11 +64,11 @@ def test_unstructured_run_reports_every_stage_in_order(trained_tiny, digits, mon
         calls.append({k: v.clone() for k, v in model.state_dict().items() if "running" in k})
         return out
 
-    def fit(model, bundle, **kw):
+    def fit(model, bundle, settings, **kw):
         stats = {k: v for k, v in model.state_dict().items() if "running" in k}
         assert all(torch.equal(stats[k], calls[-1][k]) for k in stats)  # starts recalibrated
-        calls.append(("fit", kw["optimizer"], kw["patience"], kw["masks"] is not None))
-        return real_fit(model, bundle, **kw)
+        calls.append(("fit", settings.optimizer, settings.patience, kw["masks"] is not None))
+        return real_fit(model, bundle, settings, **kw)
 
     monkeypatch.setattr(train, "recalibrate_bn", recal)
     monkeypatch.setattr(train, "fit", fit)
@@ -188,3 +188,42 @@ def test_bad_structured_settings(make, word):
 def test_bad_step_settings(make, word):
     with pytest.raises(PrunewiseError, match=word):
         make()
+
+
+ADDED_STAGE = """
+import json, sys, torch
+from torch import nn
+import prunewise.stages as st
+
+def run_check(work):          # one function ...
+    return {"zeros": int(sum(int((p == 0).sum()) for p in work.pruned.parameters()))}
+
+st.TABLE = st.TABLE + (st.Stage("checked", "checked", "check", run_check, record="check"),)
+st.STAGES, st.STAGE_TITLES = st.names(st.TABLE)   # ... and one row
+from prunewise import data as D, report, runs
+torch.manual_seed(0)
+x, y = torch.randn(64, 4), torch.arange(64) % 2
+bundle = D.from_tensors((x, y), (x[:16], y[:16]))
+model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+_, plan, rep = runs.run_unstructured(model, bundle, "magnitude", runs.Unstructured(0.5),
+                                     measurement=runs.Measurement(latency=False))
+written = report.write(sys.argv[1], rep, kind=rep["kind"])
+print(json.dumps({"scores": list(rep["scores"]), "check": rep["check"],
+                  "seconds": list(rep["stage_seconds"])}))
+"""
+
+
+def test_a_stage_added_to_the_table_runs_and_is_reported(tmp_path):
+    """docs/architecture.md, "How to add a stage": one function and one row of the table, and
+    the run, the report, report.md and the schema follow."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", ADDED_STAGE, str(tmp_path)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["scores"][-1] == "checked" and got["seconds"][-1] == "check"
+    assert got["check"]["zeros"] > 0                  # it ran on the pruned model
+    assert "checked" in (tmp_path / "report.md").read_text().splitlines()[4]  # the table head

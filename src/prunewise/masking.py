@@ -27,7 +27,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, Union
 
 import torch
 from torch import nn
@@ -634,16 +634,30 @@ def run(model: nn.Module, batches, score: Scorer, loop: LoopSettings, *, method:
 
     Each iteration ``score`` rates the current (already pruned) working copy of ``model`` and
     :func:`select` keeps the scheduled count. After every iteration: BatchNorm recalibration
-    (if ``loop.recalibrate``), accuracy on ``loop.eval_batches`` (if given), the resume file in
-    ``loop.checkpoint_dir`` (if given), ``loop.callback(row)``, and
+    (if ``loop.recalibrate``), the task's primary metric on ``loop.eval_batches`` (if given),
+    the resume file in ``loop.checkpoint_dir`` (if given), ``loop.callback(row)``, and
     ``loop.on_level(sparsity, plan)`` when the iteration landed on one of ``loop.levels``.
     A run with an existing resume file continues after its last finished iteration and ends
     with the same masks as an uninterrupted run (levels passed before the interruption are not
     reported again); the file is rejected when it was made with other settings or weights.
     ``method`` names the plan; ``settings`` (method-specific, JSON-able) are recorded in the
     plan and the resume file; ``needs_data=False`` lets ``batches`` be None. ``model`` is not
-    modified.
+    modified. :func:`stops` is the same loop as a generator of the levels it lands on.
     """
+    plan = None
+    for level, plan in stops(model, batches, score, loop, method=method, settings=settings,
+                             needs_data=needs_data):
+        if level is not None and loop.on_level is not None:
+            loop.on_level(level, plan)
+    return plan
+
+
+def stops(model: nn.Module, batches, score: Scorer, loop: LoopSettings, *, method: str,
+          settings: dict | None = None, needs_data: bool = True
+          ) -> Iterator[tuple[float | None, MaskPlan]]:
+    """:func:`run` as a generator: ``(level, plan)`` each time an iteration lands on one of
+    ``loop.levels`` or on the target, then ``(None, final plan)`` once the loop is done (so a
+    caller finishes every level in the order the loop reaches it, with no callback)."""
     data = (Source(batches, loop.samples, task=loop.task)
             if (needs_data or batches is not None) else None)
     if loop.recalibrate and data is None:
@@ -657,19 +671,21 @@ def run(model: nn.Module, batches, score: Scorer, loop: LoopSettings, *, method:
     if st.start > 0:  # resumed: the statistics an uninterrupted run would have now
         _recalibrate(work, data, loop)
     bar = progress_bar(len(st.counts), f"prune {method}", loop.progress, initial=st.start)
-    for t in range(st.start, len(st.counts)):
-        row = _iteration(work, score, data, evals, loop, st, t)
-        bar.update(1)
-        post = {"sparsity": f"{row['sparsity']:.3f}"}
-        if "score" in row:
-            post[loop.task.primary] = f"{row['score']:.3f}"
-        bar.set_postfix(post, refresh=False)
-        if loop.callback is not None:
-            loop.callback(row)
-        if loop.on_level is not None and st.counts[t] in st.level_at:
-            loop.on_level(st.level_at[st.counts[t]], _plan(st))
-    bar.close()
-    return _plan(st)
+    try:
+        for t in range(st.start, len(st.counts)):
+            row = _iteration(work, score, data, evals, loop, st, t)
+            bar.update(1)
+            post = {"sparsity": f"{row['sparsity']:.3f}"}
+            if "score" in row:
+                post[loop.task.primary] = f"{row['score']:.3f}"
+            bar.set_postfix(post, refresh=False)
+            if loop.callback is not None:
+                loop.callback(row)
+            if st.counts[t] in st.level_at:
+                yield st.level_at[st.counts[t]], _plan(st)
+    finally:
+        bar.close()
+    yield None, _plan(st)
 
 
 def _start(model: nn.Module, loop: LoopSettings, method: str, settings: dict | None) -> _State:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import files, schema
 from .errors import PrunewiseError
+from .stages import STAGE_TITLES, STAGES
 
 SCHEMA_PATH = schema.REPORT_SCHEMA_PATH
 REPORT = "report.json"
@@ -68,7 +69,7 @@ def write(out: str | Path, report: dict, *, kind: str, config: dict | None = Non
     if "command" not in report and Path(sys.argv[0]).name in ("prunewise", "__main__.py"):
         report["command"] = " ".join(["prunewise", *sys.argv[1:]])  # run from the command line
     report = json.loads(json.dumps(report, default=files.jsonable))  # plain JSON types only
-    return _emit(out, report)
+    return _emit(out, upgrade(report))
 
 
 def render(out: str | Path) -> dict:
@@ -122,7 +123,8 @@ def _emit(out: Path, report: dict) -> dict:
 
 # ---- Markdown -------------------------------------------------------------------------------
 
-SCORED = ("pruned", "repaired", "recalibrated", "fine-tuned")   # the stages a column shows
+#: A score column per stage after pruning, titled as the stage table says.
+SCORED = tuple(STAGE_TITLES[s] for s in STAGES[1:])
 COLUMNS = ("budget", "sparsity", "params", "MACs", *SCORED, "latency b1 (ms)",
            "latency b64 (ms)", "speed-up b64", "seconds")
 NOTE = ("{title} ({direction} is better) on the test split; the validation figures are in "
@@ -172,8 +174,7 @@ def run_row(r: dict) -> dict:
     return {"budget": _budget(r), "sparsity": _fmt(r.get("sparsity"), "{:.4f}"),
             "params": _fmt(r["params"].get("pruned"), "{:,}"),
             "MACs": _fmt(r["macs"].get("pruned"), "{:,}"),
-            "pruned": score("pruned"), "repaired": score("repaired"),
-            "recalibrated": score("recalibrated"), "fine-tuned": score("finetuned"),
+            **{STAGE_TITLES[s]: score(s) for s in STAGES[1:]},
             "latency b1 (ms)": _latency(r, "1", "pruned"),
             "latency b64 (ms)": _latency(r, "64", "pruned"),
             "speed-up b64": speed, "seconds": _fmt(r.get("seconds"), "{:.1f}")}

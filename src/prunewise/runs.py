@@ -56,112 +56,25 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from . import checkpoints, checks, device, dist, masking, measure, methods, repair, structured
+from . import checkpoints, checks, device, masking, measure, methods, structured, surgery
 from . import tasks, utils
-from . import surgery
-from . import train
 from . import data as D
 from .errors import PrunewiseError
 from .plan import ChannelPlan, MaskPlan
 from .sliming.spectrum import singular_values
+from .stages import (STAGE_TITLES, STAGES, Compute, FineTune, Measurement, Recalibration,
+                     Repair, Steps, Work, accuracy, calibration_batches, finish, scores,
+                     stage_scores, steps_of)
 
-#: The accuracy stages of a report, in order (the one place a new stage is declared: reports,
-#: report.md, the bench grid and the command line's accuracy line follow it).
-STAGES = ("dense", "pruned", "repaired", "recalibrated", "finetuned")
-STAGE_TITLES = {"dense": "dense", "pruned": "pruned", "repaired": "repaired",
-                "recalibrated": "recalibrated", "finetuned": "fine-tuned"}
+__all__ = ["STAGES", "STAGE_TITLES", "Compute", "FineTune", "Measurement", "Recalibration",
+           "Repair", "Steps", "Unstructured", "Structured", "accuracy", "scores",
+           "stage_scores", "calibration_batches", "run_unstructured", "run_structured",
+           "prune_levels", "prune_masks", "prune_channels", "channel_plan", "finish_masks",
+           "finish_channels", "measure_dense", "save", "cell", "check_task"]
 HEAVY_KEYS = ("history", "layers", "spectra", "counts", "groups")  # dropped from bench cells
 
 
 # ---- settings -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class FineTune(train.Training):
-    """Fine-tuning after pruning (masked for masks): :class:`prunewise.train.Training` with
-    fine-tuning's defaults; ``epochs=0`` skips it."""
-    epochs: int = 0
-    lr: float = 0.01
-
-
-@dataclass(frozen=True)
-class Compute:
-    """Where a run computes. ``device``: auto, cpu, cuda, cuda:N or mps (None = wherever the
-    model already is; otherwise a copy moves there, the caller's model stays put). ``amp``:
-    'bf16' or 'fp16' mixed precision for training and fine-tuning, CUDA only; pruning criteria
-    (FVW's attack, Taylor, CHIP, SLIMING) always compute in float32 or float64."""
-    device: str | None = None
-    amp: str | None = None
-
-    def place(self, model: nn.Module) -> nn.Module:
-        """``model`` on this device (itself when it is there already, else a moved copy);
-        raises PrunewiseError for an unavailable device or ``amp`` off CUDA."""
-        dev = device.of(model) if self.device is None else device.resolve(self.device)
-        device.check_amp(self.amp, dev)
-        if device.of(model) == dev:
-            return model
-        return copy.deepcopy(model).to(dev)
-
-    def record(self, model: nn.Module) -> dict:
-        """What the report's ``compute`` says about a run on ``model``."""
-        return {"device": str(device.of(model)), "amp": self.amp, "world": dist.world()}
-
-
-@dataclass(frozen=True)
-class Recalibration:
-    """BatchNorm recalibration on ``samples`` training images after pruning."""
-    samples: int = 512
-    enabled: bool = True
-    batch_size: int = 128
-
-    def __post_init__(self) -> None:
-        checks.integer("recalibration samples", self.samples, 1)
-        checks.integer("recalibration batch size", self.batch_size, 1)
-        checks.flag("recalibration enabled", self.enabled)
-
-
-@dataclass(frozen=True)
-class Repair:
-    """Layer-wise repair of a pruned model, masks or channels
-    (:func:`prunewise.repair.reconstruct`), on ``samples`` training images right after
-    pruning; off by default until resnet56 and a network without BatchNorm have three seeds
-    (README, "Repair: every method with and without it"). A repaired model is not
-    BatchNorm-recalibrated: its layers were fitted to the statistics they run with, and
-    recalibrating afterwards cost 0.8 to 35 points in the first probe (docs/methods.md,
-    "Repair")."""
-    enabled: bool = False
-    samples: int = 256
-    damp: float = 0.01
-    batch_size: int = 128
-
-    def __post_init__(self) -> None:
-        checks.flag("repair", self.enabled)
-        checks.integer("repair samples", self.samples, 1)
-        checks.integer("repair batch size", self.batch_size, 1)
-        checks.number("repair damp", self.damp, 0.0, low_open=True)
-
-    @staticmethod
-    def check(value: Any) -> None:
-        """Raise PrunewiseError unless ``value`` is a :class:`Repair` (a settings field)."""
-        if not isinstance(value, Repair):
-            raise PrunewiseError(f"repair must be a runs.Repair, got {value!r}")
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """Latency on the run's device: median of ``repeats`` forward passes per batch size
-    (``latency=False``: none)."""
-    latency: bool = True
-    batch_sizes: tuple[int, ...] = (1, 64)
-    repeats: int = 20
-    warmup: int = 3
-
-    def __post_init__(self) -> None:
-        checks.flag("latency", self.latency)
-        checks.integer("latency repeats", self.repeats, 1)
-        checks.integer("latency warm-up passes", self.warmup, 0)
-        for b in self.batch_sizes:
-            checks.integer("latency batch size", b, 1)
-
 
 @dataclass(frozen=True)
 class Unstructured:
@@ -270,28 +183,6 @@ def example(bundle: D.DataBundle, batch: int = 1):
     return bundle.example(batch)
 
 
-def scores(model: nn.Module, bundle: D.DataBundle, task: tasks.Task | None = None) -> dict:
-    """The task's primary metric (default: top-1) on the validation split (None when it is
-    empty) and on the test split."""
-    task = tasks.of(task)
-
-    def one(split):
-        return train.evaluate_split(model, bundle, split, task=task)[task.primary]
-    return {"val": one("val") if len(bundle.val) else None, "test": one("test")}
-
-
-def accuracy(model: nn.Module, bundle: D.DataBundle) -> dict:
-    """Top-1 on the validation and test splits (:func:`scores` of the classification task)."""
-    return scores(model, bundle)
-
-
-def stage_scores(report: dict) -> dict:
-    """A report's (or dense measure's) scores per stage: ``scores``, or ``accuracy`` in one
-    written before tasks."""
-    got = report.get("scores")
-    return got if got is not None else report["accuracy"]
-
-
 def check_task(model: nn.Module, bundle: D.DataBundle, task: tasks.Task) -> None:
     """Refuse, before any pruning, a task that does not fit ``model`` and ``bundle``: its loss
     on a first training batch must be a finite scalar, every split's targets in range, and a
@@ -373,84 +264,6 @@ def _latency(dense: dict, pruned: nn.Module, bundle, measurement: Measurement,
 
 # ---- the steps after pruning (shared) -------------------------------------------------------
 
-@dataclass(frozen=True)
-class Steps:
-    """What follows pruning and where it runs: recalibration, fine-tuning, measurement, the
-    device (:class:`Compute`), the seed of every shuffled order, and progress bars."""
-    finetune: FineTune = FineTune()
-    recalibration: Recalibration = Recalibration()
-    measurement: Measurement = Measurement()
-    compute: Compute = Compute()
-    seed: int = 0
-    progress: bool = False
-    task: Any = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "task", tasks.of(self.task))
-
-
-def steps_of(steps: Steps | None, given: dict) -> Steps:
-    """``steps``, or a :class:`Steps` built from its fields given as keywords (``finetune=``,
-    ``seed=``, ``task=`` ...): the keyword form of the run functions."""
-    if steps is None:
-        try:
-            return Steps(**given)
-        except TypeError as e:
-            raise PrunewiseError(f"bad run keyword: {e}") from None
-    if given:
-        raise PrunewiseError(f"give either steps or its fields ({', '.join(sorted(given))}), "
-                             f"not both")
-    return steps
-
-
-def calibration_batches(bundle: D.DataBundle, settings: Recalibration | Repair, seed: int):
-    """What recalibration and repair run on: training images (no augmentation), shuffled by
-    ``seed``, capped at ``settings.samples``, in batches of ``settings.batch_size`` (the same
-    on every rank under torchrun)."""
-    return D.batches(bundle.train, bundle, settings.batch_size, shuffle=True, seed=seed,
-                     limit=min(settings.samples, len(bundle.train)))
-
-
-def finish(pruned: nn.Module, bundle: D.DataBundle, masks: dict | None, steps: Steps,
-           desc: str = "fine-tune", repair_from: tuple | None = None,
-           plan: ChannelPlan | None = None) -> dict:
-    """Measure, repair or recalibrate BatchNorm, measure, fine-tune (masked), measure; in place
-    on ``pruned``. ``repair_from``: ``(dense model, Repair)`` to repair ``pruned`` (then it is
-    not recalibrated): a masked model with ``masks``, or the smaller model of ``plan``. Returns
-    ``{"scores": {pruned, repaired, recalibrated, finetuned}, "finetune", "stage_seconds"}``
-    (a stage that did not run is None; the scores are the task's primary metric)."""
-    task = steps.task
-    acc = {s: None for s in STAGES[1:]}
-    acc["pruned"] = scores(pruned, bundle, task)
-    secs = {"repair": 0.0, "recalibrate": 0.0, "finetune": 0.0}
-    recalibration, finetune = steps.recalibration, steps.finetune
-    if repair_from is not None and repair_from[1].enabled:
-        dense_model, how = repair_from
-        t0 = time.perf_counter()
-        repair.reconstruct(dense_model, pruned, calibration_batches(bundle, how, steps.seed),
-                           masks=None if plan is not None else masks, plan=plan,
-                           samples=how.samples, damp=how.damp, progress=steps.progress)
-        secs["repair"] = time.perf_counter() - t0
-        acc["repaired"] = scores(pruned, bundle, task)
-    elif recalibration.enabled:
-        t0 = time.perf_counter()
-        train.recalibrate_bn(pruned, calibration_batches(bundle, recalibration, steps.seed),
-                             samples=recalibration.samples)
-        secs["recalibrate"] = time.perf_counter() - t0
-        acc["recalibrated"] = scores(pruned, bundle, task)
-    hist = None
-    if finetune.epochs:
-        h = train.fit(pruned, bundle, finetune, masks=masks, seed=steps.seed,
-                      progress=steps.progress, desc=desc, amp=steps.compute.amp, task=task)
-        secs["finetune"] = h["seconds"]
-        hist = {"epochs_run": len(h["history"]), "best_epoch": h["best_epoch"],
-                **{k: v for k, v in h.items() if k.startswith("best_val")},
-                "seconds": h["seconds"]}
-        acc["finetuned"] = scores(pruned, bundle, task)
-    pruned.eval()
-    return {"scores": acc, "finetune": hist, "stage_seconds": secs}
-
-
 # ---- unstructured ---------------------------------------------------------------------------
 
 def prune_masks(model: nn.Module, bundle: D.DataBundle, method: str, settings: Unstructured, *,
@@ -459,6 +272,20 @@ def prune_masks(model: nn.Module, bundle: D.DataBundle, method: str, settings: U
                 task: tasks.Task | None = None) -> MaskPlan:
     """Step 1 for masks: the method's iterative pruning to ``settings.sparsity`` (stopping on
     every one of ``levels`` on the way, reported to ``on_level(level, plan)``)."""
+    plan = None
+    for level, plan in mask_stops(model, bundle, method, settings, seed=seed,
+                                  progress=progress, resume_dir=resume_dir, levels=levels,
+                                  task=task):
+        if level is not None and on_level is not None:
+            on_level(level, plan)
+    return plan
+
+
+def mask_stops(model: nn.Module, bundle: D.DataBundle, method: str, settings: Unstructured, *,
+               seed: int = 0, progress: bool = False, resume_dir: str | Path | None = None,
+               levels: Sequence[float] = (), task: tasks.Task | None = None):
+    """:func:`prune_masks` as a generator (:func:`prunewise.masking.stops`): ``(level, plan)``
+    at every level and the target, then ``(None, final plan)``."""
     row = check_unstructured(method, settings)
     options = row.options(settings.options)
     scope = check_exclude(model, settings.exclude, settings.embeddings)
@@ -473,15 +300,14 @@ def prune_masks(model: nn.Module, bundle: D.DataBundle, method: str, settings: U
     recalibrate = settings.loop_recalibrate
     loop = masking.LoopSettings(
         sparsity=settings.sparsity, keep=keep_of(row, settings), samples=settings.samples,
-        params=scope,
-        levels=tuple(levels), checkpoint_dir=resume_dir, seed=seed, on_level=on_level,
+        params=scope, levels=tuple(levels), checkpoint_dir=resume_dir, seed=seed,
         eval_batches=validation if settings.track_accuracy and len(bundle.val) else None,
         progress=progress, recalibrate=row.loop_recalibrate if recalibrate is None else recalibrate,
         recalibrate_samples=settings.recalibrate_samples,
         allocation=row.allocation if settings.allocation is None else settings.allocation,
         task=task)
-    return masking.run(model, attribution, row.builder()(options, seed), loop, method=method,
-                       settings=asdict(options), needs_data=row.needs_data)
+    return masking.stops(model, attribution, row.builder()(options, seed), loop, method=method,
+                         settings=asdict(options), needs_data=row.needs_data)
 
 
 def keep_of(row: methods.Method, settings: Unstructured) -> float:
@@ -526,16 +352,16 @@ def finish_masks(model: nn.Module, bundle: D.DataBundle, plan: MaskPlan, *,
     dense = dense or measure_dense(model, bundle, steps.measurement, steps.task)
     start = time.perf_counter()
     pruned = plan.apply(model)
-    fix = (model, settings.repair) if settings is not None else None
-    after = finish(pruned, bundle, plan.masks, steps, desc=f"fine-tune {plan.method}",
-                   repair_from=fix)
+    after = finish(Work(pruned, model, bundle, plan.masks, None,
+                        settings.repair if settings is not None else Repair(), steps,
+                        desc=f"fine-tune {plan.method}"))
     rep = {"kind": "prune-unstructured", "method": plan.method, "data": bundle.name,
            "seed": steps.seed, "budget": {"sparsity": plan.sparsity if target is None else target},
            "metric": steps.task.describe(),
            **steps.task.keyed({"dense": stage_scores(dense), **after["scores"]}),
            "sparsity": plan.sparsity, **_size(dense, pruned, bundle, masked=True),
            "latency_ms": _latency(dense, pruned, bundle, steps.measurement, masked=True),
-           "finetune": after["finetune"],
+           **{k: v for k, v in after.items() if k not in ("scores", "stage_seconds")},
            "stage_seconds": {"prune": prune_seconds, **after["stage_seconds"]},
            "iterations": plan.meta.get("iterations"), "history": plan.meta.get("history", []),
            "layers": [{"layer": k, "sparsity": v} for k, v in plan.per_layer().items()],
@@ -552,33 +378,32 @@ def prune_levels(model: nn.Module, bundle: D.DataBundle, method: str, settings: 
                  dense: dict | None = None, want: Callable[[float], bool] | None = None,
                  resume_dir: str | Path | None = None) -> MaskPlan:
     """One pruning run to ``settings.sparsity`` that stops on every one of ``levels``, finishes
-    the masked model there (recalibrate, fine-tune, measure) and hands its complete report to
-    ``on_report(level, pruned, plan, report)``; the target itself is always reported. ``want``
-    skips a level (a bench cell already on disk). Every level's ``prune`` seconds are the time
-    the run took to reach it (finishing earlier levels not counted). Returns the final plan."""
+    the masked model there (the stages of :data:`prunewise.stages.TABLE`, measured) and hands
+    its complete report to ``on_report(level, pruned, plan, report)``; the target itself is
+    always reported. ``want`` skips a level (a bench cell already on disk). Every level's
+    ``prune`` seconds are the time the run took to reach it (finishing earlier levels not
+    counted). Returns the final plan."""
     check_unstructured(method, settings)
     model = steps.compute.place(model)
     check_task(model, bundle, steps.task)
-    state = {"start": time.perf_counter(), "other": 0.0, "dense": dense, "done": set()}
-
-    def at_level(level: float, plan: MaskPlan) -> None:
-        if level in state["done"] or (want is not None and not want(level)):
-            return
+    start, other, done = time.perf_counter(), 0.0, set()
+    final = None
+    for level, plan in mask_stops(model, bundle, method, settings, seed=steps.seed,
+                                  progress=steps.progress, resume_dir=resume_dir, levels=levels,
+                                  task=steps.task):
+        if level is None:   # the loop is over; a run resumed after its last iteration
+            final, level = plan, settings.sparsity   # reports its target here
+        if level in done or (want is not None and not want(level)):
+            continue
         t0 = time.perf_counter()
-        state["dense"] = state["dense"] or measure_dense(model, bundle, steps.measurement,
-                                                         steps.task)
-        pruned, rep = finish_masks(model, bundle, plan, steps=steps, dense=state["dense"],
-                                   target=level, prune_seconds=t0 - state["start"] - state["other"],
+        dense = dense or measure_dense(model, bundle, steps.measurement, steps.task)
+        pruned, rep = finish_masks(model, bundle, plan, steps=steps, dense=dense, target=level,
+                                   prune_seconds=t0 - start - other,
                                    settings=replace(settings, sparsity=level))
-        state["done"].add(level)
-        state["other"] += time.perf_counter() - t0
+        done.add(level)
+        other += time.perf_counter() - t0
         on_report(level, pruned, plan, rep)
-
-    plan = prune_masks(model, bundle, method, settings, seed=steps.seed, progress=steps.progress,
-                       resume_dir=resume_dir, levels=levels, on_level=at_level,
-                       task=steps.task)
-    at_level(settings.sparsity, plan)  # a run resumed after its last iteration reports here
-    return plan
+    return final
 
 
 def run_unstructured(model: nn.Module, bundle: D.DataBundle, method: str, settings: Unstructured,
@@ -663,8 +488,8 @@ def finish_channels(model: nn.Module, bundle: D.DataBundle, pruned: nn.Module,
     dense = dense or measure_dense(model, bundle, steps.measurement, steps.task)
     start = time.perf_counter()
     method = plan.meta.get("method", "plan")
-    after = finish(pruned, bundle, None, steps, desc=f"fine-tune {method}",
-                   repair_from=(model, settings.repair), plan=plan)
+    after = finish(Work(pruned, model, bundle, None, plan, settings.repair, steps,
+                        desc=f"fine-tune {method}"))
     rep = {"kind": "prune-structured", "method": method, "data": bundle.name, "seed": steps.seed,
            "budget": {"macs": settings.macs, "params": settings.params},
            "metric": steps.task.describe(),
@@ -672,7 +497,7 @@ def finish_channels(model: nn.Module, bundle: D.DataBundle, pruned: nn.Module,
            "sparsity": 1.0 - measure.sparsity(pruned)["total"] / dense["weights"],
            **_size(dense, pruned, bundle, masked=False),
            "latency_ms": _latency(dense, pruned, bundle, steps.measurement, masked=False),
-           "finetune": after["finetune"],
+           **{k: v for k, v in after.items() if k not in ("scores", "stage_seconds")},
            "stage_seconds": {"prune": prune_seconds, **after["stage_seconds"]},
            "counts": plan.counts, "layers": layer_rows(model, pruned),
            "spectra": {k: v.tolist() for k, v in (getattr(plan, "spectra", None) or {}).items()},
