@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import field, fields
 from typing import Any, Iterable
 
 from .errors import PrunewiseError
@@ -83,3 +84,39 @@ def flag(what: str, value: Any, *, none: bool = False) -> Any:
     if not (isinstance(value, bool) or (value is None and none)):
         raise PrunewiseError(f"{what} must be True or False, got {value!r}")
     return value
+
+
+#: The largest count an integer setting takes (epochs, samples, batch sizes).
+MAX_COUNT = 10 ** 9
+
+
+def setting(default: Any, help: str, kind: str, **limits: Any) -> Any:
+    """A settings field declared once: its ``default``, the ``help`` the command line and
+    ``prunewise methods`` print, its ``kind`` ('float', 'int', 'choice' or 'flag') and
+    ``limits``: ``low`` / ``high`` / ``low_open`` / ``high_open`` for numbers, ``choices`` for
+    a choice, ``label`` (how an error names it; default the field's name). None is allowed
+    when the default is None. :func:`check_fields` checks a value against them; the command
+    line builds its options from them."""
+    return field(default=default, metadata={"help": help, "kind": kind, **limits})
+
+
+def check_fields(obj: Any) -> None:
+    """Check every field of the settings dataclass ``obj`` that :func:`setting` declared
+    (raises PrunewiseError naming the setting, the value and what is allowed)."""
+    for f in fields(obj):
+        meta = f.metadata
+        kind = meta.get("kind")
+        if kind is None:
+            continue
+        value, what = getattr(obj, f.name), meta.get("label") or f.name.replace("_", " ")
+        none = f.default is None
+        if kind == "int":
+            integer(what, value, meta.get("low", -MAX_COUNT), meta.get("high"), none=none)
+        elif kind == "float":
+            number(what, value, meta.get("low"), meta.get("high"),
+                   low_open=meta.get("low_open", False), high_open=meta.get("high_open", False),
+                   none=none)
+        elif kind == "choice":
+            choice(what, value, meta["choices"], none=none)
+        else:
+            flag(what, value, none=none)

@@ -154,24 +154,25 @@ def uniform_configure(budget) -> structured.Configure:
                                     round_to=getattr(budget, "round_to", None))
 
 
-def sliming_configure(budget) -> structured.Configure:
-    """SLIMING's step (i) at ``budget`` (which also gives ``normalize`` and ``min_ratio``)."""
+def sliming_configure(settings, budget) -> structured.Configure:
+    """SLIMING's step (i) at ``budget`` with its own ``settings``
+    (:class:`prunewise.methods.SlimingSettings`: ``normalize`` and ``min_ratio``)."""
     return lambda a: sliming.plan_counts(a, macs=budget.macs, params=budget.params,
-                                         normalize=budget.normalize,
+                                         normalize=settings.normalize,
                                          min_channels=budget.min_channels,
-                                         min_ratio=budget.min_ratio,
+                                         min_ratio=settings.min_ratio,
                                          round_to=getattr(budget, "round_to", None))
 
 
 # The method table's builders: ``(own settings, budget, batches, seed) -> (configure, select)``.
 def sliming_pair(settings, budget, batches, seed: int):
     """SLIMING: step (i) and GEM."""
-    return sliming_configure(budget), sliming.select_group
+    return sliming_configure(settings, budget), sliming.select_group
 
 
 def sliming_l1_pair(settings, budget, batches, seed: int):
     """SLIMING's configuration with L1 selection."""
-    return sliming_configure(budget), l1_step
+    return sliming_configure(settings, budget), l1_step
 
 
 def l1_pair(settings, budget, batches, seed: int):

@@ -22,7 +22,7 @@ compares a method's name. docs/architecture.md, "How to add a method", walks thr
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 from . import checks
@@ -43,11 +43,9 @@ class NoSettings:
     """A method with no settings of its own."""
 
 
-def setting(default: Any, help: str, kind: str, **limits: Any) -> Any:
-    """A field of a method's settings with what the command line needs to offer it: ``kind``
-    'float', 'int', 'choice' or 'flag'; ``limits``: ``low`` / ``high`` / ``low_open`` for
-    numbers, ``choices`` for a choice. ``prunewise methods`` prints ``help``."""
-    return field(default=default, metadata={"help": help, "kind": kind, **limits})
+#: A method setting's field (:func:`prunewise.checks.setting`; the command line turns each into
+#: an option, :func:`prunewise.checks.check_fields` checks it).
+setting = checks.setting
 
 
 @dataclass(frozen=True)
@@ -56,7 +54,7 @@ class FVWSettings:
     group of classes (None: one over all data), combined by ``aggregate`` ('union': best rank in
     any group, 'sum'); ``descent``: add a descent pass per group (class-group mode only)."""
     alpha: float = setting(1e-8, "attack step size", "float", low=0.0, low_open=True)
-    steps: int = setting(2, "attack steps K", "int", low=1, high=10_000)
+    steps: int = setting(2, "attack steps K", "int", low=1, high=10_000, label="attack steps")
     class_groups: int | None = setting(None, "class-group mode with this many groups", "int",
                                        low=1, high=100_000)
     aggregate: str = setting("union", "how class groups combine", "choice",
@@ -64,11 +62,24 @@ class FVWSettings:
     descent: bool = setting(False, "class-group mode: add a descent pass per group", "flag")
 
     def __post_init__(self) -> None:
-        checks.number("alpha", self.alpha, 0.0, low_open=True)
-        checks.integer("attack steps", self.steps, 1)
-        checks.integer("class groups", self.class_groups, 1, none=True)
-        checks.choice("aggregate", self.aggregate, ("union", "sum"))
-        checks.flag("descent", self.descent)
+        checks.check_fields(self)
+
+
+@dataclass(frozen=True)
+class SlimingSettings:
+    """SLIMING's configuration step (step i), for ``sliming`` and ``sliming-l1``: how every
+    group's singular values are normalised (``normalize``: by the largest, 'max', or by their
+    sum) and ``min_ratio``, the least fraction of every group kept (0: the paper's
+    configuration; our addition for networks where a group starves)."""
+    normalize: str = setting("max", "SLIMING's configuration: how singular values are "
+                                    "normalised per group", "choice", choices=("max", "sum"),
+                             label="normalization")
+    min_ratio: float = setting(0.0, "keep at least this fraction of every group (0 = the "
+                                    "paper's configuration)", "float", low=0.0, high=1.0,
+                               high_open=True, label="min ratio")
+
+    def __post_init__(self) -> None:
+        checks.check_fields(self)
 
 
 # ---- the table -------------------------------------------------------------------------------
@@ -139,7 +150,7 @@ TABLE: list[Method] = [
     # structured: (configure, select) pairs on the shared engine (prunewise.structured)
     Method("sliming", STRUCTURED, "SLIMING (Neural Networks 2025): singular-value configuration "
            "+ GEM nuclear-norm selection", f"{_DOC}#sliming", "prunewise.filters:sliming_pair",
-           needs_data=False),
+           SlimingSettings, needs_data=False),
     Method("l1", STRUCTURED, "L1-uniform: the same fraction of every group, largest L1 norms",
            f"{_DOC}#baselines", "prunewise.filters:l1_pair", needs_data=False),
     Method("random", STRUCTURED, "uniform configuration, random channels (seeded)",
@@ -148,7 +159,7 @@ TABLE: list[Method] = [
            "feature maps", f"{_DOC}#baselines", "prunewise.filters:chip_pair"),
     Method("sliming-l1", STRUCTURED, "SLIMING's configuration with L1 selection (separates its "
            "two steps)", f"{_DOC}#baselines", "prunewise.filters:sliming_l1_pair",
-           needs_data=False),
+           SlimingSettings, needs_data=False),
 ]
 
 

@@ -47,24 +47,24 @@ Report keys (the same in every report, bench cell and demo run):
 """
 from __future__ import annotations
 
-import copy
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from . import checkpoints, checks, device, masking, measure, methods, structured, surgery
+from . import checkpoints, device, masking, measure, methods, structured, surgery
 from . import tasks, utils
 from . import data as D
 from .errors import PrunewiseError
 from .plan import ChannelPlan, MaskPlan
 from .sliming.spectrum import singular_values
-from .stages import (STAGE_TITLES, STAGES, Compute, FineTune, Measurement, Recalibration,
-                     Repair, Steps, Work, accuracy, calibration_batches, finish, scores,
-                     stage_scores, steps_of)
+from .settings import (Compute, FineTune, Measurement, Recalibration, Repair, Structured,
+                       Unstructured)
+from .stages import (STAGE_TITLES, STAGES, Steps, Work, accuracy, calibration_batches, finish,
+                     scores, stage_scores, steps_of)
 
 __all__ = ["STAGES", "STAGE_TITLES", "Compute", "FineTune", "Measurement", "Recalibration",
            "Repair", "Steps", "Unstructured", "Structured", "accuracy", "scores",
@@ -76,93 +76,6 @@ HEAVY_KEYS = ("history", "layers", "spectra", "counts", "groups")  # dropped fro
 
 # ---- settings -------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Unstructured:
-    """Mask pruning settings. ``samples``: attribution samples (None = all); ``batch_size``:
-    attribution batch size; ``keep``: the fraction of the unpruned weights kept per iteration
-    (None = the method's default: one shot for a one-shot method of the table, else 0.98);
-    ``loop_recalibrate``: recalibrate BatchNorm inside the iterative
-    loop (None = the method's default in the method table) on at most
-    ``recalibrate_samples`` attribution samples (None = all of them); ``track_accuracy``:
-    validation accuracy per iteration; ``exclude``: module-name patterns (``"fc"``,
-    ``"layer3.*"``) whose weights stay dense (the sparsity is then that of the remaining
-    prunable weights); ``options``: the method's own settings (e.g.
-    :class:`prunewise.methods.FVWSettings`; None = its defaults); ``repair``: layer-wise repair
-    after pruning (:class:`Repair`, off by default); ``allocation``: how the kept weights are
-    shared between layers (``global``, ``lamp``, ``uniform``, ``row``; None = the method's
-    default in the method table); ``embeddings``: prune ``nn.Embedding`` weights too (left
-    dense by default, like the input stem; the report's ``left_out`` lists every weight matrix
-    left dense and why)."""
-    sparsity: float
-    keep: float | None = 0.98
-    samples: int | None = 2048
-    batch_size: int = 128
-    loop_recalibrate: bool | None = None
-    track_accuracy: bool = True
-    exclude: tuple[str, ...] = ()
-    recalibrate_samples: int | None = None
-    options: Any = None
-    repair: Repair = Repair()
-    allocation: str | None = None
-    embeddings: bool = False
-
-    def __post_init__(self) -> None:
-        checks.flag("embeddings", self.embeddings)
-        checks.choice("allocation", self.allocation, methods.ALLOCATIONS, none=True)
-        checks.fraction("sparsity", self.sparsity, zero=True)
-        checks.fraction("keep", self.keep, none=True)
-        checks.integer("attribution samples", self.samples, 1, none=True)
-        checks.integer("attribution batch size", self.batch_size, 1)
-        checks.flag("loop recalibration", self.loop_recalibrate, none=True)
-        checks.flag("track accuracy", self.track_accuracy)
-        checks.integer("loop recalibration samples", self.recalibrate_samples, 1, none=True)
-        Repair.check(self.repair)
-        check_patterns(self.exclude)
-
-
-def check_patterns(exclude) -> None:
-    """Refuse an ``exclude`` setting that is not a tuple of non-empty layer-name patterns."""
-    if isinstance(exclude, str) or not all(isinstance(p, str) and p.strip() for p in exclude):
-        raise PrunewiseError(f"exclude must be a tuple of non-empty layer-name patterns, "
-                             f"got {exclude!r}")
-
-
-@dataclass(frozen=True)
-class Structured:
-    """Channel pruning settings: exactly one of ``macs`` / ``params`` (fractions kept), or
-    ``plan``, the folder of a saved channel plan to apply instead of a budget. ``normalize``,
-    ``min_ratio``: SLIMING's configuration step (sliming, sliming-l1); ``min_channels``: the
-    floor of every group; ``repair``: refit the layers that consume pruned channels
-    (:class:`Repair`, off by default); ``round_to``: every kept count a multiple of it (on top of
-    what attention heads and GroupNorm groups require); ``exclude``: layer-name patterns whose
-    output channels stay (Torch-Pruning's ignored layers)."""
-    macs: float | None = None
-    params: float | None = None
-    normalize: str = "max"
-    min_channels: int = 1
-    min_ratio: float = 0.0
-    plan: str | None = None
-    repair: Repair = Repair()
-    round_to: int | None = None
-    exclude: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        Repair.check(self.repair)
-        checks.integer("round_to", self.round_to, 1, none=True)
-        check_patterns(self.exclude)
-        checks.choice("normalization", self.normalize, ("max", "sum"))
-        checks.integer("min channels", self.min_channels, 1)
-        checks.number("min ratio", self.min_ratio, 0.0, 1.0, high_open=True)
-        budgets = [b for b in (self.macs, self.params) if b is not None]
-        if self.plan is not None:
-            if budgets:
-                raise PrunewiseError("a saved plan replaces the budget: drop macs / params")
-            return
-        if len(budgets) != 1:
-            raise PrunewiseError("give exactly one budget: macs FRACTION or params FRACTION")
-        checks.fraction("the budget", budgets[0])
-
-
 def check_unstructured(method: str, settings: Unstructured) -> methods.Method:
     """The table row of mask method ``method``, after checking that ``settings.options`` are
     its settings (PrunewiseError otherwise): the check that needs both, before any work."""
@@ -172,8 +85,11 @@ def check_unstructured(method: str, settings: Unstructured) -> methods.Method:
 
 
 def check_structured(method: str, settings: Structured) -> methods.Method:
-    """The table row of channel method ``method`` (PrunewiseError for an unknown one)."""
-    return methods.get(method, methods.STRUCTURED)
+    """The table row of channel method ``method``, after checking that ``settings.options``
+    are its settings (PrunewiseError otherwise)."""
+    row = methods.get(method, methods.STRUCTURED)
+    row.options(settings.options)
+    return row
 
 
 # ---- measuring ------------------------------------------------------------------------------
@@ -445,10 +361,10 @@ def channel_plan(model: nn.Module, x: torch.Tensor, method: str, settings: Struc
     if settings.plan is not None:
         plan = ChannelPlan.load(settings.plan)
         return surgery.apply(model, plan, x), plan
-    configure, select = row.builder()(row.options(), settings, batches, seed)
+    options = row.options(settings.options)
+    configure, select = row.builder()(options, settings, batches, seed)
     meta = {"method": method, "budget": {"macs": settings.macs, "params": settings.params},
-            "normalize": settings.normalize, "min_channels": settings.min_channels,
-            "min_ratio": settings.min_ratio}
+            "min_channels": settings.min_channels, **asdict(options)}
     if settings.round_to:
         meta["round_to"] = settings.round_to
     return structured.prune(model, x, configure, select, spectrum=singular_values, meta=meta,

@@ -8,115 +8,24 @@ stage records more than a score, the report key of that record. Reports, report.
 schema, bench tables and the command line's score line all follow the table
 (docs/architecture.md, "How to add a stage").
 
-The settings of the stages are small frozen dataclasses checked once when they are built
-(:class:`Repair`, :class:`Recalibration`, :class:`FineTune`, :class:`Measurement`,
-:class:`Compute`); :class:`Steps` carries them through a run, with the seed, progress bars and
-the task (:mod:`prunewise.tasks`).
+The settings of the stages are declared once in :mod:`prunewise.settings` (:class:`Repair`,
+:class:`Recalibration`, :class:`FineTune`, :class:`Measurement`, :class:`Compute`);
+:class:`Steps` carries them through a run, with the seed, progress bars and the task
+(:mod:`prunewise.tasks`).
 """
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from torch import nn
 
-from . import checks, device, dist, repair, tasks, train
+from . import repair, tasks, train
 from . import data as D
 from .errors import PrunewiseError
 from .plan import ChannelPlan
-
-
-# ---- settings -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class FineTune(train.Training):
-    """Fine-tuning after pruning (masked for masks): :class:`prunewise.train.Training` with
-    fine-tuning's defaults; ``epochs=0`` skips it."""
-    epochs: int = 0
-    lr: float = 0.01
-
-
-@dataclass(frozen=True)
-class Compute:
-    """Where a run computes. ``device``: auto, cpu, cuda, cuda:N or mps (None = wherever the
-    model already is; otherwise a copy moves there, the caller's model stays put). ``amp``:
-    'bf16' or 'fp16' mixed precision for training and fine-tuning, CUDA only; pruning criteria
-    (FVW's attack, Taylor, CHIP, SLIMING) always compute in float32 or float64."""
-    device: str | None = None
-    amp: str | None = None
-
-    def place(self, model: nn.Module) -> nn.Module:
-        """``model`` on this device (itself when it is there already, else a moved copy);
-        raises PrunewiseError for an unavailable device or ``amp`` off CUDA."""
-        dev = device.of(model) if self.device is None else device.resolve(self.device)
-        device.check_amp(self.amp, dev)
-        if device.of(model) == dev:
-            return model
-        return copy.deepcopy(model).to(dev)
-
-    def record(self, model: nn.Module) -> dict:
-        """What the report's ``compute`` says about a run on ``model``."""
-        return {"device": str(device.of(model)), "amp": self.amp, "world": dist.world()}
-
-
-@dataclass(frozen=True)
-class Recalibration:
-    """BatchNorm recalibration on ``samples`` training images after pruning."""
-    samples: int = 512
-    enabled: bool = True
-    batch_size: int = 128
-
-    def __post_init__(self) -> None:
-        checks.integer("recalibration samples", self.samples, 1)
-        checks.integer("recalibration batch size", self.batch_size, 1)
-        checks.flag("recalibration enabled", self.enabled)
-
-
-@dataclass(frozen=True)
-class Repair:
-    """Layer-wise repair of a pruned model, masks or channels
-    (:func:`prunewise.repair.reconstruct`), on ``samples`` training images right after
-    pruning; off by default until resnet56 and a network without BatchNorm have three seeds
-    (README, "Repair: every method with and without it"). A repaired model is not
-    BatchNorm-recalibrated: its layers were fitted to the statistics they run with, and
-    recalibrating afterwards cost 0.8 to 35 points in the first probe (docs/methods.md,
-    "Repair")."""
-    enabled: bool = False
-    samples: int = 256
-    damp: float = 0.01
-    batch_size: int = 128
-
-    def __post_init__(self) -> None:
-        checks.flag("repair", self.enabled)
-        checks.integer("repair samples", self.samples, 1)
-        checks.integer("repair batch size", self.batch_size, 1)
-        checks.number("repair damp", self.damp, 0.0, low_open=True)
-
-    @staticmethod
-    def check(value: Any) -> None:
-        """Raise PrunewiseError unless ``value`` is a :class:`Repair` (a settings field)."""
-        if not isinstance(value, Repair):
-            raise PrunewiseError(f"repair must be a runs.Repair, got {value!r}")
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """Latency on the run's device: median of ``repeats`` forward passes per batch size
-    (``latency=False``: none)."""
-    latency: bool = True
-    batch_sizes: tuple[int, ...] = (1, 64)
-    repeats: int = 20
-    warmup: int = 3
-
-    def __post_init__(self) -> None:
-        checks.flag("latency", self.latency)
-        checks.integer("latency repeats", self.repeats, 1)
-        checks.integer("latency warm-up passes", self.warmup, 0)
-        for b in self.batch_sizes:
-            checks.integer("latency batch size", b, 1)
-
+from .settings import Compute, FineTune, Measurement, Recalibration, Repair
 
 
 # ---- measuring ------------------------------------------------------------------------------

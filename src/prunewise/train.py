@@ -14,11 +14,9 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -26,6 +24,7 @@ from . import data as D
 from . import checks, device, dist, names, tasks, utils
 from .errors import PrunewiseError
 from .plan import check_shapes
+from .settings import Training
 from .utils import progress_bar
 
 OPTIMIZERS = names.OPTIMIZERS
@@ -157,28 +156,6 @@ def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
     if name == "adam":
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     raise PrunewiseError(f"unknown optimizer '{name}'; choose one of: {', '.join(OPTIMIZERS)}")
-
-
-@dataclass(frozen=True)
-class Training:
-    """How :func:`fit` trains: ``epochs`` with a cosine schedule from ``lr``, ``optimizer``
-    ('sgd' with Nesterov momentum 0.9, or 'adam'), ``weight_decay``, global ``batch_size``;
-    ``patience`` stops after that many epochs without a better validation score (None: never).
-    Checked once, here."""
-    epochs: int = 20
-    lr: float = 0.05
-    optimizer: str = "sgd"
-    weight_decay: float = 5e-4
-    batch_size: int = 64
-    patience: int | None = None
-
-    def __post_init__(self) -> None:
-        checks.integer("epochs", self.epochs, 0)
-        checks.integer("batch size", self.batch_size, 1)
-        checks.integer("patience", self.patience, 1, none=True)
-        checks.number("learning rate", self.lr, 0.0, low_open=True)
-        checks.choice("optimizer", self.optimizer, OPTIMIZERS)
-        checks.number("weight decay", self.weight_decay, 0.0, 1.0)
 
 
 def fit(model: nn.Module, bundle: "D.DataBundle", settings: Training | None = None, *,

@@ -2,30 +2,24 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import click
 
-from .. import methods, schema
+from .. import methods, schema, settings as S
 from ..errors import PrunewiseError, out_of_memory
 from . import loading, output
-from .options import (CLASSES, LR, SEED, SIDE, WEIGHT_DECAY, Integer, amp_option, check_output,
-                      compute_of, count, data_options, device_option, model_option, progress_on,
-                      quiet_option,
-                      recalibration_of, recalibration_options, repair_of, repair_options)
-from .. import names
+from .options import (CLASSES, SEED, SIDE, Integer, amp_option, check_output, compute_of, count,
+                      data_options, device_option, model_option, progress_on, quiet_option,
+                      settings_from, settings_options)
 
 
 @click.command("train")
 @click.argument("model_name", required=False)
 @data_options
 @model_option
-@click.option("--epochs", type=count(1), default=30, show_default=True)
-@click.option("--lr", type=LR, default=0.05, show_default=True)
-@click.option("--batch-size", type=count(1), default=64, show_default=True)
-@click.option("--optimizer", type=click.Choice(names.OPTIMIZERS), default="sgd",
-              show_default=True)
-@click.option("--weight-decay", type=WEIGHT_DECAY, default=5e-4, show_default=True)
+@settings_options(S.Training)
 @click.option("--num-classes", type=CLASSES, default=None,
               help="Must match the data (default: the data's).")
 @click.option("--seed", type=SEED, default=0, show_default=True)
@@ -33,9 +27,8 @@ from .. import names
 @device_option
 @amp_option
 @quiet_option
-def train_cmd(model_name, data_name, root, image_size, data_seed, factory, epochs, lr,
-              batch_size, optimizer, weight_decay, num_classes, seed, out, quiet, device_name,
-              amp):
+def train_cmd(model_name, data_name, root, image_size, data_seed, factory, num_classes, seed, out,
+              quiet, device_name, amp, **kw):
     """Train a zoo model MODEL_NAME (or, with --model, a model of your own) and save the
     best-on-validation checkpoint to OUT.
 
@@ -46,13 +39,16 @@ def train_cmd(model_name, data_name, root, image_size, data_seed, factory, epoch
     from .. import checkpoints, files, models, train
 
     check_output(out)
+    how = settings_from(S.Training, kw)
+    if how.epochs < 1:
+        raise PrunewiseError("--epochs must be at least 1 to train")
     if (model_name is None) == (factory is None):
         raise PrunewiseError("give a zoo MODEL_NAME or --model FILE.py:FACTORY (one of them)")
     if model_name is not None:
         loading.check_model_name(model_name)
     compute = compute_of(device_name, amp)
     bundle = loading.load_data(data_name, root, image_size, data_seed)
-    loading.check_batch(bundle, batch_size, "--batch-size")
+    loading.check_batch(bundle, how.batch_size, "--batch-size")
     if num_classes is not None and num_classes != bundle.num_classes:
         raise PrunewiseError(f"--num-classes {num_classes} does not match data set "
                              f"'{bundle.name}', which has {bundle.num_classes} classes")
@@ -65,13 +61,11 @@ def train_cmd(model_name, data_name, root, image_size, data_seed, factory, epoch
     else:
         model = compute.place(models.create(model_name, num_classes=bundle.num_classes,
                                             in_channels=bundle.in_channels))
-    hist = train.fit(model, bundle, epochs=epochs, lr=lr, batch_size=batch_size,
-                     optimizer=optimizer, weight_decay=weight_decay, seed=seed,
-                     progress=progress_on(quiet), desc=f"train {model_name}", amp=amp)
+    hist = train.fit(model, bundle, how, seed=seed, progress=progress_on(quiet),
+                     desc=f"train {model_name}", amp=amp)
     test = train.evaluate_split(model, bundle, "test")
     meta = {"data": loading.data_meta(bundle, root, data_seed or 0), "seed": seed,
-            "train": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer,
-                      "weight_decay": weight_decay, "best_epoch": hist["best_epoch"],
+            "train": {**asdict(how), "best_epoch": hist["best_epoch"],
                       "best_val_top1": hist["best_val_top1"], "seconds": hist["seconds"]},
             "test_accuracy": test["top1"]}
     model.prunewise_inputs = checkpoints.input_spec(bundle.example(1))
@@ -246,8 +240,8 @@ def export_cmd(folder, onnx_path, input_size, factory):
 @click.option("--epochs", type=count(1), default=None, help="Training epochs (default: the demo's).")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="Tiny settings that only check the wiring.")
-@recalibration_options
-@repair_options
+@settings_options(S.Recalibration)
+@settings_options(S.Repair)
 @device_option
 @amp_option
 @quiet_option
@@ -259,13 +253,13 @@ def demo_cmd(out, epochs, seed, quick, quiet, device_name, amp, **kw):
     from ..demo import run_demo
 
     check_output(out)
-    recalibration = recalibration_of(kw)
+    recalibration = settings_from(S.Recalibration, kw)
     rep = run_demo(out, epochs=epochs, seed=seed, progress=progress_on(quiet), quick=quick,
-                   recalibration=recalibration, repair=repair_of(kw),
+                   recalibration=recalibration, repair=settings_from(S.Repair, kw),
                    compute=compute_of(device_name, amp))
     lat = (rep.get("latency_ms") or {}).get("1", {}).get("dense")
     click.echo(f"dense {rep['model']} on digits: test top-1 "
-               f"{rep['accuracy']['dense']['test']:.4f}, params {rep['params']['dense']:,}, "
+               f"{rep['scores']['dense']['test']:.4f}, params {rep['params']['dense']:,}, "
                f"MACs {rep['macs']['dense']:,}"
                + (f", latency {lat:.2f} ms (batch 1)" if lat is not None else ""))
     for name, step in rep["runs"].items():

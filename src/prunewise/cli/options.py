@@ -14,6 +14,7 @@ import click
 
 from .. import checks, methods, names, schema
 from ..errors import PrunewiseError
+from ..settings import Measurement
 
 
 class FiniteFloat(click.ParamType):
@@ -75,12 +76,10 @@ class Integer(click.IntRange):
         return super().convert(value, param, ctx)
 
 
-MAX_COUNT = 10 ** 9
+MAX_COUNT = checks.MAX_COUNT
 SEED = Integer(0, 2 ** 32 - 1)
 SIDE = Integer(1, schema.MAX_IMAGE_SIZE)
 CLASSES = Integer(1, schema.MAX_CLASSES)
-LR = FiniteFloat(0, 10, min_open=True)
-WEIGHT_DECAY = FiniteFloat(0, 1)
 FRACTION = FiniteFloat(0, 1, min_open=True, max_open=True)
 
 
@@ -176,44 +175,52 @@ def model_option(f):
              "checkpoint folder of that model or a .safetensors state dict.")(f)
 
 
-def finetune_options(epochs: int = 0, lr: float = 0.01):
-    """Fine-tuning after pruning (every prune command, bench)."""
+def _field_type(meta: dict):
+    """The click type of a settings field: its kind and limits, as declared."""
+    kind = meta.get("kind")
+    if kind == "choice":
+        return click.Choice(list(meta["choices"]))
+    if kind == "int":
+        return Integer(meta.get("low"), meta.get("high"))
+    return FiniteFloat(meta.get("low"), meta.get("high"), min_open=meta.get("low_open", False),
+                       max_open=meta.get("high_open", False))
+
+
+def dest(flag: str) -> str:
+    """The keyword a click option's value arrives under: ``--finetune-batch-size`` ->
+    ``finetune_batch_size``, ``--repair/--no-repair`` -> ``repair``."""
+    return flag.split("/")[0].lstrip("-").replace("-", "_")
+
+
+def settings_options(cls: type, defaults=None):
+    """One option per field in ``cls.OPTIONS`` (:mod:`prunewise.settings`), typed, limited and
+    documented by the field's declaration; its default is ``defaults``' value (default: the
+    class's own), so no default is written twice."""
+    base = defaults if defaults is not None else cls()
+
     def add(f):
-        for opt in reversed([
-                click.option("--finetune-epochs", type=count(0), default=epochs,
-                             show_default=True),
-                click.option("--lr", type=LR, default=lr, show_default=True,
-                             help="Fine-tuning learning rate."),
-                click.option("--optimizer", type=click.Choice(names.OPTIMIZERS), default="sgd",
-                             show_default=True, help="Fine-tuning optimizer."),
-                click.option("--weight-decay", type=WEIGHT_DECAY, default=5e-4,
-                             show_default=True),
-                click.option("--finetune-batch-size", type=count(1), default=64,
-                             show_default=True),
-                click.option("--patience", type=count(1), default=None,
-                             help="Fine-tuning early-stopping patience (epochs).")]):
-            f = opt(f)
+        for name, flag in reversed(list(cls.OPTIONS.items())):
+            fld = cls.__dataclass_fields__[name]
+            meta, value = fld.metadata, getattr(base, name)
+            words = meta.get("help", name)
+            text = words[:1].upper() + words[1:] + "."
+            if meta.get("kind") == "flag":
+                f = click.option(flag, dest(flag), default=value, show_default=True,
+                                 help=text)(f)
+            else:
+                f = click.option(flag, dest(flag), type=_field_type(meta), default=value,
+                                 show_default=value is not None, help=text)(f)
         return f
     return add
 
 
-def recalibration_options(f):
-    """BatchNorm recalibration after pruning (every prune command, the demo and bench)."""
-    f = click.option("--no-recalibrate", is_flag=True,
-                     help="Skip BatchNorm recalibration after pruning.")(f)
-    return click.option("--recalibrate-samples", type=count(1), default=512, show_default=True,
-                        help="Training images that re-estimate the BatchNorm statistics "
-                             "after pruning.")(f)
+def settings_from(cls: type, kw: dict, defaults=None):
+    """The settings ``cls`` from a command's keyword arguments (the options
+    :func:`settings_options` made, taken out of ``kw``), on top of ``defaults``."""
+    from dataclasses import replace
 
-
-def repair_options(f):
-    """Layer-wise repair right after pruning (prune fvw, prune sliming, bench, demo)."""
-    f = click.option("--repair-samples", type=count(1), default=256, show_default=True,
-                     help="Training images the repair fits each pruned layer on.")(f)
-    return click.option("--repair/--no-repair", default=False, show_default=True,
-                        help="Refit the kept weights of every pruned layer (masks) or of every "
-                             "layer that lost input channels (channels) to the dense model's "
-                             "outputs, by least squares, instead of recalibrating BatchNorm.")(f)
+    given = {name: kw.pop(dest(flag)) for name, flag in cls.OPTIONS.items()}
+    return replace(defaults, **given) if defaults is not None else cls(**given)
 
 
 def allocation_option(f):
@@ -225,16 +232,16 @@ def allocation_option(f):
              "fraction per output row). Default: the method's (`prunewise methods`).")(f)
 
 
-def repair_of(kw: dict):
-    from .. import runs
+def latency_option(defaults: Measurement = Measurement()):
+    """--latency-repeats N (0: no latency), default ``defaults.repeats``."""
+    meta = Measurement.__dataclass_fields__["repeats"].metadata
+    return click.option("--latency-repeats", type=count(0), default=defaults.repeats,
+                        show_default=True, help=meta["help"][:1].upper() + meta["help"][1:] + ".")
 
-    return runs.Repair(enabled=kw.pop("repair"), samples=kw.pop("repair_samples"))
 
-
-def latency_option(f):
-    return click.option("--latency-repeats", type=count(0), default=20, show_default=True,
-                        help="Timed forward passes per batch size (1 and 64) for the dense "
-                             "and the pruned model; 0 = no latency.")(f)
+def measurement_of(kw: dict, defaults: Measurement = Measurement()) -> Measurement:
+    """The measurement settings of --latency-repeats."""
+    return defaults.with_repeats(kw.pop("latency_repeats"))
 
 
 def loop_recalibrate_option(f):
@@ -244,27 +251,6 @@ def loop_recalibrate_option(f):
                         help="Recalibrate BatchNorm inside the iterative pruning loop "
                              f"(default: on for {', '.join(with_default)}; "
                              "--no-loop-recalibrate is the reference FVW).")(f)
-
-
-def finetune_of(kw: dict):
-    from .. import runs
-
-    return runs.FineTune(epochs=kw["finetune_epochs"], lr=kw["lr"], optimizer=kw["optimizer"],
-                         weight_decay=kw["weight_decay"], batch_size=kw["finetune_batch_size"],
-                         patience=kw["patience"])
-
-
-def recalibration_of(kw: dict):
-    from .. import runs
-
-    return runs.Recalibration(samples=kw["recalibrate_samples"], enabled=not kw["no_recalibrate"])
-
-
-def measurement_of(kw: dict):
-    from .. import runs
-
-    n = kw["latency_repeats"]
-    return runs.Measurement(latency=n > 0, repeats=max(n, 1), warmup=min(3, max(n, 1)))
 
 
 def method_options(row: methods.Method, given: dict):
@@ -304,17 +290,9 @@ def _setting_option(f):
     default = "" if f.default is None else f"; default {f.default}"
     words = meta.get("help", f.name)
     text = f"{words[:1].upper()}{words[1:]} ({owners} only{default})."
-    kind = meta.get("kind")
-    if kind == "flag":
+    if meta.get("kind") == "flag":
         return click.option(flag, f.name, is_flag=True, default=None, help=text)
-    if kind == "choice":
-        kind_type = click.Choice(meta["choices"])
-    elif kind == "int":
-        kind_type = Integer(meta.get("low"), meta.get("high"))
-    else:
-        kind_type = FiniteFloat(meta.get("low"), meta.get("high"),
-                                min_open=meta.get("low_open", False))
-    return click.option(flag, f.name, type=kind_type, default=None, help=text)
+    return click.option(flag, f.name, type=_field_type(meta), default=None, help=text)
 
 
 def method_setting_options(kind: str):

@@ -2,33 +2,39 @@
 grid of methods x budgets x seeds). Every one calls :mod:`prunewise.runs`."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
-from .. import methods
+from .. import methods, settings as S
 from ..errors import PrunewiseError
 from . import loading, output
-from .options import (FRACTION, SEED, FiniteFloat, MethodChoice, amp_option, check_apart,
+from .options import (FRACTION, SEED, allocation_option, amp_option, check_apart,
                       check_output, compute_of, count, data_options, device_option,
-                      finetune_of, finetune_options, latency_option, loop_recalibrate_option,
-                      measurement_of, method_options, method_setting_options, model_option,
-                      pop_method_options, progress_on, quiet_option, recalibration_of,
-                      recalibration_options, repair_of, repair_options, allocation_option)
+                      latency_option, loop_recalibrate_option, measurement_of, method_options,
+                      method_setting_options, model_option, pop_method_options, progress_on,
+                      quiet_option, settings_from, settings_options)
 
 
-def prune_setup(checkpoint, data: tuple, device_name: str, amp, kw: dict, factory=None):
-    """What both prune commands do once their method settings are checked: check the shared
-    options, place the run, load the checkpoint and its data. Returns (model, bundle, the
-    keyword arguments of the steps after pruning)."""
-    finetune, recalibration = finetune_of(kw), recalibration_of(kw)
+def prune_setup(kw: dict):
+    """What a prune does once its method settings are checked: the steps after pruning from
+    the options, the run placed, the checkpoint and its data loaded. Returns (model, bundle,
+    :class:`prunewise.stages.Steps`)."""
+    from ..stages import Steps
+
+    finetune = settings_from(S.FineTune, kw)
+    recalibration = settings_from(S.Recalibration, kw)
     measurement = measurement_of(kw)
-    compute = compute_of(device_name, amp)
-    model, bundle = loading.load_checkpoint(checkpoint, *data, factory)
+    compute = compute_of(kw.pop("device_name"), kw.pop("amp"))
+    model, bundle = loading.load_checkpoint(kw["checkpoint"], kw.pop("data_name"), kw.pop("root"),
+                                            kw.pop("image_size"), kw.pop("data_seed"),
+                                            kw.pop("factory"))
     if finetune.epochs:
         loading.check_batch(bundle, finetune.batch_size, "--finetune-batch-size")
-    return model, bundle, dict(finetune=finetune, recalibration=recalibration,
-                               measurement=measurement, compute=compute)
+    return model, bundle, Steps(finetune=finetune, recalibration=recalibration,
+                                measurement=measurement, compute=compute, seed=kw.pop("seed"),
+                                progress=progress_on(kw["quiet"]))
 
 
 def save_run(out, model, pruned, plan, rep: dict, checkpoint, quiet: bool) -> None:
@@ -42,50 +48,190 @@ def save_run(out, model, pruned, plan, rep: dict, checkpoint, quiet: bool) -> No
                       f"{', '.join(written['plots'])}")
 
 
-@click.group("prune")
+class PruneGroup(click.Group):
+    """``prune``: ``prune CHECKPOINT --method NAME ...`` runs any method of the table (its kind
+    decides masks or channels); ``prune fvw`` and ``prune sliming`` are the same command with
+    FVW's / SLIMING's kind and default method."""
+
+    def parse_args(self, ctx, args):
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            args = ["any", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group("prune", cls=PruneGroup)
 def prune_group():
-    """Prune a checkpoint: `prune fvw` (unstructured) or `prune sliming` (structured)."""
+    """Prune a checkpoint: `prune CHECKPOINT --method NAME` (any method of `prunewise methods`),
+    or the shortcuts `prune fvw CHECKPOINT` (masks) and `prune sliming CHECKPOINT` (channels)."""
+
+
+#: The options of one kind only (given for a method of the other kind, they are refused).
+MASK_ONLY = ("sparsity", "keep", "samples", "batch_size", "embeddings", "allocation",
+             "loop_recalibrate", "loop_recalibrate_samples")
+CHANNEL_ONLY = ("macs", "params", "min_channels", "round_to", "plan_dir")
+
+
+def prune_options(f):
+    """Every option of the prune commands; the kind-specific ones default to None so that one
+    given for the other kind can be refused (their real defaults are the settings')."""
+    mask = S.Unstructured.__dataclass_fields__
+    for opt in reversed([
+            click.argument("checkpoint", type=click.Path()), data_options, model_option,
+            click.option("--method", default=None, metavar="NAME",
+                         help="The method (`prunewise methods` lists them; fvw / sliming for "
+                              "the shortcuts)."),
+            click.option("--sparsity", type=FRACTION, default=None,
+                         help="Masks: target global sparsity in (0, 1)."),
+            click.option("--keep", type=FRACTION, default=None,
+                         help="Masks: fraction of the unpruned weights kept per iteration "
+                              "(0.98: 114 iterations to 90%; 0.9: 22). Default: 0.98, or one "
+                              "shot for the one-shot methods (wanda, obs)."),
+            click.option("--samples", type=count(0), default=None,
+                         show_default=str(mask["samples"].default),
+                         help="Masks: attribution samples from the training split (0 = all)."),
+            click.option("--batch-size", type=count(1), default=None,
+                         show_default=str(mask["batch_size"].default),
+                         help="Masks: attribution batch size."),
+            click.option("--embeddings", is_flag=True, default=None,
+                         help="Masks: prune embedding tables too (left dense by default, like "
+                              "the input stem)."),
+            allocation_option, loop_recalibrate_option,
+            click.option("--loop-recalibrate-samples", type=count(1), default=None,
+                         help="Masks: attribution samples the in-loop recalibration uses "
+                              "(default: all)."),
+            click.option("--macs", type=FRACTION, default=None,
+                         help="Channels: keep this fraction of the MACs, in (0, 1)."),
+            click.option("--params", type=FRACTION, default=None,
+                         help="Channels: keep this fraction of the params, in (0, 1)."),
+            click.option("--min-channels", type=count(1), default=None,
+                         show_default=str(S.default(S.Structured, "min_channels")),
+                         help="Channels: the fewest channels any group keeps."),
+            click.option("--round-to", type=count(1), default=None,
+                         help="Channels: keep a multiple of this many channels in every group "
+                              "(whole attention heads and equal GroupNorm parts are kept "
+                              "anyway)."),
+            click.option("--plan", "plan_dir", type=click.Path(), default=None,
+                         help="Channels: apply a saved channel plan (OUT/plan of an earlier "
+                              "run) instead of a budget."),
+            click.option("--exclude", multiple=True, metavar="PATTERN",
+                         help="Leave the layers whose module name matches PATTERN dense "
+                              "(masks) or keep their output channels (channels); repeatable, "
+                              "e.g. fc or 'layer3.*'."),
+            method_setting_options(methods.UNSTRUCTURED),
+            method_setting_options(methods.STRUCTURED),
+            settings_options(S.FineTune), settings_options(S.Repair),
+            settings_options(S.Recalibration), latency_option(),
+            click.option("--seed", type=SEED, default=0, show_default=True),
+            click.option("--out", type=click.Path(), required=True,
+                         help="Folder for the plan, the pruned model and the report."),
+            device_option, amp_option, quiet_option]):
+        f = opt(f)
+    return f
+
+
+def kind_of(method: str, kw: dict) -> str:
+    """The kind of ``method``: the one kind that has it, else the one its budget names
+    (``random`` is both: --sparsity makes it masks, --macs / --params / --plan channels)."""
+    kinds = [k for k in methods.KINDS if method in methods.names(k)]
+    if not kinds:
+        every = sorted(set(methods.names(methods.UNSTRUCTURED) + methods.names(methods.STRUCTURED)))
+        raise PrunewiseError(f"unknown method '{method}'; choose one of: {', '.join(every)}")
+    if len(kinds) == 1:
+        return kinds[0]
+    return methods.UNSTRUCTURED if kw.get("sparsity") is not None else methods.STRUCTURED
+
+
+def check_kind(kind: str, method: str, kw: dict) -> None:
+    """Refuse an option of the other kind (naming it), and a method of the other kind."""
+    if method not in methods.names(kind):
+        raise PrunewiseError(f"'{method}' is not {'a mask' if kind == methods.UNSTRUCTURED else 'a channel'} "
+                             f"method (choose one of: {', '.join(methods.names(kind))}); "
+                             f"`prunewise prune CHECKPOINT --method {method}` picks the kind itself")
+    other = CHANNEL_ONLY if kind == methods.UNSTRUCTURED else MASK_ONLY
+    for key in other:
+        if kw.get(key) not in (None, ()):
+            flag = "--" + ("plan" if key == "plan_dir" else key.replace("_", "-"))
+            mine, theirs = (("mask", "channel") if kind == methods.UNSTRUCTURED
+                            else ("channel", "mask"))
+            raise PrunewiseError(f"{flag} is for {theirs} methods; '{method}' is a {mine} method")
+
+
+def run_prune(kw: dict, kind: str | None, default_method: str | None) -> None:
+    """The one prune command: check every option, then prune, report and save."""
+    method = kw.pop("method") or default_method
+    if method is None:
+        raise PrunewiseError("give --method NAME (`prunewise methods` lists them)")
+    kind = kind or kind_of(method, kw)
+    check_kind(kind, method, kw)
+    for key in CHANNEL_ONLY if kind == methods.UNSTRUCTURED else MASK_ONLY:
+        kw.pop(key)
+    check_output(kw["out"])
+    check_apart(kw["out"], kw["checkpoint"])
+    row = methods.get(method, kind)
+    options = method_options(row, {**pop_method_options(methods.UNSTRUCTURED, kw),
+                                   **pop_method_options(methods.STRUCTURED, kw)})
+    (prune_masks if kind == methods.UNSTRUCTURED else prune_channels)(method, options, kw)
+
+
+def prune_masks(method: str, options, kw: dict) -> None:
+    from .. import dist, runs
+
+    given = {"keep": kw.pop("keep"), "samples": kw.pop("samples"),
+             "batch_size": kw.pop("batch_size"), "embeddings": kw.pop("embeddings")}
+    if kw["sparsity"] is None:
+        raise PrunewiseError(f"give --sparsity FRACTION for the mask method '{method}'")
+    settings = runs.Unstructured(
+        sparsity=kw.pop("sparsity"), loop_recalibrate=kw.pop("loop_recalibrate"),
+        exclude=tuple(kw.pop("exclude")), recalibrate_samples=kw.pop("loop_recalibrate_samples"),
+        repair=settings_from(S.Repair, kw), allocation=kw.pop("allocation"), options=options,
+        **{k: (v or None if k == "samples" else v) for k, v in given.items() if v is not None})
+    runs.check_unstructured(method, settings)
+    model, bundle, steps = prune_setup(kw)
+    resume = Path(kw["out"]) / "resume"
+    pruned, plan, rep = runs.run_unstructured(model, bundle, method, settings,
+                                              resume_dir=resume, steps=steps)
+    click.echo(f"{method}: sparsity {rep['sparsity']:.4f}, nonzero params "
+               f"{rep['params']['pruned']:,}, {output.accuracy_line(rep)}")
+    save_run(kw["out"], model, pruned, plan, rep, kw["checkpoint"], kw["quiet"])
+    dist.main_writes(lambda: remove_resume(resume))
+
+
+def prune_channels(method: str, options, kw: dict) -> None:
+    from .. import runs
+
+    floor = kw.pop("min_channels")
+    settings = runs.Structured(
+        macs=kw.pop("macs"), params=kw.pop("params"), plan=kw.pop("plan_dir"),
+        repair=settings_from(S.Repair, kw), round_to=kw.pop("round_to"),
+        exclude=tuple(kw.pop("exclude")), options=options,
+        **({} if floor is None else {"min_channels": floor}))
+    runs.check_structured(method, settings)
+    model, bundle, steps = prune_setup(kw)
+    pruned, plan, rep = runs.run_structured(model, bundle, method, settings, steps=steps)
+    click.echo(output.format_layers(rep["layers"]))
+    speed = (rep["latency_ms"] or {}).get("64", {}).get("speedup")
+    click.echo(f"{rep['method']}: MACs {rep['macs']['pruned']:,} ({rep['macs']['ratio']:.4f} of "
+               f"dense), params {rep['params']['pruned']:,} ({rep['params']['ratio']:.4f}), "
+               + (f"speed-up x{speed:.2f} at batch 64, " if speed else "")
+               + output.accuracy_line(rep))
+    save_run(kw["out"], model, pruned, plan, rep, kw["checkpoint"], kw["quiet"])
+
+
+@prune_group.command("any", hidden=True)
+@prune_options
+def prune_cmd(**kw):
+    """Prune CHECKPOINT with any method of the table (--method NAME): masks for a mask method
+    (--sparsity), a physically smaller model for a channel method (--macs, --params or --plan).
+
+    Writes the plan, OUT/model (the pruned, repaired or recalibrated and optionally fine-tuned
+    checkpoint) and OUT/report.json."""
+    run_prune(kw, None, None)
 
 
 @prune_group.command("fvw")
-@click.argument("checkpoint", type=click.Path())
-@data_options
-@model_option
-@click.option("--sparsity", type=FRACTION, required=True, help="Target global sparsity in (0, 1).")
-@click.option("--keep", type=FRACTION, default=None,
-              help="Fraction of the unpruned weights kept per iteration (0.98: 114 iterations "
-                   "to 90%; 0.9: 22). Default: 0.98, or one shot for the one-shot methods "
-                   "(wanda, obs).")
-@click.option("--samples", type=count(0), default=2048, show_default=True,
-              help="Attribution samples from the training split (0 = all).")
-@method_setting_options(methods.UNSTRUCTURED)
-@click.option("--method", type=MethodChoice(methods.UNSTRUCTURED), default="fvw",
-              show_default=True, help="The scorer (`prunewise methods` lists them).")
-@click.option("--batch-size", type=count(1), default=128, show_default=True,
-              help="Attribution batch size.")
-@click.option("--exclude", multiple=True, metavar="PATTERN",
-              help="Leave the layers whose module name matches PATTERN dense (repeatable; "
-                   "e.g. fc or 'layer3.*'); --sparsity is then that of the other layers.")
-@click.option("--embeddings", is_flag=True,
-              help="Prune embedding tables too (left dense by default, like the input stem).")
-@finetune_options()
-@repair_options
-@allocation_option
-@recalibration_options
-@loop_recalibrate_option
-@click.option("--loop-recalibrate-samples", type=count(1), default=None,
-              help="Attribution samples the in-loop recalibration uses (default: all).")
-@latency_option
-@click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--out", type=click.Path(), required=True, help="Folder for the plan and report.")
-@device_option
-@amp_option
-@quiet_option
-def prune_fvw_cmd(checkpoint, data_name, root, image_size, data_seed, sparsity, keep, samples,
-                  method, batch_size, exclude, seed, out, quiet, loop_recalibrate,
-                  loop_recalibrate_samples, allocation, device_name, amp, factory, embeddings,
-                  **kw):
-    """Unstructured pruning of CHECKPOINT to --sparsity with FVW (or another --method).
+@prune_options
+def prune_fvw_cmd(**kw):
+    """Unstructured pruning of CHECKPOINT to --sparsity with FVW (or another mask --method).
 
     Writes OUT/masks.safetensors + OUT/plan.json (the plan), OUT/model (the masked, recalibrated
     and optionally fine-tuned checkpoint) and OUT/report.json. An interrupted run resumes from
@@ -93,28 +239,7 @@ def prune_fvw_cmd(checkpoint, data_name, root, image_size, data_seed, sparsity, 
     the defaults (keep 0.98: 114 iterations) about 6 minutes; on Fashion-MNIST with --keep 0.9
     --samples 512 about 7 minutes to 90% sparsity, measuring included.
     """
-    from .. import dist, runs
-
-    check_output(out)
-    check_apart(out, checkpoint)
-    row = methods.get(method, methods.UNSTRUCTURED)
-    settings = runs.Unstructured(
-        sparsity=sparsity, keep=keep, samples=samples or None, batch_size=batch_size,
-        loop_recalibrate=loop_recalibrate, exclude=tuple(exclude),
-        recalibrate_samples=loop_recalibrate_samples, repair=repair_of(kw), allocation=allocation,
-        embeddings=embeddings,
-        options=method_options(row, pop_method_options(methods.UNSTRUCTURED, kw)))
-    runs.check_unstructured(method, settings)
-    model, bundle, steps_kw = prune_setup(checkpoint, (data_name, root, image_size, data_seed),
-                                          device_name, amp, kw, factory)
-    resume = Path(out) / "resume"
-    pruned, plan, rep = runs.run_unstructured(
-        model, bundle, method, settings, seed=seed, progress=progress_on(quiet),
-        resume_dir=resume, **steps_kw)
-    click.echo(f"{method}: sparsity {rep['sparsity']:.4f}, nonzero params "
-               f"{rep['params']['pruned']:,}, {output.accuracy_line(rep)}")
-    save_run(out, model, pruned, plan, rep, checkpoint, quiet)
-    dist.main_writes(lambda: remove_resume(resume))
+    run_prune(kw, methods.UNSTRUCTURED, "fvw")
 
 
 def remove_resume(folder: Path) -> None:
@@ -127,67 +252,16 @@ def remove_resume(folder: Path) -> None:
 
 
 @prune_group.command("sliming")
-@click.argument("checkpoint", type=click.Path())
-@data_options
-@model_option
-@click.option("--macs", type=FRACTION, default=None,
-              help="Keep this fraction of the MACs, in (0, 1).")
-@click.option("--params", type=FRACTION, default=None,
-              help="Keep this fraction of the params, in (0, 1).")
-@click.option("--normalize", type=click.Choice(["max", "sum"]), default="max", show_default=True,
-              help="SLIMING's configuration: how singular values are normalised per group.")
-@click.option("--min-channels", type=count(1), default=1, show_default=True)
-@click.option("--min-ratio", type=FiniteFloat(0, 1, max_open=True), default=0.0,
-              show_default=True,
-              help="Keep at least this fraction of every group (0 = the paper's configuration).")
-@click.option("--round-to", type=count(1), default=None,
-              help="Keep a multiple of this many channels in every group (whole attention "
-                   "heads and equal GroupNorm parts are kept anyway).")
-@click.option("--exclude", multiple=True, metavar="PATTERN",
-              help="Keep every output channel of the layers whose name matches PATTERN "
-                   "(repeatable).")
-@click.option("--method", type=MethodChoice(methods.STRUCTURED), default="sliming",
-              show_default=True, help="SLIMING or a baseline at the same budget.")
-@finetune_options()
-@recalibration_options
-@repair_options
-@latency_option
-@click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--plan", "plan_dir", type=click.Path(), default=None,
-              help="Apply a saved channel plan (OUT/plan of an earlier run) instead of a budget.")
-@click.option("--out", type=click.Path(), required=True,
-              help="Folder for the pruned model and report.")
-@device_option
-@amp_option
-@quiet_option
-def prune_sliming_cmd(checkpoint, data_name, root, image_size, data_seed, macs, params, normalize,
-                      min_channels, min_ratio, method, seed, plan_dir, out, quiet, device_name,
-                      amp, factory, round_to, exclude, **kw):
-    """SLIMING (or a structured baseline) pruning of CHECKPOINT into a physically smaller model.
+@prune_options
+def prune_sliming_cmd(**kw):
+    """SLIMING (or another channel --method) pruning of CHECKPOINT into a physically smaller
+    model.
 
     Writes OUT/model (the smaller, recalibrated and optionally fine-tuned checkpoint), OUT/plan
     (the channel plan) and OUT/report.json. Time on 2 CPU cores for resnet20 on digits: about
     13 s with 5 fine-tuning epochs.
     """
-    from .. import runs
-
-    check_output(out)
-    check_apart(out, checkpoint)
-    settings = runs.Structured(macs=macs, params=params, normalize=normalize,
-                               min_channels=min_channels, min_ratio=min_ratio, plan=plan_dir,
-                               repair=repair_of(kw), round_to=round_to, exclude=tuple(exclude))
-    runs.check_structured(method, settings)
-    model, bundle, steps_kw = prune_setup(checkpoint, (data_name, root, image_size, data_seed),
-                                          device_name, amp, kw, factory)
-    pruned, plan, rep = runs.run_structured(model, bundle, method, settings, seed=seed,
-                                            progress=progress_on(quiet), **steps_kw)
-    click.echo(output.format_layers(rep["layers"]))
-    speed = (rep["latency_ms"] or {}).get("64", {}).get("speedup")
-    click.echo(f"{rep['method']}: MACs {rep['macs']['pruned']:,} ({rep['macs']['ratio']:.4f} of "
-               f"dense), params {rep['params']['pruned']:,} ({rep['params']['ratio']:.4f}), "
-               + (f"speed-up x{speed:.2f} at batch 64, " if speed else "")
-               + output.accuracy_line(rep))
-    save_run(out, model, pruned, plan, rep, checkpoint, quiet)
+    run_prune(kw, methods.STRUCTURED, "sliming")
 
 
 @click.command("bench")
@@ -208,17 +282,17 @@ def prune_sliming_cmd(checkpoint, data_name, root, image_size, data_seed, macs, 
                    "path pattern with {seed} (default: train them into OUT/base).")
 @click.option("--epochs", type=count(1), default=20, show_default=True,
               help="Base model training epochs (without --base).")
-@click.option("--keep", type=FRACTION, default=0.9, show_default=True,
+@click.option("--keep", type=FRACTION, default=S.BENCH_PRUNE.keep, show_default=True,
               help="Unstructured: fraction kept per iteration (the papers' 0.98 is slower); "
                    "the one-shot methods (wanda, obs) prune in one shot per level.")
-@click.option("--samples", type=count(0), default=512, show_default=True,
+@click.option("--samples", type=count(0), default=S.BENCH_PRUNE.samples, show_default=True,
               help="Unstructured: attribution samples (0 = all).")
-@finetune_options(epochs=5, lr=0.05)
-@repair_options
+@settings_options(S.FineTune, S.BENCH_FINETUNE)
+@settings_options(S.Repair)
 @allocation_option
-@recalibration_options
+@settings_options(S.Recalibration)
 @loop_recalibrate_option
-@latency_option
+@latency_option(S.BENCH_MEASUREMENT)
 @click.option("--out", type=click.Path(), default="runs/bench", show_default=True)
 @device_option
 @amp_option
@@ -232,14 +306,14 @@ def bench_cmd(model_name, data_name, root, method_list, sparsities, macs_list, s
     fine-tuning (defaults here: 5 epochs at lr 0.05). Time on 2 CPU cores, resnet20 on digits:
     the structured grid about 1 minute per seed; on Fashion-MNIST, hours (see the README).
     """
-    from .. import bench, runs
+    from .. import bench
 
     check_output(out)
     if sparsities is not None and macs_list is not None:
         raise PrunewiseError("give --sparsity (unstructured grid) or --macs (structured grid), "
                              "not both")
     structured = macs_list is not None
-    fix = repair_of(kw)
+    fix = settings_from(S.Repair, kw)
     if structured and allocation is not None:
         raise PrunewiseError("--allocation shares out mask sparsity (--sparsity grids); a "
                              "structured method decides its own channel counts")
@@ -253,11 +327,11 @@ def bench_cmd(model_name, data_name, root, method_list, sparsities, macs_list, s
                       seeds=tuple(bench.parse_list(seeds, "--seeds", int)), structured=structured,
                       model_name=model_name, data_name=data_name, root=root, epochs=epochs,
                       base=base)
-    prune = runs.Unstructured(sparsity=0.0, keep=keep, samples=samples or None,
-                              loop_recalibrate=loop_recalibrate, repair=fix,
-                              allocation=allocation)
-    summary = bench.run(out, grid, prune=prune, finetune=finetune_of(kw),
-                        recalibration=recalibration_of(kw), measurement=measurement_of(kw),
+    prune = replace(S.BENCH_PRUNE, keep=keep, samples=samples or None,
+                    loop_recalibrate=loop_recalibrate, repair=fix, allocation=allocation)
+    summary = bench.run(out, grid, prune=prune, finetune=settings_from(S.FineTune, kw),
+                        recalibration=settings_from(S.Recalibration, kw),
+                        measurement=measurement_of(kw, S.BENCH_MEASUREMENT),
                         progress=progress_on(quiet), log=lambda line: output.say(quiet, line),
                         compute=compute_of(device_name, amp))
     click.echo(bench.grid_markdown(summary), nl=False)
