@@ -63,13 +63,13 @@ def test_levels_do_not_depend_on_the_cells_already_done(tmp_path, bases, monkeyp
     """A grid interrupted between two levels completes on the schedule of the full level list,
     so the missing cell gets the numbers an uninterrupted run gives."""
     levels = []
-    real = runs.prune_masks
+    real = runs.mask_stops
 
     def spy(*a, **kw):
         levels.append(list(kw["levels"]))
         return real(*a, **kw)
 
-    monkeypatch.setattr(runs, "prune_masks", spy)
+    monkeypatch.setattr(runs, "mask_stops", spy)
     out = tmp_path / "grid"
     args = ["bench", "--methods", "random", "--sparsity", "0.5,0.8", "--seeds", "0",
             "--base", f"{bases}/seed-{{seed}}", "--finetune-epochs", "0", *QUICK, "--out", out]

@@ -236,9 +236,9 @@ def test_adam_patience_and_finetune_options_reach_training(digits_checkpoint, tm
     seen = {}
     real_fit, real_opt = train.fit, train.make_optimizer
 
-    def fit(model, bundle, **kw):
-        seen.update(kw)
-        return real_fit(model, bundle, **kw)
+    def fit(model, bundle, settings, **kw):
+        seen.update(vars(settings), **kw)
+        return real_fit(model, bundle, settings, **kw)
 
     def make_optimizer(model, name, *a, **kw):
         seen["made"] = name

@@ -173,7 +173,7 @@ def test_bad_unstructured_settings(method, make, word):
     (lambda: runs.Structured(macs=0.5, params=0.5), "exactly one"),
     (lambda: runs.Structured(macs=1.5), "0 < x < 1"),
     (lambda: runs.Structured(macs=0.5, plan="p"), "plan"),
-    (lambda: runs.Structured(macs=0.5, normalize="l2"), "normalization"),
+    (lambda: methods.SlimingSettings(normalize="l2"), "normalization"),
 ])
 def test_bad_structured_settings(make, word):
     with pytest.raises(PrunewiseError, match=word):

@@ -216,7 +216,8 @@ CASES.append(pytest.param(["prune", "fvw", "{w}/" + MISSING, "--sparsity", "0.5"
                            "{w}/out"], [MISSING], id="fvw:missing checkpoint"))
 CASES.append(pytest.param(["prune", "fvw", "{w}/badck", "--sparsity", "0.5", "--out",
                            "{w}/out"], ["config"], id="fvw:corrupt checkpoint"))
-CASES.append(pytest.param(["prune", "lottery", "{w}/ck"], ["lottery"], id="prune:unknown"))
+CASES.append(pytest.param(["prune", "lottery", "{w}/ck"], ["lottery", "neither"],
+                          id="prune:unknown"))
 
 # prune sliming
 for v in NOT_FINITE:

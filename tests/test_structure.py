@@ -60,7 +60,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("engines", {"masking", "structured", "checkpoints", "surgery", "interop", "repair"}),
     ("core", {"plan", "train", "measure", "layers", "tasks"}),
     ("inputs", {"data", "models"}),
-    ("base", {"utils", "errors", "schema", "files", "device", "dist", "checks", "methods",
+    ("base", {"utils", "errors", "schema", "files", "device", "dist", "checks", "methods", "settings",
               "names"}),
 ]
 MAX_FUNCTION_LINES = 80

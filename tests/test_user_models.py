@@ -269,8 +269,9 @@ def test_data_from_batches_and_dict_inputs():
                           ({"input_ids": x[150:], "mask": torch.ones(50, 12)}, y[150:]))
     xb, yb = next(iter(D.batches(both.train, both, 16)))
     assert set(xb) == {"input_ids", "mask"} and len(yb) == 16
-    with pytest.raises(PrunewiseError, match="integer"):
-        D.from_tensors((x, y.float()), (x, y))
+    with pytest.raises(PrunewiseError, match="one kind and shape"):
+        D.from_tensors((x, y.float()), (x, y))   # float targets in one split, labels in another
+    assert D.from_tensors((x, y.float()), (x, y.float())).num_classes == 0   # a regression
 
 
 def test_tensors_file_reader(tmp_path):

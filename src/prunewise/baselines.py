@@ -42,7 +42,7 @@ def taylor_score(work, masks, data, iteration):
     (:func:`prunewise.masking.gradient_sweep`)."""
     model, ps = masking.grad_copy(work, list(masks))
     named = dict(zip(masks, ps))
-    _, _, seen = masking.gradient_sweep(model, ps, data, data.task.loss_sum)
+    _, _, seen = masking.gradient_sweep(model, ps, data, masking.task_of(data).loss_sum)
     if seen == 0:
         raise PrunewiseError("the attribution data is empty: no samples to score with")
     out = {}
@@ -66,11 +66,12 @@ def obd_score(work, masks, data, iteration):
     fisher = [torch.zeros_like(p, dtype=torch.float64) for p in ps]
     chunks = 0
     dev = device.of(model)
+    task = masking.task_of(data)
     for x, y in data:
         x, y = device.pair(x, y, dev)
         for start in range(0, len(y), OBD_CHUNK):
             xc, yc = take(x, slice(start, start + OBD_CHUNK)), take(y, slice(start, start + OBD_CHUNK))
-            loss, _ = data.task.loss_sum(forward(model, xc), (xc, yc))
+            loss, _ = task.loss_sum(forward(model, xc), (xc, yc))
             grads = torch.autograd.grad(loss, ps, allow_unused=True)
             for f, g, p in zip(fisher, grads, ps):  # (sum of the chunk's gradients)^2 / its size
                 g = torch.zeros_like(p) if g is None else g

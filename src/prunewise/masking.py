@@ -252,6 +252,12 @@ class Source:
                 yield x, y
 
 
+def task_of(data) -> tasks.Task:
+    """The task that scores ``data``: a :class:`Source`'s, else classification (a scorer
+    called directly with a list of batches)."""
+    return data.task if isinstance(data, Source) else tasks.classification()
+
+
 def _limited(it, samples):
     left = samples
     for batch in it:

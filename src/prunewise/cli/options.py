@@ -49,20 +49,24 @@ class FiniteFloat(click.ParamType):
 
 
 class MethodChoice(click.ParamType):
-    """A method name of one kind, checked against the method table when the command runs (a row
-    added to the table is a choice at once; the help lists the table's names)."""
+    """A method name of one kind (None: of either kind), checked against the method table when
+    the command runs (a row added to the table is a choice at once; the help lists the table's
+    names)."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str | None):
         self.kind = kind
-        self.name = f"{kind} method"
+        self.name = f"{kind or 'any'} method"
+
+    def choices(self) -> list[str]:
+        kinds = [self.kind] if self.kind else list(methods.KINDS)
+        return list(dict.fromkeys(n for k in kinds for n in methods.names(k)))
 
     def get_metavar(self, param, ctx=None) -> str:
-        return "[" + "|".join(methods.names(self.kind)) + "]"
+        return "[" + "|".join(self.choices()) + "]"
 
     def convert(self, value, param, ctx):
-        if value not in methods.names(self.kind):
-            self.fail(f"{value!r} is not one of: {', '.join(methods.names(self.kind))}",
-                      param, ctx)
+        if value not in self.choices():
+            self.fail(f"{value!r} is not one of: {', '.join(self.choices())}", param, ctx)
         return value
 
 

@@ -2,6 +2,7 @@
 grid of methods x budgets x seeds). Every one calls :mod:`prunewise.runs`."""
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import click
 from .. import methods, settings as S
 from ..errors import PrunewiseError
 from . import loading, output
-from .options import (FRACTION, SEED, allocation_option, amp_option, check_apart,
+from .options import (FRACTION, SEED, MethodChoice, allocation_option, amp_option, check_apart,
                       check_output, compute_of, count, data_options, device_option,
                       latency_option, loop_recalibrate_option, measurement_of, method_options,
                       method_setting_options, model_option, pop_method_options, progress_on,
@@ -55,6 +56,10 @@ class PruneGroup(click.Group):
 
     def parse_args(self, ctx, args):
         if args and not args[0].startswith("-") and args[0] not in self.commands:
+            if not os.path.lexists(args[0]):
+                raise click.UsageError(f"'{args[0]}' is neither a prune command "
+                                       f"({', '.join(c for c in self.commands if c != 'any')}) "
+                                       f"nor an existing checkpoint", ctx)
             args = ["any", *args]
         return super().parse_args(ctx, args)
 
@@ -77,9 +82,9 @@ def prune_options(f):
     mask = S.Unstructured.__dataclass_fields__
     for opt in reversed([
             click.argument("checkpoint", type=click.Path()), data_options, model_option,
-            click.option("--method", default=None, metavar="NAME",
-                         help="The method (`prunewise methods` lists them; fvw / sliming for "
-                              "the shortcuts)."),
+            click.option("--method", type=MethodChoice(None), default=None,
+                         help="The method (`prunewise methods`; default fvw for `prune fvw`, "
+                              "sliming for `prune sliming`)."),
             click.option("--sparsity", type=FRACTION, default=None,
                          help="Masks: target global sparsity in (0, 1)."),
             click.option("--keep", type=FRACTION, default=None,
