@@ -27,7 +27,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import dist, files, layers, models, schema, surgery, utils
+from . import dist, files, layers, models, schema, utils
+from .structured import surgery
 from .errors import PrunewiseError
 from .plan import PLAN_JSON, PLAN_TENSORS, ChannelPlan
 

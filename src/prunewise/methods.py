@@ -130,35 +130,35 @@ _DOC = "docs/methods.md"
 TABLE: list[Method] = [
     # unstructured: mask scorers on the shared engine (prunewise.masking)
     Method("fvw", UNSTRUCTURED, "FVW (CIKM 2023): adversarial weight attack + path-integrated "
-           "attribution, |A * w|", f"{_DOC}#fvw", "prunewise.fvw:scorer", FVWSettings,
+           "attribution, |A * w|", f"{_DOC}#fvw", "prunewise.unstructured.fvw:scorer", FVWSettings,
            loop_recalibrate=True),
     Method("magnitude", UNSTRUCTURED, "global magnitude |w|", f"{_DOC}#baselines",
-           "prunewise.baselines:magnitude_scorer", needs_data=False),
+           "prunewise.unstructured.baselines:magnitude_scorer", needs_data=False),
     Method("taylor", UNSTRUCTURED, "first-order Taylor |w * dL/dw|, one gradient per iteration",
-           f"{_DOC}#baselines", "prunewise.baselines:taylor_scorer"),
+           f"{_DOC}#baselines", "prunewise.unstructured.baselines:taylor_scorer"),
     Method("random", UNSTRUCTURED, "uniform random scores (seeded)", f"{_DOC}#baselines",
-           "prunewise.baselines:random_scorer", needs_data=False),
+           "prunewise.unstructured.baselines:random_scorer", needs_data=False),
     Method("obd", UNSTRUCTURED, "optimal brain damage with empirical-Fisher curvature, "
-           "0.5 * F * w^2 (ours)", f"{_DOC}#baselines", "prunewise.baselines:obd_scorer",
+           "0.5 * F * w^2 (ours)", f"{_DOC}#baselines", "prunewise.unstructured.baselines:obd_scorer",
            loop_recalibrate=True),
     Method("wanda", UNSTRUCTURED, "Wanda (ICLR 2024): |w| times the norm of its input feature, "
-           "per output row", f"{_DOC}#post-training-peers", "prunewise.posttrain:wanda_scorer",
+           "per output row", f"{_DOC}#post-training-peers", "prunewise.unstructured.posttrain:wanda_scorer",
            allocation="row", one_shot=True),
     Method("obs", UNSTRUCTURED, "OBS / SparseGPT saliency w^2 / [H^-1]_jj from each layer's "
            "input Gram matrix, per output row", f"{_DOC}#post-training-peers",
-           "prunewise.posttrain:obs_scorer", allocation="row", one_shot=True),
+           "prunewise.unstructured.posttrain:obs_scorer", allocation="row", one_shot=True),
     # structured: (configure, select) pairs on the shared engine (prunewise.structured)
     Method("sliming", STRUCTURED, "SLIMING (Neural Networks 2025): singular-value configuration "
-           "+ GEM nuclear-norm selection", f"{_DOC}#sliming", "prunewise.filters:sliming_pair",
+           "+ GEM nuclear-norm selection", f"{_DOC}#sliming", "prunewise.structured.baselines:sliming_pair",
            SlimingSettings, needs_data=False),
     Method("l1", STRUCTURED, "L1-uniform: the same fraction of every group, largest L1 norms",
-           f"{_DOC}#baselines", "prunewise.filters:l1_pair", needs_data=False),
+           f"{_DOC}#baselines", "prunewise.structured.baselines:l1_pair", needs_data=False),
     Method("random", STRUCTURED, "uniform configuration, random channels (seeded)",
-           f"{_DOC}#baselines", "prunewise.filters:random_pair", needs_data=False),
+           f"{_DOC}#baselines", "prunewise.structured.baselines:random_pair", needs_data=False),
     Method("chip", STRUCTURED, "uniform configuration, CHIP leave-one-out nuclear norm of the "
-           "feature maps", f"{_DOC}#baselines", "prunewise.filters:chip_pair"),
+           "feature maps", f"{_DOC}#baselines", "prunewise.structured.baselines:chip_pair"),
     Method("sliming-l1", STRUCTURED, "SLIMING's configuration with L1 selection (separates its "
-           "two steps)", f"{_DOC}#baselines", "prunewise.filters:sliming_l1_pair",
+           "two steps)", f"{_DOC}#baselines", "prunewise.structured.baselines:sliming_l1_pair",
            SlimingSettings, needs_data=False),
 ]
 

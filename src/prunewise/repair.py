@@ -37,10 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checks, device, dist, surgery, utils
+from . import checks, device, dist, utils
+from .structured import surgery
 from . import layers as layers_mod
 from .errors import PrunewiseError
-from .masking import Source
+from .data.sources import Source
 from .plan import ChannelPlan
 from .utils import progress_bar
 

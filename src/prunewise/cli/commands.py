@@ -171,7 +171,7 @@ def toy_group():
 @click.option("--json", "as_json", is_flag=True)
 def toy_svgg_cmd(seed, no_complete, as_json):
     """SVGG: selection accuracy per layer (GEM, random, one-shot) and the recovered config."""
-    from .. import toy
+    from ..structured.sliming import toy
     from ..utils import one_thread
 
     with one_thread():
@@ -194,7 +194,7 @@ def toy_svgg_cmd(seed, no_complete, as_json):
 @click.argument("folder", type=click.Path())
 def report_cmd(folder):
     """Re-render FOLDER/report.md and the plots from FOLDER/report.json."""
-    from .. import report
+    from ..pipeline import report
 
     if Path(folder).is_dir():
         check_output(folder, "report folder")
@@ -250,7 +250,7 @@ def demo_cmd(out, epochs, seed, quick, quiet, device_name, amp, **kw):
     baselines, and write OUT/report.json, report.md and plots.
 
     About 2 minutes on 2 CPU cores (--quick: a few seconds)."""
-    from ..demo import run_demo
+    from ..pipeline.demo import run_demo
 
     check_output(out)
     recalibration = settings_from(S.Recalibration, kw)

@@ -278,7 +278,8 @@ def method_options(row: methods.Method, given: dict):
 def compute_of(device_name: str, amp: str | None = None):
     """Resolve --device / --amp, join the torchrun process group when launched by torchrun,
     and silence the standard output of every rank but 0 (one copy of every printed line)."""
-    from .. import device, dist, runs
+    from .. import device, dist
+    from ..pipeline import runs
 
     dev = device.resolve(device_name)
     device.check_amp(amp, dev)

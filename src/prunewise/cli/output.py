@@ -29,8 +29,8 @@ def emit(obj: dict, as_json: bool) -> None:
 def accuracy_line(rep: dict) -> str:
     """'test top-1 0.1000 pruned -> 0.5000 recalibrated -> 0.9000 fine-tuned (dense 0.9500)',
     with the run's own metric ('test perplexity 14.2 pruned -> ...') for other tasks."""
-    from ..report import metric_of, scores_of
-    from ..runs import STAGE_TITLES, STAGES
+    from ..pipeline.report import metric_of, scores_of
+    from ..pipeline.runs import STAGE_TITLES, STAGES
 
     acc, title = scores_of(rep), metric_of(rep)["title"]
     steps = [f"{acc[s]['test']:.4f} {STAGE_TITLES[s]}" for s in STAGES[1:] if acc.get(s)]

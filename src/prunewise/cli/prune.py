@@ -22,7 +22,7 @@ def prune_setup(kw: dict):
     """What a prune does once its method settings are checked: the steps after pruning from
     the options, the run placed, the checkpoint and its data loaded. Returns (model, bundle,
     :class:`prunewise.stages.Steps`)."""
-    from ..stages import Steps
+    from ..pipeline.stages import Steps
 
     finetune = settings_from(S.FineTune, kw)
     recalibration = settings_from(S.Recalibration, kw)
@@ -40,7 +40,7 @@ def prune_setup(kw: dict):
 
 def save_run(out, model, pruned, plan, rep: dict, checkpoint, quiet: bool) -> None:
     """Write a prune command's plan, model and report; print where they went."""
-    from .. import report, runs
+    from ..pipeline import report, runs
 
     rep["checkpoint"] = str(checkpoint)
     runs.save(out, pruned, plan, rep, meta=model.prunewise_meta)
@@ -179,7 +179,8 @@ def run_prune(kw: dict, kind: str | None, default_method: str | None) -> None:
 
 
 def prune_masks(method: str, options, kw: dict) -> None:
-    from .. import dist, runs
+    from .. import dist
+    from ..pipeline import runs
 
     given = {"keep": kw.pop("keep"), "samples": kw.pop("samples"),
              "batch_size": kw.pop("batch_size"), "embeddings": kw.pop("embeddings")}
@@ -202,7 +203,7 @@ def prune_masks(method: str, options, kw: dict) -> None:
 
 
 def prune_channels(method: str, options, kw: dict) -> None:
-    from .. import runs
+    from ..pipeline import runs
 
     floor = kw.pop("min_channels")
     settings = runs.Structured(
@@ -249,7 +250,7 @@ def prune_fvw_cmd(**kw):
 
 def remove_resume(folder: Path) -> None:
     """A finished run's resume file has done its job: remove it (and its folder, when empty)."""
-    from ..masking import RESUME_FILE
+    from ..unstructured.engine import RESUME_FILE
 
     (folder / RESUME_FILE).unlink(missing_ok=True)
     if folder.is_dir() and not any(folder.iterdir()):
@@ -311,7 +312,7 @@ def bench_cmd(model_name, data_name, root, method_list, sparsities, macs_list, s
     fine-tuning (defaults here: 5 epochs at lr 0.05). Time on 2 CPU cores, resnet20 on digits:
     the structured grid about 1 minute per seed; on Fashion-MNIST, hours (see the README).
     """
-    from .. import bench
+    from ..pipeline import bench
 
     check_output(out)
     if sparsities is not None and macs_list is not None:

@@ -19,9 +19,9 @@ import itertools
 import numpy as np
 import torch
 
-from .sliming.config import configure
-from .sliming.gem import select
-from .sliming.spectrum import singular_values
+from .config import configure
+from .gem import select
+from .spectrum import singular_values
 
 CHANNELS = (64, 128, 256, 512, 512)
 RATES = (0.25, 0.30, 0.35, 0.40, 0.45)

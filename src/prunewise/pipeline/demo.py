@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
-from . import data as D
-from . import checkpoints, models, runs, tasks, train
+from .. import data as D
+from .. import checkpoints, models, tasks, train
+from . import runs
 from . import report as report_mod
 
 DEMO_MODEL = "resnet20"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import PrunewiseError
+from ...errors import PrunewiseError
 
 EXACT_MAX = 32  # groups up to this many channels get exact greedy (about 0.1 s each)
 

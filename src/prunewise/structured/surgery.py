@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import device, layers, measure, models, utils
-from .errors import PrunewiseError
-from .plan import ChannelPlan
-from .models.cifar_resnet import PadShortcut
-from .utils import LAYER_TYPES, one_thread
+from .. import device, layers, measure, models, utils
+from ..errors import PrunewiseError
+from ..plan import ChannelPlan
+from ..models.cifar_resnet import PadShortcut
+from ..utils import LAYER_TYPES, one_thread
 
 _LAYERS = LAYER_TYPES
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)

@@ -20,10 +20,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import device, masking, methods
-from .errors import PrunewiseError
-from .plan import MaskPlan
-from .utils import forward, take
+from .. import device, methods
+from . import engine as masking
+from ..errors import PrunewiseError
+from ..plan import MaskPlan
+from ..utils import forward, take
 
 #: Samples per backward pass when OBD estimates the curvature (squared per-chunk gradients).
 OBD_CHUNK = 8

@@ -17,8 +17,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .. import structured
-from ..errors import PrunewiseError
+from .. import engine as structured
+from ...errors import PrunewiseError
 from .spectrum import normalized
 
 

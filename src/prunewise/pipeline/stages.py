@@ -21,11 +21,11 @@ from typing import Any, Callable
 
 from torch import nn
 
-from . import repair, tasks, train
-from . import data as D
-from .errors import PrunewiseError
-from .plan import ChannelPlan
-from .settings import Compute, FineTune, Measurement, Recalibration, Repair
+from .. import repair, tasks, train
+from .. import data as D
+from ..errors import PrunewiseError
+from ..plan import ChannelPlan
+from ..settings import Compute, FineTune, Measurement, Recalibration, Repair
 
 
 # ---- measuring ------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ import re
 import sys
 from pathlib import Path
 
-from . import files, schema
-from .errors import PrunewiseError
+from .. import files, schema
+from ..errors import PrunewiseError
 from .stages import STAGE_TITLES, STAGES
 
 SCHEMA_PATH = schema.REPORT_SCHEMA_PATH
@@ -329,7 +329,7 @@ def plot_spectra(path: Path, spectra: dict, normalize: str = "max") -> Path:
     """Normalized singular values of every prunable group (one line each)."""
     import torch
 
-    from .sliming.spectrum import normalized
+    from ..structured.sliming.spectrum import normalized
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))

@@ -55,14 +55,16 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from . import checkpoints, device, masking, measure, methods, structured, surgery
-from . import tasks, utils
-from . import data as D
-from .errors import PrunewiseError
-from .plan import ChannelPlan, MaskPlan
-from .sliming.spectrum import singular_values
-from .settings import (Compute, FineTune, Measurement, Recalibration, Repair, Structured,
-                       Unstructured)
+from .. import checkpoints, device, measure, methods
+from ..unstructured import engine as masking
+from ..structured import engine as structured, surgery
+from .. import tasks, utils
+from .. import data as D
+from ..errors import PrunewiseError
+from ..plan import ChannelPlan, MaskPlan
+from ..structured.sliming.spectrum import singular_values
+from ..settings import (Compute, FineTune, Measurement, Recalibration, Repair, Structured,
+                        Unstructured)
 from .stages import (STAGE_TITLES, STAGES, Steps, Work, accuracy, calibration_batches, finish,
                      scores, stage_scores, steps_of)
 

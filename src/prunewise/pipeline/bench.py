@@ -28,9 +28,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import data as D
-from . import checkpoints, checks, files, methods, models, runs, schema, tasks, train
-from .errors import PrunewiseError
+from .. import data as D
+from .. import checkpoints, checks, files, methods, models, schema, tasks, train
+from . import runs
+from ..errors import PrunewiseError
 from .report import BEFORE_TASKS, pyplot, save_figure
 
 STAGES = runs.STAGES[1:]

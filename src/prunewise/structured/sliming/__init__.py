@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import structured
-from ..structured import Analysis
+from .. import engine as structured
+from ..engine import Analysis
 from .config import configure, plan_counts
 from .gem import EXACT_MAX, greedy_exact, greedy_fast, nuclear_norm, select, select_group
 from .spectrum import gram, normalized, singular_values

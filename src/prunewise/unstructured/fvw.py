@@ -51,10 +51,11 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from . import checks, masking, methods, tasks, utils
-from .errors import PrunewiseError
-from .masking import PruningWarning, Source, mask_list, prunable
-from .plan import MaskPlan
+from .. import checks, methods, tasks, utils
+from . import engine as masking
+from ..errors import PrunewiseError
+from .engine import PruningWarning, Source, mask_list, prunable
+from ..plan import MaskPlan
 
 DIRECTIONS = ("ascent", "descent")
 
@@ -89,8 +90,7 @@ def sweep(model: nn.Module, data: Iterable) -> tuple[float, int, int]:
     on every rank (:func:`prunewise.masking.gradient_sweep`).
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    data = data if isinstance(data, Source) else Source(data)
-    return masking.gradient_sweep(model, params, data, data.task.attack_loss)
+    return masking.gradient_sweep(model, params, data, masking.task_of(data).attack_loss)
 
 
 def _attack_copy(model: nn.Module, names: list[str], masks) -> tuple[nn.Module, list, list]:
@@ -158,15 +158,16 @@ def attack(model: nn.Module, batches, alpha: float, steps: int, ascent: bool, ma
         for p in ps:
             if p.grad is not None:
                 p.grad.zero_()
-        loss, counted, seen = masking.gradient_sweep(work, ps, data, data.task.attack_loss)
+        task = masking.task_of(data)
+        loss, counted, seen = masking.gradient_sweep(work, ps, data, task.attack_loss)
         if s == 0:
             if seen == 0:
                 raise PrunewiseError("the attribution data is empty: no samples to attack with")
             if counted == 0:
                 raise PrunewiseError(f"the model classifies none of the {seen} attribution samples "
                                      f"correctly: nothing to attack"
-                                     if isinstance(data.task, tasks.Classification) else
-                                     f"task '{data.task.name}' counts no term of the {seen} "
+                                     if isinstance(task, tasks.Classification) else
+                                     f"task '{task.name}' counts no term of the {seen} "
                                      f"attribution samples: nothing to attack")
             n, loss0 = counted, loss
         if s == steps:
@@ -241,9 +242,10 @@ class FVWScorer:
         if self.class_groups is None:
             yield None, data, "all data"
             return
-        if not isinstance(data.task, tasks.Classification):
+        task = masking.task_of(data)
+        if not isinstance(task, tasks.Classification):
             raise PrunewiseError(f"class groups need a classification task, not "
-                                 f"'{data.task.name}'; leave class_groups unset")
+                                 f"'{task.name}'; leave class_groups unset")
         num_classes = _num_classes(work, data)
         if self.class_groups > num_classes:
             raise PrunewiseError(f"class groups {self.class_groups} is more than the model's "

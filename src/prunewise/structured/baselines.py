@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import device, dist, sliming, structured, utils
-from .errors import PrunewiseError
+from .. import device, dist, utils
+from . import sliming, engine as structured
+from ..errors import PrunewiseError
 
 
 

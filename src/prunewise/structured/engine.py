@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import device, surgery
-from .errors import PrunewiseError
-from .plan import ChannelPlan
-from .utils import one_thread
+from .. import device
+from . import surgery
+from ..errors import PrunewiseError
+from ..plan import ChannelPlan
+from ..utils import one_thread
 
 Configure = Callable[["Analysis"], np.ndarray]
 Select = Callable[["Analysis", surgery.GroupInfo, int], torch.Tensor]

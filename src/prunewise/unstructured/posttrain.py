@@ -23,11 +23,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import device, dist, masking, utils
-from . import layers as layers_mod
+from .. import device, dist, utils
+from . import engine as masking
+from .. import layers as layers_mod
 from .baselines import entry
-from .errors import PrunewiseError
-from .repair import REPAIRABLE, columns, layer_input
+from ..errors import PrunewiseError
+from ..repair import REPAIRABLE, columns, layer_input
 
 #: The ridge term of OBS's Gram matrix, relative to its mean diagonal (SparseGPT's 1%).
 OBS_DAMP = 0.01
