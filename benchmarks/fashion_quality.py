@@ -36,7 +36,7 @@ import torch
 from common import environment
 from fashion_common import BUDGETS, LEVELS, base_path, results_dir
 from prunewise import data as D
-from prunewise import checkpoints, files, methods, runs
+from prunewise import checkpoints, files, methods, runs, stages
 
 
 MASK_METHODS = ("fvw", "fvw+loop", "taylor+loop", "magnitude", "random", "obd+loop")
@@ -124,14 +124,15 @@ def structured(model, bundle, seed: int, methods, path: Path) -> None:
     res = load(path)
     measurement = runs.Measurement(batch_sizes=(1, 64), repeats=10)
     dense = runs.measure_dense(model, bundle, measurement)
-    res["dense"] = {"test": dense["accuracy"]["test"], "latency_ms": dense["latency_ms"]}
+    res["dense"] = {"test": runs.stage_scores(dense)["test"], "latency_ms": dense["latency_ms"]}
     for spec in methods:
         name, _, opt = spec.partition("@")
         for budget in BUDGETS:
             key = f"{spec}|{budget}"
             if key in res:
                 continue
-            settings = runs.Structured(macs=budget, min_ratio=float(opt[1:]) if opt else 0.0)
+            own = methods.SlimingSettings(min_ratio=float(opt[1:])) if opt else None
+            settings = runs.Structured(macs=budget, options=own)
             small, plan, rep = runs.run_structured(model, bundle, name, settings,
                                                    measurement=measurement, seed=seed, dense=dense)
             res[key] = brief(rep)
@@ -158,13 +159,14 @@ def finetune(model, bundle, seed: int, cells, path: Path) -> None:
         folder = plans / f"{spec}-{level}"
         if (folder / "model.safetensors").is_file():  # a structured model
             small = checkpoints.load_model(folder)
-            steps = runs.finish(small, bundle, None, runs.Steps(finetune=FINETUNE, seed=seed))
+            steps = stages.finish(stages.Work(small, None, bundle, None, None, runs.Repair(),
+                                              runs.Steps(finetune=FINETUNE, seed=seed)))
         else:
             plan = MaskPlan.load(folder)
             masked = plan.apply(model)
-            steps = runs.finish(masked, bundle, plan.masks,
-                                runs.Steps(finetune=FINETUNE, seed=seed))
-        acc = steps["accuracy"]
+            steps = stages.finish(stages.Work(masked, None, bundle, plan.masks, None, runs.Repair(),
+                                              runs.Steps(finetune=FINETUNE, seed=seed)))
+        acc = steps["scores"]
         res[cell] = {k: (None if acc[k] is None else acc[k]["test"]) for k in acc}
         res[cell]["seconds"] = steps["stage_seconds"]
         print(f"seed {seed} {cell}: {res[cell]}", flush=True)

@@ -118,7 +118,7 @@ def main(argv=None) -> None:
                         continue
                     t0 = time.perf_counter()
                     small, plan = runs.channel_plan(
-                        model, runs.example(bundle), method, runs.Structured(macs=budget),
+                        model, bundle.example(), method, runs.Structured(macs=budget),
                         batches=D.batches(bundle.train, bundle, 64, shuffle=True, seed=args.seed),
                         seed=args.seed)
                     prune_seconds = time.perf_counter() - t0
@@ -148,7 +148,7 @@ def main(argv=None) -> None:
         config, _, level = spec.partition("|")
         if config in CHANNEL_METHODS:  # "l1|macs0.5"
             small, plan = runs.channel_plan(
-                model, runs.example(bundle), config,
+                model, bundle.example(), config,
                 runs.Structured(macs=float(level.removeprefix("macs"))),
                 batches=D.batches(bundle.train, bundle, 64, shuffle=True, seed=args.seed),
                 seed=args.seed)

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from common import base_checkpoint, write_result  # noqa: E402
 from prunewise import data as D  # noqa: E402
-from prunewise import checkpoints, runs  # noqa: E402
+from prunewise import checkpoints, methods, runs  # noqa: E402
 
 STAGES = ("pruned", "recalibrated", "finetuned")
 
@@ -88,14 +88,15 @@ def one_seed(args, model_name: str, seed: int) -> list[dict]:
     measurement = runs.Measurement(repeats=10)
     dense = runs.measure_dense(model, bundle, measurement)
     print(f"{model_name} s{seed}: base {folder.name}, dense test top-1 "
-          f"{dense['accuracy']['test']:.4f}", file=sys.stderr, flush=True)
+          f"{runs.stage_scores(dense)['test']:.4f}", file=sys.stderr, flush=True)
     finetune = runs.FineTune(epochs=args.finetune_epochs, lr=args.lr)
     recal = runs.Recalibration(samples=args.recalibrate_samples, enabled=not args.no_recalibrate)
     out = []
     for budget in args.budgets:
         for method in args.methods:
-            settings = runs.Structured(macs=budget, min_channels=args.min_channels,
-                                       min_ratio=args.min_ratio)
+            own = (methods.SlimingSettings(min_ratio=args.min_ratio)
+                   if method in ("sliming", "sliming-l1") else None)
+            settings = runs.Structured(macs=budget, min_channels=args.min_channels, options=own)
             _, _, rep = runs.run_structured(model, bundle, method, settings, finetune=finetune,
                                             recalibration=recal, measurement=measurement,
                                             seed=seed, dense=dense)

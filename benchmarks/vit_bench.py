@@ -55,7 +55,7 @@ def base(seed: int, epochs: int, bundle) -> torch.nn.Module:
 
 
 def latency(model, bundle) -> dict:
-    return {str(b): measure.latency_ms(model, runs.example(bundle, b), repeats=20, threads=1)
+    return {str(b): measure.latency_ms(model, bundle.example(b), repeats=20, threads=1)
             for b in (1, 64)}
 
 
@@ -73,7 +73,7 @@ def main(argv=None) -> None:
     res["environment"] = environment()
     res.setdefault("dense", top1(model, bundle))
     res.setdefault("dense_latency_ms", latency(model, bundle))
-    res.setdefault("dense_macs", measure.macs(model, runs.example(bundle)))
+    res.setdefault("dense_macs", measure.macs(model, bundle.example()))
 
     def save(key: str, cell: dict) -> None:
         res["cells"][key] = cell
@@ -88,10 +88,10 @@ def main(argv=None) -> None:
         t0 = time.perf_counter()
         cell: dict = {}
         if level.startswith("macs"):
-            pruned, plan = runs.channel_plan(model, runs.example(bundle), method,
+            pruned, plan = runs.channel_plan(model, bundle.example(), method,
                                              runs.Structured(macs=float(level[4:])), seed=args.seed)
             masks = None
-            cell["macs_ratio"] = measure.macs(pruned, runs.example(bundle)) / res["dense_macs"]
+            cell["macs_ratio"] = measure.macs(pruned, bundle.example()) / res["dense_macs"]
             cell["params_ratio"] = measure.params(pruned) / measure.params(model)
             cell["latency_ms"] = latency(pruned, bundle)
             cell["counts"] = plan.counts

@@ -391,3 +391,42 @@ def test_bench_lists_are_strict(args, what, tmp_path):
     r = invoke("bench", *args, "--out", tmp_path / "g")
     assert r.returncode == 2 and what in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr) < 400 and not (tmp_path / "g").exists()
+
+
+@pytest.mark.parametrize("kind, shortcut, args", [
+    ("masks", "fvw", ["--method", "magnitude", "--sparsity", "0.5", *FAST]),
+    ("channels", "sliming", ["--method", "l1", "--macs", "0.5", "--latency-repeats", "1",
+                             "--quiet"]),
+])
+def test_prune_any_method_equals_its_shortcut(digits_checkpoint, tmp_path, kind, shortcut,
+                                              args):
+    """`prune CHECKPOINT --method NAME` runs every method of the table; `prune fvw` and `prune
+    sliming` are the same command with a kind: identical plans and scores."""
+    one, two = tmp_path / "any", tmp_path / "shortcut"
+    assert invoke("prune", digits_checkpoint, *args, "--out", one).returncode == 0
+    assert invoke("prune", shortcut, digits_checkpoint, *args, "--out", two).returncode == 0
+    a, b = load_report(one), load_report(two)
+    assert a["scores"] == b["scores"] and a["kind"] == b["kind"] == (
+        "prune-unstructured" if kind == "masks" else "prune-structured")
+    if kind == "masks":
+        assert MaskPlan.load(one).masks.keys() == MaskPlan.load(two).masks.keys()
+        assert all(torch.equal(MaskPlan.load(one).masks[k], MaskPlan.load(two).masks[k])
+                   for k in MaskPlan.load(one).masks)
+    else:
+        assert a["counts"] == b["counts"]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["fvw", "{ck}", "--macs", "0.5"], ["--macs", "channel methods", "mask method"]),
+    (["sliming", "{ck}", "--sparsity", "0.5"], ["--sparsity", "mask methods"]),
+    (["sliming", "{ck}", "--method", "wanda", "--macs", "0.5"], ["'wanda'", "prune CHECKPOINT"]),
+    (["{ck}", "--method", "l1", "--macs", "0.5", "--alpha", "1e-3"], ["--alpha", "fvw"]),
+    (["{ck}", "--method", "magnitude", "--macs", "0.5"], ["--macs", "mask method"]),
+    (["{ck}", "--method", "magnitude"], ["--sparsity"]),
+    (["{ck}", "--sparsity", "0.5"], ["--method"]),
+])
+def test_prune_refuses_options_of_the_other_kind(digits_checkpoint, tmp_path, args, words):
+    out = tmp_path / "out"
+    r = invoke("prune", *[a.format(ck=digits_checkpoint) for a in args], "--out", out)
+    assert_bad_input(r, *words)
+    assert not out.exists()

@@ -11,6 +11,8 @@ import torch
 
 from prunewise import data
 from prunewise.errors import PrunewiseError
+from helpers import assert_bad_input, invoke
+from prunewise import data as D
 
 
 @pytest.fixture(scope="module")
@@ -378,3 +380,50 @@ def test_imagefolder_errors(tmp_path):
     (tmp_path / "val" / "a" / "bad.png").write_bytes(b"garbage")
     with pytest.raises(PrunewiseError, match="bad.png"):
         data.load("imagefolder", str(tmp_path))
+
+
+def test_cifar_labels_must_be_integers(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.RandomState(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        obj = {b"labels": [0.7, 1.2, 9.9, -0.4], b"data": rng.randint(0, 256, (4, 3072))
+               .astype(np.uint8)}
+        (folder / name).write_bytes(pickle.dumps(obj, protocol=2))
+    with pytest.raises(PrunewiseError, match="integer labels"):
+        D.load("cifar10", tmp_path)
+
+
+def test_image_sizes_are_bounded_by_what_memory_holds():
+    with pytest.raises(PrunewiseError, match="use an image size of at most 772"):
+        D.load("digits", image_size=1024)        # 1,797 images of 1024x1024: 1.8 GiB
+    r = invoke("info", "resnet20", "--in-channels", "4096", "--input-size", "1024")
+    assert_bad_input(r, "4096x1024x1024", "at most 32")
+    r = invoke("info", "resnet20", "--input-size", "4096")
+    assert_bad_input(r, "--input-size", "1024")
+
+
+def test_an_idx_header_announcing_more_than_mnist_holds_is_refused(tmp_path):
+    import gzip
+
+    head = bytes([0, 0, 8, 3]) + (4_900_000).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+    with gzip.open(tmp_path / "train-images-idx3-ubyte.gz", "wb") as fh:
+        fh.write(head + bytes(1000))
+    labels = bytes([0, 0, 8, 1]) + (4_900_000).to_bytes(4, "big")
+    with gzip.open(tmp_path / "train-labels-idx1-ubyte.gz", "wb") as fh:
+        fh.write(labels + bytes(100))
+    for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (tmp_path / stem).write_bytes(bytes(16))
+    with pytest.raises(PrunewiseError, match="at most 60000 items"):
+        D.load("mnist", tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_an_image_that_declares_huge_pixels_is_refused_before_decoding(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        Image.new("1", (13000, 13000)).save(tmp_path / split / "a" / "big.png")
+    with pytest.raises(PrunewiseError, match="13000x13000"):
+        D.load("imagefolder", tmp_path)

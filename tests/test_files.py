@@ -7,6 +7,10 @@ import pytest
 import torch
 
 from prunewise import checkpoints, files, models, PrunewiseError
+import stat
+from prunewise import schema
+from prunewise import data as D
+TESTS = os.path.dirname(os.path.abspath(__file__))  # for helpers.py in subprocess scripts
 
 
 def test_save_load_round_trip_is_bit_identical(tmp_path):
@@ -115,3 +119,137 @@ def test_tensors_round_trip_and_corrupt_file(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"nope")
     with pytest.raises(PrunewiseError, match="corrupt"):
         files.read_tensors(tmp_path / "bad.safetensors")
+
+
+def test_safetensors_get_the_umask_mode(tmp_path):
+    files.write_tensors(tmp_path / "t.safetensors", {"a": torch.ones(2)})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(tmp_path / "t.safetensors").st_mode) == 0o666 & ~umask
+
+
+def test_json_nested_too_deep_is_refused():
+    with pytest.raises(PrunewiseError, match="nested more than"):
+        schema.parse_json("[" * 600 + "]" * 600, "config.json")
+    assert schema.parse_json("[" * 10 + "]" * 10, "x") == [[[[[[[[[[]]]]]]]]]]
+
+
+def test_config_and_weights_from_different_saves_are_refused(tmp_path):
+    torch.manual_seed(0)
+    model = models.create("resnet20", num_classes=10, in_channels=1)
+    folder = checkpoints.save_model(model, tmp_path / "ck")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["widths"]["layer1.0.conv1"] = [8, 16, 3, 3]      # what a later, pruned save would say
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(PrunewiseError, match="different saves"):
+        checkpoints.load_model(folder)
+
+
+def test_files_from_two_saves_are_refused_by_their_digest(tmp_path):
+    from prunewise.plan import MaskPlan
+
+    torch.manual_seed(0)
+    a, b = models.create("resnet20", num_classes=10, in_channels=1), \
+        models.create("resnet20", num_classes=10, in_channels=1)
+    checkpoints.save_model(a, tmp_path / "a")
+    checkpoints.save_model(b, tmp_path / "b")
+    # a save killed after the weights: b's weights (same shapes) next to a's config
+    (tmp_path / "a" / "model.safetensors").write_bytes((tmp_path / "b" / "model.safetensors")
+                                                       .read_bytes())
+    with pytest.raises(PrunewiseError, match="model.safetensors is not the file .*config.json was "
+                                             "written with"):
+        checkpoints.load_model(tmp_path / "a")
+    assert torch.equal(checkpoints.load_model(tmp_path / "b").fc.weight, b.fc.weight)
+    masks = {"fc.weight": torch.rand(10, 64) > 0.5}
+    MaskPlan(masks).save(tmp_path / "p")
+    MaskPlan({"fc.weight": ~masks["fc.weight"]}).save(tmp_path / "q")
+    (tmp_path / "p" / "masks.safetensors").write_bytes((tmp_path / "q" / "masks.safetensors")
+                                                       .read_bytes())
+    with pytest.raises(PrunewiseError, match="masks.safetensors is not the file"):
+        MaskPlan.load(tmp_path / "p")
+
+
+def test_weights_and_data_holding_nan_are_refused(tmp_path):
+    torch.manual_seed(0)
+    model = models.create("resnet20", num_classes=10, in_channels=1)
+    with torch.no_grad():
+        model.fc.weight[0, 0] = float("nan")
+        model.conv1.weight[0, 0, 0, 0] = float("inf")
+    checkpoints.save_model(model, tmp_path / "ck")
+    with pytest.raises(PrunewiseError, match="tensor '.*' holds 1 NaN or infinite value"):
+        checkpoints.load_model(tmp_path / "ck")
+    x = torch.rand(8, 1, 4, 4)
+    x[3, 0, 1, 1] = float("nan")
+    y = torch.arange(8) % 2
+    with pytest.raises(PrunewiseError, match="NaN or infinite"):
+        D.from_tensors((x, y), (x.nan_to_num(), y))
+    assert len(D.from_tensors((x.nan_to_num(), y), (x.nan_to_num(), y)).test) == 8
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_small_crafted_inputs_stay_under_1gb(tmp_path, digits_checkpoint):
+    """Per reader, a file of a few kB that declares a huge size, and the largest documented
+    option values: each command runs in a process whose address space may grow by only 1 GiB,
+    and ends with exit 0 or one line (a refusal, or 'out of memory'), never a traceback."""
+    import gzip
+    import shutil
+    import subprocess
+    import sys
+    import textwrap
+
+    from PIL import Image
+
+    ck = tmp_path / "ck"                           # meta.data.image_size = 1024 in 1.4 kB
+    shutil.copytree(digits_checkpoint, ck)
+    cfg = json.loads((ck / "config.json").read_text())
+    cfg["meta"]["data"]["image_size"] = 1024
+    (ck / "config.json").write_text(json.dumps(cfg))
+    idx = tmp_path / "mnist"                       # 4,900,000 images declared in 4 kB
+    idx.mkdir()
+    with gzip.open(idx / "train-images-idx3-ubyte.gz", "wb") as fh:
+        fh.write(bytes([0, 0, 8, 3]) + (4_900_000).to_bytes(4, "big") + (28).to_bytes(4, "big")
+                 * 2 + bytes(4000))
+    with gzip.open(idx / "train-labels-idx1-ubyte.gz", "wb") as fh:
+        fh.write(bytes([0, 0, 8, 1]) + (4_900_000).to_bytes(4, "big") + bytes(100))
+    for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (idx / stem).write_bytes(bytes(16))
+    for split in ("train", "val"):                 # 13000 x 13000 pixels in 20 kB
+        (tmp_path / "img" / split / "a").mkdir(parents=True)
+        Image.new("1", (13000, 13000)).save(tmp_path / "img" / split / "a" / "big.png")
+    head = json.dumps({"train.x": {"dtype": "F32", "shape": [10**6, 1, 1024, 1024],
+                                   "data_offsets": [0, 4 * 2**40]}}).encode()
+    (tmp_path / "t.safetensors").write_bytes(len(head).to_bytes(8, "little") + head + bytes(64))
+    runs = [["eval", ck], ["eval", digits_checkpoint, "--data", "mnist", "--root", idx],
+            ["eval", digits_checkpoint, "--data", "imagefolder", "--root", tmp_path / "img"],
+            ["eval", digits_checkpoint, "--data", "tensors", "--root", tmp_path / "t.safetensors"],
+            ["info", "resnet20", "--in-channels", "4096", "--input-size", "1024"],
+            ["info", "vit_tiny", "--input-size", "1024"],
+            ["export", digits_checkpoint, "--input-size", "1024", "--onnx", tmp_path / "m.onnx"],
+            ["train", "resnet20", "--image-size", "700", "--epochs", "1", "--quiet",
+             "--out", tmp_path / "t"]]
+    script = textwrap.dedent(f"""
+        import contextlib, io, sys
+        from prunewise.cli import main
+        sys.path.insert(0, {str(TESTS)!r})
+        from helpers import limit_address_space
+        limit_address_space()
+        for argv in {[[str(a) for a in r] for r in runs]!r}:
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                code = main(argv)
+            lines = err.getvalue().strip().splitlines()
+            print(code, len(lines), lines[-1] if lines else "", flush=True)
+    """)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MALLOC_ARENA_MAX="2")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=600, env=env)
+    rows = done.stdout.strip().splitlines()
+    assert done.returncode == 0 and len(rows) == len(runs), done.stderr[-2000:]
+    for argv, row in zip(runs, rows):
+        code, lines, last = row.split(" ", 2)
+        assert code == "0" or (code == "2" and lines == "1" and "Traceback" not in last), \
+            (argv, row)
+    refused = [row.split(" ", 2)[2] for row in rows[:5]]
+    for row, words in zip(refused, ["at most 772", "at most 60000 items", "13000x13000",
+                                    "t.safetensors", "at most 32"]):
+        assert words in row, (words, row)

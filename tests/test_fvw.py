@@ -325,3 +325,11 @@ def test_cli_bad_input_exit_2(digits_checkpoint, tmp_path, args, word):
     assert r.returncode == 2, r.stderr
     lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
     assert len(lines) == 1 and "Traceback" not in r.stderr and word in lines[0]
+
+
+def test_more_class_groups_than_classes_is_refused():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    batches = [(torch.randn(12, 16), torch.arange(12) % 3)]
+    with pytest.raises(PrunewiseError, match="class groups 1000 is more than the model's 3"):
+        fvw.prune(model, batches, sparsity=0.5, keep=0.5, class_groups=1000)

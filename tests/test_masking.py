@@ -9,6 +9,7 @@ from torch import nn
 
 from helpers import killed_then_resumed
 from prunewise import PrunewiseError, baselines, masking, train
+import json
 
 
 def test_select_pools_unpruned_elements_of_all_tensors():
@@ -171,3 +172,29 @@ def test_taylor_recalibrated_differs_and_resumes_bit_identical(tmp_path):
     assert all(torch.equal(full.masks[k], resumed.masks[k]) for k in full.masks)
     with pytest.raises(PrunewiseError, match="recalibrate"):  # another setting: not resumed
         baselines.taylor(model, batches, sparsity=0.8, keep=0.6, checkpoint_dir=tmp_path)
+
+
+def test_a_sparsity_that_keeps_nothing_is_refused():
+    with pytest.raises(PrunewiseError, match="keeps no weight"):
+        masking.schedule(1000, 0.9999999999999999, 0.5)
+    assert masking.schedule(1000, 0.999, 0.5)[-1] == 1   # the last weight can stay
+
+
+def test_a_resume_file_that_claims_another_iteration_is_refused(tmp_path):
+    from prunewise import baselines
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                          nn.Linear(32, 3))
+    baselines.magnitude(model, sparsity=0.9, keep=0.5, checkpoint_dir=tmp_path)
+    path = tmp_path / masking.RESUME_FILE
+    with safe_open(str(path), "pt") as fh:
+        meta, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+    rows = json.loads(meta["history"])
+    for n in (99, 1):   # past the 4-iteration schedule; the finished masks called iteration 1
+        history = json.dumps([{**rows[0], "iteration": i + 1} for i in range(n)])
+        save_file(tensors, str(path), metadata={**meta, "iteration": str(n), "history": history})
+        with pytest.raises(PrunewiseError, match="corrupt resume checkpoint"):
+            baselines.magnitude(model, sparsity=0.9, keep=0.5, checkpoint_dir=tmp_path)

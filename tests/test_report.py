@@ -111,3 +111,31 @@ def test_render_redraws_from_report_json(tmp_path):
 
 def test_report_folder_without_report_json_is_exit_2(tmp_path):
     assert_bad_input(invoke("report", tmp_path), "report", "not found")
+
+
+@pytest.fixture(scope="module")
+def demo_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "d"
+    r = invoke("demo", "--quick", "--out", out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    return json.loads((out / "report.json").read_text())
+
+
+@pytest.mark.parametrize("path, value", [
+    (("runs", "fvw", "layers"), [{"layer": 1}]), (("runs", "fvw", "layers"), [{}]),
+    (("runs", "fvw", "history"), [{"iteration": "x", "sparsity": 0.5}]),
+    (("runs", "sliming", "spectra"), {"a": ["x"]}), (("runs", "fvw", "budget"), "x"),
+    (("command",), 5), (("command",), "\ud800")])
+def test_a_report_whose_fields_lie_is_one_line(tmp_path, demo_report, path, value):
+    import copy
+
+    rep = copy.deepcopy(demo_report)
+    obj = rep
+    for key in path[:-1]:
+        obj = obj[key]
+    obj[path[-1]] = value
+    (tmp_path / "report.json").write_text(json.dumps(rep))
+    before = (tmp_path / "report.json").read_bytes()
+    r = invoke("report", tmp_path)
+    assert_bad_input(r, "report")
+    assert (tmp_path / "report.json").read_bytes() == before

@@ -84,7 +84,7 @@ def test_unstructured_run_reports_every_stage_in_order(trained_tiny, digits, mon
     assert rep["sparsity"] == plan.sparsity and abs(plan.sparsity - 0.7) < 1e-3
     assert rep["params"]["counted"] == "nonzero"
     assert rep["params"]["pruned"] == measure.params(pruned, nonzero=True)
-    assert rep["macs"]["pruned"] == runs.nonzero_macs(pruned, runs.example(digits))
+    assert rep["macs"]["pruned"] == runs.nonzero_macs(pruned, digits.example())
     assert rep["macs"]["pruned"] < rep["macs"]["dense"]
     assert set(rep["latency_ms"]) == {"1", "64"} and rep["latency_ms"]["64"]["pruned"] > 0
     assert rep["config"]["finetune"]["optimizer"] == "adam"
@@ -130,7 +130,7 @@ def test_structured_run_is_smaller_and_reports_speed(digits):
         model, digits, "l1", runs.Structured(macs=0.5),
         measurement=runs.Measurement(repeats=2, warmup=1))
     assert 0.45 <= rep["macs"]["ratio"] <= 0.5 and rep["macs"]["counted"] == "all"
-    assert rep["macs"]["pruned"] == measure.macs(pruned, runs.example(digits))
+    assert rep["macs"]["pruned"] == measure.macs(pruned, digits.example())
     assert rep["params"]["pruned"] == measure.params(pruned) < rep["params"]["dense"]
     assert 0.3 < rep["sparsity"] < 0.7
     assert rep["accuracy"]["recalibrated"] == runs.accuracy(pruned, digits)

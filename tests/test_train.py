@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunewise import PrunewiseError, models, train
+from prunewise import data as D
 
 
 def test_fit_learns_digits(digits):
@@ -62,3 +63,16 @@ def test_recalibrate_bn_matches_the_batch_statistics():
     torch.testing.assert_close(model[1].running_mean, mean)
     torch.testing.assert_close(model[1].running_var, var)
     assert not model.training and model[1].momentum == 0.1
+
+
+def test_evaluation_batches_shrink_with_the_input_size():
+    from prunewise import train
+
+    torch.manual_seed(0)
+    bundle = D.load("digits", image_size=160, limit=200)
+    model = models.create("resnet20", num_classes=10, in_channels=1).eval()
+    assert train.EVAL_VALUES // (160 * 160) < 256          # this size gets smaller batches
+    got = train.evaluate_split(model, bundle, "test")
+    ref = train.evaluate(model, D.batches(bundle.test, bundle, 7))
+    assert got["n"] == ref["n"] and got["top1"] == ref["top1"]
+    assert got["loss"] == pytest.approx(ref["loss"], rel=1e-5)

@@ -252,3 +252,4 @@ def default(cls: type, name: str) -> Any:
 BENCH_PRUNE = Unstructured(sparsity=0.0, keep=0.9, samples=512)
 BENCH_FINETUNE = FineTune(epochs=5, lr=0.05)
 BENCH_MEASUREMENT = Measurement(repeats=10)
+BENCH_EPOCHS = 20   # training epochs of a bench base model (without --base)

@@ -119,6 +119,11 @@ class Task:
         """``{"scores": scores}`` and the same under every alias (a report's stage scores)."""
         return {"scores": scores, **{k: scores for k in self.aliases}}
 
+    def named(self, key: str, value: float) -> dict:
+        """``{key: value}`` for a training history's score (``val``, ``best_val``), with the
+        names histories had before tasks where the task had them."""
+        return {key: value}
+
     # ---- checks ------------------------------------------------------------------------------
 
     def check(self, model: nn.Module, batch) -> None:
@@ -191,6 +196,9 @@ class Classification(Task):
 
     def loss_sum(self, output, batch):
         return F.cross_entropy(output, batch[1], reduction="sum"), len(batch[1])
+
+    def named(self, key, value):
+        return {key: value, f"{key}_top1": value}
 
     def attack_loss(self, output, batch):
         """The summed cross-entropy of the correctly classified samples (None when there is

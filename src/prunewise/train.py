@@ -31,8 +31,8 @@ OPTIMIZERS = names.OPTIMIZERS
 
 
 def evaluate(model: nn.Module, batches: Iterable, task: tasks.Task | None = None) -> dict:
-    """The task's named metrics (default classification: top-1 / top-5 accuracy as fractions
-    and mean cross-entropy) over ``(x, y)`` batches, moved to the model's device. In this
+    """The task's named metrics (:meth:`prunewise.tasks.Task.evaluate`; default
+    classification) over ``(x, y)`` batches, moved to the model's device. In this
     process only: :func:`evaluate_split` combines the ranks' shares under torchrun."""
     return tasks.of(task).evaluate(model, batches)
 
@@ -165,7 +165,7 @@ def fit(model: nn.Module, bundle: "D.DataBundle", settings: Training | None = No
         **given) -> dict:
     """Train ``model`` in place as ``settings`` (a :class:`Training`; or its fields as keywords,
     ``fit(model, bundle, epochs=20)``) say; restore the best-on-validation weights, best by the
-    task's primary metric (default classification: top-1).
+    task's primary metric (default: classification's).
 
     ``masks`` keeps pruned weights exactly zero after every optimizer step (fine-tuning).
     Trains on the model's device; ``amp`` ('bf16' or 'fp16', CUDA only) runs the forward pass
@@ -173,7 +173,7 @@ def fit(model: nn.Module, bundle: "D.DataBundle", settings: Training | None = No
     DistributedDataParallel model on its share of each batch (``batch_size`` is the global
     batch) and ends with the same weights.
     Returns the history: per-epoch train loss and validation score (``val``), the best epoch
-    and its score (``best_val``; ``val_top1`` / ``best_val_top1`` too for classification),
+    and its score (``best_val``; with the task's older names too, :meth:`Task.named`),
     seconds.
     """
     if settings is None:
@@ -215,7 +215,7 @@ def fit(model: nn.Module, bundle: "D.DataBundle", settings: Training | None = No
                                           augment=aug, seed=seed * 100_003 + epoch,
                                           drop_last=True, shard=dist.part()))
         val = score()
-        row = {"epoch": epoch, "train_loss": train_loss, **_named(task, "val", val),
+        row = {"epoch": epoch, "train_loss": train_loss, **task.named("val", val),
                "lr": opt.param_groups[0]["lr"]}
         history.append(row)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{val:.3f}", refresh=False)
@@ -230,13 +230,7 @@ def fit(model: nn.Module, bundle: "D.DataBundle", settings: Training | None = No
     keeper.apply()
     model.eval()
     return {"history": history, "best_epoch": best["epoch"],
-            **_named(task, "best_val", best["val"]), "seconds": time.perf_counter() - start}
-
-
-def _named(task: tasks.Task, key: str, value: float) -> dict:
-    """``{key: value}``, and ``{key_top1: value}`` as well for classification (the name
-    histories had before tasks)."""
-    return {key: value, **({f"{key}_top1": value} if task.aliases else {})}
+            **task.named("best_val", best["val"]), "seconds": time.perf_counter() - start}
 
 
 class _Stepper:
@@ -244,7 +238,7 @@ class _Stepper:
 
     In a single process a step is exactly ``loss.backward(); keep masks; opt.step(); keep
     masks``. Under torchrun the model is wrapped in DistributedDataParallel (which averages the
-    gradients over the ranks); each rank's loss is its share's summed cross-entropy scaled by
+    gradients over the ranks); each rank's loss is its share's summed task loss scaled by
     ``world / batch_size``, so the average is the global batch's mean loss even when the shares
     differ by one sample. BatchNorm buffers are copied from rank 0 after every epoch.
     """
@@ -287,7 +281,7 @@ class _Stepper:
                 self.scaler.update()
             self.keeper.apply()
             self.sched.step()
-            # this rank's summed cross-entropy (its loss is that sum times world / batch_size)
+            # this rank's summed loss (its loss is that sum times world / batch_size)
             loss_sum += float(loss.detach()) * (self.batch_size / dist.world() if dist.active()
                                                 else len(y))
             seen += len(y)

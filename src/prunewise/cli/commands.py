@@ -36,7 +36,7 @@ def train_cmd(model_name, data_name, root, image_size, data_seed, factory, num_c
     minutes per epoch on Fashion-MNIST at batch 128."""
     import torch
 
-    from .. import checkpoints, files, models, train
+    from .. import checkpoints, files, models, tasks, train
 
     check_output(out)
     how = settings_from(S.Training, kw)
@@ -61,17 +61,18 @@ def train_cmd(model_name, data_name, root, image_size, data_seed, factory, num_c
     else:
         model = compute.place(models.create(model_name, num_classes=bundle.num_classes,
                                             in_channels=bundle.in_channels))
+    task = tasks.classification()   # the command line trains classifiers
     hist = train.fit(model, bundle, how, seed=seed, progress=progress_on(quiet),
-                     desc=f"train {model_name}", amp=amp)
-    test = train.evaluate_split(model, bundle, "test")
+                     desc=f"train {model_name}", amp=amp, task=task)
+    test = train.evaluate_split(model, bundle, "test", task=task)[task.primary]
     meta = {"data": loading.data_meta(bundle, root, data_seed or 0), "seed": seed,
-            "train": {**asdict(how), "best_epoch": hist["best_epoch"],
-                      "best_val_top1": hist["best_val_top1"], "seconds": hist["seconds"]},
-            "test_accuracy": test["top1"]}
+            "train": {**asdict(how), "seconds": hist["seconds"],
+                      **{k: v for k, v in hist.items() if k.startswith("best_")}},
+            "test_accuracy": test}
     model.prunewise_inputs = checkpoints.input_spec(bundle.example(1))
     checkpoints.save_model(model, out, meta=meta)
     files.write_json(Path(out) / "train_history.json", hist["history"])
-    output.say(quiet, f"saved {out}: test top-1 {test['top1']:.4f} "
+    output.say(quiet, f"saved {out}: test {task.title} {test:.4f} "
                       f"(best val epoch {hist['best_epoch']})")
 
 
@@ -258,7 +259,7 @@ def demo_cmd(out, epochs, seed, quick, quiet, device_name, amp, **kw):
                    recalibration=recalibration, repair=settings_from(S.Repair, kw),
                    compute=compute_of(device_name, amp))
     lat = (rep.get("latency_ms") or {}).get("1", {}).get("dense")
-    click.echo(f"dense {rep['model']} on digits: test top-1 "
+    click.echo(f"dense {rep['model']} on digits: test {rep['metric']['title']} "
                f"{rep['scores']['dense']['test']:.4f}, params {rep['params']['dense']:,}, "
                f"MACs {rep['macs']['dense']:,}"
                + (f", latency {lat:.2f} ms (batch 1)" if lat is not None else ""))

@@ -286,7 +286,7 @@ def prune_sliming_cmd(**kw):
 @click.option("--base", default=None,
               help="Reuse base checkpoints: a folder holding seed-S/ checkpoint folders, or a "
                    "path pattern with {seed} (default: train them into OUT/base).")
-@click.option("--epochs", type=count(1), default=20, show_default=True,
+@click.option("--epochs", type=count(1), default=S.BENCH_EPOCHS, show_default=True,
               help="Base model training epochs (without --base).")
 @click.option("--keep", type=FRACTION, default=S.BENCH_PRUNE.keep, show_default=True,
               help="Unstructured: fraction kept per iteration (the papers' 0.98 is slower); "
@@ -308,8 +308,8 @@ def bench_cmd(model_name, data_name, root, method_list, sparsities, macs_list, s
               **kw):
     """Compare methods over budgets and seeds: OUT/grid.{md,csv,json,png}; resumable.
 
-    Every cell records the test top-1 pruned, after BatchNorm recalibration and after
-    fine-tuning (defaults here: 5 epochs at lr 0.05). Time on 2 CPU cores, resnet20 on digits:
+    Every cell records the test score (top-1 for a classifier) pruned, after recalibration and after
+    fine-tuning (the grid's own, shorter defaults: see below). Time on 2 CPU cores, resnet20 on digits:
     the structured grid about 1 minute per seed; on Fashion-MNIST, hours (see the README).
     """
     from ..pipeline import bench

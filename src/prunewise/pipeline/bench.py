@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .. import data as D
-from .. import checkpoints, checks, files, methods, models, schema, tasks, train
+from .. import checkpoints, checks, files, methods, models, schema, settings, tasks, train
 from . import runs
 from ..errors import PrunewiseError
 from .report import BEFORE_TASKS, pyplot, save_figure
@@ -85,7 +85,7 @@ class Grid:
     model_name: str = "resnet20"
     data_name: str = "digits"
     root: str | None = None
-    epochs: int = 20
+    epochs: int = settings.BENCH_EPOCHS
     base: str | None = None
 
 
@@ -303,10 +303,10 @@ def structured_cells(out: Path, model, bundle, method: str, seed: int, ctx: dict
         ctx["log"](cell_line(rep, level, rep["seconds"]))
 
 
-def run(out: str | Path, grid: Grid, *, prune: runs.Unstructured = runs.Unstructured(0.0),
-        finetune: runs.FineTune = runs.FineTune(epochs=5, lr=0.05),
+def run(out: str | Path, grid: Grid, *, prune: runs.Unstructured = settings.BENCH_PRUNE,
+        finetune: runs.FineTune = settings.BENCH_FINETUNE,
         recalibration: runs.Recalibration = runs.Recalibration(),
-        measurement: runs.Measurement = runs.Measurement(repeats=10),
+        measurement: runs.Measurement = settings.BENCH_MEASUREMENT,
         progress: bool = False, log: Callable[[str], None] | None = None,
         compute: runs.Compute = runs.Compute(), task: tasks.Task | None = None,
         data: D.DataBundle | None = None, model: Callable | nn.Module | None = None) -> dict:

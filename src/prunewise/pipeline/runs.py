@@ -22,10 +22,11 @@ Report keys (the same in every report, bench cell and demo run):
 ``kind``            "prune-unstructured" or "prune-structured"
 ``method``, ``data``, ``seed``
 ``budget``          the target: ``{"sparsity"}`` (masks) or ``{"macs", "params"}`` (channels)
-``accuracy``        top-1 per stage (:data:`STAGES`: ``dense``, ``pruned``, ``repaired``,
-                    ``recalibrated``, ``finetuned``), each
-                    ``{"val", "test"}`` (``val`` null without a validation split);
-                    ``recalibrated`` is null when recalibration is off, ``finetuned`` with 0 epochs
+``metric``          the task's primary metric: ``{"task", "name", "title", "higher_is_better"}``
+``scores``          that metric per stage (:data:`STAGES`: ``dense``, ``pruned``, then the stage
+                    table's, :mod:`prunewise.pipeline.stages`), each ``{"val", "test"}``
+                    (``val`` null without a validation split; a stage that did not run is
+                    null); a classification report carries the same under ``accuracy``
 ``sparsity``        masks: fraction of the prunable weights set to zero; channels: fraction of
                     the conv/linear weights removed
 ``params``, ``macs`` ``{"dense", "pruned", "ratio", "counted"}``; a masked model counts only its
@@ -34,7 +35,7 @@ Report keys (the same in every report, bench cell and demo run):
 ``latency_ms``      forward time on the run's device per batch size, ``{"1": {"dense",
                     "pruned", "speedup"}, "64": {...}}`` (null when not measured); masked
                     models keep the dense time and get no speed-up (null)
-``finetune``        null, or ``{"epochs_run", "best_epoch", "best_val_top1", "seconds"}``
+``finetune``        null, or ``{"epochs_run", "best_epoch", "best_val", "seconds"}``
 ``seconds``         the time that made this model: pruning, repair, recalibration, fine-tuning and
                     measuring it (measuring the dense model is not counted); ``stage_seconds``:
                     ``{"prune", "repair", "recalibrate", "finetune"}`` (a bench level's
@@ -96,11 +97,6 @@ def check_structured(method: str, settings: Structured) -> methods.Method:
 
 # ---- measuring ------------------------------------------------------------------------------
 
-def example(bundle: D.DataBundle, batch: int = 1):
-    """A zero input batch shaped like the bundle's inputs (:meth:`DataBundle.example`)."""
-    return bundle.example(batch)
-
-
 def check_task(model: nn.Module, bundle: D.DataBundle, task: tasks.Task) -> None:
     """Refuse, before any pruning, a task that does not fit ``model`` and ``bundle``: its loss
     on a first training batch must be a finite scalar, every split's targets in range, and a
@@ -140,7 +136,7 @@ def latency(model: nn.Module, bundle: D.DataBundle, measurement: Measurement) ->
     """Median milliseconds per forward pass on the model's device, keyed by batch size."""
     if not measurement.latency:
         return None
-    return {str(b): measure.latency_ms(model, example(bundle, b), warmup=measurement.warmup,
+    return {str(b): measure.latency_ms(model, bundle.example(b), warmup=measurement.warmup,
                                        repeats=measurement.repeats)
             for b in measurement.batch_sizes}
 
@@ -150,7 +146,7 @@ def measure_dense(model: nn.Module, bundle: D.DataBundle,
                   ) -> dict:
     """What every run compares against: the task's scores, params, MACs and latency of the
     dense model. Compute it once and pass it as ``dense=`` to several runs on the same model."""
-    x = example(bundle)
+    x = bundle.example()
     task = tasks.of(task)
     return {**task.keyed(scores(model, bundle, task)), "params": measure.params(model),
             "macs": measure.macs(model, x), "latency_ms": latency(model, bundle, measurement),
@@ -158,7 +154,7 @@ def measure_dense(model: nn.Module, bundle: D.DataBundle,
 
 
 def _size(dense: dict, pruned: nn.Module, bundle: D.DataBundle, masked: bool) -> dict:
-    x = example(bundle)
+    x = bundle.example()
     p = measure.params(pruned, nonzero=masked)
     m = nonzero_macs(pruned, x) if masked else measure.macs(pruned, x)
     return {"params": {"dense": dense["params"], "pruned": p, "ratio": p / dense["params"],
@@ -350,7 +346,7 @@ def prune_channels(model: nn.Module, bundle: D.DataBundle, method: str, settings
     row = check_structured(method, settings)
     batches = (D.batches(bundle.train, bundle, 64, shuffle=True, seed=seed)
                if row.needs_data else None)
-    return channel_plan(model, example(bundle), method, settings, batches=batches, seed=seed)
+    return channel_plan(model, bundle.example(), method, settings, batches=batches, seed=seed)
 
 
 def channel_plan(model: nn.Module, x: torch.Tensor, method: str, settings: Structured, *,

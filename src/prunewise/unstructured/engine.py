@@ -1,22 +1,25 @@
-"""The mask engine every unstructured method shares: scope, data, schedule, selection, loop.
+"""The mask engine every unstructured method shares: scope, schedule, selection, the loop.
 
-A method (FVW in :mod:`prunewise.fvw`; magnitude, Taylor and random in
-:mod:`prunewise.baselines`) only supplies a :class:`Scorer`; everything else lives here, so a
-comparison between methods isolates the score:
+A method (FVW in :mod:`.fvw`; magnitude, Taylor, random and OBD in :mod:`.baselines`; Wanda and
+OBS in :mod:`.posttrain`) only supplies a :class:`Scorer`; everything else lives here, so a
+comparison between methods isolates the score. The task (:mod:`prunewise.tasks`) gives the loss
+a gradient scorer differentiates and the metric tracked per iteration.
 
 * **Scope** -- :class:`Scope` and :func:`prunable`: which parameters may be pruned (by default
-  every conv/linear ``weight`` except the input stem).
-* **Data** -- :class:`Source`: attribution batches as a re-iterable, optionally limited to the
-  first ``samples`` samples and filtered by label.
+  every conv/linear weight matrix, attention and recurrent ones included, except the input
+  stem and embeddings); :func:`left_out` says why each other matrix stays dense.
+* **Data** -- :class:`prunewise.data.sources.Source` (re-exported here): attribution batches as
+  a re-iterable, optionally limited and filtered by label; :func:`gradient_sweep`: the
+  torchrun-exact forward and backward pass over them.
 * **Schedule** -- :func:`iterations`, :func:`kept_count`, :func:`schedule`,
   :func:`check_targets`: keep ``keep`` of the weights per iteration and land exactly on the
   target sparsity (and on any intermediate ``levels``).
-* **Selection** -- :func:`select`: the public primitive. Pool the scores of all unpruned
-  elements of all prunable tensors and keep the top ``kept`` globally, or share ``kept`` out
-  first (:func:`allocate`: LAMP's layer-adaptive counts, uniform per tensor, uniform per row)
-  and rank within each share.
-* **Loop** -- :func:`run`: score the pruned working copy, select, apply, log, write the resume
-  file (:data:`RESUME_FILE`), report levels. Its settings travel as one :class:`LoopSettings`.
+* **Selection** -- :func:`select`: pool the scores of all unpruned elements of all prunable
+  tensors and keep the top ``kept`` globally, or share ``kept`` out first (:func:`allocate`:
+  LAMP's layer-adaptive counts, uniform per tensor, uniform per row) and rank within each share.
+* **Loop** -- :func:`stops` (a generator of the levels it lands on) and :func:`run`: score the
+  pruned working copy, select, apply, log, write the resume file (:data:`RESUME_FILE`). Its
+  settings travel as one :class:`LoopSettings`.
 """
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ from ..repair import REPAIRABLE, columns, layer_input
 OBS_DAMP = 0.01
 
 
-def _layers(work: nn.Module, masks: dict, method: str) -> dict[str, nn.Module]:
+def _layers(work: nn.Module, masks: dict) -> dict[str, nn.Module]:
     """Masked parameter name -> its conv / linear layer (the weights these methods score from
     their inputs; any other weight matrix in the scope, such as an attention module's input
     projection or an LSTM's, is scored by its magnitude: :func:`_magnitudes`)."""
@@ -70,7 +70,7 @@ def wanda_score(work, masks, data, iteration):
     """Scorer: ``|w| * ||x||`` per weight (module notes), on the model's device."""
     if data is None:
         raise PrunewiseError("wanda needs calibration data (batches)")
-    layers = _layers(work, masks, "wanda")
+    layers = _layers(work, masks)
     names = list(layers)
     sizes = [_groups(m) * m.weight[0].numel() for m in layers.values()]
     dev = device.of(work)
@@ -111,7 +111,7 @@ def obs_score(work, masks, data, iteration):
     """Scorer: ``w^2 / [H^-1]_jj`` per weight (module notes), one layer's Gram matrix at a time."""
     if data is None:
         raise PrunewiseError("obs needs calibration data (batches)")
-    layers = _layers(work, masks, "obs")
+    layers = _layers(work, masks)
     dev = device.of(work)
     out = {}
     for pname, m in layers.items():

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from helpers import assert_bad_input, invoke
 from prunewise import checkpoints, files, models, report
 from prunewise.cli import options
+import contextlib
 
 MISSING = "missing-folder"
 
@@ -552,3 +553,81 @@ def test_prune_fvw_killed_resumes_bit_identical(world, tmp_path, monkeypatch, fv
         assert got[key].keys() == fvw_full[key].keys()
         assert all(torch.equal(got[key][k], fvw_full[key][k]) for k in got[key])
     assert not [p for p in out.rglob("*") if files.TMP_MARK in p.name]
+
+
+def test_dangling_symlink_and_loop_as_out_are_refused_before_work(tmp_path):
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    for name in ("dangling", "loop"):
+        r = invoke("train", "resnet20", "--epochs", "1", "--out", tmp_path / name)
+        assert_bad_input(r, "--out", "symbolic link")
+        assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_name_that_is_not_utf8_is_refused(tmp_path, digits_checkpoint):
+    bad = str(tmp_path / b"m\xff.onnx".decode("utf-8", "surrogateescape"))
+    r = invoke("export", digits_checkpoint, "--onnx", bad)
+    assert_bad_input(r, "--onnx", "UTF-8")
+
+
+# ------------------------------------------------------------------ write failures and digests
+@contextlib.contextmanager
+def small_files():
+    """Files may grow to 20 kB in this block (writes past it fail with EFBIG, as on a full disk)."""
+    import resource
+    import signal
+
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+
+
+@pytest.mark.parametrize("args, name", [
+    (["prune", "fvw", "{ck}", "--method", "magnitude", "--sparsity", "0.5", "--quiet",
+      "--out", "{out}"], "safetensors"),
+    (["prune", "sliming", "{ck}", "--macs", "0.5", "--quiet", "--out", "{out}"],
+     "model.safetensors"),
+    (["export", "{ck}", "--onnx", "{out}/m.onnx"], "m.onnx"),
+])
+def test_a_write_that_fails_is_one_line_naming_the_file(tmp_path, digits_checkpoint, args, name):
+    out = tmp_path / "out"
+    old = tmp_path / "out" / "keep.txt"
+    out.mkdir()
+    old.write_text("written before")
+    args = [a.format(ck=digits_checkpoint, out=out) for a in args]
+    before = {p: p.read_bytes() for p in digits_checkpoint.rglob("*") if p.is_file()}
+    with small_files():
+        r = invoke(*args)
+    assert_bad_input(r, "could not write", name, "File too large")
+    assert old.read_text() == "written before"
+    assert {p: p.read_bytes() for p in digits_checkpoint.rglob("*") if p.is_file()} == before
+    assert not [p for p in out.rglob("*") if files.TMP_MARK in p.name]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/mem"), reason="needs /proc/self/mem")
+def test_an_input_that_fails_on_read_is_one_line_naming_it(tmp_path, digits_checkpoint):
+    """/proc/self/mem is a regular file that fails on read (EIO): a symlink to it stands for a
+    device or a network file that breaks while we read it."""
+    import shutil
+
+    for name in ("config.json", "model.safetensors"):
+        ck = tmp_path / name / "ck"
+        shutil.copytree(digits_checkpoint, ck)
+        (ck / name).unlink()
+        (ck / name).symlink_to("/proc/self/mem")
+        for command in ("eval", "info"):
+            assert_bad_input(invoke(command, ck), "cannot read", str(ck / name),
+                             "Input/output error")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "report.json").symlink_to("/proc/self/mem")
+    assert_bad_input(invoke("report", tmp_path / "run"), "cannot read report", "report.json")
+    (tmp_path / "t.safetensors").symlink_to("/proc/self/mem")
+    r = invoke("train", "resnet20", "--data", "tensors", "--root", tmp_path / "t.safetensors",
+               "--epochs", "1", "--out", tmp_path / "t")
+    assert_bad_input(r, "cannot read", "t.safetensors")
+    assert not (tmp_path / "t").exists()
