@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ... import settings
+from ...methods import SlimingSettings
 from .. import engine as structured
 from ..engine import Analysis
 from .config import configure, plan_counts
@@ -36,9 +38,9 @@ def analyze(model: nn.Module, example_inputs: torch.Tensor, ignored_layers=None,
 
 
 def prune(model: nn.Module, example_inputs: torch.Tensor, *, macs: float | None = None,
-          params: float | None = None, channels: float | None = None, normalize: str = "max",
-          min_channels: int = 1, ignored_layers=None, round_to: int | None = None,
-          min_ratio: float = 0.0):
+          params: float | None = None, channels: float | None = None, normalize: str = SlimingSettings.normalize,
+          min_channels: int = settings.Structured.min_channels, ignored_layers=None, round_to: int | None = None,
+          min_ratio: float = SlimingSettings.min_ratio):
     """SLIMING: a NEW smaller model under exactly one budget, and its :class:`ChannelPlan`.
 
     ``macs`` / ``params``: fraction in (0, 1) of the original's; ``channels``: total kept

@@ -19,10 +19,12 @@ import torch
 
 from .. import engine as structured
 from ...errors import PrunewiseError
+from ...methods import SlimingSettings
+from ...settings import Structured
 from .spectrum import normalized
 
 
-def floors(sizes: Sequence[int], min_channels: int, min_ratio: float = 0.0) -> np.ndarray:
+def floors(sizes: Sequence[int], min_channels: int, min_ratio: float = SlimingSettings.min_ratio) -> np.ndarray:
     """The fewest channels each group may keep: max(min_channels, ceil(min_ratio * C_g)), <= C_g."""
     sizes = np.asarray(sizes)
     lo = np.maximum(min_channels, np.ceil(min_ratio * sizes - 1e-9).astype(int))
@@ -51,7 +53,7 @@ def _per_group(round_to, n: int) -> list[int]:
 
 
 def configure(sigmas: Sequence[torch.Tensor], cost: Callable[[np.ndarray], float], budget: float,
-              *, normalize: str = "max", min_channels: int = 1, min_ratio: float = 0.0,
+              *, normalize: str = SlimingSettings.normalize, min_channels: int = Structured.min_channels, min_ratio: float = SlimingSettings.min_ratio,
               round_to: int | None = None, what: str = "budget") -> np.ndarray:
     """Channels kept per group so that ``cost(counts) <= budget``, maximizing the kept
     normalized nuclear norm (one global threshold + greedy top-up).
@@ -109,7 +111,7 @@ def configure(sigmas: Sequence[torch.Tensor], cost: Callable[[np.ndarray], float
 
 
 def plan_counts(a: "structured.Analysis", sigmas=None, *, macs=None, params=None, channels=None,
-                normalize: str = "max", min_channels: int = 1, min_ratio: float = 0.0,
+                normalize: str = SlimingSettings.normalize, min_channels: int = Structured.min_channels, min_ratio: float = SlimingSettings.min_ratio,
                 round_to: int | None = None) -> np.ndarray:
     """Step (i) on an analysis: N_g for every prunable group under exactly one budget."""
     total = int(sum(g.size for g in a.prunable))
