@@ -86,7 +86,7 @@ def bad_reports():
     return [("prune-unstructured", sample(sparsity=1.5), "sparsity"),
             ("prune-unstructured", missing_stage, "recalibrated"),
             ("prune-structured", wrong_acc, "pruned"),
-            ("prune-structured", {"seed": 0, "seconds": 1.0}, "scores"),
+            ("prune-structured", {"seed": 0, "seconds": 1.0}, "missing"),
             ("demo", demo, "recalibrated")]
 
 
