@@ -430,3 +430,21 @@ def test_prune_refuses_options_of_the_other_kind(digits_checkpoint, tmp_path, ar
     r = invoke("prune", *[a.format(ck=digits_checkpoint) for a in args], "--out", out)
     assert_bad_input(r, *words)
     assert not out.exists()
+
+
+def test_options_made_from_the_settings_keep_their_meaning(digits_checkpoint, tmp_path):
+    """`--samples 0` is 'all' (None), an option not given keeps the settings' default, and the
+    help shows the default declared in prunewise.settings."""
+    from prunewise import settings
+
+    r = invoke("prune", digits_checkpoint, "--method", "magnitude", "--sparsity", "0.5",
+               "--samples", "0", "--latency-repeats", "0", "--quiet", "--out", tmp_path / "a")
+    assert r.returncode == 0, r.stderr
+    prune = load_report(tmp_path / "a")["config"]["prune"]
+    assert prune["samples"] is None and prune["keep"] is None
+    assert prune["batch_size"] == settings.default(settings.Unstructured, "batch_size")
+    text = invoke("prune", "fvw", "--help").stdout
+    assert f"{settings.default(settings.Unstructured, 'samples')}" in text
+    assert f"{settings.FineTune().lr}" in text and f"{settings.Recalibration().samples}" in text
+    bench_help = invoke("bench", "--help").stdout
+    assert f"{settings.BENCH_PRUNE.samples}" in bench_help

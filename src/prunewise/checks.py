@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import field, fields
+from dataclasses import MISSING, field, fields
 from typing import Any, Iterable
 
 from .errors import PrunewiseError
@@ -94,10 +94,15 @@ def setting(default: Any, help: str, kind: str, **limits: Any) -> Any:
     """A settings field declared once: its ``default``, the ``help`` the command line and
     ``prunewise methods`` print, its ``kind`` ('float', 'int', 'choice' or 'flag') and
     ``limits``: ``low`` / ``high`` / ``low_open`` / ``high_open`` for numbers, ``choices`` for
-    a choice, ``label`` (how an error names it; default the field's name). None is allowed
-    when the default is None. :func:`check_fields` checks a value against them; the command
-    line builds its options from them."""
-    return field(default=default, metadata={"help": help, "kind": kind, **limits})
+    a choice, ``label`` (how an error names it; default the field's name). Kinds the command
+    line also knows: 'patterns' (a tuple of non-empty layer-name patterns, a repeatable
+    option) and 'path' (a file or folder name). None is allowed when the default is None;
+    ``default=MISSING`` makes a required field. :func:`check_fields` checks a value against
+    them; the command line builds its options from them."""
+    meta = {"help": help, "kind": kind, **limits}
+    if default is MISSING:
+        return field(metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 def check_fields(obj: Any) -> None:
@@ -109,7 +114,7 @@ def check_fields(obj: Any) -> None:
         if kind is None:
             continue
         value, what = getattr(obj, f.name), meta.get("label") or f.name.replace("_", " ")
-        none = f.default is None
+        none = f.default is None or bool(meta.get("zero_is_none"))   # "0 = all" means None
         if kind == "int":
             integer(what, value, meta.get("low", -MAX_COUNT), meta.get("high"), none=none)
         elif kind == "float":
@@ -118,5 +123,13 @@ def check_fields(obj: Any) -> None:
                    none=none)
         elif kind == "choice":
             choice(what, value, meta["choices"], none=none)
+        elif kind == "patterns":
+            if isinstance(value, str) or not isinstance(value, (tuple, list)) \
+                    or not all(isinstance(p, str) and p.strip() for p in value):
+                raise PrunewiseError(f"{what} must be a tuple of non-empty layer-name patterns, "
+                                     f"got {value!r}")
+        elif kind == "path":
+            if not (value is None and none) and (not isinstance(value, str) or not value):
+                raise PrunewiseError(f"{what} must be a file or folder name, got {value!r}")
         else:
             flag(what, value, none=none)

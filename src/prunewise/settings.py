@@ -18,7 +18,7 @@ field's), so a default is written once, here. No torch: ``prunewise --help`` rea
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from typing import Any, ClassVar
 
 from . import checks, methods, names
@@ -159,9 +159,16 @@ class Compute:
 
 def check_patterns(exclude) -> None:
     """Refuse an ``exclude`` setting that is not a tuple of non-empty layer-name patterns."""
-    if isinstance(exclude, str) or not all(isinstance(p, str) and p.strip() for p in exclude):
-        raise PrunewiseError(f"exclude must be a tuple of non-empty layer-name patterns, "
-                             f"got {exclude!r}")
+    checks.check_fields(Patterns(exclude))
+
+
+@dataclass(frozen=True)
+class Patterns:
+    """A tuple of layer-name patterns, checked (what ``exclude`` holds)."""
+    exclude: tuple[str, ...] = setting((), "layer-name patterns", "patterns", label="exclude")
+
+    def __post_init__(self) -> None:
+        checks.check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -181,31 +188,54 @@ class Unstructured:
     default in the method table); ``embeddings``: prune ``nn.Embedding`` weights too (left
     dense by default, like the input stem; the report's ``left_out`` lists every weight matrix
     left dense and why)."""
-    sparsity: float
-    keep: float | None = None
-    samples: int | None = 2048
-    batch_size: int = 128
-    loop_recalibrate: bool | None = None
-    track_accuracy: bool = True
-    exclude: tuple[str, ...] = ()
-    recalibrate_samples: int | None = None
+    sparsity: float = setting(MISSING, "masks: target global sparsity in (0, 1)", "float",
+                              low=0.0, high=1.0, low_open=True, high_open=True)
+    keep: float | None = setting(None, "masks: fraction of the unpruned weights kept per "
+                                       "iteration (0.98: 114 iterations to 90%; 0.9: 22); "
+                                       "default 0.98, or one shot for the one-shot methods "
+                                       "(wanda, obs)", "float", low=0.0, high=1.0,
+                                 low_open=True, high_open=True)
+    samples: int | None = setting(2048, "masks: attribution samples from the training split "
+                                        "(0 = all)", "int", low=1, high=checks.MAX_COUNT,
+                                  zero_is_none=True, label="attribution samples")
+    batch_size: int = setting(128, "masks: attribution batch size", "int", low=1,
+                              high=checks.MAX_COUNT, label="attribution batch size")
+    loop_recalibrate: bool | None = setting(None, "masks: recalibrate BatchNorm inside the "
+                                                  "iterative pruning loop (default: the "
+                                                  "method's, `prunewise methods`; "
+                                                  "--no-loop-recalibrate is the reference FVW)",
+                                            "flag", label="loop recalibration")
+    track_accuracy: bool = setting(True, "the primary metric per iteration", "flag",
+                                   label="track accuracy")
+    exclude: tuple[str, ...] = setting((), "leave the layers whose module name matches PATTERN "
+                                           "dense (masks) or keep their output channels "
+                                           "(channels); repeatable, e.g. fc or 'layer3.*'",
+                                       "patterns")
+    recalibrate_samples: int | None = setting(None, "masks: attribution samples the in-loop "
+                                                    "recalibration uses (default: all)", "int",
+                                              low=1, high=checks.MAX_COUNT,
+                                              label="loop recalibration samples")
     options: Any = None
     repair: Repair = Repair()
-    allocation: str | None = None
-    embeddings: bool = False
+    allocation: str | None = setting(None, "masks: how the kept weights are shared between "
+                                           "layers: global (pooled scores), lamp (LAMP's "
+                                           "layer-adaptive counts), uniform (same fraction per "
+                                           "layer), row (same fraction per output row); "
+                                           "default: the method's", "choice",
+                                     choices=methods.ALLOCATIONS)
+    embeddings: bool = setting(False, "masks: prune embedding tables too (left dense by "
+                                      "default, like the input stem)", "flag")
+    OPTIONS: ClassVar[dict] = {"sparsity": "--sparsity", "keep": "--keep",
+                               "samples": "--samples", "batch_size": "--batch-size",
+                               "embeddings": "--embeddings/--no-embeddings",
+                               "allocation": "--allocation",
+                               "loop_recalibrate": "--loop-recalibrate/--no-loop-recalibrate",
+                               "recalibrate_samples": "--loop-recalibrate-samples",
+                               "exclude": "--exclude"}
 
     def __post_init__(self) -> None:
-        checks.flag("embeddings", self.embeddings)
-        checks.choice("allocation", self.allocation, methods.ALLOCATIONS, none=True)
-        checks.fraction("sparsity", self.sparsity, zero=True)
-        checks.fraction("keep", self.keep, none=True)
-        checks.integer("attribution samples", self.samples, 1, none=True)
-        checks.integer("attribution batch size", self.batch_size, 1)
-        checks.flag("loop recalibration", self.loop_recalibrate, none=True)
-        checks.flag("track accuracy", self.track_accuracy)
-        checks.integer("loop recalibration samples", self.recalibrate_samples, 1, none=True)
+        checks.check_fields(self)
         Repair.check(self.repair)
-        check_patterns(self.exclude)
 
 
 @dataclass(frozen=True)
@@ -218,20 +248,31 @@ class Structured:
     by default); ``round_to``: every kept count a multiple of it (on top of what attention
     heads and GroupNorm groups require); ``exclude``: layer-name patterns whose output channels
     stay (Torch-Pruning's ignored layers)."""
-    macs: float | None = None
-    params: float | None = None
-    min_channels: int = 1
-    plan: str | None = None
+    macs: float | None = setting(None, "channels: keep this fraction of the MACs, in (0, 1)",
+                                 "float", low=0.0, high=1.0, low_open=True, high_open=True,
+                                 label="the budget")
+    params: float | None = setting(None, "channels: keep this fraction of the params, in "
+                                         "(0, 1)", "float", low=0.0, high=1.0, low_open=True,
+                                   high_open=True, label="the budget")
+    min_channels: int = setting(1, "channels: the fewest channels any group keeps", "int",
+                                low=1, high=checks.MAX_COUNT, label="min channels")
+    plan: str | None = setting(None, "channels: apply a saved channel plan (OUT/plan of an "
+                                     "earlier run) instead of a budget", "path")
     repair: Repair = Repair()
-    round_to: int | None = None
-    exclude: tuple[str, ...] = ()
+    round_to: int | None = setting(None, "channels: keep a multiple of this many channels in "
+                                         "every group (whole attention heads and equal "
+                                         "GroupNorm parts are kept anyway)", "int", low=1,
+                                   high=checks.MAX_COUNT)
+    exclude: tuple[str, ...] = setting((), "layer-name patterns whose output channels stay",
+                                       "patterns")
     options: Any = None
+    OPTIONS: ClassVar[dict] = {"macs": "--macs", "params": "--params",
+                               "min_channels": "--min-channels", "round_to": "--round-to",
+                               "plan": "--plan"}   # --exclude: the one of Unstructured
 
     def __post_init__(self) -> None:
+        checks.check_fields(self)
         Repair.check(self.repair)
-        checks.integer("round_to", self.round_to, 1, none=True)
-        check_patterns(self.exclude)
-        checks.integer("min channels", self.min_channels, 1)
         budgets = [b for b in (self.macs, self.params) if b is not None]
         if self.plan is not None:
             if budgets:
@@ -239,7 +280,6 @@ class Structured:
             return
         if len(budgets) != 1:
             raise PrunewiseError("give exactly one budget: macs FRACTION or params FRACTION")
-        checks.fraction("the budget", budgets[0])
 
 
 def default(cls: type, name: str) -> Any:
@@ -249,7 +289,7 @@ def default(cls: type, name: str) -> Any:
 
 #: The bench grid's defaults: a few hundred attribution samples, 10% per iteration, five
 #: fine-tuning epochs at a higher rate, ten timed passes.
-BENCH_PRUNE = Unstructured(sparsity=0.0, keep=0.9, samples=512)
+BENCH_PRUNE = Unstructured(sparsity=0.9, keep=0.9, samples=512)   # sparsity: set per level
 BENCH_FINETUNE = FineTune(epochs=5, lr=0.05)
 BENCH_MEASUREMENT = Measurement(repeats=10)
 BENCH_EPOCHS = 20   # training epochs of a bench base model (without --base)

@@ -5,6 +5,7 @@ the method table and the fixed names alone.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -184,8 +185,10 @@ def _field_type(meta: dict):
     kind = meta.get("kind")
     if kind == "choice":
         return click.Choice(list(meta["choices"]))
+    if kind == "path":
+        return click.Path()
     if kind == "int":
-        return Integer(meta.get("low"), meta.get("high"))
+        return Integer(0 if meta.get("zero_is_none") else meta.get("low"), meta.get("high"))
     return FiniteFloat(meta.get("low"), meta.get("high"), min_open=meta.get("low_open", False),
                        max_open=meta.get("high_open", False))
 
@@ -196,44 +199,57 @@ def dest(flag: str) -> str:
     return flag.split("/")[0].lstrip("-").replace("-", "_")
 
 
-def settings_options(cls: type, defaults=None):
-    """One option per field in ``cls.OPTIONS`` (:mod:`prunewise.settings`), typed, limited and
-    documented by the field's declaration; its default is ``defaults``' value (default: the
-    class's own), so no default is written twice."""
-    base = defaults if defaults is not None else cls()
+def settings_options(cls: type, defaults=None, *, only=None, unset: bool = False):
+    """One option per field in ``cls.OPTIONS`` (:mod:`prunewise.settings`; ``only``: some of
+    them), typed, limited and documented by the field's declaration; its default is
+    ``defaults``' value (default: the class's own), so no default is written twice. ``unset``:
+    every option defaults to None (the settings' default then applies; a command can tell
+    which were given), the help still shows the settings' default."""
+    fields = cls.__dataclass_fields__
 
     def add(f):
-        for name, flag in reversed(list(cls.OPTIONS.items())):
-            fld = cls.__dataclass_fields__[name]
-            meta, value = fld.metadata, getattr(base, name)
+        for name, flag in reversed([(n, fl) for n, fl in cls.OPTIONS.items()
+                                    if only is None or n in only]):
+            meta = fields[name].metadata
+            value = (getattr(defaults, name) if defaults is not None
+                     else fields[name].default)
+            value = None if value is dataclasses.MISSING else value
             words = meta.get("help", name)
-            text = words[:1].upper() + words[1:] + "."
-            if meta.get("kind") == "flag":
-                f = click.option(flag, dest(flag), default=value, show_default=True,
-                                 help=text)(f)
+            kw = {"help": words[:1].upper() + words[1:] + "."}
+            if meta.get("kind") == "patterns":
+                kw.update(multiple=True, metavar="PATTERN")
             else:
-                f = click.option(flag, dest(flag), type=_field_type(meta), default=value,
-                                 show_default=value is not None, help=text)(f)
+                if meta.get("kind") != "flag":
+                    kw["type"] = _field_type(meta)
+                kw["default"] = None if unset else value
+                kw["show_default"] = (str(value) if unset and value is not None
+                                      else value is not None)
+            f = click.option(flag, dest(flag), **kw)(f)
         return f
     return add
 
 
-def settings_from(cls: type, kw: dict, defaults=None):
+def settings_from(cls: type, kw: dict, defaults=None, *, only=None, **fixed):
     """The settings ``cls`` from a command's keyword arguments (the options
-    :func:`settings_options` made, taken out of ``kw``), on top of ``defaults``."""
-    from dataclasses import replace
-
-    given = {name: kw.pop(dest(flag)) for name, flag in cls.OPTIONS.items()}
-    return replace(defaults, **given) if defaults is not None else cls(**given)
-
-
-def allocation_option(f):
-    """How a mask method shares the kept weights between layers (prune fvw, bench)."""
-    return click.option(
-        "--allocation", type=click.Choice(list(methods.ALLOCATIONS)), default=None,
-        help="How the kept weights are shared between layers: global (pooled scores), lamp "
-             "(LAMP's layer-adaptive counts), uniform (same fraction per layer), row (same "
-             "fraction per output row). Default: the method's (`prunewise methods`).")(f)
+    :func:`settings_options` made, taken out of ``kw``), on top of ``defaults`` and ``fixed``;
+    an option left unset (None, or no pattern) keeps the settings' default, and a count whose
+    field says so turns 0 into None ('all')."""
+    fields = cls.__dataclass_fields__
+    given = {}
+    for name, flag in cls.OPTIONS.items():
+        if only is not None and name not in only:
+            continue
+        value = kw.pop(dest(flag))
+        if isinstance(value, tuple):
+            value = value or None
+        if value is None:
+            continue
+        if fields[name].metadata.get("zero_is_none") and value == 0:
+            value = None
+        given[name] = value
+    if defaults is not None:
+        return dataclasses.replace(defaults, **fixed, **given)
+    return cls(**fixed, **given)
 
 
 def latency_option(defaults: Measurement = Measurement()):
@@ -246,15 +262,6 @@ def latency_option(defaults: Measurement = Measurement()):
 def measurement_of(kw: dict, defaults: Measurement = Measurement()) -> Measurement:
     """The measurement settings of --latency-repeats."""
     return defaults.with_repeats(kw.pop("latency_repeats"))
-
-
-def loop_recalibrate_option(f):
-    with_default = [m.name for m in methods.TABLE
-                    if m.kind == methods.UNSTRUCTURED and m.loop_recalibrate]
-    return click.option("--loop-recalibrate/--no-loop-recalibrate", default=None,
-                        help="Recalibrate BatchNorm inside the iterative pruning loop "
-                             f"(default: on for {', '.join(with_default)}; "
-                             "--no-loop-recalibrate is the reference FVW).")(f)
 
 
 def method_options(row: methods.Method, given: dict):

@@ -3,7 +3,6 @@ grid of methods x budgets x seeds). Every one calls :mod:`prunewise.runs`."""
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -11,11 +10,11 @@ import click
 from .. import methods, settings as S
 from ..errors import PrunewiseError
 from . import loading, output
-from .options import (FRACTION, SEED, MethodChoice, allocation_option, amp_option, check_apart,
-                      check_output, compute_of, count, data_options, device_option,
-                      latency_option, loop_recalibrate_option, measurement_of, method_options,
-                      method_setting_options, model_option, pop_method_options, progress_on,
-                      quiet_option, settings_from, settings_options)
+from .options import (SEED, MethodChoice, amp_option, check_apart, check_output, compute_of,
+                      count, data_options, dest, device_option, latency_option, measurement_of,
+                      method_options, method_setting_options, model_option,
+                      pop_method_options, progress_on, quiet_option, settings_from,
+                      settings_options)
 
 
 def prune_setup(kw: dict):
@@ -71,57 +70,21 @@ def prune_group():
 
 
 #: The options of one kind only (given for a method of the other kind, they are refused).
-MASK_ONLY = ("sparsity", "keep", "samples", "batch_size", "embeddings", "allocation",
-             "loop_recalibrate", "loop_recalibrate_samples")
-CHANNEL_ONLY = ("macs", "params", "min_channels", "round_to", "plan_dir")
+MASK_ONLY = tuple(dest(f) for n, f in S.Unstructured.OPTIONS.items() if n != "exclude")
+CHANNEL_ONLY = tuple(dest(f) for f in S.Structured.OPTIONS.values())
 
 
 def prune_options(f):
-    """Every option of the prune commands; the kind-specific ones default to None so that one
-    given for the other kind can be refused (their real defaults are the settings')."""
-    mask = S.Unstructured.__dataclass_fields__
+    """Every option of the prune commands, made from the settings' fields; the kind-specific
+    ones default to None so that one given for the other kind can be refused (their real
+    defaults are the settings', shown in the help)."""
     for opt in reversed([
             click.argument("checkpoint", type=click.Path()), data_options, model_option,
             click.option("--method", type=MethodChoice(None), default=None,
                          help="The method (`prunewise methods`; default fvw for `prune fvw`, "
                               "sliming for `prune sliming`)."),
-            click.option("--sparsity", type=FRACTION, default=None,
-                         help="Masks: target global sparsity in (0, 1)."),
-            click.option("--keep", type=FRACTION, default=None,
-                         help="Masks: fraction of the unpruned weights kept per iteration "
-                              "(0.98: 114 iterations to 90%; 0.9: 22). Default: 0.98, or one "
-                              "shot for the one-shot methods (wanda, obs)."),
-            click.option("--samples", type=count(0), default=None,
-                         show_default=str(mask["samples"].default),
-                         help="Masks: attribution samples from the training split (0 = all)."),
-            click.option("--batch-size", type=count(1), default=None,
-                         show_default=str(mask["batch_size"].default),
-                         help="Masks: attribution batch size."),
-            click.option("--embeddings", is_flag=True, default=None,
-                         help="Masks: prune embedding tables too (left dense by default, like "
-                              "the input stem)."),
-            allocation_option, loop_recalibrate_option,
-            click.option("--loop-recalibrate-samples", type=count(1), default=None,
-                         help="Masks: attribution samples the in-loop recalibration uses "
-                              "(default: all)."),
-            click.option("--macs", type=FRACTION, default=None,
-                         help="Channels: keep this fraction of the MACs, in (0, 1)."),
-            click.option("--params", type=FRACTION, default=None,
-                         help="Channels: keep this fraction of the params, in (0, 1)."),
-            click.option("--min-channels", type=count(1), default=None,
-                         show_default=str(S.default(S.Structured, "min_channels")),
-                         help="Channels: the fewest channels any group keeps."),
-            click.option("--round-to", type=count(1), default=None,
-                         help="Channels: keep a multiple of this many channels in every group "
-                              "(whole attention heads and equal GroupNorm parts are kept "
-                              "anyway)."),
-            click.option("--plan", "plan_dir", type=click.Path(), default=None,
-                         help="Channels: apply a saved channel plan (OUT/plan of an earlier "
-                              "run) instead of a budget."),
-            click.option("--exclude", multiple=True, metavar="PATTERN",
-                         help="Leave the layers whose module name matches PATTERN dense "
-                              "(masks) or keep their output channels (channels); repeatable, "
-                              "e.g. fc or 'layer3.*'."),
+            settings_options(S.Unstructured, unset=True),
+            settings_options(S.Structured, unset=True),
             method_setting_options(methods.UNSTRUCTURED),
             method_setting_options(methods.STRUCTURED),
             settings_options(S.FineTune), settings_options(S.Repair),
@@ -152,13 +115,12 @@ def check_kind(kind: str, method: str, kw: dict) -> None:
         raise PrunewiseError(f"'{method}' is not {'a mask' if kind == methods.UNSTRUCTURED else 'a channel'} "
                              f"method (choose one of: {', '.join(methods.names(kind))}); "
                              f"`prunewise prune CHECKPOINT --method {method}` picks the kind itself")
-    other = CHANNEL_ONLY if kind == methods.UNSTRUCTURED else MASK_ONLY
-    for key in other:
-        if kw.get(key) not in (None, ()):
-            flag = "--" + ("plan" if key == "plan_dir" else key.replace("_", "-"))
-            mine, theirs = (("mask", "channel") if kind == methods.UNSTRUCTURED
-                            else ("channel", "mask"))
-            raise PrunewiseError(f"{flag} is for {theirs} methods; '{method}' is a {mine} method")
+    mine, theirs = ("mask", "channel") if kind == methods.UNSTRUCTURED else ("channel", "mask")
+    other = S.Structured if kind == methods.UNSTRUCTURED else S.Unstructured
+    for name, flag in other.OPTIONS.items():
+        if name != "exclude" and kw.get(dest(flag)) is not None:
+            raise PrunewiseError(f"{flag.split('/')[0]} is for {theirs} methods; '{method}' is "
+                                 f"a {mine} method")
 
 
 def run_prune(kw: dict, kind: str | None, default_method: str | None) -> None:
@@ -182,15 +144,10 @@ def prune_masks(method: str, options, kw: dict) -> None:
     from .. import dist
     from ..pipeline import runs
 
-    given = {"keep": kw.pop("keep"), "samples": kw.pop("samples"),
-             "batch_size": kw.pop("batch_size"), "embeddings": kw.pop("embeddings")}
     if kw["sparsity"] is None:
         raise PrunewiseError(f"give --sparsity FRACTION for the mask method '{method}'")
-    settings = runs.Unstructured(
-        sparsity=kw.pop("sparsity"), loop_recalibrate=kw.pop("loop_recalibrate"),
-        exclude=tuple(kw.pop("exclude")), recalibrate_samples=kw.pop("loop_recalibrate_samples"),
-        repair=settings_from(S.Repair, kw), allocation=kw.pop("allocation"), options=options,
-        **{k: (v or None if k == "samples" else v) for k, v in given.items() if v is not None})
+    settings = settings_from(S.Unstructured, kw, repair=settings_from(S.Repair, kw),
+                             options=options)
     runs.check_unstructured(method, settings)
     model, bundle, steps = prune_setup(kw)
     resume = Path(kw["out"]) / "resume"
@@ -205,12 +162,8 @@ def prune_masks(method: str, options, kw: dict) -> None:
 def prune_channels(method: str, options, kw: dict) -> None:
     from ..pipeline import runs
 
-    floor = kw.pop("min_channels")
-    settings = runs.Structured(
-        macs=kw.pop("macs"), params=kw.pop("params"), plan=kw.pop("plan_dir"),
-        repair=settings_from(S.Repair, kw), round_to=kw.pop("round_to"),
-        exclude=tuple(kw.pop("exclude")), options=options,
-        **({} if floor is None else {"min_channels": floor}))
+    settings = settings_from(S.Structured, kw, repair=settings_from(S.Repair, kw),
+                             exclude=tuple(kw.pop("exclude")), options=options)
     runs.check_structured(method, settings)
     model, bundle, steps = prune_setup(kw)
     pruned, plan, rep = runs.run_structured(model, bundle, method, settings, steps=steps)
@@ -270,6 +223,10 @@ def prune_sliming_cmd(**kw):
     run_prune(kw, methods.STRUCTURED, "sliming")
 
 
+#: The mask settings a bench grid takes from the command line.
+BENCH_MASK_OPTIONS = ("keep", "samples", "allocation", "loop_recalibrate")
+
+
 @click.command("bench")
 @click.option("--model", "model_name", default="resnet20", show_default=True)
 @click.option("--data", "data_name", default="digits", show_default=True,
@@ -288,29 +245,22 @@ def prune_sliming_cmd(**kw):
                    "path pattern with {seed} (default: train them into OUT/base).")
 @click.option("--epochs", type=count(1), default=S.BENCH_EPOCHS, show_default=True,
               help="Base model training epochs (without --base).")
-@click.option("--keep", type=FRACTION, default=S.BENCH_PRUNE.keep, show_default=True,
-              help="Unstructured: fraction kept per iteration (the papers' 0.98 is slower); "
-                   "the one-shot methods (wanda, obs) prune in one shot per level.")
-@click.option("--samples", type=count(0), default=S.BENCH_PRUNE.samples, show_default=True,
-              help="Unstructured: attribution samples (0 = all).")
+@settings_options(S.Unstructured, S.BENCH_PRUNE, only=BENCH_MASK_OPTIONS)
 @settings_options(S.FineTune, S.BENCH_FINETUNE)
 @settings_options(S.Repair)
-@allocation_option
 @settings_options(S.Recalibration)
-@loop_recalibrate_option
 @latency_option(S.BENCH_MEASUREMENT)
 @click.option("--out", type=click.Path(), default="runs/bench", show_default=True)
 @device_option
 @amp_option
 @quiet_option
 def bench_cmd(model_name, data_name, root, method_list, sparsities, macs_list, seeds, base,
-              epochs, keep, samples, loop_recalibrate, allocation, out, quiet, device_name, amp,
-              **kw):
+              epochs, out, quiet, device_name, amp, **kw):
     """Compare methods over budgets and seeds: OUT/grid.{md,csv,json,png}; resumable.
 
-    Every cell records the test score (top-1 for a classifier) pruned, after recalibration and after
-    fine-tuning (the grid's own, shorter defaults: see below). Time on 2 CPU cores, resnet20 on digits:
-    the structured grid about 1 minute per seed; on Fashion-MNIST, hours (see the README).
+    Every cell records the test score (top-1 for a classifier) pruned, after recalibration and
+    after fine-tuning (the grid's own, shorter defaults: see below). Time on 2 CPU cores,
+    resnet20 on digits: the structured grid about 1 minute per seed; on Fashion-MNIST, hours.
     """
     from ..pipeline import bench
 
@@ -320,7 +270,7 @@ def bench_cmd(model_name, data_name, root, method_list, sparsities, macs_list, s
                              "not both")
     structured = macs_list is not None
     fix = settings_from(S.Repair, kw)
-    if structured and allocation is not None:
+    if structured and kw["allocation"] is not None:
         raise PrunewiseError("--allocation shares out mask sparsity (--sparsity grids); a "
                              "structured method decides its own channel counts")
     kind = methods.STRUCTURED if structured else methods.UNSTRUCTURED
@@ -333,8 +283,7 @@ def bench_cmd(model_name, data_name, root, method_list, sparsities, macs_list, s
                       seeds=tuple(bench.parse_list(seeds, "--seeds", int)), structured=structured,
                       model_name=model_name, data_name=data_name, root=root, epochs=epochs,
                       base=base)
-    prune = replace(S.BENCH_PRUNE, keep=keep, samples=samples or None,
-                    loop_recalibrate=loop_recalibrate, repair=fix, allocation=allocation)
+    prune = settings_from(S.Unstructured, kw, S.BENCH_PRUNE, only=BENCH_MASK_OPTIONS, repair=fix)
     summary = bench.run(out, grid, prune=prune, finetune=settings_from(S.FineTune, kw),
                         recalibration=settings_from(S.Recalibration, kw),
                         measurement=measurement_of(kw, S.BENCH_MEASUREMENT),
