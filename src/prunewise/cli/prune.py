@@ -63,6 +63,13 @@ class PruneGroup(click.Group):
         return super().parse_args(ctx, args)
 
 
+class AnyMethod(click.Command):
+    """``prune CHECKPOINT``: its usage line names no subcommand."""
+
+    def format_usage(self, ctx, formatter):
+        formatter.write_usage(ctx.parent.command_path, " ".join(self.collect_usage_pieces(ctx)))
+
+
 @click.group("prune", cls=PruneGroup)
 def prune_group():
     """Prune a checkpoint: `prune CHECKPOINT --method NAME` (any method of `prunewise methods`),
@@ -176,7 +183,7 @@ def prune_channels(method: str, options, kw: dict) -> None:
     save_run(kw["out"], model, pruned, plan, rep, kw["checkpoint"], kw["quiet"])
 
 
-@prune_group.command("any", hidden=True)
+@prune_group.command("any", hidden=True, cls=AnyMethod)
 @prune_options
 def prune_cmd(**kw):
     """Prune CHECKPOINT with any method of the table (--method NAME): masks for a mask method
