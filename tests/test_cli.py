@@ -448,3 +448,17 @@ def test_options_made_from_the_settings_keep_their_meaning(digits_checkpoint, tm
     assert f"{settings.FineTune().lr}" in text and f"{settings.Recalibration().samples}" in text
     bench_help = invoke("bench", "--help").stdout
     assert f"{settings.BENCH_PRUNE.samples}" in bench_help
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda"])
+def test_nm_option_prunes_every_row_in_groups(digits_checkpoint, tmp_path, method):
+    r = invoke("prune", digits_checkpoint, "--method", method, "--nm", "2:4",
+               "--latency-repeats", "0", "--quiet", "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    plan = MaskPlan.load(tmp_path)
+    assert plan.sparsity == 0.5 and plan.meta["settings"]["nm"] == [2, 4]
+    for m in plan.masks.values():
+        assert bool((m.reshape(m.shape[0], -1, 4).sum(-1) == 2).all())
+    bad = invoke("prune", digits_checkpoint, "--method", "magnitude", "--nm", "2:4",
+                 "--allocation", "lamp", "--out", tmp_path / "x")
+    assert_bad_input(bad, "allocation")

@@ -198,3 +198,24 @@ def test_a_resume_file_that_claims_another_iteration_is_refused(tmp_path):
         save_file(tensors, str(path), metadata={**meta, "iteration": str(n), "history": history})
         with pytest.raises(PrunewiseError, match="corrupt resume checkpoint"):
             baselines.magnitude(model, sparsity=0.9, keep=0.5, checkpoint_dir=tmp_path)
+
+
+def test_nm_masks_keep_the_best_n_of_every_m_weights_of_a_row():
+    from prunewise import baselines
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    plan = baselines.magnitude(model, sparsity=0.5, nm=(2, 4), progress=False)
+    w = model[2].weight.detach()
+    got = plan.masks["2.weight"].reshape(4, -1, 4)
+    assert bool((got.sum(-1) == 2).all()) and plan.sparsity == 0.5
+    groups = w.abs().reshape(4, -1, 4)
+    best = groups.topk(2, dim=-1).indices
+    assert bool(torch.zeros_like(got).scatter_(-1, best, True).eq(got).all())
+    with pytest.raises(PrunewiseError, match="prunes exactly 0.5"):
+        baselines.magnitude(model, sparsity=0.7, nm=(2, 4), progress=False)
+    with pytest.raises(PrunewiseError, match="not a multiple of 3"):
+        baselines.magnitude(model, sparsity=1 - 1 / 3, nm=(1, 3), progress=False)
+    for bad in ["4:2", "2-4", (0, 4), "2:65"]:
+        with pytest.raises(PrunewiseError, match="N:M pattern"):
+            masking.LoopSettings(sparsity=0.5, nm=bad)

@@ -86,6 +86,20 @@ def flag(what: str, value: Any, *, none: bool = False) -> Any:
     return value
 
 
+def nm(what: str, value: Any) -> tuple[int, int]:
+    """An N:M pattern as ``(n, m)`` from ``"2:4"`` or a pair: integers with 1 <= n < m <= 64."""
+    given = value
+    if isinstance(value, str):
+        got = re.fullmatch(r"([0-9]+):([0-9]+)", value.strip())
+        value = (int(got.group(1)), int(got.group(2))) if got else None
+    ok = isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value)
+    if not ok or not 1 <= value[0] < value[1] <= 64:
+        raise PrunewiseError(f"{what} must be an N:M pattern such as 2:4 (1 <= N < M <= 64), "
+                             f"got {given!r}")
+    return int(value[0]), int(value[1])
+
+
 #: The largest count an integer setting takes (epochs, samples, batch sizes).
 MAX_COUNT = 10 ** 9
 
@@ -128,6 +142,9 @@ def check_fields(obj: Any) -> None:
                     or not all(isinstance(p, str) and p.strip() for p in value):
                 raise PrunewiseError(f"{what} must be a tuple of non-empty layer-name patterns, "
                                      f"got {value!r}")
+        elif kind == "nm":
+            if value is not None:
+                nm(what, value)
         elif kind == "path":
             if not (value is None and none) and (not isinstance(value, str) or not value):
                 raise PrunewiseError(f"{what} must be a file or folder name, got {value!r}")

@@ -225,17 +225,28 @@ class Unstructured:
                                      choices=methods.ALLOCATIONS)
     embeddings: bool = setting(False, "masks: prune embedding tables too (left dense by "
                                       "default, like the input stem)", "flag")
+    nm: str | None = setting(None, "masks: N:M semi-structured sparsity such as 2:4: in every "
+                                   "M consecutive weights of a row keep the N best, in one "
+                                   "shot (sparsity 1 - N/M)", "nm", label="N:M pattern")
     OPTIONS: ClassVar[dict] = {"sparsity": "--sparsity", "keep": "--keep",
                                "samples": "--samples", "batch_size": "--batch-size",
                                "embeddings": "--embeddings/--no-embeddings",
                                "allocation": "--allocation",
                                "loop_recalibrate": "--loop-recalibrate/--no-loop-recalibrate",
                                "recalibrate_samples": "--loop-recalibrate-samples",
-                               "exclude": "--exclude"}
+                               "nm": "--nm", "exclude": "--exclude"}
 
     def __post_init__(self) -> None:
         checks.check_fields(self)
         Repair.check(self.repair)
+        if self.nm is not None:
+            n, m = checks.nm("N:M pattern", self.nm)
+            if abs(self.sparsity - (1.0 - n / m)) > 1e-9:
+                raise PrunewiseError(f"N:M {n}:{m} prunes exactly {1.0 - n / m:g} of the "
+                                     f"weights; give sparsity {1.0 - n / m:g}")
+            if self.allocation is not None:
+                raise PrunewiseError("an N:M pattern decides every row's count itself: drop "
+                                     "the allocation")
 
 
 @dataclass(frozen=True)

@@ -187,6 +187,8 @@ def _field_type(meta: dict):
         return click.Choice(list(meta["choices"]))
     if kind == "path":
         return click.Path()
+    if kind == "nm":
+        return click.STRING
     if kind == "int":
         return Integer(0 if meta.get("zero_is_none") else meta.get("low"), meta.get("high"))
     return FiniteFloat(meta.get("low"), meta.get("high"), min_open=meta.get("low_open", False),

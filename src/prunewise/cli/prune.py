@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .. import methods, settings as S
+from .. import checks, methods, settings as S
 from ..errors import PrunewiseError
 from . import loading, output
 from .options import (SEED, MethodChoice, amp_option, check_apart, check_output, compute_of,
@@ -151,8 +151,12 @@ def prune_masks(method: str, options, kw: dict) -> None:
     from .. import dist
     from ..pipeline import runs
 
+    if kw["sparsity"] is None and kw["nm"] is not None:   # N:M fixes the sparsity
+        n, m = checks.nm("--nm", kw["nm"])
+        kw["sparsity"] = 1.0 - n / m
     if kw["sparsity"] is None:
-        raise PrunewiseError(f"give --sparsity FRACTION for the mask method '{method}'")
+        raise PrunewiseError(f"give --sparsity FRACTION (or --nm N:M) for the mask method "
+                             f"'{method}'")
     settings = settings_from(S.Unstructured, kw, repair=settings_from(S.Repair, kw),
                              options=options)
     runs.check_unstructured(method, settings)

@@ -219,7 +219,7 @@ def mask_stops(model: nn.Module, bundle: D.DataBundle, method: str, settings: Un
         progress=progress, recalibrate=row.loop_recalibrate if recalibrate is None else recalibrate,
         recalibrate_samples=settings.recalibrate_samples,
         allocation=row.allocation if settings.allocation is None else settings.allocation,
-        task=task)
+        task=task, nm=settings.nm)
     return masking.stops(model, attribution, row.builder()(options, seed), loop, method=method,
                          settings=asdict(options), needs_data=row.needs_data)
 
@@ -227,6 +227,8 @@ def mask_stops(model: nn.Module, bundle: D.DataBundle, method: str, settings: Un
 def keep_of(row: methods.Method, settings: Unstructured) -> float:
     """The per-iteration keep a run uses: the one asked for, or the method's default (one
     iteration to the target for a one-shot method, 0.98 otherwise)."""
+    if settings.nm is not None:   # N:M masks: one shot
+        return 1.0 - settings.sparsity
     if settings.keep is not None:
         return settings.keep
     return 1.0 - settings.sparsity if row.one_shot and settings.sparsity > 0 else 0.98

@@ -436,6 +436,41 @@ def _allocated(scores: Scores, masks: dict, kept: int, allocation: str,
     return out
 
 
+def check_nm_sparsity(nm: tuple[int, int], sparsity: float) -> None:
+    """Refuse a sparsity other than the ``1 - N/M`` an N:M pattern prunes."""
+    want = 1.0 - nm[0] / nm[1]
+    if abs(sparsity - want) > 1e-9:
+        raise PrunewiseError(f"N:M {nm[0]}:{nm[1]} prunes exactly {want:g} of the weights; "
+                             f"give sparsity {want:g} (or leave it out on the command line)")
+
+
+def select_nm(scores: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], n: int,
+              m: int) -> dict[str, torch.Tensor]:
+    """N:M selection: in every group of ``m`` consecutive weights of a row (a tensor's first
+    dimension is its rows; a row's weights in memory order, so a conv's are grouped over its
+    flattened input channels and kernel), keep the ``n`` highest-scoring unpruned ones (ties to
+    the earlier weight, NaN lowest). A row whose width is not a multiple of ``m`` is refused,
+    naming the tensor."""
+    if isinstance(scores, (list, tuple)):
+        raise PrunewiseError("N:M masks take one score per weight; class-group union mode gives "
+                             "several (leave class_groups unset)")
+    out = {}
+    for name, mask in masks.items():
+        rows = mask.reshape(mask.shape[0] if mask.dim() > 1 else 1, -1)
+        if rows.shape[1] % m:
+            raise PrunewiseError(f"N:M {n}:{m}: '{name}' has rows of {rows.shape[1]} weights, "
+                                 f"not a multiple of {m}; leave that layer dense (exclude) or "
+                                 f"choose another M")
+        sc = scores[name].detach().to(device=mask.device, dtype=torch.float64)
+        sc = torch.nan_to_num(sc.reshape(rows.shape), nan=-math.inf)
+        sc = torch.where(rows, sc, torch.full_like(sc, -math.inf)).reshape(rows.shape[0], -1, m)
+        order = torch.sort(sc, dim=-1, descending=True, stable=True).indices[..., :n]
+        keep = torch.zeros(sc.shape, dtype=torch.bool, device=mask.device)
+        keep.scatter_(-1, order, True)
+        out[name] = keep.reshape(mask.shape) & mask
+    return out
+
+
 def allocate(allocation: str, masks: dict[str, torch.Tensor], kept: int,
              weights: dict | None = None) -> dict[str, int]:
     """How many elements each tensor of ``masks`` keeps when ``kept`` are kept in all.
@@ -544,6 +579,7 @@ class LoopSettings:
     recalibrate_samples: int | None = None
     allocation: str = "global"
     task: Any = None
+    nm: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         """Raise PrunewiseError for a bad target, keep, sample count, recalibration setting or
@@ -554,6 +590,12 @@ class LoopSettings:
         checks.flag("recalibrate", self.recalibrate)
         checks.integer("recalibrate_samples", self.recalibrate_samples, 1, none=True)
         self.task = tasks.of(self.task)
+        if self.nm is not None:   # one shot to exactly 1 - N/M
+            self.nm = checks.nm("nm", self.nm)
+            check_nm_sparsity(self.nm, self.sparsity)
+            if self.levels:
+                raise PrunewiseError("N:M masks are chosen in one shot: no intermediate levels")
+            self.keep = 1.0 - self.sparsity
 
 
 @dataclass
@@ -646,6 +688,8 @@ def _start(model: nn.Module, loop: LoopSettings, method: str, settings: dict | N
         config["recalibrate"] = {"samples": loop.recalibrate_samples}
     if loop.allocation != "global":  # the same: global plans and resume files stay as they were
         config["allocation"] = loop.allocation
+    if loop.nm is not None:
+        config["nm"] = list(loop.nm)
     masks = {n: torch.ones(named[n].shape, dtype=torch.bool, device=named[n].device)
              for n in names}
     history: list[dict] = []
@@ -661,8 +705,11 @@ def _iteration(work, score, data, evals, loop: LoopSettings, st: _State, t: int)
     """One scored, selected and applied iteration; returns its history row."""
     t0 = time.perf_counter()
     scores, info = score(work, st.masks, data, t)
-    st.masks = select(scores, st.masks, st.counts[t], loop.allocation,
-                      dict(work.named_parameters()))
+    if loop.nm is not None:
+        st.masks = select_nm(scores, st.masks, *loop.nm)
+    else:
+        st.masks = select(scores, st.masks, st.counts[t], loop.allocation,
+                          dict(work.named_parameters()))
     del scores
     apply_masks(work, st.masks)
     _recalibrate(work, data, loop)
