@@ -48,11 +48,11 @@ class _Moved(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def create_module(self, spec):
         first, _, tail = spec.name.partition(".")[2].partition(".")
         real = importlib.import_module(f"{__name__}.{MOVED[first]}" + (f".{tail}" if tail else ""))
-        self.spec = real.__spec__
+        spec.loader_state = real.__spec__
         return real
 
     def exec_module(self, module):
-        module.__spec__ = self.spec   # the real module keeps its own spec
+        module.__spec__ = module.__spec__.loader_state   # the real module keeps its own spec
 
 
 if not any(isinstance(f, _Moved) for f in sys.meta_path):

@@ -157,20 +157,6 @@ class Compute:
         return {"device": str(device.of(model)), "amp": self.amp, "world": dist.world()}
 
 
-def check_patterns(exclude) -> None:
-    """Refuse an ``exclude`` setting that is not a tuple of non-empty layer-name patterns."""
-    checks.check_fields(Patterns(exclude))
-
-
-@dataclass(frozen=True)
-class Patterns:
-    """A tuple of layer-name patterns, checked (what ``exclude`` holds)."""
-    exclude: tuple[str, ...] = setting((), "layer-name patterns", "patterns", label="exclude")
-
-    def __post_init__(self) -> None:
-        checks.check_fields(self)
-
-
 @dataclass(frozen=True)
 class Unstructured:
     """Mask pruning settings. ``sparsity``: the target; ``samples``: attribution samples (None

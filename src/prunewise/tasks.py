@@ -83,18 +83,22 @@ class Task:
         was = model.training
         model.eval()
         try:
-            with torch.no_grad():
-                sums = None
-                dev = device.of(model)
-                for x, y in batches:
-                    x, y = device.pair(x, y, dev)
-                    t = self.totals(utils.forward(model, x), (x, y))
-                    sums = list(t) if sums is None else [a + b for a, b in zip(sums, t)]
+            sums = None
+            for batch in batches:
+                t = self.batch_totals(model, batch)
+                sums = t if sums is None else [a + b for a, b in zip(sums, t)]
         finally:
             model.train(was)
         if sums is None:
             raise PrunewiseError("evaluation set is empty")
         return self.from_totals(sums)
+
+    @torch.no_grad()
+    def batch_totals(self, model: nn.Module, batch) -> list[float]:
+        """:meth:`totals` of ``model`` (in the mode it is in) on one batch, moved to its
+        device: one term of :meth:`evaluate`'s sums, and what a torchrun rank sends."""
+        x, y = device.pair(batch[0], batch[1], device.of(model))
+        return list(self.totals(utils.forward(model, x), (x, y)))
 
     def better(self, a: float, b: float) -> bool:
         """Whether score ``a`` beats ``b`` (NaN never beats anything; anything beats NaN)."""
@@ -126,9 +130,10 @@ class Task:
 
     # ---- checks ------------------------------------------------------------------------------
 
-    def check(self, model: nn.Module, batch) -> None:
+    def check(self, model: nn.Module, batch) -> int:
         """Refuse, before any work, a task that does not fit ``model`` and this ``(inputs,
-        targets)`` batch: a loss that is not a finite scalar, targets out of range."""
+        targets)`` batch: a loss that is not a finite scalar, targets out of range. Returns the
+        width of the model's output (its last dimension), for :meth:`check_targets`."""
         x, y = batch
         dev = device.of(model)
         x, y = device.pair(x, y, dev)
@@ -150,6 +155,7 @@ class Task:
         finally:
             model.train(was)
         check_scalar(self.name, "loss", loss)
+        return int(out.shape[-1]) if out.dim() else 1
 
     def check_inputs(self, model: nn.Module, inputs) -> None:
         """Raise PrunewiseError when ``inputs`` cannot go into ``model`` (before calling it)."""
@@ -400,7 +406,7 @@ class Custom(Task):
         dev = device.of(model)
         try:
             with torch.no_grad():
-                got = self.user_evaluate(model, [device.pair(x, y, dev) for x, y in batches])
+                got = self.user_evaluate(model, (device.pair(x, y, dev) for x, y in batches))
         except PrunewiseError:
             raise
         except Exception as e:
@@ -431,8 +437,9 @@ class Custom(Task):
         return out
 
     def check(self, model, batch):
-        super().check(model, batch)
+        width = super().check(model, batch)
         self.evaluate(model, [batch])
+        return width
 
 
 def classification() -> Task:
@@ -458,6 +465,15 @@ def custom(*, loss: Callable, evaluate: Callable, primary: str, higher_is_better
     -> {name: number}`` with ``primary`` among the names; ``higher_is_better`` is the primary
     metric's direction."""
     return Custom(loss, evaluate, primary, higher_is_better, name, title)
+
+
+def checkpoint_quality(metric: dict | None, score: float) -> dict:
+    """What a checkpoint's meta says of its test ``score`` under ``metric`` (a
+    :meth:`Task.describe`; None: classification): ``test_accuracy`` for a classifier, as
+    checkpoints always said, else ``test_score`` and the metric."""
+    if metric is None or metric.get("task") == Classification.name:
+        return {"test_accuracy": score}
+    return {"test_score": score, "metric": metric}
 
 
 def of(task: Task | None) -> Task:

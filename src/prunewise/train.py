@@ -40,12 +40,10 @@ def evaluate(model: nn.Module, batches: Iterable, task: tasks.Task | None = None
 def _totals(model: nn.Module, batch, task: tasks.Task) -> list[float]:
     was_training = model.training
     model.eval()
-    dev = device.of(model)
-    x, y = device.pair(batch[0], batch[1], dev)
-    with torch.no_grad():
-        got = list(task.totals(utils.forward(model, x), (x, y)))
-    model.train(was_training)
-    return got
+    try:
+        return task.batch_totals(model, batch)
+    finally:
+        model.train(was_training)
 
 
 def evaluate_split(model: nn.Module, bundle: "D.DataBundle", split: str = "test",

@@ -238,8 +238,7 @@ def base_model(grid: Grid, out: Path, bundle: D.DataBundle, seed: int,
               desc=f"train {grid.model_name} seed {seed}", amp=compute.amp, task=task)
     task = tasks.of(task)
     score = train.evaluate_split(model, bundle, "test", task=task)[task.primary]
-    quality = ({"test_accuracy": score} if task.aliases
-               else {"test_score": score, "metric": task.describe()})
+    quality = tasks.checkpoint_quality(task.describe(), score)
     checkpoints.save_model(model, folder, meta={"data": {"name": bundle.name, "root": grid.root,
                                                    "image_size": bundle.image_size, "seed": 0},
                                           "seed": seed, **quality})
@@ -343,11 +342,17 @@ def run(out: str | Path, grid: Grid, *, prune: runs.Unstructured = settings.BENC
                                measurement=measurement, compute=compute, progress=progress,
                                task=task)}
     start = time.perf_counter()
+    # the task is checked once, before anything is written: on the first seed's given or saved
+    # base, else on an untrained zoo model (its shapes are the trained one's)
+    first = (base_model(grid, out, bundle, grid.seeds[0], progress, compute, model, task)
+             if model is not None or grid.base is not None else None)
+    runs.check_task(first or models.create(grid.model_name, num_classes=bundle.num_classes,
+                                           in_channels=bundle.in_channels), bundle, task)
+    files.write_json(out / "settings.json", settings)
     dense = {}
     for seed in grid.seeds:
-        base = base_model(grid, out, bundle, seed, progress, compute, model, task)
-        runs.check_task(base, bundle, task)
-        files.write_json(out / "settings.json", settings)
+        base = (first if first is not None and seed == grid.seeds[0] else
+                base_model(grid, out, bundle, seed, progress, compute, model, task))
         ctx["dense"] = dense[seed] = dense_measures(out, base, bundle, seed, ctx["steps"])
         for method in grid.methods:
             cells = structured_cells if grid.structured else unstructured_cells

@@ -21,7 +21,7 @@ import re
 import sys
 from pathlib import Path
 
-from .. import files, schema
+from .. import files, schema, tasks
 from ..errors import PrunewiseError
 from .stages import STAGE_TITLES, STAGES
 
@@ -83,8 +83,7 @@ def render(out: str | Path) -> dict:
 
 
 #: What a report written before tasks existed scored: a classifier's top-1.
-BEFORE_TASKS = {"task": "classification", "name": "top1", "title": "top-1",
-                "higher_is_better": True}
+BEFORE_TASKS = tasks.classification().describe()
 
 
 def upgrade(report: dict) -> dict:

@@ -56,10 +56,9 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .. import checkpoints, device, measure, methods
+from .. import checkpoints, measure, methods, tasks
 from ..unstructured import engine as masking
 from ..structured import engine as structured, surgery
-from .. import tasks, utils
 from .. import data as D
 from ..errors import PrunewiseError
 from ..plan import ChannelPlan, MaskPlan
@@ -104,14 +103,7 @@ def check_task(model: nn.Module, bundle: D.DataBundle, task: tasks.Task) -> None
     batch = next(iter(D.batches(bundle.train, bundle, 8)), None)
     if batch is None:
         raise PrunewiseError(f"data set '{bundle.name}' has no training samples")
-    task.check(model, batch)
-    width = None
-    with torch.no_grad():
-        was = model.training
-        model.eval()
-        x = device.to(batch[0], device.of(model))
-        width = utils.forward(model, x).shape[-1]
-        model.train(was)
+    width = task.check(model, batch)
     for split in (bundle.train, bundle.val, bundle.test):
         if len(split):
             task.check_targets(split.y, width)
@@ -244,8 +236,6 @@ def check_exclude(model: nn.Module, patterns: Sequence[str], embeddings: bool = 
         return None
     every = masking.Scope(embeddings=embeddings).names(model)
     for p in patterns:
-        if not isinstance(p, str) or not p.strip():
-            raise PrunewiseError(f"exclude patterns must be non-empty layer names, got {p!r}")
         if masking.Scope(exclude=[p], embeddings=embeddings).names(model) == every:
             layers = ", ".join(sorted({n.rpartition(".")[0] or n for n in every}))
             raise PrunewiseError(f"exclude pattern '{p}' matches no prunable layer; the prunable "
@@ -485,11 +475,7 @@ def save(out: str | Path, pruned: nn.Module, plan, report: dict, *,
 def final_meta(report: dict) -> dict:
     """What a pruned checkpoint's meta says of its quality: ``test_accuracy`` for a
     classifier, else ``test_score`` and the metric it is."""
-    test = final_scores(report)["test"]
-    metric = report.get("metric") or {}
-    if metric.get("task", "classification") == "classification":
-        return {"test_accuracy": test}
-    return {"test_score": test, "metric": metric}
+    return tasks.checkpoint_quality(report.get("metric"), final_scores(report)["test"])
 
 
 def cell(report: dict) -> dict:
