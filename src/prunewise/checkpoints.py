@@ -65,7 +65,11 @@ def save_model(model: nn.Module, folder: str | Path, *, meta: dict | None = None
     if len(plans) > MAX_PLANS:
         raise PrunewiseError(f"a checkpoint chains at most {MAX_PLANS} channel plans")
     folder.mkdir(parents=True, exist_ok=True)
-    files.write_tensors(folder / WEIGHTS, model.state_dict())
+    state = model.state_dict()
+    alias = tied(state)
+    files.write_tensors(folder / WEIGHTS, {k: v for k, v in state.items() if k not in alias})
+    if alias:
+        head["tied"] = alias
     # rank 0 alone clears the old plans (the other ranks wait): a rank that removed them late
     # under torchrun deleted the plan rank 0 had just written
     dist.main_writes(lambda: (folder / STRUCTURE).is_dir() and shutil.rmtree(folder / STRUCTURE))
@@ -83,6 +87,22 @@ def save_model(model: nn.Module, folder: str | Path, *, meta: dict | None = None
     files.write_json(folder / CONFIG, {**head, "widths": layer_widths(model), "meta": meta or {},
                                        "digests": {n: files.digest(folder / n) for n in bound}})
     return folder
+
+
+def tied(state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """The entries of a state dict that are another entry's tensor (weights tied between
+    modules, such as a language model's input and output embeddings): ``{alias: name}``, the
+    name being the first entry that holds the tensor. A checkpoint saves each tensor once."""
+    first, out = {}, {}
+    for k, v in state.items():
+        if not v.numel():
+            continue
+        key = (v.device, v.data_ptr(), tuple(v.shape), tuple(v.stride()), v.dtype)
+        if key in first:
+            out[k] = first[key]
+        else:
+            first[key] = k
+    return out
 
 
 def bound_files(plans: int) -> list[str]:
@@ -172,13 +192,21 @@ def load_model(folder: str | Path, build: Callable[[], nn.Module] | None = None)
     name = cfg.get("arch") or cfg.get("model")
     if build is not None or "structure" in cfg:
         model = _rebuilt(folder, cfg, build)
-        shapes = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+        alias = cfg.get("tied") or {}
+        if alias != tied(model.state_dict()):
+            raise PrunewiseError(f"checkpoint {folder} ties {len(alias)} tensors to others but "
+                                 f"the model built for it ties {len(tied(model.state_dict()))}: "
+                                 f"it was saved from another model")
+        shapes = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()
+                  if k not in alias}
         check_against(header, shapes, where, name, exact=True)
-        check_widths(cfg, header, f"checkpoint {folder}")
+        check_widths(cfg, {**header, **{k: header[v] for k, v in alias.items() if v in header}},
+                     f"checkpoint {folder}")
         files.check_digests(folder, cfg.get("digests"), bound_files(cfg.get("structure", 0)),
                             CONFIG)
         state = files.read_tensors(folder / WEIGHTS, "checkpoint weights")
         files.check_finite(state, where)
+        state.update({k: state[v] for k, v in alias.items()})
     else:
         check_against(header, dense_shapes(cfg, f"checkpoint {folder}"), where, name)
         check_widths(cfg, header, f"checkpoint {folder}")
@@ -221,10 +249,13 @@ def load_state(path: str | Path, build: Callable[[], nn.Module]) -> nn.Module:
     model's ``state_dict()`` saved with safetensors), its names and shapes checked first."""
     model = built(build)
     header, _ = files.read_header(path, "model weights")
-    shapes = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+    alias = {k: v for k, v in tied(model.state_dict()).items() if k not in header}
+    shapes = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()
+              if k not in alias}
     check_against(header, shapes, f"model weights {path}", type(model).__name__, exact=True)
     state = files.read_tensors(path, "model weights")
     files.check_finite(state, f"model weights {path}")
+    state.update({k: state[v] for k, v in alias.items()})   # tied tensors saved once
     model.load_state_dict(state, strict=True)
     model.prunewise_meta = {}
     return model.eval()

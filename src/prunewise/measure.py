@@ -221,6 +221,7 @@ def sparsity(model: nn.Module, names: list[str] | None = None) -> dict:
     if names is None:
         names = [f"{n}.weight" if n else "weight" for n, m in model.named_modules()
                  if isinstance(m, _COUNTED)]
+        names = [n for n in names if n in params_by_name]   # a tied weight counts once
     per_layer = {}
     zeros = total = 0
     for n in names:

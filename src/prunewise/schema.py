@@ -233,6 +233,10 @@ INPUTS = {"type": "object", "maxProperties": 64, "additionalProperties": {
                                                         "bfloat16", "int64", "int32", "uint8",
                                                         "bool"]}}}}
 
+#: Tensors of a state dict that are another's (tied weights): saved once, under the other name.
+TIED = {"type": "object", "maxProperties": 4096,
+        "additionalProperties": {"type": "string", "maxLength": MAX_NAME}}
+
 CONFIG = {
     "type": "object",
     "required": ["format", "arch", "num_classes", "in_channels"],
@@ -264,6 +268,7 @@ USER_CONFIG = {
         "kind": {"type": "string", "enum": ["user"]},
         "model": NAME,
         "widths": WIDTHS,
+        "tied": TIED,
         "meta": CHECKPOINT_META,
         "structure": _int(1, 32),
         "inputs": INPUTS,

@@ -56,7 +56,7 @@ def evaluate_split(model: nn.Module, bundle: "D.DataBundle", split: str = "test"
     task = tasks.of(task)
     part = getattr(bundle, split)
     if len(part) and not isinstance(part.x, dict):
-        per = max(1, part.x[0].numel())
+        per = max(1, part.x[0].numel() * max(1, bundle.vocab))   # a language model's logits
         batch_size = max(1, min(batch_size, EVAL_VALUES // per))
     batches = D.batches(part, bundle, batch_size)
     if not dist.active() or not task.width:

@@ -27,8 +27,8 @@ from .options import (CLASSES, SEED, SIDE, Integer, amp_option, check_output, co
 @device_option
 @amp_option
 @quiet_option
-def train_cmd(model_name, data_name, root, image_size, data_seed, factory, num_classes, seed, out,
-              quiet, device_name, amp, **kw):
+def train_cmd(model_name, data_name, root, image_size, data_seed, seq_len, factory, num_classes,
+              seed, out, quiet, device_name, amp, **kw):
     """Train a zoo model MODEL_NAME (or, with --model, a model of your own) and save the
     best-on-validation checkpoint to OUT.
 
@@ -47,28 +47,33 @@ def train_cmd(model_name, data_name, root, image_size, data_seed, factory, num_c
     if model_name is not None:
         loading.check_model_name(model_name)
     compute = compute_of(device_name, amp)
-    bundle = loading.load_data(data_name, root, image_size, data_seed)
+    torch.manual_seed(seed)
+    model = None
+    if factory is not None:   # built first: a language model's text uses its tokenizer
+        model = checkpoints.built(loading.load_factory(factory))
+        model_name = type(model).__name__
+    bundle = loading.load_data(data_name, root, image_size, data_seed, seq_len=seq_len,
+                               model=model)
     loading.check_batch(bundle, how.batch_size, "--batch-size")
     if num_classes is not None and num_classes != bundle.num_classes:
         raise PrunewiseError(f"--num-classes {num_classes} does not match data set "
                              f"'{bundle.name}', which has {bundle.num_classes} classes")
-    torch.manual_seed(seed)
-    if factory is not None:
-        model = checkpoints.built(loading.load_factory(factory))
+    if model is not None:
         loading.check_classes(model, bundle)
-        model_name = type(model).__name__
         model = compute.place(model)
     else:
         model = compute.place(models.create(model_name, num_classes=bundle.num_classes,
                                             in_channels=bundle.in_channels))
-    task = tasks.classification()   # the command line trains classifiers
+    task = loading.task_of(bundle)
     hist = train.fit(model, bundle, how, seed=seed, progress=progress_on(quiet),
                      desc=f"train {model_name}", amp=amp, task=task)
     test = train.evaluate_split(model, bundle, "test", task=task)[task.primary]
     meta = {"data": loading.data_meta(bundle, root, data_seed or 0), "seed": seed,
             "train": {**asdict(how), "seconds": hist["seconds"],
                       **{k: v for k, v in hist.items() if k.startswith("best_")}},
-            "test_accuracy": test}
+            **tasks.checkpoint_quality(task.describe(), test)}
+    if getattr(model, "prunewise_hf", None):
+        meta["model"] = f"hf:{model.prunewise_hf['folder']}"
     model.prunewise_inputs = checkpoints.input_spec(bundle.example(1))
     checkpoints.save_model(model, out, meta=meta)
     files.write_json(Path(out) / "train_history.json", hist["history"])
@@ -84,17 +89,19 @@ def train_cmd(model_name, data_name, root, image_size, data_seed, factory, num_c
               show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @device_option
-def eval_cmd(checkpoint, data_name, root, image_size, data_seed, factory, split, as_json,
-             device_name):
-    """Evaluate a checkpoint (with --model: of your own model): top-1, top-5, loss."""
+def eval_cmd(checkpoint, data_name, root, image_size, data_seed, seq_len, factory, split,
+             as_json, device_name):
+    """Evaluate a checkpoint (with --model: of your own model): top-1, top-5 and loss of a
+    classifier, perplexity and loss of a language model."""
     from .. import train
 
     compute = compute_of(device_name)
     model, bundle = loading.load_checkpoint(checkpoint, data_name, root, image_size, data_seed,
-                                            factory)
+                                            factory, seq_len)
     model = compute.place(model)
+    task = loading.task_of(bundle)
     output.emit({"data": bundle.name, "split": split,
-                 **train.evaluate_split(model, bundle, split)}, as_json)
+                 **train.evaluate_split(model, bundle, split, task=task)}, as_json)
 
 
 @click.command("info")
@@ -206,25 +213,38 @@ def report_cmd(folder):
 
 @click.command("export")
 @click.argument("folder", type=click.Path())
-@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), required=True,
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), default=None,
               help="ONNX file to write.")
+@click.option("--hf", "hf_path", type=click.Path(), default=None,
+              help="HuggingFace folder to write (a model loaded with --model hf:DIR, masked or "
+                   "dense): from_pretrained reads it.")
 @click.option("--input-size", type=SIDE, default=None,
               help="Input side (default: the data the model was trained on, else the natural one).")
 @model_option
-def export_cmd(folder, onnx_path, input_size, factory):
-    """Export a checkpoint (dense, masked or structurally pruned) to ONNX.
+def export_cmd(folder, onnx_path, hf_path, input_size, factory):
+    """Export a checkpoint (dense, masked or structurally pruned) to ONNX, or a HuggingFace
+    model's (dense or masked) to a HuggingFace folder.
 
     FOLDER is a checkpoint folder or a `prune` output folder (its `model` subfolder is used).
     """
-    from .. import checkpoints, interop, models
+    from .. import checkpoints, hf, interop, models
 
-    check_output(onnx_path, "--onnx", folder=False)
-    if Path(onnx_path).suffix.lower() != ".onnx":
-        raise PrunewiseError(f"--onnx must name a .onnx file, got {onnx_path!r}")
+    if (onnx_path is None) == (hf_path is None):
+        raise PrunewiseError("give one of --onnx FILE.onnx or --hf FOLDER")
+    if hf_path is not None:
+        check_output(hf_path, "--hf")
+    else:
+        check_output(onnx_path, "--onnx", folder=False)
+        if Path(onnx_path).suffix.lower() != ".onnx":
+            raise PrunewiseError(f"--onnx must name a .onnx file, got {onnx_path!r}")
     folder = Path(folder)
     if (folder / "model" / checkpoints.CONFIG).is_file() and not (folder / checkpoints.CONFIG).is_file():
         folder = folder / "model"
     model = loading.load_model(folder, factory)
+    if hf_path is not None:
+        hf.save(model, hf_path)
+        click.echo(f"wrote {hf_path} (HuggingFace from_pretrained folder)")
+        return
     if factory is not None:
         x = loading.user_example(model, 3, input_size)
     else:

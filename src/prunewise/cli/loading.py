@@ -19,29 +19,73 @@ def check_model_name(name: str) -> None:
         raise PrunewiseError(f"unknown model '{name}'; choose one of: {', '.join(models.names())}")
 
 
-def load_data(data_name, root, image_size, data_seed, meta: dict | None = None):
-    """The data bundle named on the command line, defaulting to what a checkpoint was trained on."""
-    from .. import data as D
+def load_data(data_name, root, image_size, data_seed, meta: dict | None = None,
+              seq_len: int | None = None, model=None):
+    """The data bundle named on the command line, defaulting to what a checkpoint was trained
+    on; text is tokenized with the tokenizer of ``model``'s HuggingFace folder, if it has one."""
+    from .. import data as D, hf
 
     from pathlib import Path
 
     used = (meta or {}).get("data", {})
+    language = model is not None and hf.is_causal_lm(model)
+    if language and not data_name and not used.get("name"):
+        raise PrunewiseError("a language model needs text: give --data text --root PATH (a .txt "
+                             "file or a folder of them) or --data tokens --root FILE.safetensors")
     name = data_name or used.get("name", "digits")
-    if root is not None and Path(root).exists() and Path(root).is_dir() == (name == "tensors"):
-        want = "a .safetensors file" if name == "tensors" else "a folder"
+    files = ("tensors", "tokens")
+    if root is not None and Path(root).exists() and Path(root).is_dir() == (name in files):
+        want = "a .safetensors file" if name in files else "a folder"
         raise PrunewiseError(f"--root {root}: data set '{name}' reads {want}")
     same = name == used.get("name")
-    return D.load(name, root or (used.get("root") if same else None),
-                  image_size=image_size or (used.get("image_size") if same else None),
-                  seed=data_seed if data_seed is not None else (used.get("seed", 0) if same else 0))
+    tokenizer = None
+    if name == "text" and language:
+        tokenizer = hf.tokenizer(model.prunewise_hf["folder"])
+    bundle = D.load(name, root or (used.get("root") if same else None),
+                    image_size=image_size or (used.get("image_size") if same else None),
+                    seed=data_seed if data_seed is not None else (used.get("seed", 0) if same else 0),
+                    seq_len=seq_len or (used.get("seq_len") if same else None),
+                    tokenizer=tokenizer)
+    if model is not None and bundle.task == "causal_lm":
+        check_language(model, bundle, tokenizer)
+    return bundle
+
+
+def check_language(model, bundle, tokenizer) -> None:
+    """Refuse text a language model cannot read: a tokenizer or ids beyond its vocabulary, or
+    sequences longer than its positions."""
+    from .. import hf
+
+    vocab, longest = hf.vocab_size(model), hf.max_positions(model)
+    length = int(bundle.train.x.shape[1])
+    what = "its tokenizer has" if tokenizer is not None else (
+        "byte-level text has" if bundle.name == "text" else "the token ids need")
+    if vocab is not None and bundle.vocab > vocab:
+        raise PrunewiseError(f"the model's vocabulary has {vocab} ids but {what} {bundle.vocab}: "
+                             f"they do not belong together")
+    if longest is not None and length > longest:
+        raise PrunewiseError(f"--seq-len {length} is longer than the model's {longest} positions")
+
+
+def task_of(bundle):
+    """The task a data set is for: next-token prediction for text, else classification."""
+    from .. import tasks
+
+    return tasks.causal_lm() if bundle.task == "causal_lm" else tasks.classification()
 
 
 def data_meta(bundle, root, seed: int) -> dict:
-    return {"name": bundle.name, "root": str(root) if root else None,
-            "image_size": bundle.image_size, "seed": seed}
+    out = {"name": bundle.name, "root": str(root) if root else None, "seed": seed}
+    if bundle.task == "causal_lm":
+        out["seq_len"] = int(bundle.train.x.shape[1])
+    else:
+        out["image_size"] = bundle.image_size
+    return out
 
 
 def check_classes(model, bundle) -> None:
+    if bundle.task == "causal_lm":   # the task checks the output against the ids
+        return
     if getattr(model, "prunewise_config", None) is None:  # a user model: ask its output
         from .. import utils
 
@@ -69,12 +113,18 @@ def check_classes(model, bundle) -> None:
                              f"{bundle.in_channels} channels; they must match")
 
 
-def load_checkpoint(checkpoint, data_name, root, image_size, data_seed, factory=None):
+def load_checkpoint(checkpoint, data_name, root, image_size, data_seed, factory=None,
+                    seq_len=None):
     """A checkpoint's model and the data it is used with (by default, what it was trained on).
     ``factory`` (``--model``): the user's code that builds the model; CHECKPOINT is then a
-    checkpoint folder of that model or a ``.safetensors`` state dict."""
+    checkpoint folder of that model or a ``.safetensors`` state dict (with ``hf:DIR``, also
+    the HuggingFace folder itself)."""
     model = load_model(checkpoint, factory)
-    bundle = load_data(data_name, root, image_size, data_seed, model.prunewise_meta)
+    bundle = load_data(data_name, root, image_size, data_seed, model.prunewise_meta, seq_len,
+                       model)
+    if "data" not in model.prunewise_meta:   # a model of its own: the data it is used with
+        model.prunewise_meta = {**model.prunewise_meta,
+                                "data": data_meta(bundle, root, data_seed or 0)}
     check_classes(model, bundle)
     if factory is not None and getattr(model, "prunewise_inputs", None) is None:
         from .. import checkpoints
@@ -90,8 +140,12 @@ def load_model(checkpoint, factory=None):
 
     from .. import checkpoints
 
-    build = None if factory is None else load_factory(factory)
+    from .. import hf
+
     path = Path(checkpoint)
+    if hf.is_folder(path) and (factory is None or str(factory).startswith(hf.PREFIX)):
+        return hf.load(path)   # a HuggingFace folder itself
+    build = None if factory is None else load_factory(factory)
     if build is not None and path.suffix == ".safetensors" and not path.is_dir():
         return checkpoints.load_state(path, build)
     return checkpoints.load_model(checkpoint, build=build)
@@ -105,6 +159,10 @@ def load_factory(spec: str):
     import sys
     from pathlib import Path
 
+    from .. import hf
+
+    if str(spec).startswith(hf.PREFIX):
+        return hf.factory(str(spec))
     target, sep, attr = str(spec).rpartition(":")
     if not sep or not target or not attr.isidentifier():
         raise PrunewiseError(f"--model must be FILE.py:FUNCTION or package.module:FUNCTION, "

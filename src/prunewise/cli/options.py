@@ -157,6 +157,8 @@ def amp_option(f):
 
 def data_options(f):
     """--data/--root/--image-size/--data-seed, shared by every command that reads data."""
+    f = click.option("--seq-len", type=Integer(2, 1 << 16), default=None,
+                     help="Text: tokens per sequence (default: the checkpoint's, else 128).")(f)
     f = click.option("--data-seed", type=SEED, default=None,
                      help="Seed of the train/val split (default: the checkpoint's, else 0).")(f)
     f = click.option("--image-size", type=SIDE, default=None,
@@ -164,7 +166,8 @@ def data_options(f):
     f = click.option("--root", type=click.Path(), default=None,
                      help="Folder of a local data set (cifar10, cifar100, imagefolder, mnist; "
                           "fashion-mnist defaults to /usr/share/datasets/fashion-mnist), or "
-                          "the .safetensors file of --data tensors.")(f)
+                          "the .safetensors file of --data tensors or tokens, or the .txt "
+                          "file or folder of --data text.")(f)
     f = click.option("--data", "data_name", default=None,
                      help=f"Data set: {', '.join(names.DATASETS)} (default: the checkpoint's, "
                           f"else digits).")(f)
@@ -176,8 +179,9 @@ def model_option(f):
     return click.option(
         "--model", "factory", default=None, metavar="FILE.py:FUNCTION",
         help="Your own model: FILE.py:FUNCTION or package.module:FUNCTION, a function that "
-             "takes no arguments and returns the (dense) nn.Module. CHECKPOINT is then a "
-             "checkpoint folder of that model or a .safetensors state dict.")(f)
+             "takes no arguments and returns the (dense) nn.Module, or hf:DIR, a HuggingFace "
+             "causal LM folder (read offline). CHECKPOINT is then a checkpoint folder of that "
+             "model, a .safetensors state dict, or the HuggingFace folder itself.")(f)
 
 
 def _field_type(meta: dict):

@@ -29,12 +29,12 @@ def prune_setup(kw: dict):
     compute = compute_of(kw.pop("device_name"), kw.pop("amp"))
     model, bundle = loading.load_checkpoint(kw["checkpoint"], kw.pop("data_name"), kw.pop("root"),
                                             kw.pop("image_size"), kw.pop("data_seed"),
-                                            kw.pop("factory"))
+                                            kw.pop("factory"), kw.pop("seq_len"))
     if finetune.epochs:
         loading.check_batch(bundle, finetune.batch_size, "--finetune-batch-size")
     return model, bundle, Steps(finetune=finetune, recalibration=recalibration,
                                 measurement=measurement, compute=compute, seed=kw.pop("seed"),
-                                progress=progress_on(kw["quiet"]))
+                                progress=progress_on(kw["quiet"]), task=loading.task_of(bundle))
 
 
 def save_run(out, model, pruned, plan, rep: dict, checkpoint, quiet: bool) -> None:

@@ -15,6 +15,7 @@ from .digits import load_digits
 from .idx import IDX_SETS, load_idx
 from .imagefolder import load_imagefolder
 from .tensors import load_tensors
+from .text import load_text, load_tokens
 
 DATASETS = names.DATASETS
 
@@ -27,6 +28,8 @@ def load(
     val_fraction: float = 0.1,
     seed: int = 0,
     limit: int | None = None,
+    seq_len: int | None = None,
+    tokenizer=None,
 ) -> DataBundle:
     """Load data set ``name`` (one of :data:`DATASETS`) into a :class:`DataBundle`.
 
@@ -38,6 +41,8 @@ def load(
     fixed seed-0 shuffle, so several classes are kept); the test split is never limited.
     ``fashion-mnist`` / ``mnist`` have a fixed validation split instead (always seed 0,
     ``val_fraction`` ignored; ``limit`` truncates the training part after it is taken).
+    ``text`` / ``tokens`` are cut into sequences of ``seq_len`` ids (default 128), ``text``
+    tokenized with ``tokenizer`` (a HuggingFace tokenizer; None: bytes); see :mod:`.text`.
     """
     if not isinstance(name, str) or name.strip().lower() not in DATASETS:
         raise PrunewiseError(f"data set {name!r} is unknown; choose one of: {', '.join(DATASETS)}")
@@ -63,5 +68,9 @@ def load(
         return load_idx(name, root, image_size, limit)
     if name == "tensors":
         return load_tensors(root, vf, int(seed), limit)
+    if name == "text":
+        return load_text(root, 128 if seq_len is None else seq_len, tokenizer)
+    if name == "tokens":
+        return load_tokens(root, 128 if seq_len is None else seq_len)
     return load_imagefolder(root, 32 if image_size is None else int(image_size), vf, int(seed), limit)
 

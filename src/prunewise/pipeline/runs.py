@@ -113,7 +113,7 @@ def nonzero_macs(model: nn.Module, x) -> int:
     """MACs for one sample with every zero weight's multiply-accumulates saved: each weight
     matrix's share of a layer's MACs scales with its non-zero fraction; attention's products
     stay (equals :func:`prunewise.measure.macs` when dense)."""
-    named = dict(model.named_parameters())
+    named = dict(model.named_parameters(remove_duplicate=False))   # tied weights by each name
     total = 0
     for row in measure.layer_table(model, x):
         saved = 0

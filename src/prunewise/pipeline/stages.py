@@ -124,8 +124,9 @@ def run_recalibration(work: Work) -> dict | None:
     """Re-estimate BatchNorm statistics (when on, and not after a repair: a repaired model's
     layers were fitted to the statistics they run with)."""
     how = work.steps.recalibration
-    if not how.enabled or "repaired" in work.done:
-        return None
+    if not how.enabled or "repaired" in work.done or not any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in work.pruned.modules()):
+        return None   # nothing to re-estimate without BatchNorm
     train.recalibrate_bn(work.pruned, calibration_batches(work.bundle, how, work.steps.seed),
                          samples=how.samples)
     return {}

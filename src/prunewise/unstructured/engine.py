@@ -99,17 +99,24 @@ class Scope:
         left out of this scope (None: it is pruned)."""
         types = tuple(self.types) + ((nn.Embedding,) if self.embeddings else ())
         stem = next((n for n, m in model.named_modules() if weight_matrices(m)), None)
+        heads = output_embeddings(model)
+        params = dict(model.named_parameters())
         out, owned = [], set()
         for n, m in model.named_modules():
             for leaf in weight_matrices(m):
                 name = f"{n}.{leaf}" if n else leaf
                 owned.add(name)
+                if name not in params:   # a tied weight: it is another module's parameter
+                    continue
                 if not isinstance(m, types):
                     why = ("embedding (embeddings=True / --embeddings prunes it)"
                            if isinstance(m, nn.Embedding) else f"{type(m).__name__} is not in "
                            f"the scope's layer types")
                 elif self.skip_first and n == stem and isinstance(m, LAYER_TYPES):
                     why = "input stem (left dense)"
+                elif n in heads and not self.embeddings:
+                    why = ("language-model output head, the embeddings' transpose (left dense "
+                           "like them; embeddings=True / --embeddings prunes it)")
                 elif self.include is not None and not _matches(n, m, self.include):
                     why = "not included"
                 elif _matches(n, m, self.exclude):
@@ -122,6 +129,14 @@ class Scope:
                 out.append((name, "not a layer's weight matrix (a loose parameter, or a layer "
                                   "prunewise does not prune)"))
         return out
+
+
+def output_embeddings(model: nn.Module) -> set[str]:
+    """Names of the linear layers that map back onto an embedding's vocabulary (weight shaped
+    like an ``nn.Embedding``'s, or the very same tensor): a language model's output head."""
+    shapes = {tuple(m.weight.shape) for m in model.modules() if isinstance(m, nn.Embedding)}
+    return {n for n, m in model.named_modules()
+            if isinstance(m, nn.Linear) and tuple(m.weight.shape) in shapes}
 
 
 def left_out(model: nn.Module, masked: Iterable[str], scope: Scope | None = None) -> list[dict]:
