@@ -62,7 +62,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("methods", {"unstructured", "structured"}),
     ("engines", {"unstructured.engine", "structured.engine", "structured.surgery",
                  "checkpoints", "interop", "repair"}),
-    ("core", {"plan", "train", "measure", "layers", "tasks"}),
+    ("core", {"plan", "train", "measure", "layers", "tasks", "sequential", "hf"}),
     ("inputs", {"data", "models"}),
     ("base", {"utils", "errors", "schema", "files", "device", "dist", "checks", "methods",
               "settings", "names"}),

@@ -82,6 +82,21 @@ class SlimingSettings:
         checks.check_fields(self)
 
 
+@dataclass(frozen=True)
+class SparseGPTSettings:
+    """SparseGPT's own settings: ``block_size`` inputs per column block (its lazy update and
+    adaptive mask choice), ``hessian_damp`` the ridge added to the input Gram matrix, relative
+    to its mean diagonal (the paper's 1%)."""
+    block_size: int = setting(128, "sparsegpt: inputs per column block", "int", low=1,
+                              high=1 << 20, label="block size")
+    hessian_damp: float = setting(0.01, "sparsegpt: ridge added to the inputs' Gram matrix, "
+                                        "relative to its mean diagonal", "float", low=0.0,
+                                  high=10.0, low_open=True, label="hessian damp")
+
+    def __post_init__(self) -> None:
+        checks.check_fields(self)
+
+
 # ---- the table -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -147,6 +162,10 @@ TABLE: list[Method] = [
     Method("obs", UNSTRUCTURED, "OBS / SparseGPT saliency w^2 / [H^-1]_jj from each layer's "
            "input Gram matrix, per output row", f"{_DOC}#post-training-peers",
            "prunewise.unstructured.posttrain:obs_scorer", allocation="row", one_shot=True),
+    Method("sparsegpt", UNSTRUCTURED, "SparseGPT (ICML 2023): adaptive masks per column "
+           "block with OBS weight updates, layer by layer", f"{_DOC}#sparsegpt",
+           "prunewise.unstructured.sparsegpt:sparsegpt_solver", SparseGPTSettings,
+           allocation="uniform", one_shot=True),
     # structured: (configure, select) pairs on the shared engine (prunewise.structured)
     Method("sliming", STRUCTURED, "SLIMING (Neural Networks 2025): singular-value configuration "
            "+ GEM nuclear-norm selection", f"{_DOC}#sliming", "prunewise.structured.baselines:sliming_pair",

@@ -27,6 +27,7 @@ from . import files, schema
 from .errors import PrunewiseError
 
 MASKS_FILE = "masks.safetensors"
+WEIGHTS_FILE = "weights.safetensors"   # a weight-updating method's weights (SparseGPT)
 PLAN_FILE = "plan.json"
 PLAN_FORMAT = 1
 PLAN_TENSORS = "plan.safetensors"  # a channel plan's kept indices (its JSON is PLAN_FILE)
@@ -38,15 +39,24 @@ class MaskPlan:
     """Masks for unstructured pruning: ``masks[name]`` is a bool tensor shaped like the parameter.
 
     ``method`` names the scorer (a row of :mod:`prunewise.methods`); ``meta`` holds the
-    settings and the per-iteration history (JSON-able).
+    settings and the per-iteration history (JSON-able). ``weights`` (None for most methods):
+    the values a method that updates the weights it keeps (SparseGPT) gave the masked tensors;
+    applying the plan writes them before masking, and they are saved with it
+    (``weights.safetensors``).
     """
 
     masks: dict[str, torch.Tensor]
     method: str = "fvw"
     meta: dict = field(default_factory=dict)
+    weights: dict[str, torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         self.masks = {k: _as_bool(k, v) for k, v in self.masks.items()}
+        if self.weights is not None:
+            if set(self.weights) != set(self.masks) or any(
+                    tuple(self.weights[k].shape) != tuple(m.shape) for k, m in self.masks.items()):
+                raise PrunewiseError("a plan's weights must name the masked tensors, with their "
+                                     "shapes")
 
     def __repr__(self) -> str:
         """One line (the masks themselves are millions of booleans)."""
@@ -89,8 +99,13 @@ class MaskPlan:
 
     @torch.no_grad()
     def apply_(self, model: nn.Module) -> nn.Module:
-        """Zero the masked weights of ``model`` in place; returns it."""
+        """Zero the masked weights of ``model`` in place (after writing the plan's
+        ``weights``, when it has them); returns it."""
         self.check(model)
+        if self.weights is not None:
+            named = dict(model.named_parameters())
+            for k, v in self.weights.items():
+                named[k].copy_(v.to(named[k]))
         apply_masks(model, self.masks)
         return model
 
@@ -104,11 +119,17 @@ class MaskPlan:
         if folder.exists() and not folder.is_dir():
             raise PrunewiseError(f"plan path exists and is not a folder: {folder}")
         files.write_tensors(folder / MASKS_FILE, self.masks)
+        bound = [MASKS_FILE]
+        if self.weights is not None:
+            files.write_tensors(folder / WEIGHTS_FILE, self.weights)
+            bound.append(WEIGHTS_FILE)
+        elif (folder / WEIGHTS_FILE).exists():
+            (folder / WEIGHTS_FILE).unlink()   # an older plan's, which this one replaces
         files.write_json(folder / PLAN_FILE, {
             "format": PLAN_FORMAT, "kind": "masks", "method": self.method,
             "sparsity": self.sparsity, "kept": self.kept, "total": self.total,
             "shapes": {k: list(m.shape) for k, m in self.masks.items()},
-            "digests": {MASKS_FILE: files.digest(folder / MASKS_FILE)}, "meta": self.meta})
+            "digests": {n: files.digest(folder / n) for n in bound}, "meta": self.meta})
         return folder
 
     @classmethod
@@ -135,11 +156,28 @@ class MaskPlan:
             if entry["shape"] != shapes[k] or entry["dtype"] not in ("BOOL", "U8"):
                 raise PrunewiseError(f"corrupt plan {folder}: mask '{k}' is {entry['dtype']} of "
                                      f"shape {entry['shape']}, {PLAN_FILE} says a BOOL of {shapes[k]}")
-        files.check_digests(folder, info.get("digests"), [MASKS_FILE], PLAN_FILE)
+        with_weights = WEIGHTS_FILE in (info.get("digests") or {})
+        files.check_digests(folder, info.get("digests"),
+                            [MASKS_FILE] + ([WEIGHTS_FILE] if with_weights else []), PLAN_FILE)
         masks = files.read_tensors(folder / MASKS_FILE, "plan masks")
         ordered = {k: masks[k] for k in shapes}
         check_masks(ordered, str(folder / MASKS_FILE), allow_all_pruned=allow_all_pruned)
-        return cls(ordered, method=info.get("method", "unknown"), meta=info.get("meta", {}))
+        weights = _read_weights(folder / WEIGHTS_FILE, shapes) if with_weights else None
+        return cls(ordered, method=info.get("method", "unknown"), meta=info.get("meta", {}),
+                   weights=weights)
+
+
+def _read_weights(path: Path, shapes: dict) -> dict[str, torch.Tensor]:
+    """A plan's updated weights, checked against its masks' names and shapes, floating and
+    finite."""
+    header, _ = files.read_header(path, "plan weights")
+    if set(header) != set(shapes) or any(header[k]["shape"] != shapes[k] for k in shapes) \
+            or any(e["dtype"] not in ("F32", "F64", "F16", "BF16") for e in header.values()):
+        raise PrunewiseError(f"corrupt plan weights {path}: they must be floating tensors with "
+                             f"the masks' names and shapes")
+    weights = files.read_tensors(path, "plan weights")
+    files.check_finite(weights, f"plan weights {path}")
+    return {k: weights[k] for k in shapes}
 
 
 def check_shapes(masks: dict, params: dict, where: str) -> None:

@@ -24,25 +24,28 @@ what the pruned weights or channels contributed (bias compensation).
   Pruning / ThiNet), with the intercept as above; which dense rows a layer kept is read by
   applying the plan to a copy of the dense model whose weights hold their own indices.
 
-Only one layer's two statistics matrices are held at a time. Under torchrun the ranks share
-out whole calibration batches and add the statistics in batch order
-(:func:`prunewise.dist.in_order`), so every rank solves exactly the single-process systems.
+Layers are read through two walks (:mod:`prunewise.sequential`), one on the dense model and
+one on the model being repaired, group by group (layers that read one tensor together):
+a transformer's or a plain CNN's stack of blocks is walked with its calibration inputs cached
+block by block, so the cost grows linearly with depth. Only one group's statistics matrices
+are held at a time. Under torchrun every rank reads every calibration batch and solves exactly
+the single-process systems.
 """
 from __future__ import annotations
 
 import copy
-from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checks, device, dist, utils
+from . import checks, device, utils
 from .structured import surgery
 from . import layers as layers_mod
 from .errors import PrunewiseError
 from .data.sources import Source
 from .plan import ChannelPlan
+from .sequential import Walk
 from .utils import progress_bar
 
 REPAIRABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
@@ -149,31 +152,25 @@ def trace(model: nn.Module, names: list[str], x) -> tuple[list[str], dict[str, n
     return order + [n for n in names if n not in order], found
 
 
-def _statistics(dense, pruned, name: str, data: Iterable, intercept: bool) -> list[tuple]:
-    """Per group: (G = X^ X^T, C = X^ X^T with the dense input X as second factor), float64,
-    with a row of ones appended to both inputs when an intercept is fitted."""
-    m, d = pruned.get_submodule(name), dense.get_submodule(name)
-    dev = device.of(pruned)
-
-    def batch_terms(batch) -> torch.Tensor:
-        x = device.to(batch[0], dev)
-        dense_cols = columns(d, layer_input(dense, name, x))
-        cols = columns(m, layer_input(pruned, name, x))
-        parts = []
-        for a, b in zip(cols, dense_cols):
-            if intercept:
-                ones = torch.ones(1, a.shape[1], device=a.device)
-                a, b = torch.cat([a, ones]), torch.cat([b, ones])
-            parts += [(a @ a.T).double().reshape(-1), (a @ b.T).double().reshape(-1)]
-        return torch.cat(parts).cpu()
-
-    k, kd = m.weight[0].numel() + intercept, d.weight[0].numel() + intercept
-    g = _groups(m)
-    total = torch.zeros(g * (k * k + k * kd), dtype=torch.float64)
-    for v in dist.in_order(data, batch_terms, total.numel()):
-        total += v
-    per = total.view(g, k * k + k * kd)
-    return [(per[i, :k * k].view(k, k), per[i, k * k:].view(k, kd)) for i in range(g)]
+def _statistics(dense_walk, walk, group: list[str], intercepts: dict[str, bool]) -> dict:
+    """Per layer of ``group``, per conv group: (G = X^ X^T, C = X^ X^T with the dense input X
+    as second factor), float64, with a row of ones appended to both inputs when an intercept
+    is fitted; read through the two walks (:mod:`prunewise.sequential`) batch by batch."""
+    out: dict[str, list] = {}
+    for dense_x, x in zip(dense_walk.inputs(group), walk.inputs(group)):
+        for name in group:
+            m, d = walk.model.get_submodule(name), dense_walk.model.get_submodule(name)
+            parts = []
+            for a, b in zip(columns(m, x[name]), columns(d, dense_x[name])):
+                if intercepts[name]:
+                    ones = torch.ones(1, a.shape[1], device=a.device)
+                    a, b = torch.cat([a, ones]), torch.cat([b, ones])
+                parts.append(((a @ a.T).double().cpu(), (a @ b.T).double().cpu()))
+            if name in out:
+                out[name] = [(G + g, C + c) for (G, C), (g, c) in zip(out[name], parts)]
+            else:
+                out[name] = parts
+    return out
 
 
 def _solve(G: torch.Tensor, C: torch.Tensor, W: torch.Tensor, keep: torch.Tensor | None,
@@ -237,10 +234,19 @@ def reconstruct(dense: nn.Module, pruned: nn.Module, batches, *,
         if not layers:
             return pruned
         order, norms = trace(pruned, list(layers), x0)
+        walk, dense_walk = Walk(pruned, data, order), Walk(dense, data, order)
+        reached = {n for g in walk.groups for n in g}
+        missing = [n for n in order if n not in reached]
+        if missing:
+            raise PrunewiseError(f"repair: the forward pass never reached layer '{missing[0]}'")
         bar = progress_bar(len(order), "repair", progress)
-        for name in order:
-            _refit(dense, pruned, name, layers[name], norms.get(name), data, damp)
-            bar.update(1)
+        for group in walk.groups:
+            intercepts = {n: pruned.get_submodule(n).bias is not None or n in norms
+                          for n in group}
+            stats = _statistics(dense_walk, walk, group, intercepts)
+            for name in group:
+                _refit(dense, pruned, name, layers[name], norms.get(name), stats[name], damp)
+                bar.update(1)
         bar.close()
     finally:
         dense.train(was[0])
@@ -307,13 +313,13 @@ def _consumers(dense: nn.Module, pruned: nn.Module, plan: ChannelPlan, x) -> dic
 
 
 @torch.no_grad()
-def _refit(dense, pruned, name: str, layer: tuple, norm: nn.Module | None, data,
+def _refit(dense, pruned, name: str, layer: tuple, norm: nn.Module | None, stats: list,
            damp: float) -> None:
-    """Refit one layer of ``pruned`` from the dense layer of ``dense`` (see the module notes)."""
+    """Refit one layer of ``pruned`` from the dense layer of ``dense`` with its statistics
+    (:func:`_statistics`; see the module notes)."""
     rows, keep = layer
     m, d = pruned.get_submodule(name), dense.get_submodule(name)
     intercept = m.bias is not None or norm is not None
-    stats = _statistics(dense, pruned, name, data, intercept)
     W = d.weight.detach().double().reshape(d.weight.shape[0], -1).cpu()
     b = d.bias.detach().double().cpu() if d.bias is not None else torch.zeros(W.shape[0],
                                                                               dtype=W.dtype)

@@ -100,6 +100,12 @@ class Task:
         x, y = device.pair(batch[0], batch[1], device.of(model))
         return list(self.totals(utils.forward(model, x), (x, y)))
 
+    def show(self, model: nn.Module, bundle) -> dict | None:
+        """What a report shows a person of ``model``'s behaviour on ``bundle`` (None: nothing;
+        a language model: ``{"prompt", "continuation"}``, its greedy continuation of a fixed
+        prompt)."""
+        return None
+
     def better(self, a: float, b: float) -> bool:
         """Whether score ``a`` beats ``b`` (NaN never beats anything; anything beats NaN)."""
         if math.isnan(a):
@@ -305,6 +311,33 @@ class CausalLM(Task):
         mean = nll / tokens
         return {"perplexity": math.exp(min(mean, 700.0)), "loss": mean,
                 "accuracy": int(correct) / int(tokens), "tokens": int(tokens), "n": int(n)}
+
+    #: Tokens of the fixed prompt (the start of the first test sequence) and of its continuation.
+    PROMPT, CONTINUE = 32, 32
+
+    @torch.no_grad()
+    def show(self, model, bundle):
+        """The greedy continuation of the first test sequence's first tokens (at most half of
+        it), decoded with the data's tokenizer, or as UTF-8 bytes without one."""
+        test = getattr(getattr(bundle, "test", None), "x", None)
+        if not isinstance(test, torch.Tensor) or test.dim() != 2 or not len(test):
+            return None
+        length = int(test.shape[1])
+        start = min(self.PROMPT, length // 2)
+        ids = test[:1, :start].to(device.of(model))
+        was = model.training
+        model.eval()
+        try:
+            for _ in range(min(self.CONTINUE, length - start)):
+                nxt = utils.forward(model, ids)[:, -1].argmax(-1, keepdim=True)
+                ids = torch.cat([ids, nxt.to(ids.dtype)], 1)
+        finally:
+            model.train(was)
+        ids = ids[0].tolist()
+        decode = getattr(getattr(bundle, "tokenizer", None), "decode", None)
+        text = decode if decode is not None else (
+            lambda t: bytes(i for i in t if 0 <= i < 256).decode("utf-8", "replace"))
+        return {"prompt": text(ids[:start]), "continuation": text(ids[start:])}
 
     def check_fit(self, output, targets):
         _integer_targets(self.name, targets)

@@ -39,12 +39,15 @@ def load_data(data_name, root, image_size, data_seed, meta: dict | None = None,
         raise PrunewiseError(f"--root {root}: data set '{name}' reads {want}")
     same = name == used.get("name")
     tokenizer = None
+    seq_len = seq_len or (used.get("seq_len") if same else None)
+    if seq_len is None and language:   # 128 tokens, or fewer when the model has fewer positions
+        seq_len = min(128, hf.max_positions(model) or 128)
     if name == "text" and language:
         tokenizer = hf.tokenizer(model.prunewise_hf["folder"])
     bundle = D.load(name, root or (used.get("root") if same else None),
                     image_size=image_size or (used.get("image_size") if same else None),
                     seed=data_seed if data_seed is not None else (used.get("seed", 0) if same else 0),
-                    seq_len=seq_len or (used.get("seq_len") if same else None),
+                    seq_len=seq_len,
                     tokenizer=tokenizer)
     if model is not None and bundle.task == "causal_lm":
         check_language(model, bundle, tokenizer)
@@ -144,6 +147,8 @@ def load_model(checkpoint, factory=None):
 
     path = Path(checkpoint)
     if hf.is_folder(path) and (factory is None or str(factory).startswith(hf.PREFIX)):
+        if factory is not None:
+            hf.folder_of(str(factory))
         return hf.load(path)   # a HuggingFace folder itself
     build = None if factory is None else load_factory(factory)
     if build is not None and path.suffix == ".safetensors" and not path.is_dir():

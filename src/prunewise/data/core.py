@@ -73,6 +73,7 @@ class DataBundle:
     raw: bool = False   # inputs go to the model as stored (see :mod:`.tensors`)
     task: str | None = None   # what the data is for when not classification ("causal_lm")
     vocab: int = 0            # token data: how many ids its tokenizer has (0: not token data)
+    tokenizer: Any = None     # text: the tokenizer that made the ids (None: bytes)
 
     def example(self, batch: int = 1):
         """A zero batch of ``batch`` inputs shaped like this data set's (for tracing, MACs and

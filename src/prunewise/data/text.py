@@ -112,7 +112,7 @@ def _cut(streams: list[list[int]]) -> list[torch.Tensor]:
 
 
 def _bundle(name: str, streams: list[torch.Tensor], seq_len: int, where: str,
-            vocab: int) -> DataBundle:
+            vocab: int, tokenizer=None) -> DataBundle:
     splits = []
     for split, ids in zip(("train", "validation", "test"), streams):
         n = ids.numel() // seq_len
@@ -124,7 +124,7 @@ def _bundle(name: str, streams: list[torch.Tensor], seq_len: int, where: str,
         splits.append(Split(seqs, seqs.clone()))
     return DataBundle(name=name, train=splits[0], val=splits[1], test=splits[2],
                       num_classes=0, in_channels=0, image_size=0, mean=(), std=(), augment={},
-                      raw=True, task="causal_lm", vocab=vocab)
+                      raw=True, task="causal_lm", vocab=vocab, tokenizer=tokenizer)
 
 
 def check_seq_len(seq_len) -> int:
@@ -146,7 +146,7 @@ def load_text(root, seq_len: int = 128, tokenizer=None) -> DataBundle:
     if not any(streams):
         raise PrunewiseError(f"--root {root}: the corpus gives no tokens")
     vocab = BYTE_VOCAB if tokenizer is None else len(tokenizer)
-    return _bundle("text", _cut(streams), seq_len, f"--root {root}", vocab)
+    return _bundle("text", _cut(streams), seq_len, f"--root {root}", vocab, tokenizer)
 
 
 def load_tokens(root, seq_len: int = 128) -> DataBundle:

@@ -203,6 +203,12 @@ def markdown(report: dict) -> str:
     note = NOTE.format(title=metric["title"],
                        direction="higher" if metric["higher_is_better"] else "lower")
     lines += ["## Results", "", *table(rows, metric["title"]), "", note, ""]
+    shown = report.get("sample")
+    if isinstance(shown, dict):
+        lines += ["## Sample", "", "Greedy continuation of a fixed prompt (the start of the first "
+                  "test sequence):", ""]
+        for key in ("prompt", "dense", "pruned"):
+            lines += [f"**{key}**", "", "```text", str(shown.get(key, "")), "```", ""]
     left = [r for r in report.get("left_out") or [] if isinstance(r, dict)]
     if left:
         lines += ["## Left dense", "", "The sparsity is that of the pruned weights; these weight "

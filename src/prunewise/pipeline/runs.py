@@ -142,7 +142,17 @@ def measure_dense(model: nn.Module, bundle: D.DataBundle,
     task = tasks.of(task)
     return {**task.keyed(scores(model, bundle, task)), "params": measure.params(model),
             "macs": measure.macs(model, x), "latency_ms": latency(model, bundle, measurement),
-            "weights": measure.sparsity(model)["total"]}
+            "weights": measure.sparsity(model)["total"], "sample": task.show(model, bundle)}
+
+
+def sample(dense: dict, pruned: nn.Module, bundle: D.DataBundle, task: tasks.Task) -> dict:
+    """``{"sample": {"prompt", "dense", "pruned"}}`` when the task shows one (a language
+    model's greedy continuation), else nothing."""
+    before, after = dense.get("sample"), task.show(pruned, bundle)
+    if not before or not after:
+        return {}
+    return {"sample": {"prompt": before["prompt"], "dense": before["continuation"],
+                       "pruned": after["continuation"]}}
 
 
 def _size(dense: dict, pruned: nn.Module, bundle: D.DataBundle, masked: bool) -> dict:
@@ -274,7 +284,8 @@ def finish_masks(model: nn.Module, bundle: D.DataBundle, plan: MaskPlan, *,
            "left_out": masking.left_out(model, plan.masks, check_exclude(
                model, settings.exclude, settings.embeddings) if settings is not None else None),
            "config": config(plan.method, settings, steps) if settings is not None else None,
-           "compute": steps.compute.record(pruned)}
+           "compute": steps.compute.record(pruned),
+           **sample(dense, pruned, bundle, steps.task)}
     rep["seconds"] = prune_seconds + time.perf_counter() - start
     return pruned, rep
 
@@ -407,7 +418,8 @@ def finish_channels(model: nn.Module, bundle: D.DataBundle, pruned: nn.Module,
            "stage_seconds": {"prune": prune_seconds, **after["stage_seconds"]},
            "counts": plan.counts, "layers": layer_rows(model, pruned),
            "spectra": {k: v.tolist() for k, v in (getattr(plan, "spectra", None) or {}).items()},
-           "config": config(method, settings, steps), "compute": steps.compute.record(pruned)}
+           "config": config(method, settings, steps), "compute": steps.compute.record(pruned),
+           **sample(dense, pruned, bundle, steps.task)}
     rep["seconds"] = prune_seconds + time.perf_counter() - start
     return pruned, rep
 

@@ -554,6 +554,12 @@ class Scorer(Protocol):
     batches), ``iteration`` the 0-based iteration. ``scores`` is what :func:`select` takes
     (one dict or, for union mode, a list of dicts); ``info`` is a dict merged into this
     iteration's history row (``{}`` if nothing to log).
+
+    A *solver* (SparseGPT) has a ``solve(work, masks, data, counts, nm) -> (masks, info)``
+    method instead: it chooses the new masks itself, ``counts[name]`` kept per tensor (the
+    loop's allocation, ``uniform`` or ``lamp``) or the N:M pattern ``nm``, and updates the
+    working copy's weights in place; the plan then carries those weights
+    (:attr:`prunewise.plan.MaskPlan.weights`).
     """
 
     def __call__(self, work: nn.Module, masks: dict[str, torch.Tensor], data: Source | None,
@@ -626,6 +632,7 @@ class _State:
     history: list
     start: int
     ckpt: Path | None
+    weights: dict | None = None   # a solver's updated weights of the scope
 
 
 def run(model: nn.Module, batches, score: Scorer, loop: LoopSettings, *, method: str,
@@ -665,6 +672,12 @@ def stops(model: nn.Module, batches, score: Scorer, loop: LoopSettings, *, metho
                              "BatchNorm statistics on")
     evals = Source(loop.eval_batches) if loop.eval_batches is not None else None
     st = _start(model, loop, method, settings)
+    if getattr(score, "solve", None) is not None:
+        if loop.nm is None and loop.allocation not in ("uniform", "lamp"):
+            raise PrunewiseError(f"{method} chooses each layer's mask itself: give it a count "
+                                 f"per layer (allocation 'uniform' or 'lamp'), not "
+                                 f"'{loop.allocation}'")
+        st.ckpt = None   # a solver runs in one shot: nothing to resume
     work = copy.deepcopy(model)
     work.eval()
     apply_masks(work, st.masks)
@@ -719,13 +732,19 @@ def _start(model: nn.Module, loop: LoopSettings, method: str, settings: dict | N
 def _iteration(work, score, data, evals, loop: LoopSettings, st: _State, t: int) -> dict:
     """One scored, selected and applied iteration; returns its history row."""
     t0 = time.perf_counter()
-    scores, info = score(work, st.masks, data, t)
-    if loop.nm is not None:
-        st.masks = select_nm(scores, st.masks, *loop.nm)
+    named = dict(work.named_parameters())
+    if getattr(score, "solve", None) is not None:   # it picks the masks and updates weights
+        counts = None if loop.nm is not None else allocate(loop.allocation, st.masks,
+                                                           st.counts[t], named)
+        st.masks, info = score.solve(work, st.masks, data, counts, loop.nm)
+        st.weights = {n: named[n].detach().clone() for n in st.masks}
     else:
-        st.masks = select(scores, st.masks, st.counts[t], loop.allocation,
-                          dict(work.named_parameters()))
-    del scores
+        scores, info = score(work, st.masks, data, t)
+        if loop.nm is not None:
+            st.masks = select_nm(scores, st.masks, *loop.nm)
+        else:
+            st.masks = select(scores, st.masks, st.counts[t], loop.allocation, named)
+        del scores
     apply_masks(work, st.masks)
     _recalibrate(work, data, loop)
     kept = int(sum(int(m.sum()) for m in st.masks.values()))
@@ -754,7 +773,8 @@ def _fingerprint(model: nn.Module, names: list[str]) -> str:
 def _plan(st: _State) -> MaskPlan:
     meta = {"settings": {k: v for k, v in st.config.items() if k != "weights"},
             "iterations": len(st.counts), "history": list(st.history)}
-    return MaskPlan({k: v.clone() for k, v in st.masks.items()}, method=st.method, meta=meta)
+    return MaskPlan({k: v.clone() for k, v in st.masks.items()}, method=st.method, meta=meta,
+                    weights=st.weights)
 
 
 def _write_resume(path: Path, config: dict, masks, done: int, history: list) -> None:

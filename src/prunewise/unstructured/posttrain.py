@@ -15,20 +15,23 @@
 
 Both read the inputs of the working copy (the network pruned so far), so with several
 iterations each one sees what the earlier ones removed; they are meant for one shot
-(``keep`` <= 1 - ``sparsity``). Under torchrun the ranks share whole batches and add the
-statistics in batch order (:func:`prunewise.dist.in_order`): the single-process scores.
+(``keep`` <= 1 - ``sparsity``). The inputs come through a walk (:mod:`prunewise.sequential`):
+one forward pass per group of layers that read one tensor, a stack of blocks walked with its
+calibration inputs cached, so the cost grows linearly with depth; only one group's
+statistics are held at a time. Every torchrun rank reads every batch: the single-process
+scores.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .. import device, dist, utils
 from . import engine as masking
 from .. import layers as layers_mod
 from .baselines import entry
 from ..errors import PrunewiseError
-from ..repair import REPAIRABLE, columns, layer_input
+from ..repair import REPAIRABLE, columns
+from ..sequential import Walk
 
 #: The ridge term of OBS's Gram matrix, relative to its mean diagonal (SparseGPT's 1%).
 OBS_DAMP = 0.01
@@ -65,75 +68,72 @@ def _per_row(m: nn.Module, per_group: list[torch.Tensor]) -> torch.Tensor:
     return full.reshape(m.weight.shape)
 
 
+def group_statistics(work: nn.Module, layers: dict[str, nn.Module], data, stat):
+    """Per group of layers that read one tensor (:class:`prunewise.sequential.Walk`, in
+    forward order, linear in depth): ``(group, {param name: summed stat})`` with ``stat(m,
+    x)`` a list of float64 tensors per batch (one per conv group), summed over the
+    calibration batches in order. ``layers``: masked parameter name -> its layer."""
+    by_module = {p.rpartition(".")[0]: p for p in layers}
+    walk = Walk(work, data, list(by_module))
+    for group in walk.groups:
+        sums: dict[str, list] = {}
+        for xs in walk.inputs(group):
+            for name in group:
+                got = stat(layers[by_module[name]], xs[name])
+                old = sums.get(name)
+                sums[name] = got if old is None else [a + b for a, b in zip(old, got)]
+        yield group, {by_module[n]: v for n, v in sums.items()}
+
+
 @torch.no_grad()
 def wanda_score(work, masks, data, iteration):
     """Scorer: ``|w| * ||x||`` per weight (module notes), on the model's device."""
     if data is None:
         raise PrunewiseError("wanda needs calibration data (batches)")
     layers = _layers(work, masks)
-    names = list(layers)
-    sizes = [_groups(m) * m.weight[0].numel() for m in layers.values()]
-    dev = device.of(work)
 
-    def batch_terms(batch) -> torch.Tensor:
-        seen: dict[str, torch.Tensor] = {}
+    def stat(m, x):
+        return [(c.double() ** 2).sum(1).cpu() for c in columns(m, x)]
 
-        def hook(module, args, name):
-            cols = columns(module, args[0])
-            v = torch.cat([(c.double() ** 2).sum(1) for c in cols])
-            seen[name] = seen[name] + v if name in seen else v
-
-        hooks = [layers[n].register_forward_pre_hook(
-            lambda module, args, n=n: hook(module, args, n)) for n in names]
-        try:
-            utils.call(work, device.to(batch[0], dev))
-        finally:
-            for h in hooks:
-                h.remove()
-        return torch.cat([seen.get(n, torch.zeros(k, dtype=torch.float64, device=dev)).cpu()
-                          for n, k in zip(names, sizes)])
-
-    total = torch.zeros(sum(sizes), dtype=torch.float64)
-    for v in dist.in_order(data, batch_terms, total.numel()):
-        total += v
-    out, pos = {}, 0
-    for n, k in zip(names, sizes):
-        m = layers[n]
-        norm = total[pos:pos + k].sqrt().view(_groups(m), -1)
-        pos += k
-        scale = _per_row(m, [g[None, :] for g in norm]).to(m.weight.device)
-        out[n] = m.weight.detach().double().abs() * scale * masks[n]
+    out = {}
+    for _, sums in group_statistics(work, layers, data, stat):
+        for n, per_group in sums.items():
+            m = layers[n]
+            scale = _per_row(m, [v.sqrt()[None, :] for v in per_group]).to(m.weight.device)
+            out[n] = m.weight.detach().double().abs() * scale * masks[n]
     return {**out, **_magnitudes(work, masks, layers)}, {}
+
+
+def gram(m: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The input Gram matrices ``X X^T`` (float64, on the CPU) of layer ``m`` on its input
+    ``x``, one per conv group."""
+    return [(c @ c.T).double().cpu() for c in columns(m, x)]
+
+
+def damped(G: torch.Tensor, name: str, method: str) -> torch.Tensor:
+    """``G + OBS_DAMP * mean(diag G) * I``; PrunewiseError when the inputs are all zero."""
+    scale = float(G.diagonal().mean())
+    if not scale > 0:
+        raise PrunewiseError(f"{method}: the calibration inputs of layer '{name}' are all zero")
+    return G + OBS_DAMP * scale * torch.eye(G.shape[0], dtype=G.dtype)
 
 
 @torch.no_grad()
 def obs_score(work, masks, data, iteration):
-    """Scorer: ``w^2 / [H^-1]_jj`` per weight (module notes), one layer's Gram matrix at a time."""
+    """Scorer: ``w^2 / [H^-1]_jj`` per weight (module notes), one group's Gram matrices at a
+    time."""
     if data is None:
         raise PrunewiseError("obs needs calibration data (batches)")
     layers = _layers(work, masks)
-    dev = device.of(work)
     out = {}
-    for pname, m in layers.items():
-        name = pname.rpartition(".")[0]
-        k, g = m.weight[0].numel(), _groups(m)
-
-        def batch_terms(batch, m=m, name=name) -> torch.Tensor:
-            cols = columns(m, layer_input(work, name, device.to(batch[0], dev)))
-            return torch.cat([(c @ c.T).double().reshape(-1) for c in cols]).cpu()
-
-        total = torch.zeros(g * k * k, dtype=torch.float64)
-        for v in dist.in_order(data, batch_terms, total.numel()):
-            total += v
-        inv_diag = []
-        for G in total.view(g, k, k):
-            scale = float(G.diagonal().mean())
-            if not scale > 0:
-                raise PrunewiseError(f"obs: the calibration inputs of layer '{name}' are all zero")
-            H = G + OBS_DAMP * scale * torch.eye(k, dtype=G.dtype)
-            inv_diag.append(torch.cholesky_inverse(torch.linalg.cholesky(H)).diagonal()[None, :])
-        denom = _per_row(m, inv_diag).to(m.weight.device)
-        out[pname] = m.weight.detach().double().square() / denom * masks[pname]
+    for _, sums in group_statistics(work, layers, data, gram):
+        for pname, per_group in sums.items():
+            m = layers[pname]
+            name = pname.rpartition(".")[0]
+            inv_diag = [torch.cholesky_inverse(torch.linalg.cholesky(damped(G, name, "obs")))
+                        .diagonal()[None, :] for G in per_group]
+            denom = _per_row(m, inv_diag).to(m.weight.device)
+            out[pname] = m.weight.detach().double().square() / denom * masks[pname]
     return {**out, **_magnitudes(work, masks, layers)}, {}
 
 
