@@ -52,7 +52,8 @@ REPAIRABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
-def _groups(m: nn.Module) -> int:
+def groups(m: nn.Module) -> int:
+    """How many groups a conv / linear layer's inputs fall into (1 for a linear layer)."""
     return 1 if isinstance(m, nn.Linear) else m.groups
 
 
@@ -307,7 +308,7 @@ def _consumers(dense: nn.Module, pruned: nn.Module, plan: ChannelPlan, x) -> dic
         rows, cols = v[:, 0] // I, v[0] % I
         if not torch.equal(v, rows[:, None] * I + cols[None, :]):
             raise PrunewiseError(f"repair: cannot follow the channels of layer '{name}'")
-        if cols.numel() < I and _groups(own) == 1:
+        if cols.numel() < I and groups(own) == 1:
             layers[name] = (rows, None)
     return layers
 
@@ -329,7 +330,7 @@ def _refit(dense, pruned, name: str, layer: tuple, norm: nn.Module | None, stats
         W = torch.cat([W, b[:, None]], dim=1)
         if keep is not None:
             keep = torch.cat([keep, torch.ones(keep.shape[0], 1, dtype=torch.bool)], dim=1)
-    per = m.weight.shape[0] // _groups(m)
+    per = m.weight.shape[0] // groups(m)
     new = torch.cat([_solve(G, C, W[g * per:(g + 1) * per],
                             None if keep is None else keep[g * per:(g + 1) * per], damp, name)
                      for g, (G, C) in enumerate(stats)])

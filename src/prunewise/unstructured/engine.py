@@ -431,7 +431,7 @@ def _allocated(scores: Scores, masks: dict, kept: int, allocation: str,
             return t.reshape(t.shape[0] if t.dim() > 1 else 1, -1)
 
         rows = {(n, r): m for n in masks for r, m in enumerate(rows_of(masks[n]))}
-        counts = _shares({k: m.numel() for k, m in rows.items()},
+        counts = shares({k: m.numel() for k, m in rows.items()},
                          {k: int(m.sum()) for k, m in rows.items()}, kept)
         many = isinstance(scores, (list, tuple))
         out = {}
@@ -498,7 +498,7 @@ def allocate(allocation: str, masks: dict[str, torch.Tensor], kept: int,
     tensors. ``"global"`` is not an allocation of its own (its counts follow the scores)."""
     checks.choice("allocation", allocation, ("lamp", "uniform"))
     if allocation == "uniform":
-        return _shares({n: m.numel() for n, m in masks.items()},
+        return shares({n: m.numel() for n, m in masks.items()},
                        {n: int(m.sum()) for n, m in masks.items()}, kept)
     if weights is None:
         raise PrunewiseError("lamp allocation needs the weights")
@@ -517,7 +517,7 @@ def allocate(allocation: str, masks: dict[str, torch.Tensor], kept: int,
     return {n: int(c.sum()) for n, c in chosen.items()}
 
 
-def _shares(sizes: dict[str, int], limits: dict[str, int], kept: int) -> dict[str, int]:
+def shares(sizes: dict[str, int], limits: dict[str, int], kept: int) -> dict[str, int]:
     """``kept`` shared out in proportion to ``sizes`` (largest remainders first), each share at
     most its ``limits`` entry (what is left over goes to the others, in proportion)."""
     total = sum(sizes.values())

@@ -30,14 +30,14 @@ from . import engine as masking
 from .. import layers as layers_mod
 from .baselines import entry
 from ..errors import PrunewiseError
-from ..repair import REPAIRABLE, columns
+from ..repair import REPAIRABLE, columns, groups
 from ..sequential import Walk
 
 #: The ridge term of OBS's Gram matrix, relative to its mean diagonal (SparseGPT's 1%).
 OBS_DAMP = 0.01
 
 
-def _layers(work: nn.Module, masks: dict) -> dict[str, nn.Module]:
+def scored_layers(work: nn.Module, masks: dict) -> dict[str, nn.Module]:
     """Masked parameter name -> its conv / linear layer (the weights these methods score from
     their inputs; any other weight matrix in the scope, such as an attention module's input
     projection or an LSTM's, is scored by its magnitude: :func:`_magnitudes`)."""
@@ -56,14 +56,10 @@ def _magnitudes(work: nn.Module, masks: dict, layers: dict) -> dict[str, torch.T
     return {n: named[n].detach().double().abs() * masks[n] for n in masks if n not in layers}
 
 
-def _groups(m: nn.Module) -> int:
-    return 1 if isinstance(m, nn.Linear) else m.groups
-
-
 def _per_row(m: nn.Module, per_group: list[torch.Tensor]) -> torch.Tensor:
     """Per-group vectors over a group's inputs -> one row per output of ``m``, shaped like its
     weight."""
-    rows = m.weight.shape[0] // _groups(m)
+    rows = m.weight.shape[0] // groups(m)
     full = torch.cat([v.expand(rows, -1) for v in per_group])
     return full.reshape(m.weight.shape)
 
@@ -90,7 +86,7 @@ def wanda_score(work, masks, data, iteration):
     """Scorer: ``|w| * ||x||`` per weight (module notes), on the model's device."""
     if data is None:
         raise PrunewiseError("wanda needs calibration data (batches)")
-    layers = _layers(work, masks)
+    layers = scored_layers(work, masks)
 
     def stat(m, x):
         return [(c.double() ** 2).sum(1).cpu() for c in columns(m, x)]
@@ -124,7 +120,7 @@ def obs_score(work, masks, data, iteration):
     time."""
     if data is None:
         raise PrunewiseError("obs needs calibration data (batches)")
-    layers = _layers(work, masks)
+    layers = scored_layers(work, masks)
     out = {}
     for _, sums in group_statistics(work, layers, data, gram):
         for pname, per_group in sums.items():

@@ -28,14 +28,14 @@ from torch import nn
 
 from ..errors import PrunewiseError
 from ..methods import SparseGPTSettings
-from .posttrain import _groups, _layers, gram, group_statistics
-from .engine import _shares, select, select_nm
+from .posttrain import groups, scored_layers, gram, group_statistics
+from .engine import shares, select, select_nm
 
 
 def _block_counts(cols: int, rows: int, pruned: int, block: int) -> list[int]:
     """The layer's ``pruned`` count shared between column blocks by size (largest remainder)."""
     sizes = {i: rows * min(block, cols - i) for i in range(0, cols, block)}
-    kept = _shares(sizes, sizes, rows * cols - pruned)
+    kept = shares(sizes, sizes, rows * cols - pruned)
     return [sizes[i] - kept[i] for i in sorted(sizes)]
 
 
@@ -114,7 +114,7 @@ class SparseGPT:
         pattern), with ``work``'s weights updated in place; and a history row's info."""
         if data is None:
             raise PrunewiseError("sparsegpt needs calibration data (batches)")
-        layers = _layers(work, masks)
+        layers = scored_layers(work, masks)
         out = _magnitude(work, {n: m for n, m in masks.items() if n not in layers}, counts, nm)
         for _, sums in group_statistics(work, layers, data, gram):
             for pname, per_group in sums.items():
@@ -126,19 +126,19 @@ class SparseGPT:
         return out, {}
 
     def _layer(self, m: nn.Module, mask: torch.Tensor, per_group: list, kept: int | None, nm):
-        groups = _groups(m)
+        count = groups(m)
         W = m.weight.detach().reshape(m.weight.shape[0], -1).cpu()
-        per = W.shape[0] // groups
+        per = W.shape[0] // count
         old = mask.reshape(W.shape[0], -1).cpu()
         pruned = None if kept is None else W.numel() - kept
-        shares = None if pruned is None else _shares(
-            {g: per * W.shape[1] for g in range(groups)},
-            {g: per * W.shape[1] for g in range(groups)}, W.numel() - pruned)
+        quota = None if pruned is None else shares(
+            {g: per * W.shape[1] for g in range(count)},
+            {g: per * W.shape[1] for g in range(count)}, W.numel() - pruned)
         new_w, keep = [], []
         for g, H in enumerate(per_group):
             rows = slice(g * per, (g + 1) * per)
             w0 = W[rows].float() * old[rows]
-            drop = None if shares is None else per * W.shape[1] - shares[g]
+            drop = None if quota is None else per * W.shape[1] - quota[g]
             w, k = prune_matrix(w0, H, drop, block=self.settings.block_size,
                                 damp=self.settings.hessian_damp, nm=nm)
             new_w.append(w)
