@@ -47,9 +47,16 @@ def corpus() -> Path:
     return out
 
 
-def bundle():
+#: Sequences of the test and validation splits the benchmark scores on (the first ones).
+TEST_SEQS, VAL_SEQS = 1000, 500
+
+
+def bundle(full: bool = False):
     from prunewise import data as D
-    return D.load("text", corpus(), seq_len=SEQ)
+    b = D.load("text", corpus(), seq_len=SEQ)
+    if not full:
+        b.test, b.val = b.test.subset(range(TEST_SEQS)), b.val.subset(range(VAL_SEQS))
+    return b
 
 
 def config(family: str, layers: int = 4):
@@ -117,17 +124,25 @@ def cell(family: str, seed: int, method: str, budget: str) -> dict:
     weights_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
-    if method.startswith("llmc-"):
+    if method == "dense":
+        pruned = model
+    elif method.startswith("llmc-"):
         pruned = llmc(model, b, method, budget)
-    else:
+    else:   # timed: pruning and repair (not the pipeline's measuring of both models)
         base, settings = settings_of(method, budget)
         pruned, plan, rep = runs.run_unstructured(
             model, b, base, settings, task=tasks.causal_lm(), seed=seed,
             measurement=runs.Measurement(latency=False))
+        t0 = time.perf_counter() - rep["stage_seconds"]["prune"] - rep["stage_seconds"]["repair"]
     seconds = time.perf_counter() - t0
     ppl = train.evaluate_split(pruned, b, "test", task=tasks.causal_lm())["perplexity"]
+    from prunewise.unstructured import engine
+    named = dict(pruned.named_parameters())
+    scope = engine.prunable(pruned)
+    zeros = sum(int((named[n] == 0).sum()) for n in scope)
     return {"family": family, "seed": seed, "method": method, "budget": budget,
             "perplexity": ppl, "seconds": seconds, "weights_mb": weights_mb,
+            "sparsity": zeros / sum(named[n].numel() for n in scope),
             "rss_before_mb": start_rss,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "threads": torch.get_num_threads()}
@@ -147,8 +162,9 @@ def llmc(model, b, method: str, budget: str):
     layers = "re:.*layers\\.\\d+$" if "llama" in type(model).__name__.lower() else "re:.*h\\.\\d+$"
     kind = SparseGPTModifier if method == "llmc-sparsegpt" else WandaPruningModifier
     recipe = kind(sparsity=sparsity, mask_structure=nm, targets=[layers], ignore=["lm_head"])
+    import transformers   # the ids are given; oneshot only wants some processor to exist
     oneshot(model=model, dataset=ds, recipe=recipe, num_calibration_samples=CALIB,
-            max_seq_length=SEQ)
+            max_seq_length=SEQ, processor=transformers.ByT5Tokenizer())
     return model
 
 
@@ -161,7 +177,7 @@ def run_all(family: str, seed: int, methods, budgets) -> None:
         done["dense"] = json.loads((folder(family, seed) / "prunewise-train.json").read_text())
     llmc_py = os.environ.get("LLMC_PYTHON")
     for budget in budgets:
-        for method in methods:
+        for method in (["dense"] if budget == budgets[0] else []) + list(methods):
             if (method, budget) in have or (method.startswith("llmc-") and not llmc_py):
                 continue
             py = llmc_py if method.startswith("llmc-") else sys.executable

@@ -294,5 +294,7 @@ def test_cli_bad_language_input(folders, corpus, tmp_path):
                             tmp_path / "ids.safetensors", "--seq-len", "16"), "vocabulary")
     assert_bad_input(invoke(*base, "--data", "text", "--root", corpus, "--seq-len", "16",
                             "--nm", "2:3", "--out", tmp_path / "d"), "2:3")
-    for p in ("a", "b", "c", "d"):
+    assert_bad_input(invoke(*base, "--data", "text", "--root", corpus, "--seq-len", "16",
+                            "--samples", "100000", "--out", tmp_path / "e"), "--samples 100000")
+    for p in ("a", "b", "c", "d", "e"):
         assert not (tmp_path / p).exists()

@@ -235,11 +235,10 @@ def reconstruct(dense: nn.Module, pruned: nn.Module, batches, *,
         if not layers:
             return pruned
         order, norms = trace(pruned, list(layers), x0)
-        walk, dense_walk = Walk(pruned, data, order), Walk(dense, data, order)
-        reached = {n for g in walk.groups for n in g}
-        missing = [n for n in order if n not in reached]
-        if missing:
-            raise PrunewiseError(f"repair: the forward pass never reached layer '{missing[0]}'")
+        try:
+            walk, dense_walk = Walk(pruned, data, order), Walk(dense, data, order)
+        except PrunewiseError as e:
+            raise PrunewiseError(f"repair: {e}") from None
         bar = progress_bar(len(order), "repair", progress)
         for group in walk.groups:
             intercepts = {n: pruned.get_submodule(n).bias is not None or n in norms

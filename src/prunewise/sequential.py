@@ -101,10 +101,15 @@ class Walk:
             raise PrunewiseError("calibration data is empty")
         self.dev = device.of(model)
         x0 = device.to(first[0], self.dev)
-        self.blocks = find_blocks(model, x0) if blocks else []
-        if self.blocks and not self._exact(x0):
+        one = utils.take(x0, slice(0, 1))   # one sample finds and checks the stack
+        self.blocks = find_blocks(model, one) if blocks else []
+        if self.blocks and not self._exact(one):
             self.blocks = []
         self.groups = self._grouped(names, x0)
+        reached = {n for g in self.groups for n in g}
+        missing = [n for n in names if n not in reached]
+        if missing:
+            raise PrunewiseError(f"the forward pass never reached layer '{missing[0]}'")
         self.at, self.cache = -1, None
 
     # ---- layout ------------------------------------------------------------------------------

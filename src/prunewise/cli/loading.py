@@ -70,6 +70,21 @@ def check_language(model, bundle, tokenizer) -> None:
         raise PrunewiseError(f"--seq-len {length} is longer than the model's {longest} positions")
 
 
+#: Calibration sequences of a language model when --samples is not given (the field's usual 128).
+LM_SAMPLES = 128
+
+
+def calibration_samples(given: int | None, bundle) -> int:
+    """The calibration sequences of a language model: ``given`` (refused when the training
+    split has fewer), else :data:`LM_SAMPLES` or the whole split when it is smaller."""
+    have = len(bundle.train)
+    if given is not None and given > have:
+        raise PrunewiseError(f"--samples {given}: the corpus's training split holds only {have} "
+                             f"sequences of {bundle.train.x.shape[1]} tokens; give at most "
+                             f"{have} or a larger corpus")
+    return given if given is not None else min(LM_SAMPLES, have)
+
+
 def task_of(bundle):
     """The task a data set is for: next-token prediction for text, else classification."""
     from .. import tasks

@@ -3,6 +3,7 @@ grid of methods x budgets x seeds). Every one calls :mod:`prunewise.runs`."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -157,10 +158,13 @@ def prune_masks(method: str, options, kw: dict) -> None:
     if kw["sparsity"] is None:
         raise PrunewiseError(f"give --sparsity FRACTION (or --nm N:M) for the mask method "
                              f"'{method}'")
+    given = kw.get("samples")
     settings = settings_from(S.Unstructured, kw, repair=settings_from(S.Repair, kw),
                              options=options)
     runs.check_unstructured(method, settings)
     model, bundle, steps = prune_setup(kw)
+    if bundle.task == "causal_lm":
+        settings = replace(settings, samples=loading.calibration_samples(given, bundle))
     resume = Path(kw["out"]) / "resume"
     pruned, plan, rep = runs.run_unstructured(model, bundle, method, settings,
                                               resume_dir=resume, steps=steps)

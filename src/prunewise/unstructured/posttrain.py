@@ -69,6 +69,8 @@ def group_statistics(work: nn.Module, layers: dict[str, nn.Module], data, stat):
     forward order, linear in depth): ``(group, {param name: summed stat})`` with ``stat(m,
     x)`` a list of float64 tensors per batch (one per conv group), summed over the
     calibration batches in order. ``layers``: masked parameter name -> its layer."""
+    if not layers:
+        return
     by_module = {p.rpartition(".")[0]: p for p in layers}
     walk = Walk(work, data, list(by_module))
     for group in walk.groups:

@@ -1,0 +1,75 @@
+"""Tables from benchmarks/results/lm/ (written by lm_bench.py): test perplexity per method and
+budget (mean ± std over the seeds there are), seconds and peak memory; and SparseGPT's time
+and memory against depth.
+
+    .venv/bin/python benchmarks/lm_summary.py
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results" / "lm"
+ORDER = ("magnitude", "wanda", "obs+repair", "sparsegpt", "sparsegpt+repair", "fvw+repair",
+         "llmc-wanda", "llmc-sparsegpt")
+BUDGETS = ("0.5", "2:4", "0.7")
+TEST_SEQS = 1000
+
+
+def fmt(values: list[float], digits: int = 3) -> str:
+    if not values:
+        return ""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def family_table(family: str) -> list[str]:
+    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob(f"{family}-s*.json"))]
+    if not runs:
+        return []
+    dense = [c["perplexity"] for r in runs for c in r["cells"] if c["method"] == "dense"]
+    cells: dict[tuple[str, str], list[dict]] = {}
+    for r in runs:
+        for c in r["cells"]:
+            cells.setdefault((c["method"], c["budget"]), []).append(c)
+    budget = {"0.5": "50%", "2:4": "2:4", "0.7": "70%"}
+    head = " | ".join(f"{budget[b]} ppl | s | peak MB" for b in BUDGETS)
+    lines = [f"**{family}** ({runs[0]['dense']['params']:,} parameters; dense test perplexity "
+             f"{fmt(dense)} on the first {TEST_SEQS} test sequences; seeds {len(runs)})", "",
+             f"| method | {head} |", "|---" * (1 + 3 * len(BUDGETS)) + "|"]
+    for m in ORDER:
+        row = []
+        for b in BUDGETS:
+            got = cells.get((m, b), [])
+            row += [fmt([c["perplexity"] for c in got]),
+                    fmt([c["seconds"] for c in got], 1),
+                    fmt([c["peak_rss_mb"] for c in got], 0)]
+        if any(row):
+            lines.append(f"| {m} | " + " | ".join(row) + " |")
+    return lines + [""]
+
+
+def depth_table() -> list[str]:
+    path = RESULTS / "depth.json"
+    if not path.is_file():
+        return []
+    got = json.loads(path.read_text())
+    lines = ["SparseGPT at 50%, 128 calibration sequences of 128 tokens, hidden 256, one process "
+             "per depth:", "", "| layers | seconds | peak MB | weights MB | peak - weights MB |",
+             "|---|---|---|---|---|"]
+    for k in sorted(got, key=int):
+        c = got[k]
+        lines.append(f"| {k} | {c['seconds']:.1f} | {c['peak_rss_mb']:.0f} | "
+                     f"{c['weights_mb']:.1f} | {c['peak_rss_mb'] - c['weights_mb']:.0f} |")
+    return lines + [""]
+
+
+def main() -> None:
+    lines = family_table("llama") + family_table("gpt2") + depth_table()
+    print("\n".join(lines).rstrip("\n"))
+
+
+if __name__ == "__main__":
+    main()
