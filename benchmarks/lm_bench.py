@@ -51,11 +51,11 @@ def corpus() -> Path:
 TEST_SEQS, VAL_SEQS = 1000, 500
 
 
-def bundle(full: bool = False):
+def bundle(full: bool = False, val: bool = True):
     from prunewise import data as D
     b = D.load("text", corpus(), seq_len=SEQ)
-    if not full:
-        b.test, b.val = b.test.subset(range(TEST_SEQS)), b.val.subset(range(VAL_SEQS))
+    if not full:   # cells score the test split only (the validation split picks nothing)
+        b.test, b.val = b.test.subset(range(TEST_SEQS)), b.val.subset(range(VAL_SEQS if val else 0))
     return b
 
 
@@ -119,7 +119,7 @@ def cell(family: str, seed: int, method: str, budget: str) -> dict:
     """One pruning in this process: perplexity, seconds, peak memory."""
     from prunewise import hf, tasks, train
     from prunewise.pipeline import runs
-    b = bundle()
+    b = bundle(val=False)
     model = hf.load(folder(family, seed))
     weights_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -133,9 +133,11 @@ def cell(family: str, seed: int, method: str, budget: str) -> dict:
         pruned, plan, rep = runs.run_unstructured(
             model, b, base, settings, task=tasks.causal_lm(), seed=seed,
             measurement=runs.Measurement(latency=False))
-        t0 = time.perf_counter() - rep["stage_seconds"]["prune"] - rep["stage_seconds"]["repair"]
-    seconds = time.perf_counter() - t0
-    ppl = train.evaluate_split(pruned, b, "test", task=tasks.causal_lm())["perplexity"]
+        seconds = rep["stage_seconds"]["prune"] + rep["stage_seconds"]["repair"]
+        ppl = rep["scores"]["repaired" if settings.repair.enabled else "pruned"]["test"]
+    if method == "dense" or method.startswith("llmc-"):
+        seconds = time.perf_counter() - t0
+        ppl = train.evaluate_split(pruned, b, "test", task=tasks.causal_lm())["perplexity"]
     from prunewise.unstructured import engine
     named = dict(pruned.named_parameters())
     scope = engine.prunable(pruned)

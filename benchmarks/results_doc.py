@@ -29,6 +29,7 @@ BLOCKS = {  # NAME -> (module, argv of its main)
     "repair-resnet20_ln": ("repair_summary", ["--model", "resnet20_ln"]),
     "vit": ("vit_summary", []),
     "tasks": ("tasks_summary", []),
+    "lm": ("lm_summary", []),
 }
 MARK = re.compile(r"(<!-- table: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- end table -->)", re.S)
 

@@ -298,3 +298,18 @@ def test_cli_bad_language_input(folders, corpus, tmp_path):
                             "--samples", "100000", "--out", tmp_path / "e"), "--samples 100000")
     for p in ("a", "b", "c", "d", "e"):
         assert not (tmp_path / p).exists()
+
+
+def test_cli_trains_an_hf_architecture_on_text(folders, corpus, tmp_path):
+    folder = folders["opt"]
+    out = tmp_path / "t"
+    r = invoke("train", "--model", f"hf:{folder}", "--data", "text", "--root", corpus,
+               "--seq-len", "16", "--epochs", "1", "--batch-size", "64", "--optimizer", "adam",
+               "--lr", "0.003", "--quiet", "--out", out)
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((out / "config.json").read_text())["meta"]
+    assert meta["metric"]["name"] == "perplexity" and meta["data"]["seq_len"] == 16
+    assert meta["test_score"] < 200   # learned something: 256 byte ids are 256 at chance
+    r = invoke("eval", out, "--model", f"hf:{folder}", "--json")
+    assert r.returncode == 0, r.stderr
+    assert abs(json.loads(r.stdout)["perplexity"] - meta["test_score"]) < 1e-3 * meta["test_score"]

@@ -132,11 +132,19 @@ class Scope:
 
 
 def output_embeddings(model: nn.Module) -> set[str]:
-    """Names of the linear layers that map back onto an embedding's vocabulary (weight shaped
-    like an ``nn.Embedding``'s, or the very same tensor): a language model's output head."""
-    shapes = {tuple(m.weight.shape) for m in model.modules() if isinstance(m, nn.Embedding)}
-    return {n for n, m in model.named_modules()
-            if isinstance(m, nn.Linear) and tuple(m.weight.shape) in shapes}
+    """Names of a language model's output head: the module a HuggingFace model's
+    ``get_output_embeddings()`` names, else every linear layer whose weight is shaped like the
+    largest embedding table's (the vocabulary back from the model width) or is that table."""
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    if isinstance(head, nn.Linear):
+        return {n for n, m in model.named_modules() if m is head}
+    tables = [m.weight for m in model.modules() if isinstance(m, nn.Embedding)]
+    if not tables:
+        return set()
+    vocab = max(tables, key=lambda w: w.shape[0])
+    return {n for n, m in model.named_modules() if isinstance(m, nn.Linear)
+            and (m.weight is vocab or tuple(m.weight.shape) == tuple(vocab.shape))}
 
 
 def left_out(model: nn.Module, masked: Iterable[str], scope: Scope | None = None) -> list[dict]:

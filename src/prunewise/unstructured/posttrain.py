@@ -150,3 +150,7 @@ wanda = entry("wanda", "Wanda: ``|w| * ||x||`` per weight, from ``batches`` (cal
 obs = entry("obs", "OBS / SparseGPT saliency ``w^2 / [H^-1]_jj`` from each layer's input Gram "
                    "matrix on ``batches`` (one shot with ``keep <= 1 - sparsity``), per output "
                    "row by default; follow it with :func:`prunewise.repair.reconstruct`.")
+sparsegpt = entry("sparsegpt", "SparseGPT (:mod:`prunewise.unstructured.sparsegpt`): masks "
+                               "chosen per column block with OBS weight updates, layer by "
+                               "layer, from ``batches`` (calibration data); the plan carries "
+                               "the updated weights (``plan.weights``).")
