@@ -264,6 +264,9 @@ def test_cli_prunes_an_hf_folder_then_evals_and_exports_it(folders, corpus, tmp_
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
     assert abs(got["perplexity"] - rep["scores"]["pruned"]["test"]) < 1e-6 * got["perplexity"]
+    r = invoke("info", folder, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["macs"] > 0
     r = invoke("export", out, "--model", f"hf:{folder}", "--hf", tmp_path / "hfout")
     assert r.returncode == 0, r.stderr
     back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hfout"))

@@ -116,9 +116,9 @@ def eval_cmd(checkpoint, data_name, root, image_size, data_seed, seq_len, factor
 def info_cmd(name, num_classes, in_channels, input_size, as_json, factory):
     """Params, MACs and a layer table of a zoo model NAME or a checkpoint folder (with
     --model: of your own model, NAME a checkpoint folder or a .safetensors state dict)."""
-    from .. import checkpoints, measure, models
+    from .. import checkpoints, hf, measure, models
 
-    if factory is not None:
+    if factory is not None or hf.is_folder(name):
         model = loading.load_model(name, factory)
         x = loading.user_example(model, in_channels, input_size)
         size, arch = input_size, type(model).__name__
@@ -129,7 +129,7 @@ def info_cmd(name, num_classes, in_channels, input_size, as_json, factory):
     else:
         model = models.create(name, num_classes=num_classes, in_channels=in_channels)
         size = input_size or models.input_size(name)
-    if factory is None:
+    if factory is None and not hf.is_folder(name):
         x, arch = loading.example_input(model, size), model.prunewise_config["arch"]
     try:
         table = measure.layer_table(model, x)

@@ -221,11 +221,15 @@ def example_input(model, size: int):
 def user_example(model, in_channels: int, size: int | None):
     """A user model's example input: the one its checkpoint recorded (a structurally pruned
     model), else images of ``in_channels`` x ``size`` x ``size`` (32 when not given)."""
-    from .. import checkpoints
+    from .. import checkpoints, hf
 
     spec = getattr(model, "prunewise_inputs", None)
     if spec and size is None:
         return checkpoints.example_of(spec)
+    if hf.is_causal_lm(model):   # token ids; the size is the sequence length
+        import torch
+
+        return torch.zeros(1, size or min(128, hf.max_positions(model) or 128), dtype=torch.long)
     return example_input_of(in_channels, size or 32)
 
 
