@@ -198,35 +198,51 @@ def run_all(family: str, seed: int, methods, budgets) -> None:
                   f"{got['seconds']:.1f}s peak {got['peak_rss_mb']:.0f} MB", flush=True)
 
 
+def _status(key: str) -> float:
+    """A line of /proc/self/status in MB (VmRSS: now; VmHWM: the peak so far)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def depth() -> None:
-    """SparseGPT's time and peak memory on 2, 4, 8 and 16 random layers of the same width."""
+    """SparseGPT's time and memory on 2, 4, 8 and 16 random layers of the same width: each
+    model is built and saved by one process, then loaded and pruned by a fresh one, which
+    reports its resident memory before pruning and its peak during it."""
     import transformers
 
     from prunewise import hf, tasks
     from prunewise.pipeline import runs
-    out = {}
-    if len(sys.argv) > 2 and sys.argv[2] == "--one":
+    if len(sys.argv) > 2 and sys.argv[2] in ("--build", "--one"):
         layers = int(sys.argv[3])
-        torch.manual_seed(0)
-        m = transformers.AutoModelForCausalLM.from_config(config("llama", layers))
         path = Path(f"/tmp/prunewise-depth-{layers}")
-        m.save_pretrained(str(path))
-        model = hf.load(path)
+        if sys.argv[2] == "--build":
+            torch.manual_seed(0)
+            transformers.AutoModelForCausalLM.from_config(config("llama", layers)).save_pretrained(
+                str(path))
+            return
         b = bundle()
+        model = hf.load(path)
         weights_mb = sum(p.numel() * 4 for p in model.parameters()) / 2**20
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        now, high = _status("VmRSS"), _status("VmHWM")
         t0 = time.perf_counter()
         runs.prune_masks(model, b, "sparsegpt", runs.Unstructured(0.5, samples=CALIB,
-                                                                   batch_size=16),
+                                                                   batch_size=16,
+                                                                   track_accuracy=False),
                          task=tasks.causal_lm())
         print(json.dumps({"layers": layers, "seconds": time.perf_counter() - t0,
-                          "weights_mb": weights_mb, "rss_before_mb": before,
-                          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                          "weights_mb": weights_mb, "rss_before_mb": now,
+                          "peak_before_mb": high, "peak_rss_mb": _status("VmHWM")}))
         return
+    out = {}
     for layers in (2, 4, 8, 16):
+        subprocess.run([sys.executable, __file__, "depth", "--build", str(layers)], check=True,
+                       capture_output=True)
         r = subprocess.run([sys.executable, __file__, "depth", "--one", str(layers)],
                            capture_output=True, text=True)
         got = json.loads([l for l in r.stdout.splitlines() if l.startswith("{")][-1])
+        got["added_mb"] = got["peak_rss_mb"] - got["rss_before_mb"]
         out[layers] = got
         print(got, flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)

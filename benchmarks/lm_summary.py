@@ -37,7 +37,8 @@ def family_table(family: str) -> list[str]:
     budget = {"0.5": "50%", "2:4": "2:4", "0.7": "70%"}
     head = " | ".join(f"{budget[b]} ppl | s | peak MB" for b in BUDGETS)
     lines = [f"**{family}** ({runs[0]['dense']['params']:,} parameters; dense test perplexity "
-             f"{fmt(dense)} on the first {TEST_SEQS} test sequences; seeds {len(runs)})", "",
+             f"{fmt(dense)} on the first {TEST_SEQS} test sequences; {len(runs)} "
+             f"seed{'s' if len(runs) > 1 else ''})", "",
              f"| method | {head} |", "|---" * (1 + 3 * len(BUDGETS)) + "|"]
     for m in ORDER:
         row = []
@@ -56,13 +57,15 @@ def depth_table() -> list[str]:
     if not path.is_file():
         return []
     got = json.loads(path.read_text())
-    lines = ["SparseGPT at 50%, 128 calibration sequences of 128 tokens, hidden 256, one process "
-             "per depth:", "", "| layers | seconds | peak MB | weights MB | peak - weights MB |",
-             "|---|---|---|---|---|"]
+    lines = ["SparseGPT at 50%, 128 calibration sequences of 128 tokens, Llama-style layers of "
+             "width 256, one fresh process per depth (model and text loaded first):", "",
+             "| layers | seconds | weights MB | resident before MB | peak MB | added by pruning "
+             "MB | added - 2 x weights MB |", "|---|---|---|---|---|---|---|"]
     for k in sorted(got, key=int):
         c = got[k]
-        lines.append(f"| {k} | {c['seconds']:.1f} | {c['peak_rss_mb']:.0f} | "
-                     f"{c['weights_mb']:.1f} | {c['peak_rss_mb'] - c['weights_mb']:.0f} |")
+        lines.append(f"| {k} | {c['seconds']:.1f} | {c['weights_mb']:.1f} | "
+                     f"{c['rss_before_mb']:.0f} | {c['peak_rss_mb']:.0f} | {c['added_mb']:.0f} | "
+                     f"{c['added_mb'] - 2 * c['weights_mb']:.0f} |")
     return lines + [""]
 
 

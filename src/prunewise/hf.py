@@ -33,11 +33,11 @@ def is_folder(path) -> bool:
     """Whether ``path`` is a HuggingFace model folder (a ``config.json`` naming a
     ``model_type``), not a prunewise checkpoint."""
     cfg = Path(path) / "config.json"
-    if not cfg.is_file():
-        return False
     try:
+        if not cfg.is_file() or cfg.stat().st_size > 1 << 22:
+            return False   # the checkpoint reader says what is wrong with it
         head = json.loads(cfg.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         return False
     return isinstance(head, dict) and "model_type" in head and "format" not in head
 

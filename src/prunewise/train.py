@@ -46,6 +46,15 @@ def _totals(model: nn.Module, batch, task: tasks.Task) -> list[float]:
         model.train(was_training)
 
 
+def eval_batch_size(bundle: "D.DataBundle", part: "D.Split", batch_size: int = 256) -> int:
+    """``batch_size``, smaller for large inputs or a language model's logits: at most
+    :data:`EVAL_VALUES` input values (or logits) per evaluation batch."""
+    if len(part) and not isinstance(part.x, dict):
+        per = max(1, part.x[0].numel() * max(1, bundle.vocab))
+        batch_size = max(1, min(batch_size, EVAL_VALUES // per))
+    return batch_size
+
+
 def evaluate_split(model: nn.Module, bundle: "D.DataBundle", split: str = "test",
                    batch_size: int = 256, task: tasks.Task | None = None) -> dict:
     """:func:`evaluate` on one split ('train', 'val' or 'test') of a data bundle; under torchrun
@@ -55,10 +64,7 @@ def evaluate_split(model: nn.Module, bundle: "D.DataBundle", split: str = "test"
     batch), so memory follows the input size."""
     task = tasks.of(task)
     part = getattr(bundle, split)
-    if len(part) and not isinstance(part.x, dict):
-        per = max(1, part.x[0].numel() * max(1, bundle.vocab))   # a language model's logits
-        batch_size = max(1, min(batch_size, EVAL_VALUES // per))
-    batches = D.batches(part, bundle, batch_size)
+    batches = D.batches(part, bundle, eval_batch_size(bundle, part, batch_size))
     if not dist.active() or not task.width:
         return task.evaluate(model, batches)
     sums = None

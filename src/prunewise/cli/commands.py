@@ -47,9 +47,9 @@ def train_cmd(model_name, data_name, root, image_size, data_seed, seq_len, facto
     if model_name is not None:
         loading.check_model_name(model_name)
     compute = compute_of(device_name, amp)
-    torch.manual_seed(seed)
     model = None
     if factory is not None:   # built first: a language model's text uses its tokenizer
+        torch.manual_seed(seed)
         model = checkpoints.built(loading.load_factory(factory))
         model_name = type(model).__name__
     bundle = loading.load_data(data_name, root, image_size, data_seed, seq_len=seq_len,
@@ -62,6 +62,7 @@ def train_cmd(model_name, data_name, root, image_size, data_seed, seq_len, facto
         loading.check_classes(model, bundle)
         model = compute.place(model)
     else:
+        torch.manual_seed(seed)
         model = compute.place(models.create(model_name, num_classes=bundle.num_classes,
                                             in_channels=bundle.in_channels))
     task = loading.task_of(bundle)

@@ -56,7 +56,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .. import checkpoints, measure, methods, tasks
+from .. import checkpoints, measure, methods, tasks, train
 from ..unstructured import engine as masking
 from ..structured import engine as structured, surgery
 from .. import data as D
@@ -211,7 +211,7 @@ def mask_stops(model: nn.Module, bundle: D.DataBundle, method: str, settings: Un
                          limit=settings.samples)
 
     def validation():
-        return D.batches(bundle.val, bundle, 256)
+        return D.batches(bundle.val, bundle, train.eval_batch_size(bundle, bundle.val))
 
     recalibrate = settings.loop_recalibrate
     loop = masking.LoopSettings(
