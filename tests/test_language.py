@@ -316,3 +316,7 @@ def test_cli_trains_an_hf_architecture_on_text(folders, corpus, tmp_path):
     r = invoke("eval", out, "--model", f"hf:{folder}", "--json")
     assert r.returncode == 0, r.stderr
     assert abs(json.loads(r.stdout)["perplexity"] - meta["test_score"]) < 1e-3 * meta["test_score"]
+    before = (out / "model.safetensors").read_bytes()   # a second train never overwrites it
+    assert_bad_input(invoke("train", "--model", f"hf:{folder}", "--data", "text", "--root",
+                            corpus, "--epochs", "1", "--quiet", "--out", out), "already holds")
+    assert (out / "model.safetensors").read_bytes() == before

@@ -39,6 +39,9 @@ def train_cmd(model_name, data_name, root, image_size, data_seed, seq_len, facto
     from .. import checkpoints, files, models, tasks, train
 
     check_output(out)
+    if (Path(out) / checkpoints.CONFIG).exists():   # symbolic links followed
+        raise PrunewiseError(f"--out {out} already holds a checkpoint; train writes a new one: "
+                             f"choose another folder (or remove that one)")
     how = settings_from(S.Training, kw)
     if how.epochs < 1:
         raise PrunewiseError("--epochs must be at least 1 to train")
