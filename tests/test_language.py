@@ -151,8 +151,6 @@ def test_folder_without_text_files(tmp_path):
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_walk_reads_every_layer_input_exactly_block_by_block(folders, family):
-    from prunewise.repair import layer_input
-
     model = hf.load(folders[family])
     data = [(torch.randint(0, 256, (3, 12)),) * 2 for _ in range(2)]
     names = [n.rpartition(".")[0] for n in engine.prunable(model)]
@@ -162,11 +160,14 @@ def test_walk_reads_every_layer_input_exactly_block_by_block(folders, family):
         assert ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj",
                 "model.layers.0.self_attn.v_proj"] in walk.groups
         assert ["model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj"] in walk.groups
+    whole = sequential.Walk(model, data, names, blocks=False)   # the whole model's pass
+    assert not whole.blocks and whole.groups == walk.groups
     for group in walk.groups:
-        got = list(walk.inputs(group))
-        for batch, xs in zip(data, got):
+        got, want = list(walk.inputs(group)), list(whole.inputs(group))
+        assert len(got) == len(data)
+        for xs, ref in zip(got, want):
             for n in group:
-                assert torch.equal(xs[n], layer_input(model, n, batch[0]))
+                assert torch.equal(xs[n], ref[n])
 
 
 def test_walk_of_a_cnn_uses_its_sequential_layers(trained_resnet20, digits):

@@ -101,7 +101,6 @@ def factory(spec: str):
                                  f"from this config ({type(e).__name__}: "
                                  f"{' '.join(str(e).split())[:160]})") from None
         return _ready(model, path)
-    build.prunewise_hf = str(path)
     return build
 
 

@@ -57,10 +57,6 @@ def groups(m: nn.Module) -> int:
     return 1 if isinstance(m, nn.Linear) else m.groups
 
 
-class _Reached(Exception):
-    """Raised by a hook to stop a forward pass once the layer's input has been seen."""
-
-
 def columns(m: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """Layer ``m``'s input ``x`` as columns, one matrix (inputs x positions) per group, float32
     (a conv's input unfolded the way the layer reads it: padding mode, stride, dilation)."""
@@ -92,27 +88,6 @@ def columns(m: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
                         padding=padding, stride=stride)          # N x (c k) x P
         out.append(cols.transpose(0, 1).reshape(cols.shape[1], -1))
     return out
-
-
-def layer_input(model: nn.Module, name: str, x) -> torch.Tensor:
-    """The input ``model``'s layer ``name`` receives on the batch ``x`` (the pass stops there)."""
-    seen = {}
-
-    def hook(module, args):
-        seen["x"] = args[0]
-        raise _Reached
-
-    handle = model.get_submodule(name).register_forward_pre_hook(hook)
-    try:
-        with torch.no_grad():
-            utils.call(model, x)
-    except _Reached:
-        pass
-    finally:
-        handle.remove()
-    if "x" not in seen:
-        raise PrunewiseError(f"repair: the forward pass never reached layer '{name}'")
-    return seen["x"]
 
 
 def trace(model: nn.Module, names: list[str], x) -> tuple[list[str], dict[str, nn.Module]]:

@@ -177,8 +177,8 @@ class Walk:
         def hook(module, args, kwargs):
             kwargs = {k: v for k, v in kwargs.items()
                       if k not in ("past_key_values", "past_key_value", "use_cache")}
-            if _hidden(args, kwargs) is not None and not (args and args[0] is not None):
-                args = (kwargs.pop("hidden_states"),)
+            if not args and isinstance(kwargs.get("hidden_states"), torch.Tensor):
+                args = (kwargs.pop("hidden_states"),)   # the hidden state goes first
             out.append((tuple(args), kwargs))
             raise _Stop
         h = self.model.get_submodule(self.blocks[0]).register_forward_pre_hook(hook,

@@ -79,26 +79,24 @@ def _order(name: str) -> str:
     return hashlib.sha1(name.encode("utf-8")).hexdigest()
 
 
-def byte_ids(text: str) -> list[int]:
-    """A text's ids without a tokenizer: its UTF-8 bytes."""
-    return list(text.encode("utf-8"))
-
-
-def _encode(tokenizer, text: str) -> list[int]:
+def _encode(tokenizer, text: str) -> torch.Tensor:
+    """A document's ids: its UTF-8 bytes without a tokenizer, else the tokenizer's ids and
+    its end-of-text id."""
     if tokenizer is None:
-        return byte_ids(text)
+        return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).long()
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     eos = getattr(tokenizer, "eos_token_id", None)
-    return list(ids) + ([int(eos)] if isinstance(eos, int) else [])
+    return torch.tensor(list(ids) + ([int(eos)] if isinstance(eos, int) else []),
+                        dtype=torch.long)
 
 
-def _cut(streams: list[list[int]]) -> list[torch.Tensor]:
+def _cut(streams: list[torch.Tensor]) -> list[torch.Tensor]:
     """Documents' ids (in split order) -> the three splits' streams, boundaries at document
     ends nearest the shares (module notes)."""
-    lengths = torch.tensor([len(s) for s in streams], dtype=torch.float64)
+    lengths = torch.tensor([s.numel() for s in streams], dtype=torch.float64)
     total = float(lengths.sum())
     ends = torch.cumsum(lengths, 0)
-    flat = torch.tensor([i for s in streams for i in s], dtype=torch.long)
+    flat = torch.cat(streams)
     cuts, at = [], 0
     for share in (SHARES[0], SHARES[0] + SHARES[1]):
         goal = share * total
@@ -143,7 +141,7 @@ def load_text(root, seq_len: int = 128, tokenizer=None) -> DataBundle:
     root = Path(root)
     docs = sorted(_documents(root), key=lambda d: _order(d[0]))
     streams = [_encode(tokenizer, text) for _, text in docs]
-    if not any(streams):
+    if not any(s.numel() for s in streams):
         raise PrunewiseError(f"--root {root}: the corpus gives no tokens")
     vocab = BYTE_VOCAB if tokenizer is None else len(tokenizer)
     return _bundle("text", _cut(streams), seq_len, f"--root {root}", vocab, tokenizer)
