@@ -17,12 +17,14 @@ tied between modules (input and output embeddings) stay one tensor.
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from . import device
 from .errors import PrunewiseError
 
 PREFIX = "hf:"
@@ -163,6 +165,77 @@ def max_positions(model: nn.Module) -> int | None:
     return None
 
 
+# ---- structurally pruned models --------------------------------------------------------------
+
+#: Config fields that hold the width of every layer's MLP, by family.
+MLP_FIELDS = ("intermediate_size", "n_inner", "ffn_dim", "decoder_ffn_dim")
+
+
+def pruned_config(model: nn.Module):
+    """A copy of ``model``'s config that describes its structurally pruned widths, when one
+    config can: every attention layer kept the same number of query heads (written as
+    ``num_attention_heads``, with ``head_dim`` set explicitly: only for families whose config
+    has ``head_dim``), and every other pruned group (the MLPs) the same width, written to the
+    config's MLP field (:data:`MLP_FIELDS`) when the group started at that width. Anything else
+    is a PrunewiseError naming what differs; such a model saves as a prunewise checkpoint."""
+    from .layers import attention_heads
+
+    config = copy.deepcopy(model.config)
+    heads = attention_heads(model)
+    counts = sorted({i["heads"] for i in heads.values()})
+    if len(counts) > 1:
+        raise PrunewiseError(f"the pruned model keeps {counts} attention heads in different "
+                             f"layers, and a HuggingFace config holds one count: save it as a "
+                             f"prunewise checkpoint")
+    if counts and counts[0] != config.num_attention_heads:
+        if "head_dim" not in config.to_dict():
+            raise PrunewiseError(f"the pruned model keeps {counts[0]} of "
+                                 f"{config.num_attention_heads} attention heads, and a "
+                                 f"{config.model_type} config derives the head size from the "
+                                 f"head count: save it as a prunewise checkpoint")
+        config.num_attention_heads = counts[0]
+        config.head_dim = next(iter(heads.values()))["head_dim"]
+    first, last = {}, {}
+    for plan in model.prunewise_structure:
+        for name, kept in plan.keep.items():
+            if name not in heads:
+                first.setdefault(name, plan.sizes[name])
+                last[name] = int(kept.numel())
+    field = next((f for f in MLP_FIELDS if isinstance(getattr(config, f, None), int)), None)
+    widths = sorted(set(last.values()))
+    if last and (field is None or len(widths) > 1
+                 or set(first.values()) != {getattr(config, field)}):
+        raise PrunewiseError(f"the pruned model's MLP widths ({widths}) cannot be written into "
+                             f"one {field or 'MLP width'} of its HuggingFace config: save it as a "
+                             f"prunewise checkpoint")
+    if last:
+        setattr(config, field, widths[0])
+    return config
+
+
+def _check_reload(model: nn.Module, folder: Path) -> None:
+    """Load the folder just written with ``from_pretrained`` and compare its logits with
+    ``model``'s; a mismatch removes the folder and is a PrunewiseError."""
+    import shutil
+
+    x = torch.arange(8).remainder(vocab_size(model) or 2).unsqueeze(0).to(device.of(model))
+    was = model.training
+    try:
+        back = load(folder).to(x.device)
+        model.eval()
+        with torch.no_grad():
+            same = torch.allclose(back(x).logits, model(x).logits, rtol=1e-4, atol=1e-4)
+        problem = "" if same else "gives different outputs"
+    except PrunewiseError as e:
+        problem = f"does not load ({e})"
+    finally:
+        model.train(was)
+    if problem:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise PrunewiseError(f"the HuggingFace folder of this pruned model {problem}; nothing "
+                             f"was written: save it as a prunewise checkpoint")
+
+
 # ---- GPT-2's Conv1D ----------------------------------------------------------------------------
 
 def _is_conv1d(m: nn.Module) -> bool:
@@ -202,20 +275,22 @@ def save(model: nn.Module, folder) -> Path:
     if info is None or not hasattr(model, "save_pretrained"):
         raise PrunewiseError("only a HuggingFace model (loaded with --model hf:DIR) can be saved "
                              "as a HuggingFace folder")
-    if getattr(model, "prunewise_structure", None):
-        raise PrunewiseError("a structurally pruned model has widths its HuggingFace config "
-                             "cannot express; save it as a prunewise checkpoint")
     folder = Path(folder)
+    config = pruned_config(model) if getattr(model, "prunewise_structure", None) else model.config
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     for name in info.get("transposed", []):
         state[f"{name}.weight"] = state[f"{name}.weight"].T.contiguous()
-    old = getattr(model.config, "use_cache", None)
+    old, kept = getattr(model.config, "use_cache", None), model.config
+    model.config = config
     model.config.use_cache = info.get("use_cache", old)
     try:
         _quiet()
         model.save_pretrained(str(folder), state_dict=state, safe_serialization=True)
     finally:
+        model.config = kept
         model.config.use_cache = old
+    if config is not kept:
+        _check_reload(model, folder)
     src = Path(info["folder"])
     for p in src.iterdir() if src.is_dir() else []:
         if p.is_file() and (p.name in TOKENIZER_FILES or p.name.startswith(("special_tokens",

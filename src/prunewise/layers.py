@@ -19,6 +19,8 @@ input weights and biases). Bidirectional LSTMs and ``proj_size`` are not pruned 
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -31,6 +33,12 @@ QKV_NAMES = (("q", "k", "v"), ("query", "key", "value"), ("q_proj", "k_proj", "v
              ("to_q", "to_k", "to_v"), ("wq", "wk", "wv"))
 #: Attributes derived from the head count that are rewritten with it (heads * head_dim).
 WIDTH_ATTRS = ("all_head_size", "inner_dim")
+#: Fused query-key-value layers (queries, then keys, then values, head by head).
+FUSED_QKV = ("c_attn", "qkv_proj", "qkv", "Wqkv", "query_key_value")
+#: Attributes that hold the number of key-value heads.
+KV_ATTRS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads")
+#: Attributes that hold the channels per head.
+HEAD_DIM_ATTRS = ("head_dim", "head_size", "attention_head_size", "d_head")
 
 
 def layer_widths(model: nn.Module) -> dict[str, list[int]]:
@@ -60,44 +68,162 @@ def _heads_attr(module: nn.Module) -> str | None:
     return None
 
 
+def _int_attr(module: nn.Module, names) -> int:
+    for a in names:
+        v = getattr(module, a, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return 0
+
+
 def attention_heads(model: nn.Module) -> dict[str, dict]:
     """Every attention module built from linear layers: its name -> ``{"attr": head-count
-    attribute, "heads": count, "head_dim": channels per head, "qkv": [q, k, v layer names]}``.
-    Modules whose q/k/v widths are not a multiple of the head count are left out."""
+    attribute or None, "heads": query heads, "kv_heads": key-value heads, "head_dim": channels
+    per head, "qkv": [q, k, v layer names] (one name three times when fused), "out": its output
+    projection or "", "own": True when prunewise cuts its heads itself}``.
+
+    Two kinds (see the module doc): separate q / k / v of one width with a head-count attribute
+    (Torch-Pruning cuts them, ``own`` False); and, cut by :func:`cut_heads`, attention whose
+    output projection is its own child and that Torch-Pruning cannot cut by whole heads:
+    grouped-query (fewer key-value heads than query heads), a fused q/k/v layer
+    (:data:`FUSED_QKV`), or a head count known only from ``head_dim``. Anything whose widths
+    do not divide into heads is left out."""
     out = {}
     for name, m in model.named_modules():
         if isinstance(m, nn.MultiheadAttention):
             continue
-        attr = _heads_attr(m)
-        if attr is None:
-            continue
-        for q, k, v in QKV_NAMES:
-            layers = [getattr(m, n, None) for n in (q, k, v)]
-            if not all(isinstance(x, nn.Linear) for x in layers):
-                continue
-            heads = getattr(m, attr)
-            widths = {x.out_features for x in layers}
-            if len(widths) != 1 or next(iter(widths)) % heads:
-                break
+        info = _separate(m) or _fused(m)
+        if info is not None:
             prefix = f"{name}." if name else ""
-            out[name] = {"attr": attr, "heads": heads,
-                         "head_dim": next(iter(widths)) // heads,
-                         "qkv": [prefix + n for n in (q, k, v)]}
-            break
+            info["qkv"] = [prefix + n for n in info["qkv"]]
+            info["out"] = prefix + info["out"] if info["out"] else ""
+            out[name] = info
     return out
+
+
+def _out_projection(m: nn.Module, width: int, skip: set) -> str:
+    """The one linear child of ``m`` (not in ``skip``) that reads ``width`` channels, or ""."""
+    found = [n for n, c in m.named_children()
+             if isinstance(c, nn.Linear) and n not in skip and c.in_features == width]
+    return found[0] if len(found) == 1 else ""
+
+
+def _separate(m: nn.Module) -> dict | None:
+    attr = _heads_attr(m)
+    for names in QKV_NAMES:
+        q, k, v = (getattr(m, n, None) for n in names)
+        if not all(isinstance(x, nn.Linear) for x in (q, k, v)):
+            continue
+        if attr is not None and q.out_features == k.out_features == v.out_features \
+                and q.out_features % getattr(m, attr) == 0:
+            heads = getattr(m, attr)
+            return {"attr": attr, "heads": heads, "kv_heads": heads, "own": False,
+                    "head_dim": q.out_features // heads, "qkv": list(names), "out": ""}
+        d = _int_attr(m, HEAD_DIM_ATTRS)
+        o = _out_projection(m, q.out_features, set(names))
+        if not d or not o or k.out_features != v.out_features or q.out_features % d \
+                or k.out_features % d or (q.out_features // d) % (k.out_features // d):
+            return None
+        return {"attr": attr, "heads": q.out_features // d, "kv_heads": k.out_features // d,
+                "head_dim": d, "qkv": list(names), "out": o, "own": True}
+    return None
+
+
+def _fused(m: nn.Module) -> dict | None:
+    for n in FUSED_QKV:
+        f = getattr(m, n, None)
+        if not isinstance(f, nn.Linear):
+            continue
+        d, attr = _int_attr(m, HEAD_DIM_ATTRS), _heads_attr(m)
+        if not d or f.out_features % d:
+            return None
+        units = f.out_features // d
+        kv = _int_attr(m, KV_ATTRS)
+        groups = _int_attr(m, ("num_key_value_groups",))
+        heads = (getattr(m, attr) if attr else units - 2 * kv if kv
+                 else units * groups // (groups + 2) if groups else units // 3)
+        kv = kv or (heads // groups if groups else heads)
+        if heads < 1 or heads + 2 * kv != units or heads % kv:
+            return None
+        o = _out_projection(m, heads * d, {n})
+        if not o:
+            return None
+        return {"attr": attr, "heads": heads, "kv_heads": kv, "head_dim": d, "qkv": [n] * 3,
+                "out": o, "own": True, "interleaved": False}
+    return None
 
 
 def update_heads(model: nn.Module, heads: dict[str, dict]) -> None:
     """Write the head count implied by the pruned q/k/v widths into every attention module of
-    ``heads`` (from :func:`attention_heads` before pruning), and the derived widths."""
+    ``heads`` (from :func:`attention_heads` before pruning) that Torch-Pruning cut, and the
+    derived widths."""
     mods = dict(model.named_modules())
     for name, info in heads.items():
+        if info["own"]:
+            continue
         m = mods[name]
         width = mods[info["qkv"][0]].out_features
         setattr(m, info["attr"], width // info["head_dim"])
         for a in WIDTH_ATTRS:
             if isinstance(getattr(m, a, None), int):
                 setattr(m, a, width)
+
+
+def qkv_rows(info: dict, part: str, channels: torch.Tensor) -> torch.Tensor:
+    """The rows of the ``part`` ("q", "k" or "v") layer that hold ``channels`` (query channels
+    for "q"; for "k"/"v" key-value channels) of an attention module of :func:`attention_heads`.
+    A fused layer holds all queries, then keys, then values, unless ``interleaved`` (GPT-NeoX):
+    then head h's query, key and value channels sit side by side."""
+    d, H, KV = info["head_dim"], info["heads"], info["kv_heads"]
+    channels = torch.as_tensor(channels, dtype=torch.long)
+    if len(set(info["qkv"])) > 1:
+        return channels
+    at = "qkv".index(part)
+    if info.get("interleaved"):
+        return channels // d * 3 * d + at * d + channels % d
+    return channels + (0, H * d, (H + KV) * d)[at]
+
+
+def cut_heads(model: nn.Module, name: str, info: dict, kept: torch.Tensor) -> None:
+    """Keep only the query channels ``kept`` (whole heads; with grouped-query attention the same
+    number in every key-value group) of the ``own`` attention module ``name`` of ``model``
+    (``info`` from :func:`attention_heads`). Key and value heads go with
+    their query head when every query head has its own; with grouped-query attention they all
+    stay. The head-count attributes are rewritten so the forward pass uses the new count."""
+    d, H, KV = info["head_dim"], info["heads"], info["kv_heads"]
+    kept = torch.as_tensor(kept, dtype=torch.long).sort().values
+    h_new = kept.numel() // d
+    rows = {"q": kept, "k": kept if KV == H else torch.arange(KV * d),
+            "v": kept if KV == H else torch.arange(KV * d)}
+    module, get = model.get_submodule(name), model.get_submodule
+    names = dict(zip("qkv", info["qkv"]))
+    if len(set(info["qkv"])) == 1:
+        fused = torch.cat([qkv_rows(info, p, rows[p]) for p in "qkv"])
+        _slice_rows(get(names["q"]), fused.sort().values)
+    else:
+        for p in "qkv":
+            _slice_rows(get(names[p]), rows[p])
+    o = get(info["out"])
+    o.weight = nn.Parameter(o.weight.detach()[:, kept].clone(), o.weight.requires_grad)
+    o.in_features = kept.numel()
+    if info["attr"]:
+        setattr(module, info["attr"], h_new)
+    if isinstance(getattr(module, "num_key_value_groups", None), int):
+        module.num_key_value_groups = h_new // KV
+    for a in WIDTH_ATTRS + ("split_size",):
+        if getattr(module, a, None) == H * d:
+            setattr(module, a, h_new * d)
+    config = getattr(module, "config", None)   # shared by every layer: this one gets its own
+    if getattr(config, "num_attention_heads", None) == H:
+        module.config = copy.copy(config)
+        module.config.num_attention_heads = h_new
+
+
+def _slice_rows(lin: nn.Linear, rows: torch.Tensor) -> None:
+    lin.weight = nn.Parameter(lin.weight.detach()[rows].clone(), lin.weight.requires_grad)
+    if lin.bias is not None:
+        lin.bias = nn.Parameter(lin.bias.detach()[rows].clone(), lin.bias.requires_grad)
+    lin.out_features = rows.numel()
 
 
 def lstm_rows(lstm: nn.LSTM, idxs) -> torch.Tensor:

@@ -106,7 +106,7 @@ class _Recorder:
                 return
             row.update(weight_shape=list(module.weight.shape), output_shape=list(out.shape[1:]),
                        params=sum(p.numel() for p in module.parameters(recurse=False)),
-                       macs=_layer_macs(module, out[:1]))
+                       macs=_layer_macs(module, out))   # the run holds one sample
             row["weights"] = {_join(name, "weight"): row["macs"]}
         elif isinstance(module, nn.RNNBase):
             steps = _steps(module, inputs)
@@ -185,6 +185,9 @@ def _attention_macs(info: dict | None, rows: dict) -> int:
     layers, from the output shapes of its q / k / v layers (sequence length x width)."""
     if info is None or not all(n in rows for n in info["qkv"]):
         return 0
+    if info["own"]:   # self-attention; keys and values repeated to every query head
+        L, _ = _flat(rows[info["qkv"][0]]["output_shape"])
+        return int(2 * L * L * info["heads"] * info["head_dim"])
     (L, Eq), (S, _), (_, Ev) = (_flat(rows[n]["output_shape"]) for n in info["qkv"])
     return int(L * S * Eq + L * S * Ev)
 

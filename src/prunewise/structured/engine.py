@@ -147,22 +147,20 @@ def views(a: Analysis, g: surgery.GroupInfo, spectrum: Spectrum | None = None) -
     head for an attention group (a "channel" of the view is a whole head, its row of R the
     head's rows side by side, so SLIMING ranks heads by the singular values of their weight
     blocks); one view per part for a GroupNorm / grouped-conv / multi-head group (each part
-    keeps the same count). A view's ``units`` map its channels to ``g``'s."""
+    keeps the same count); one view of heads per key-value group for grouped-query attention.
+    A view's ``units`` map its channels to ``g``'s."""
     from dataclasses import replace
 
     if g.unit == 1:
         return [g]
     R = a.R.get(g.name)
-    if g.head > 1:
-        H = g.size // g.head
-        units = [torch.arange(h * g.head, (h + 1) * g.head) for h in range(H)]
-        out = [replace(g, name=f"{g.name}#heads", size=H, head=1, parts=1, parent=g.name,
-                       units=units)]
-    else:
-        per = g.size // g.parts
-        out = [replace(g, name=f"{g.name}#part{p}", size=per, head=1, parts=1, parent=g.name,
-                       units=[torch.tensor([p * per + c]) for c in range(per)])
-               for p in range(g.parts)]
+    per = g.size // g.parts          # channels per part; a unit inside it is one head (or one)
+    step = g.head
+    out = [replace(g, name=f"{g.name}#part{p}" if g.parts > 1 else f"{g.name}#heads",
+                   size=per // step, head=1, parts=1, parent=g.name,
+                   units=[torch.arange(p * per + u * step, p * per + (u + 1) * step)
+                          for u in range(per // step)])
+           for p in range(g.parts)]
     for v in out:
         if R is not None:
             a.R[v.name] = torch.stack([R[u].reshape(-1) for u in v.units])
@@ -173,11 +171,12 @@ def views(a: Analysis, g: surgery.GroupInfo, spectrum: Spectrum | None = None) -
 
 def select_valid(select: Select, a: Analysis, g: surgery.GroupInfo, n: int,
                  spectrum: Spectrum | None = None) -> torch.Tensor:
-    """``select``'s ``n`` channels of ``g``, as whole heads or equally from every part."""
+    """``select``'s ``n`` channels of ``g``, as whole heads, equally from every part, or (with
+    grouped-query attention) as the same number of whole heads from every part."""
     vs = views(a, g, spectrum)
     if vs == [g]:
         return select(a, g, n)
-    k = n // g.head if g.head > 1 else n // g.parts
+    k = n // g.unit
     kept = [torch.cat([v.units[int(i)] for i in select(a, v, k)]) for v in vs]
     return torch.cat(kept).sort().values
 

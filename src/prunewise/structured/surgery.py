@@ -82,6 +82,7 @@ def build_graph(model: nn.Module, example_inputs, ignored_layers=None):
                              f"{msg}") from None
     finally:
         model.train(was_training)
+    dg.prunewise_heads = checked_heads(model, example_inputs)
     inside_mha = {c for m in model.modules() if isinstance(m, nn.MultiheadAttention)
                   for c in m.modules() if c is not m}  # its forward reads their weights directly
     for n, m in model.named_modules():
@@ -112,7 +113,7 @@ class GroupInfo:
     @property
     def unit(self) -> int:
         """Every kept count is a multiple of this (unless it is the whole group)."""
-        return self.head if self.head > 1 else self.parts
+        return self.head * self.parts
 
 
 def _output_layers(dg) -> set:
@@ -157,10 +158,15 @@ def groups(dg, model: nn.Module, ignored_layers=None) -> list[GroupInfo]:
     names = {m: n for n, m in model.named_modules()}
     ignored = set(ignored_layers or [])
     outputs = _output_layers(dg)
-    heads = layers.attention_heads(model)
-    qkv = {q: info for info in heads.values() for q in info["qkv"]}
-    result = []
-    for g in dg.get_all_groups(ignored_layers=[], root_module_types=ROOTS):
+    heads = getattr(dg, "prunewise_heads", None) or layers.attention_heads(model)
+    qkv = {q: info for info in heads.values() if not info["own"] for q in info["qkv"]}
+    owned = {q: n for n, info in heads.items() if info["own"] for q in info["qkv"]}
+    placed, result = set(), []
+    # Torch-Pruning never starts a group inside an attention module prunewise cuts itself:
+    # following queries and keys through rotary slices and concats is what made its analysis of
+    # decoder language models run for minutes (Phi: past 60 s on two layers)
+    skip = [model.get_submodule(q) for q in owned]
+    for g in dg.get_all_groups(ignored_layers=skip, root_module_types=ROOTS):
         root = g[0].dep.target.module
         info = GroupInfo(name=names[root], size=len(g[0].idxs), prunable=True, group=g, root=root)
         parts = 1
@@ -194,11 +200,121 @@ def groups(dg, model: nn.Module, ignored_layers=None) -> list[GroupInfo]:
                 order = np.argsort(np.asarray(item.root_idxs))
                 info.out_layers.append((n, [int(item.idxs[i]) for i in order]))
         info.parts = parts if info.head == 1 else 1
+        split = [n for n, _, k in info.dims if k < info.size and info.size % k == 0
+                 and isinstance(dg.model.get_submodule(n), nn.Linear)]
+        if split and info.prunable:   # one layer's outputs read in pieces (gate and up fused)
+            info.prunable, info.reason = False, (f"'{split[0]}' reads {info.size} channels in "
+                                                 f"pieces (a fused layer split in its forward)")
         if info.prunable and info.size % info.unit:
             info.prunable, info.reason = False, (f"{info.size} channels do not split into "
                                                  f"{info.unit} equal parts")
-        result.append(info)
+        mine = sorted({owned[n] for n, kind, _ in info.dims if kind == "out" and n in owned})
+        if not mine:   # an attention module prunewise cuts itself replaces Torch-Pruning's group
+            result.append(info)
+        for a in mine:
+            if a not in placed:
+                placed.add(a)
+                result.append(head_group(model, a, heads[a], ignored))
+    result += [head_group(model, a, heads[a], ignored) for a in sorted(set(owned.values()) - placed)]
     return result
+
+
+def head_group(model: nn.Module, name: str, info: dict, ignored=()) -> GroupInfo:
+    """The channel group of an attention module whose heads prunewise cuts itself
+    (:func:`prunewise.layers.cut_heads`): its query channels, in whole heads; with grouped-query
+    attention (``parts`` = key-value heads) every key-value group keeps the same number of
+    query heads, else each query head takes its key and value head along."""
+    d, H, KV = info["head_dim"], info["heads"], info["kv_heads"]
+    size, every = H * d, torch.arange(H * d)
+    q, k, v = info["qkv"]
+    out_layers = [(n, layers.qkv_rows(info, p, every).tolist())
+                  for p, n in zip("qkv", (q, k, v)) if p == "q" or KV == H]
+    if q == k:   # fused: a query channel removes 1 (grouped-query) or 3 rows of one layer
+        dims = [(q, "out", 3 * size if KV == H else size)]
+    else:
+        dims = [(n, "out", size) for n in ((q, k, v) if KV == H else (q,))]
+    g = GroupInfo(name=name, size=size, prunable=True, out_layers=out_layers,
+                  dims=dims + [(info["out"], "in", size)], root=model.get_submodule(name),
+                  head=d, parts=KV if KV < H else 1)
+    touched = {model.get_submodule(n) for n in (q, k, v, info["out"])}
+    if touched & set(ignored):
+        g.prunable, g.reason = False, f"ignored layer in attention '{name}'"
+    elif H == 1:
+        g.prunable, g.reason = False, f"attention '{name}' has a single head"
+    elif info.get("problem"):
+        g.prunable, g.reason = False, f"attention '{name}': {info['problem']}"
+    return g
+
+
+def checked_heads(model: nn.Module, example_inputs) -> dict:
+    """:func:`prunewise.layers.attention_heads`, with every attention module prunewise cuts
+    itself checked on ``example_inputs``: cutting its first query head (of every key-value
+    group) must give what zeroing that head's columns of the output projection gives. A module
+    whose layout the rule misread gets a ``problem`` and stays whole."""
+    heads = layers.attention_heads(model)
+    own = [n for n, info in heads.items() if info["own"]]
+    if not own:
+        return heads
+    calls = {}
+
+    def grab(name):
+        return lambda mod, args, kwargs: calls.setdefault(name, (args, kwargs)) and None
+
+    hooks = [model.get_submodule(n).register_forward_pre_hook(grab(n), with_kwargs=True)
+             for n in own]
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            utils.call(model, example_inputs)
+    except Exception:  # noqa: BLE001 - the trace already ran this model: nothing to check
+        calls.clear()
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    for n in own:
+        heads[n]["problem"] = _head_problem(model, n, heads[n], calls.get(n))
+        if heads[n]["problem"] and "interleaved" in heads[n] and heads[n]["kv_heads"] == heads[n]["heads"]:
+            other = {**heads[n], "interleaved": True}   # fused head by head (GPT-NeoX)?
+            if not _head_problem(model, n, other, calls.get(n)):
+                heads[n] = {**other, "problem": ""}
+    return heads
+
+
+def _head_problem(model: nn.Module, name: str, info: dict, call) -> str:
+    if call is None:
+        return "not called by the forward pass on the example input"
+    d, H, KV = info["head_dim"], info["heads"], info["kv_heads"]
+    if H == 1:
+        return ""
+    G = H // KV
+    drop = [p * G * d + c for p in range(KV) for c in range(d)] if G > 1 else list(range(d))
+    kept = torch.tensor(sorted(set(range(H * d)) - set(drop)))
+    holder = nn.Module()
+    holder.add_module("a", copy.deepcopy(model.get_submodule(name)))
+    local = {**info, "qkv": ["a" + q[len(name):] for q in info["qkv"]],
+             "out": "a" + info["out"][len(name):]}
+    masked = copy.deepcopy(holder.a)
+    o = masked.get_submodule(local["out"][2:])
+    with torch.no_grad():
+        o.weight[:, drop] = 0
+        layers.cut_heads(holder, "a", local, kept)
+        try:
+            want = _first(masked(*call[0], **call[1]))
+            got = _first(holder.a(*call[0], **call[1]))
+        except Exception as e:  # noqa: BLE001 - a cut that breaks the module is the finding
+            return f"cutting a head breaks it ({type(e).__name__})"
+    if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4,
+                                                     atol=1e-5 * float(want.abs().max()) + 1e-7):
+        return "cutting a head does not match masking it (head layout not understood)"
+    return ""
+
+
+def _first(out):
+    while isinstance(out, (tuple, list)):
+        out = out[0]
+    return out
 
 
 def _depthwise(m: nn.Module) -> bool:
@@ -294,9 +410,9 @@ class CostModel:
         out, self._extra_names = [], set()
         for name, info in layers.attention_heads(model).items():
             if name in table and table[name]["macs"]:
-                q = model.get_submodule(info["qkv"][0])
-                out.append((q.out_features, 1, table[name]["macs"], 0, 0,
-                            {"out": (info["qkv"][0], "out", 1)}))
+                width = info["heads"] * info["head_dim"]
+                side = (info["out"], "in", 1) if info["own"] else (info["qkv"][0], "out", 1)
+                out.append((width, 1, table[name]["macs"], 0, 0, {"out": side}))
                 self._extra_names.add(name)
         for name, m in model.named_modules():
             if not isinstance(m, nn.LSTM) or layers.unsupported_lstm(m) or name not in table:
@@ -366,6 +482,9 @@ def prune_in_place(model: nn.Module, dg, infos: list[GroupInfo], plan: ChannelPl
         drop = sorted(set(range(info.size)) - set(kept.tolist()))
         if not drop:
             continue
+        if info.group is None:   # an attention module prunewise cuts itself
+            layers.cut_heads(model, name, heads[name], kept)
+            continue
         pruner = dg.get_pruner_of_module(info.root)
         dg.get_pruning_group(info.root, pruner.prune_out_channels, drop).prune(record_history=False)
     layers.update_heads(model, heads)
@@ -381,7 +500,7 @@ def check_valid(info: GroupInfo, kept: torch.Tensor) -> None:
         if bool(((per != 0) & (per != info.head)).any()):
             raise PrunewiseError(f"plan keeps part of an attention head in group '{info.name}': "
                                  f"heads of {info.head} channels are kept or removed whole")
-    elif info.parts > 1:
+    if info.parts > 1:
         per = torch.bincount(kept // (info.size // info.parts), minlength=info.parts)
         if bool((per != per[0]).any()):
             raise PrunewiseError(f"plan keeps unequal channel counts in the {info.parts} parts "
