@@ -9,6 +9,7 @@ its test perplexity, seconds and peak resident memory.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/lm_bench.py train --family llama --seed 0
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/lm_bench.py run --family llama --seed 0
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/lm_bench.py run --family llama --structured
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/lm_bench.py depth    # SparseGPT, 2-16 layers
 
 Results: benchmarks/results/lm/<family>-s<seed>.json and depth.json; base models:
@@ -34,6 +35,9 @@ SEQ, CALIB, TRAIN_SEQS = 128, 128, 2400
 BUDGETS = ("0.5", "2:4", "0.7")
 METHODS = ("magnitude", "wanda", "obs+repair", "sparsegpt", "sparsegpt+repair", "fvw+repair")
 LLMC = ("llmc-sparsegpt", "llmc-wanda")
+#: Structured budgets: the share of the decoder blocks' (attention + MLP) parameters removed.
+STRUCTURED = ("s0.2", "s0.5")
+STRUCTURED_METHODS = ("l1", "l1+repair", "sliming", "sliming+repair")
 
 
 def corpus() -> Path:
@@ -128,6 +132,8 @@ def cell(family: str, seed: int, method: str, budget: str) -> dict:
         pruned = model
     elif method.startswith("llmc-"):
         pruned = llmc(model, b, method, budget)
+    elif budget.startswith("s"):
+        return structured_cell(model, b, family, seed, method, budget, weights_mb, start_rss)
     else:   # timed: pruning and repair (not the pipeline's measuring of both models)
         base, settings = settings_of(method, budget)
         pruned, plan, rep = runs.run_unstructured(
@@ -145,6 +151,37 @@ def cell(family: str, seed: int, method: str, budget: str) -> dict:
     return {"family": family, "seed": seed, "method": method, "budget": budget,
             "perplexity": ppl, "seconds": seconds, "weights_mb": weights_mb,
             "sparsity": zeros / sum(named[n].numel() for n in scope),
+            "rss_before_mb": start_rss,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "threads": torch.get_num_threads()}
+
+
+def block_params(model) -> int:
+    """Parameters of the decoder blocks' linear layers (attention and MLP)."""
+    return sum(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
+               for n, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and (".layers." in n or ".h." in n))
+
+
+def structured_cell(model, b, family, seed, method, budget, weights_mb, start_rss) -> dict:
+    """Heads and MLP channels: ``budget`` "sX" removes X of the blocks' parameters (the
+    embeddings and the output head stay), as a params budget of the whole model."""
+    from prunewise import layers, tasks
+    from prunewise.pipeline import runs
+    total = sum(p.numel() for p in model.parameters())
+    keep = 1 - float(budget[1:]) * block_params(model) / total
+    repair = runs.Repair(enabled=method.endswith("+repair"), samples=CALIB, batch_size=16)
+    settings = runs.Structured(params=keep, repair=repair)
+    pruned, plan, rep = runs.run_structured(
+        model, b, method.split("+")[0], settings, task=tasks.causal_lm(), seed=seed,
+        measurement=runs.Measurement(latency=False))
+    seconds = rep["stage_seconds"]["prune"] + rep["stage_seconds"]["repair"]
+    ppl = rep["scores"]["repaired" if repair.enabled else "pruned"]["test"]
+    return {"family": family, "seed": seed, "method": method, "budget": budget,
+            "perplexity": ppl, "seconds": seconds, "prune_seconds": rep["stage_seconds"]["prune"],
+            "weights_mb": weights_mb, "params_kept": keep,
+            "block_params_removed": 1 - block_params(pruned) / block_params(model),
+            "heads": {n: i["heads"] for n, i in layers.attention_heads(pruned).items()},
             "rss_before_mb": start_rss,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "threads": torch.get_num_threads()}
@@ -179,7 +216,8 @@ def run_all(family: str, seed: int, methods, budgets) -> None:
         done["dense"] = json.loads((folder(family, seed) / "prunewise-train.json").read_text())
     llmc_py = os.environ.get("LLMC_PYTHON")
     for budget in budgets:
-        for method in (["dense"] if budget == budgets[0] else []) + list(methods):
+        first = budget == budgets[0] and not budget.startswith("s")
+        for method in (["dense"] if first else []) + list(methods):
             if (method, budget) in have or (method.startswith("llmc-") and not llmc_py):
                 continue
             py = llmc_py if method.startswith("llmc-") else sys.executable
@@ -261,13 +299,18 @@ def main() -> None:
     p.add_argument("--budget", default="0.5")
     p.add_argument("--methods", default=",".join(METHODS + LLMC))
     p.add_argument("--budgets", default=",".join(BUDGETS))
+    p.add_argument("--structured", action="store_true",
+                   help="run the structured cells (STRUCTURED_METHODS at STRUCTURED budgets)")
     a = p.parse_args()
     if a.what == "train":
         train_base(a.family, a.seed, a.epochs)
     elif a.what == "cell":
         print(json.dumps(cell(a.family, a.seed, a.method, a.budget)))
     else:
-        run_all(a.family, a.seed, a.methods.split(","), a.budgets.split(","))
+        if a.structured:
+            run_all(a.family, a.seed, STRUCTURED_METHODS, STRUCTURED)
+        else:
+            run_all(a.family, a.seed, a.methods.split(","), a.budgets.split(","))
 
 
 if __name__ == "__main__":

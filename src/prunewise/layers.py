@@ -30,7 +30,8 @@ from .utils import LAYER_TYPES
 HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "heads")
 #: Names of the query / key / value projections of an attention module.
 QKV_NAMES = (("q", "k", "v"), ("query", "key", "value"), ("q_proj", "k_proj", "v_proj"),
-             ("to_q", "to_k", "to_v"), ("wq", "wk", "wv"))
+             ("to_q", "to_k", "to_v"), ("wq", "wk", "wv"), ("q_lin", "k_lin", "v_lin"),
+             ("query_proj", "key_proj", "value_proj"))
 #: Attributes derived from the head count that are rewritten with it (heads * head_dim).
 WIDTH_ATTRS = ("all_head_size", "inner_dim")
 #: Fused query-key-value layers (queries, then keys, then values, head by head).
@@ -217,6 +218,37 @@ def cut_heads(model: nn.Module, name: str, info: dict, kept: torch.Tensor) -> No
     if getattr(config, "num_attention_heads", None) == H:
         module.config = copy.copy(config)
         module.config.num_attention_heads = h_new
+
+
+def head_tables(model: nn.Module, name: str, heads: dict) -> list[str]:
+    """The per-head parameters of attention module ``name`` (``heads``: every attention of
+    :func:`attention_heads`): relative-position bias tables and the like, parameters of two or
+    more dimensions whose last one is the head count, held by no conv / linear / norm layer,
+    inside the largest module around ``name`` that holds no other attention module (BEiT keeps
+    its table beside the attention, Swin inside it)."""
+    H, owner = heads[name]["heads"], name
+    while owner:
+        parent = owner.rpartition(".")[0]
+        if not parent or any(n != name and n.startswith(parent + ".") for n in heads):
+            break
+        owner = parent
+    out = []
+    for mn, m in model.get_submodule(owner).named_modules():
+        if isinstance(m, LAYER_TYPES + (nn.LayerNorm, nn.GroupNorm)) or isinstance(m, nn.modules.batchnorm._BatchNorm):
+            continue
+        for pn, p in m.named_parameters(recurse=False):
+            if p.dim() >= 2 and p.shape[-1] == H:
+                out.append(".".join(x for x in (owner, mn, pn) if x))
+    return out
+
+
+def cut_tables(model: nn.Module, tables: list[str], kept_heads: torch.Tensor) -> None:
+    """Keep only ``kept_heads`` along the last dimension of every parameter in ``tables``."""
+    for full in tables:
+        owner, _, leaf = full.rpartition(".")
+        m = model.get_submodule(owner) if owner else model
+        p = getattr(m, leaf)
+        setattr(m, leaf, nn.Parameter(p.detach()[..., kept_heads].clone(), p.requires_grad))
 
 
 def _slice_rows(lin: nn.Linear, rows: torch.Tensor) -> None:

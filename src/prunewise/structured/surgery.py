@@ -68,6 +68,11 @@ def build_graph(model: nn.Module, example_inputs, ignored_layers=None):
     example_inputs = device.to(example_inputs, device.of(model))  # trace on the model's device
     was_training = model.training
     model.eval()
+    heads = layers.attention_heads(model)   # per-head tables are cut by heads, not traced
+    tables = [model.get_parameter(t) for n in heads for t in layers.head_tables(model, n, heads)]
+    frozen = [p for p in tables if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
     try:
         with torch.enable_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -82,6 +87,8 @@ def build_graph(model: nn.Module, example_inputs, ignored_layers=None):
                              f"{msg}") from None
     finally:
         model.train(was_training)
+        for p in frozen:
+            p.requires_grad_(True)
     dg.prunewise_heads = checked_heads(model, example_inputs)
     inside_mha = {c for m in model.modules() if isinstance(m, nn.MultiheadAttention)
                   for c in m.modules() if c is not m}  # its forward reads their weights directly
@@ -469,6 +476,8 @@ def prune_in_place(model: nn.Module, dg, infos: list[GroupInfo], plan: ChannelPl
     """Remove every channel the plan does not keep, group by group, through Torch-Pruning."""
     by_name = {g.name: g for g in infos}
     heads = layers.attention_heads(model)
+    tables = {n: layers.head_tables(model, n, heads) for n in heads}
+    of_layer = {info["qkv"][0]: n for n, info in heads.items()}
     for name, kept in plan.keep.items():
         info = by_name.get(name)
         if info is None:
@@ -482,6 +491,10 @@ def prune_in_place(model: nn.Module, dg, infos: list[GroupInfo], plan: ChannelPl
         drop = sorted(set(range(info.size)) - set(kept.tolist()))
         if not drop:
             continue
+        attention = name if info.group is None else next(
+            (of_layer[n] for n, _ in info.out_layers if n in of_layer), None)
+        if attention and info.head > 1 and tables[attention]:
+            layers.cut_tables(model, tables[attention], torch.unique(kept // info.head))
         if info.group is None:   # an attention module prunewise cuts itself
             layers.cut_heads(model, name, heads[name], kept)
             continue
