@@ -353,7 +353,12 @@ class CostModel:
         self.infos = [g for g in infos if g.prunable]
         self.sizes = np.array([g.size for g in self.infos], dtype=np.float64)
         mods = dict(model.named_modules())
-        table = {r["name"]: r for r in measure.layer_table(model, example_inputs)}
+        table = {}
+        for r in measure.layer_table(model, example_inputs):   # a layer called twice (ALBERT's
+            if r["name"] in table:                             # shared blocks): both calls
+                table[r["name"]] = {**table[r["name"]], "macs": table[r["name"]]["macs"] + r["macs"]}
+            else:
+                table[r["name"]] = r
         rows = [n for n, m in mods.items() if isinstance(m, _LAYERS + _CHANNEL_NORMS)
                 and getattr(m, "weight", None) is not None]
         # rows beyond conv / linear / norms: (name, out0, in0, MACs, params, which group dims

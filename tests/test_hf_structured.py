@@ -1,4 +1,4 @@
-"""Structured pruning of decoder language models: whole query heads (grouped-query attention
+"""Structured pruning of HuggingFace models, decoder language models first: whole query heads (grouped-query attention
 kept consistent: the same number of query heads in every key-value group), MLP channels
 (gate / up / down together), the residual width whole; on every decoder family built from its
 config. The pruned model runs, generates, reloads through a prunewise checkpoint and, when its
@@ -224,3 +224,53 @@ def test_hf_export_refuses_widths_a_config_cannot_hold(tmp_path):
         with pytest.raises(PrunewiseError, match="different layers"):
             hf.save(new, tmp_path / "l")
         assert not (tmp_path / "l").exists()
+
+
+def encoder_configs():
+    """Encoders and vision transformers whose structure took a rule of its own: DistilBERT's
+    and DeBERTa-v2's projection names, BEiT's and Swin's per-head relative-position tables,
+    ALBERT's one block called twice (its MACs counted for both calls)."""
+    T = transformers
+    enc = dict(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+               num_attention_heads=4, max_position_embeddings=32, num_labels=3)
+    vis = dict(image_size=32, num_channels=3, num_labels=3)
+    text = torch.randint(0, V, (2, 16), generator=torch.Generator().manual_seed(1))
+    image = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    seq, img = T.AutoModelForSequenceClassification, T.AutoModelForImageClassification
+    return {
+        "distilbert": (T.DistilBertConfig(vocab_size=V, dim=64, hidden_dim=128, n_layers=2,
+                                          n_heads=4, max_position_embeddings=32, num_labels=3),
+                       seq, text),
+        "deberta-v2": (T.DebertaV2Config(**enc), seq, text),
+        "albert": (T.AlbertConfig(**enc, embedding_size=64), seq, text),
+        "beit": (T.BeitConfig(**vis, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=4, patch_size=8,
+                              use_relative_position_bias=True), img, image),
+        "swin": (T.SwinConfig(**vis, embed_dim=16, depths=[1, 1], num_heads=[2, 4],
+                              patch_size=4, window_size=4), img, image),
+    }
+
+
+@pytest.mark.parametrize("family", sorted(encoder_configs()))
+def test_encoder_and_vision_families_prune_whole_heads(family, tmp_path):
+    cfg, auto, x = encoder_configs()[family]
+
+    def make():
+        torch.manual_seed(0)
+        return auto.from_config(cfg).eval()
+
+    model = make()
+    new, plan = sliming.prune(model, x, macs=0.5)
+    ratio = measure.macs(new, x) / measure.macs(model, x)
+    assert 0.49 <= ratio <= 0.5 + 1e-9
+    assert plan.meta["predicted_macs"] == pytest.approx(measure.macs(new, x), rel=1e-9)
+    heads, cut = layers.attention_heads(new), 0
+    for n, info in heads.items():
+        for t in layers.head_tables(new, n, heads):
+            assert new.get_parameter(t).shape[-1] == info["heads"]   # tables cut with heads
+            cut += info["heads"] < layers.attention_heads(model)[n]["heads"]
+    assert cut > 0 or family not in ("beit", "swin")
+    assert torch.isfinite(new(x).logits).all()
+    checkpoints.save_model(new, tmp_path / "ck")
+    back = checkpoints.load_model(tmp_path / "ck", build=make)
+    assert torch.equal(back(x).logits, new(x).logits)
