@@ -52,6 +52,56 @@ def family_table(family: str) -> list[str]:
     return lines + [""]
 
 
+STRUCTURED = ("l1", "l1+repair", "sliming", "sliming+repair")
+
+
+def structured_table(family: str) -> list[str]:
+    """Heads and MLP channels removed: 20% and 50% of the decoder blocks' parameters."""
+    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob(f"{family}-s*.json"))]
+    cells: dict[tuple[str, str], list[dict]] = {}
+    dense: dict[int, float] = {}
+    for r in runs:
+        for c in r["cells"]:
+            cells.setdefault((c["method"], c["budget"]), []).append(c)
+            if c["method"] == "dense":
+                dense[c["seed"]] = c["perplexity"]
+    if not any(b.startswith("s") for _, b in cells):
+        return []
+    lines = [f"**{family}, structured** (whole heads and MLP channels; the embeddings and the "
+             f"output head whole; x dense = perplexity / the same seed's dense perplexity)", "",
+             "| method | 20% removed: ppl | x dense | s | peak MB | 50% removed: ppl | x dense "
+             "| s | peak MB |", "|---|---|---|---|---|---|---|---|---|"]
+    for m in STRUCTURED:
+        row = []
+        for b in ("s0.2", "s0.5"):
+            got = cells.get((m, b), [])
+            row += [fmt([c["perplexity"] for c in got]),
+                    fmt([c["perplexity"] / dense[c["seed"]] for c in got if c["seed"] in dense]),
+                    fmt([c["seconds"] for c in got], 1), fmt([c["peak_rss_mb"] for c in got], 0)]
+        if any(row):
+            lines.append(f"| {m} | " + " | ".join(row) + " |")
+    return lines + [""]
+
+
+def breadth_table() -> list[str]:
+    path = RESULTS.parent / "hf_breadth.json"
+    if not path.is_file():
+        return []
+    got = json.loads(path.read_text())
+    lines = [f"Structured breadth (`benchmarks/hf_breadth.py`): SLIMING at 50% of the MACs on "
+             f"{got['families']} HuggingFace architectures built from tiny configs; "
+             f"{got['structured_ok']} pruned, ran and reloaded bit-identically, "
+             f"{got['budget_met']} within 1% of the budget:", "",
+             "| family | MACs kept | seconds | reload identical |", "|---|---|---|---|"]
+    for r in got["rows"]:
+        if r.get("structured") == "ok":
+            lines.append(f"| {r['family']} | {r['macs_ratio']:.4f} | "
+                         f"{r['structured_seconds']:.2f} | {r['structured_reload_identical']} |")
+        else:
+            lines.append(f"| {r['family']} | failed: {r['structured'][:80]} | | |")
+    return lines + [""]
+
+
 def depth_table() -> list[str]:
     path = RESULTS / "depth.json"
     if not path.is_file():
@@ -70,7 +120,8 @@ def depth_table() -> list[str]:
 
 
 def main() -> None:
-    lines = family_table("llama") + family_table("gpt2") + depth_table()
+    lines = (family_table("llama") + family_table("gpt2") + structured_table("llama")
+             + structured_table("gpt2") + depth_table() + breadth_table())
     print("\n".join(lines).rstrip("\n"))
 
 

@@ -321,3 +321,16 @@ def test_cli_trains_an_hf_architecture_on_text(folders, corpus, tmp_path):
     assert_bad_input(invoke("train", "--model", f"hf:{folder}", "--data", "text", "--root",
                             corpus, "--epochs", "1", "--quiet", "--out", out), "already holds")
     assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_a_tokenizer_beyond_the_model_vocabulary_is_refused(corpus, tmp_path):
+    cfg = configs()["llama"]
+    cfg.vocab_size = 64                       # a byte tokenizer has about 260 ids
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(str(tmp_path / "m"))
+    transformers.ByT5Tokenizer().save_pretrained(str(tmp_path / "m"))
+    assert hf.tokenizer(tmp_path / "m") is not None
+    assert_bad_input(invoke("prune", tmp_path / "m", "--method", "magnitude", "--sparsity", "0.5",
+                            "--data", "text", "--root", corpus, "--seq-len", "16", "--quiet",
+                            "--out", tmp_path / "o"), "its tokenizer has", "64 ids")
+    assert not (tmp_path / "o").exists()
