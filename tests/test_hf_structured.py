@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from helpers import assert_bad_input, invoke
+from helpers import invoke
 from prunewise import checkpoints, hf, layers, measure
 from prunewise.errors import PrunewiseError
 from prunewise.structured import baselines, sliming, surgery
