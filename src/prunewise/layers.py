@@ -2,16 +2,20 @@
 built from linear layers (and their head counts), recurrent layers, and the Torch-Pruning pruner
 prunewise uses for LSTMs.
 
-**Attention.** A module is an attention module when it has an integer head-count attribute
-(:data:`HEAD_ATTRS`: ``num_heads``, ``num_attention_heads``, ...) and three linear children
-that project queries, keys and values (:data:`QKV_NAMES`: ``q/k/v``, ``query/key/value``,
-``q_proj/k_proj/v_proj``, ...), as in hand-written attention and in HuggingFace BERT- and
-ViT-style models. Their output channels form one channel group; heads are contiguous blocks of
-``head_dim`` channels, and structured pruning keeps or removes whole heads
-(:func:`attention_heads`), then writes the new head count back into the module
-(:func:`update_heads`), so the forward pass and a saved model use it. ``nn.MultiheadAttention``
-is not such a module: its projections are tied to its embedding width, so Torch-Pruning can only
-shrink every head equally (``head_dim``), never remove a head.
+**Attention.** Two kinds of attention module built from linear layers are understood
+(:func:`attention_heads`). (1) A module with an integer head-count attribute
+(:data:`HEAD_ATTRS`) and three linear children of one width that project queries, keys and
+values (:data:`QKV_NAMES`), as in hand-written attention and in BERT- and ViT-style models:
+Torch-Pruning cuts their output channels as one group, in whole heads of ``head_dim``
+contiguous channels, and :func:`update_heads` writes the new head count back. (2) Decoder
+attention whose output projection is its own child and that Torch-Pruning cannot cut by heads:
+grouped-query attention, a fused q/k/v layer (:data:`FUSED_QKV`, queries-keys-values or head by
+head), or a head count known only from ``head_dim``. prunewise cuts those itself
+(:func:`cut_heads`): whole query heads, the same number in every key-value group (key-value
+heads stay), key and value heads along with their query head when there is no grouping.
+Per-head tables (relative-position biases) follow their heads (:func:`head_tables`).
+``nn.MultiheadAttention`` is neither: its projections are tied to its embedding width, so
+Torch-Pruning can only shrink every head equally (``head_dim``), never remove a head.
 
 **Recurrent layers.** :func:`customized_pruners` gives Torch-Pruning a correct pruner for the
 hidden units of an ``nn.LSTM`` (every layer and gate; Torch-Pruning's own one mis-slices the
