@@ -21,7 +21,8 @@ V = 64
 
 def decoder_configs():
     """Tiny decoders: grouped-query (Llama, Mistral, Qwen2, Qwen3), one key-value head per query
-    head (Llama MHA, Phi with partial rotary), fused q/k/v (GPT-2, Phi-3), OPT, GPT-NeoX."""
+    head (Llama MHA, Phi with partial rotary), fused q/k/v (GPT-2, Phi-3; GPT-NeoX head by
+    head), fused gate and up (Phi-3), OPT."""
     T = transformers
     common = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                   max_position_embeddings=32)
@@ -62,7 +63,7 @@ def params(m):
 def test_decoder_families_prune_heads_and_mlp_to_the_budget(family, tmp_path):
     model = build(family)
     ref = model(X).logits
-    budget = 0.85 if family == "phi3" else 0.6   # Phi-3's fused gate/up MLP stays whole
+    budget = 0.6
     before = layers.attention_heads(model)
     for method in ("sliming", "l1"):
         if method == "sliming":
@@ -71,7 +72,7 @@ def test_decoder_families_prune_heads_and_mlp_to_the_budget(family, tmp_path):
             new, plan = structured_prune(model, X, baselines.uniform_configure(
                 _Budget(params=budget)), baselines.l1_step)
         ratio = params(new) / params(model)
-        slack = 0.05 if family == "phi3" else 0.01   # Phi-3: 4 steps of 2 heads per layer
+        slack = 0.01
         assert budget - slack <= ratio <= budget + 1e-9, method
         assert plan.meta["predicted_macs"] == pytest.approx(measure.macs(new, X), rel=1e-9)
         heads = layers.attention_heads(new)
@@ -147,6 +148,22 @@ def _reads(attn, layout):
             return self.c_proj(y.permute(0, 2, 3, 1).reshape(b, t, -1)), None
         return self.c_proj(y.transpose(1, 2).reshape(b, t, -1)), None
     return types.MethodType(forward, attn)
+
+
+def test_fused_gate_and_up_halves_are_cut_together_once_checked():
+    import types
+    model = build("phi3")
+    mlp = model.model.layers[1].mlp
+
+    def odd_even(self, hidden_states):   # gate and up interleaved, not halves
+        both = self.gate_up_proj(hidden_states)
+        return self.down_proj(self.activation_fn(both[..., ::2]) * both[..., 1::2])
+    mlp.forward = types.MethodType(odd_even, mlp)
+    dg = surgery.build_graph(model, X)
+    g = {i.name: i for i in surgery.groups(dg, model)}
+    first, second = g["model.layers.0.mlp.gate_up_proj"], g["model.layers.1.mlp.gate_up_proj"]
+    assert first.prunable and first.halves == "model.layers.0.mlp.down_proj" and first.size == 96
+    assert not second.prunable and "does not match" in second.reason
 
 
 def test_structured_decoder_is_fast_and_dependency_analysis_bounded():

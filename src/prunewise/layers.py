@@ -255,6 +255,17 @@ def cut_tables(model: nn.Module, tables: list[str], kept_heads: torch.Tensor) ->
         setattr(m, leaf, nn.Parameter(p.detach()[..., kept_heads].clone(), p.requires_grad))
 
 
+def cut_halves(model: nn.Module, root: str, consumer: str, kept: torch.Tensor) -> None:
+    """Keep channels ``kept`` of a layer whose output is split in two halves (gate and up in
+    one layer): rows ``kept`` and ``half + kept`` of ``root``, columns ``kept`` of
+    ``consumer``."""
+    lin, out = model.get_submodule(root), model.get_submodule(consumer)
+    kept = torch.as_tensor(kept, dtype=torch.long).sort().values
+    _slice_rows(lin, torch.cat([kept, kept + lin.out_features // 2]))
+    out.weight = nn.Parameter(out.weight.detach()[:, kept].clone(), out.weight.requires_grad)
+    out.in_features = kept.numel()
+
+
 def _slice_rows(lin: nn.Linear, rows: torch.Tensor) -> None:
     lin.weight = nn.Parameter(lin.weight.detach()[rows].clone(), lin.weight.requires_grad)
     if lin.bias is not None:

@@ -17,7 +17,7 @@ import copy
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -89,7 +89,8 @@ def build_graph(model: nn.Module, example_inputs, ignored_layers=None):
         model.train(was_training)
         for p in frozen:
             p.requires_grad_(True)
-    dg.prunewise_heads = checked_heads(model, example_inputs)
+    dg.prunewise_calls = calls(model, example_inputs)
+    dg.prunewise_heads = checked_heads(model, example_inputs, dg.prunewise_calls)
     inside_mha = {c for m in model.modules() if isinstance(m, nn.MultiheadAttention)
                   for c in m.modules() if c is not m}  # its forward reads their weights directly
     for n, m in model.named_modules():
@@ -115,6 +116,7 @@ class GroupInfo:
     head: int = 1             # attention head size: whole blocks of this many channels go together
     parts: int = 1            # channels split into this many equal parts that keep equal counts
     parent: str = ""          # a view of another group (see structured.views): its name
+    halves: str = ""          # the layer reading a root split in two halves (see _halves)
     units: list = field(default_factory=list)  # a view's channels -> the parent's channels
 
     @property
@@ -210,8 +212,7 @@ def groups(dg, model: nn.Module, ignored_layers=None) -> list[GroupInfo]:
         split = [n for n, _, k in info.dims if k < info.size and info.size % k == 0
                  and isinstance(dg.model.get_submodule(n), nn.Linear)]
         if split and info.prunable:   # one layer's outputs read in pieces (gate and up fused)
-            info.prunable, info.reason = False, (f"'{split[0]}' reads {info.size} channels in "
-                                                 f"pieces (a fused layer split in its forward)")
+            info = _halves(model, info, getattr(dg, "prunewise_calls", {}))
         if info.prunable and info.size % info.unit:
             info.prunable, info.reason = False, (f"{info.size} channels do not split into "
                                                  f"{info.unit} equal parts")
@@ -224,6 +225,28 @@ def groups(dg, model: nn.Module, ignored_layers=None) -> list[GroupInfo]:
                 result.append(head_group(model, a, heads[a], ignored))
     result += [head_group(model, a, heads[a], ignored) for a in sorted(set(owned.values()) - placed)]
     return result
+
+
+def _halves(model: nn.Module, info: GroupInfo, seen: dict) -> GroupInfo:
+    """A group whose root layer's output is split in two halves that are multiplied back
+    together (gate and up in one layer) becomes a group of the half width that prunewise cuts
+    itself (:func:`prunewise.layers.cut_halves`): channel c goes with channel c + half, once
+    checked (:func:`_halves_problem`); anything else stays whole."""
+    outs = [(n, k) for n, kind, k in info.dims if kind == "out"]
+    ins = [(n, k) for n, kind, k in info.dims if kind == "in"]
+    reason = ""
+    if len(outs) != 1 or outs[0][0] != info.name or len(ins) != 1 or 2 * ins[0][1] != info.size:
+        reason = "not two halves of one layer read by one layer"
+    else:
+        reason = _halves_problem(model, info.name, ins[0][0],
+                                 seen.get(info.name.rpartition(".")[0]))
+    if reason:
+        return replace(info, prunable=False, reason=f"'{info.name}' is read in pieces (a fused "
+                                                    f"layer split in its forward): {reason}")
+    F = info.size // 2
+    return GroupInfo(name=info.name, size=F, prunable=True, root=info.root,
+                     out_layers=[(info.name, list(range(F))), (info.name, list(range(F, 2 * F)))],
+                     dims=[(info.name, "out", 2 * F), (ins[0][0], "in", F)], halves=ins[0][0])
 
 
 def head_group(model: nn.Module, name: str, info: dict, ignored=()) -> GroupInfo:
@@ -253,40 +276,77 @@ def head_group(model: nn.Module, name: str, info: dict, ignored=()) -> GroupInfo
     return g
 
 
-def checked_heads(model: nn.Module, example_inputs) -> dict:
-    """:func:`prunewise.layers.attention_heads`, with every attention module prunewise cuts
-    itself checked on ``example_inputs``: cutting its first query head (of every key-value
-    group) must give what zeroing that head's columns of the output projection gives. A module
-    whose layout the rule misread gets a ``problem`` and stays whole."""
-    heads = layers.attention_heads(model)
-    own = [n for n, info in heads.items() if info["own"]]
-    if not own:
-        return heads
-    calls = {}
+def calls(model: nn.Module, example_inputs) -> dict:
+    """The positional and keyword arguments of the first call of every module with two or more
+    linear children (attention modules, MLPs), on ``example_inputs``: what the checks of the
+    cuts prunewise makes itself run those modules on."""
+    watched = [n for n, m in model.named_modules()
+               if sum(isinstance(c, nn.Linear) for c in m.children()) >= 2]
+    got = {}
 
     def grab(name):
-        return lambda mod, args, kwargs: calls.setdefault(name, (args, kwargs)) and None
+        return lambda mod, args, kwargs: got.setdefault(name, (args, kwargs)) and None
 
     hooks = [model.get_submodule(n).register_forward_pre_hook(grab(n), with_kwargs=True)
-             for n in own]
+             for n in watched]
     was = model.training
     try:
         model.eval()
         with torch.no_grad():
             utils.call(model, example_inputs)
     except Exception:  # noqa: BLE001 - the trace already ran this model: nothing to check
-        calls.clear()
+        got.clear()
     finally:
         model.train(was)
         for h in hooks:
             h.remove()
+    return got
+
+
+def checked_heads(model: nn.Module, example_inputs, seen: dict | None = None) -> dict:
+    """:func:`prunewise.layers.attention_heads`, with every attention module prunewise cuts
+    itself checked on ``example_inputs`` (or the module calls ``seen`` there, from
+    :func:`calls`): cutting its first query head (of every key-value group) must give what
+    zeroing that head's columns of the output projection gives. A module whose layout the rule
+    misread gets a ``problem`` and stays whole."""
+    heads = layers.attention_heads(model)
+    own = [n for n, info in heads.items() if info["own"]]
+    if not own:
+        return heads
+    seen = calls(model, example_inputs) if seen is None else seen
     for n in own:
-        heads[n]["problem"] = _head_problem(model, n, heads[n], calls.get(n))
+        heads[n]["problem"] = _head_problem(model, n, heads[n], seen.get(n))
         if heads[n]["problem"] and "interleaved" in heads[n] and heads[n]["kv_heads"] == heads[n]["heads"]:
             other = {**heads[n], "interleaved": True}   # fused head by head (GPT-NeoX)?
-            if not _head_problem(model, n, other, calls.get(n)):
+            if not _head_problem(model, n, other, seen.get(n)):
                 heads[n] = {**other, "problem": ""}
     return heads
+
+
+def _halves_problem(model: nn.Module, root: str, consumer: str, call) -> str:
+    """A layer whose output its module splits in two halves that meet again (gate and up in one
+    layer, Phi-3): cutting channel 0 of both halves must give what zeroing column 0 of the
+    consumer gives, on the module's own call."""
+    owner = root.rpartition(".")[0]
+    if call is None or consumer.rpartition(".")[0] != owner:
+        return "not checked: its module was not called, or the halves meet in another module"
+    holder = nn.Module()
+    holder.add_module("a", copy.deepcopy(model.get_submodule(owner)))
+    masked = copy.deepcopy(holder.a)
+    rel = lambda n: "a." + n[len(owner) + 1:]  # noqa: E731
+    F = model.get_submodule(consumer).in_features
+    with torch.no_grad():
+        masked.get_submodule(rel(consumer)[2:]).weight[:, 0] = 0
+        layers.cut_halves(holder, rel(root), rel(consumer), torch.arange(1, F))
+        try:
+            want = _first(masked(*call[0], **call[1]))
+            got = _first(holder.a(*call[0], **call[1]))
+        except Exception as e:  # noqa: BLE001
+            return f"cutting its halves breaks it ({type(e).__name__})"
+    if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4,
+                                                     atol=1e-5 * float(want.abs().max()) + 1e-7):
+        return "cutting both halves does not match masking (layout not understood)"
+    return ""
 
 
 def _head_problem(model: nn.Module, name: str, info: dict, call) -> str:
@@ -500,6 +560,9 @@ def prune_in_place(model: nn.Module, dg, infos: list[GroupInfo], plan: ChannelPl
             (of_layer[n] for n, _ in info.out_layers if n in of_layer), None)
         if attention and info.head > 1 and tables[attention]:
             layers.cut_tables(model, tables[attention], torch.unique(kept // info.head))
+        if info.halves:          # gate and up in one layer: both halves of each channel
+            layers.cut_halves(model, name, info.halves, kept)
+            continue
         if info.group is None:   # an attention module prunewise cuts itself
             layers.cut_heads(model, name, heads[name], kept)
             continue
