@@ -163,7 +163,11 @@ def groups(dg, model: nn.Module, ignored_layers=None) -> list[GroupInfo]:
     Not prunable, with the reason: a group whose channels reach the model output, holding an
     ignored layer, touching a zero-padding shortcut, a transformer's model width (a group with an
     embedding, a LayerNorm or an ``nn.MultiheadAttention``: every block reads it; its heads and
-    MLP channels are pruned instead), or a bidirectional / projected LSTM."""
+    MLP channels are pruned instead), or a bidirectional / projected LSTM.
+
+    Two kinds of group prunewise cuts itself replace Torch-Pruning's (``group`` is None): the
+    query heads of decoder attention (:func:`head_group`) and the two halves of a fused gate-and-
+    up layer (:func:`_halves`), each checked against masking on the example input first."""
     names = {m: n for n, m in model.named_modules()}
     ignored = set(ignored_layers or [])
     outputs = _output_layers(dg)
@@ -210,7 +214,7 @@ def groups(dg, model: nn.Module, ignored_layers=None) -> list[GroupInfo]:
                 info.out_layers.append((n, [int(item.idxs[i]) for i in order]))
         info.parts = parts if info.head == 1 else 1
         split = [n for n, _, k in info.dims if k < info.size and info.size % k == 0
-                 and isinstance(dg.model.get_submodule(n), nn.Linear)]
+                 and isinstance(model.get_submodule(n), nn.Linear)]
         if split and info.prunable:   # one layer's outputs read in pieces (gate and up fused)
             info = _halves(model, info, getattr(dg, "prunewise_calls", {}))
         if info.prunable and info.size % info.unit:
