@@ -105,7 +105,7 @@ class Walk:
         self.blocks = find_blocks(model, one) if blocks else []
         if self.blocks and not self._exact(one):
             self.blocks = []
-        self.groups = self._grouped(names, x0)
+        self.groups = self._grouped(names, one)   # one sample: it holds every layer's input
         reached = {n for g in self.groups for n in g}
         missing = [n for n in names if n not in reached]
         if missing:
