@@ -291,3 +291,17 @@ def test_encoder_and_vision_families_prune_whole_heads(family, tmp_path):
     checkpoints.save_model(new, tmp_path / "ck")
     back = checkpoints.load_model(tmp_path / "ck", build=make)
     assert torch.equal(back(x).logits, new(x).logits)
+
+
+def test_hf_export_of_narrower_mlps_writes_the_config_field(tmp_path):
+    model = build("gpt2")                 # heads whole: GPT-2's config can hold the MLP width
+    dg = surgery.build_graph(model, X)
+    mlps = [g for g in surgery.groups(dg, model) if g.prunable and g.name.endswith("c_fc")]
+    assert len(mlps) == 2
+    plan = surgery.make_plan(model, mlps, {g.name: torch.arange(0, g.size, 2) for g in mlps})
+    new = surgery.apply(model, plan, X)
+    hf.save(new, tmp_path / "g")
+    cfg = json.loads((tmp_path / "g" / "config.json").read_text())
+    assert cfg["n_inner"] == 128 and cfg["n_head"] == 4
+    back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "g")).eval()
+    assert torch.allclose(back(X).logits, new(X).logits, atol=1e-5)

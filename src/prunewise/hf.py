@@ -201,10 +201,10 @@ def pruned_config(model: nn.Module):
             if name not in heads:
                 first.setdefault(name, plan.sizes[name])
                 last[name] = int(kept.numel())
-    field = next((f for f in MLP_FIELDS if isinstance(getattr(config, f, None), int)), None)
-    widths = sorted(set(last.values()))
-    if last and (field is None or len(widths) > 1
-                 or set(first.values()) != {getattr(config, field)}):
+    field = next((f for f in MLP_FIELDS if f in config.to_dict()), None)  # GPT-2: n_inner None
+    widths, was = sorted(set(last.values())), getattr(config, field or "", None)
+    if last and (field is None or len(widths) > 1 or len(set(first.values())) > 1
+                 or (was is not None and set(first.values()) != {was})):
         raise PrunewiseError(f"the pruned model's MLP widths ({widths}) cannot be written into "
                              f"one {field or 'MLP width'} of its HuggingFace config: save it as a "
                              f"prunewise checkpoint")
