@@ -89,9 +89,18 @@ class SparseGPTSettings:
     to its mean diagonal (the paper's 1%)."""
     block_size: int = setting(128, "sparsegpt: inputs per column block", "int", low=1,
                               high=1 << 20, label="block size")
-    hessian_damp: float = setting(0.01, "sparsegpt: ridge added to the inputs' Gram matrix, "
-                                        "relative to its mean diagonal", "float", low=0.0,
+    hessian_damp: float = setting(0.01, "ridge added to the inputs' Gram matrix, relative to "
+                                        "its mean diagonal", "float", low=0.0,
                                   high=10.0, low_open=True, label="hessian damp")
+
+    def __post_init__(self) -> None:
+        checks.check_fields(self)
+
+
+@dataclass(frozen=True)
+class ExactOBSSettings:
+    """ExactOBS's own setting: ``hessian_damp``, as SparseGPT's."""
+    hessian_damp: float = SparseGPTSettings.__dataclass_fields__["hessian_damp"]
 
     def __post_init__(self) -> None:
         checks.check_fields(self)
@@ -166,6 +175,10 @@ TABLE: list[Method] = [
            "block with OBS weight updates, layer by layer", f"{_DOC}#sparsegpt",
            "prunewise.unstructured.sparsegpt:sparsegpt_solver", SparseGPTSettings,
            allocation="uniform", one_shot=True),
+    Method("exactobs", UNSTRUCTURED, "ExactOBS (Optimal Brain Compression, NeurIPS 2022): "
+           "per output row, one weight at a time with the exact OBS update of the rest",
+           f"{_DOC}#exactobs", "prunewise.unstructured.sparsegpt:exactobs_solver",
+           ExactOBSSettings, allocation="uniform", one_shot=True),
     # structured: (configure, select) pairs on the shared engine (prunewise.structured)
     Method("sliming", STRUCTURED, "SLIMING (Neural Networks 2025): singular-value configuration "
            "+ GEM nuclear-norm selection", f"{_DOC}#sliming", "prunewise.structured.baselines:sliming_pair",

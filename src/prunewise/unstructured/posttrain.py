@@ -154,3 +154,7 @@ sparsegpt = entry("sparsegpt", "SparseGPT (:mod:`prunewise.unstructured.sparsegp
                                "chosen per column block with OBS weight updates, layer by "
                                "layer, from ``batches`` (calibration data); the plan carries "
                                "the updated weights (``plan.weights``).")
+exactobs = entry("exactobs", "ExactOBS (:func:`prunewise.unstructured.sparsegpt.exact_obs_matrix`): "
+                             "per output row, one weight at a time with the exact OBS update of "
+                             "the rest, layer by layer, from ``batches`` (calibration data); the "
+                             "plan carries the updated weights (``plan.weights``).")

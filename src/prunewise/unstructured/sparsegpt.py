@@ -46,14 +46,10 @@ def prune_matrix(W: torch.Tensor, H: torch.Tensor, pruned: int | None, *, block:
     """SparseGPT on one weight matrix (module notes): ``W`` rows x inputs, ``H`` inputs x
     inputs (float64), ``pruned`` weights to remove (or an ``nm`` pattern ``(N, M)``: keep N of
     every M). Returns (updated ``W``, bool keep mask), float32 as the reference computes."""
-    W = W.detach().clone().float()
-    H = H.detach().clone().double()
+    W, Hinv = _prepared(W, H, damp)
+    W = W.float()
     rows, cols = W.shape
-    dead = H.diagonal() == 0
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
-    H += damp * float(H.diagonal().mean()) * torch.eye(cols, dtype=H.dtype)
-    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).float()
+    U = torch.linalg.cholesky(Hinv, upper=True).float()
     prune = torch.zeros(rows, cols, dtype=torch.bool)
     counts = _block_counts(cols, rows, pruned, block) if nm is None else None
     for b, i1 in enumerate(range(0, cols, block)):
@@ -84,6 +80,94 @@ def prune_matrix(W: torch.Tensor, H: torch.Tensor, pruned: int | None, *, block:
     return W, ~prune
 
 
+def _prepared(W: torch.Tensor, H: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``W`` (float64 copy, weights of always-zero inputs zeroed) and ``H^-1`` of the damped
+    Gram matrix (always-zero inputs given ``H_jj = 1``), as SparseGPT prepares them."""
+    W = W.detach().clone().double()
+    H = H.detach().clone().double()
+    dead = H.diagonal() == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H += damp * float(H.diagonal().mean()) * torch.eye(H.shape[0], dtype=H.dtype)
+    return W, torch.cholesky_inverse(torch.linalg.cholesky(H))
+
+
+#: Rows whose inverse Hessians ExactOBS updates together: at most this many float64 entries.
+EXACT_CHUNK = 1 << 24
+
+
+@torch.no_grad()
+def exact_obs_matrix(W: torch.Tensor, H: torch.Tensor, pruned: int | None, *,
+                     damp: float = 0.01, nm: tuple[int, int] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """ExactOBS (Frantar and Alistarh, "Optimal Brain Compression", 2022) on one weight matrix:
+    ``W`` rows x inputs, ``H`` their inputs' Gram matrix, ``pruned`` weights to remove (or
+    ``nm``: keep N of every M inputs of each row). Every row is pruned greedily, one weight at a
+    time: the weight whose removal raises the row's reconstruction error least
+    (``w_p^2 / [H^-1]_pp``, over the weights still there) goes, the rest of the row takes the
+    exact OBS update ``-w_p / [H^-1]_pp * H^-1[:, p]``, and ``p`` is eliminated from ``H^-1``.
+    The layer's count is shared between rows as the paper does: each row is first pruned all
+    the way, and the ``pruned`` smallest step errors over all rows say how far each row goes.
+    Returns (updated ``W`` float32, bool keep mask)."""
+    W, Hinv = _prepared(W, H, damp)
+    rows, cols = W.shape
+    if nm is not None:
+        per_row = torch.full((rows,), (cols // nm[1]) * (nm[1] - nm[0]), dtype=torch.long)
+    else:
+        errors = torch.cat([_greedy(W[r], Hinv, None, None)[2]
+                            for r in _chunks(rows, cols)])
+        per_row = torch.zeros(rows, dtype=torch.long)
+        if pruned:
+            picked = torch.topk(errors.flatten(), pruned, largest=False).indices
+            per_row = torch.bincount(picked // cols, minlength=rows)
+    out, keep = [], []
+    for r in _chunks(rows, cols):
+        w, k, _ = _greedy(W[r], Hinv, per_row[r], nm)
+        out.append(w)
+        keep.append(k)
+    return torch.cat(out).float(), torch.cat(keep)
+
+
+def _chunks(rows: int, cols: int) -> list[slice]:
+    step = max(1, EXACT_CHUNK // max(cols * cols, 1))
+    return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
+
+
+def _greedy(W: torch.Tensor, Hinv: torch.Tensor, counts, nm):
+    """The greedy OBS removals of :func:`exact_obs_matrix` for a chunk of rows together: each
+    row removes ``counts[row]`` weights (all of them when ``counts`` is None; with ``nm`` never
+    more than ``M - N`` of any ``M`` consecutive inputs). Returns (updated rows, keep mask,
+    the error of every step in order)."""
+    W = W.clone()
+    R, C = W.shape
+    Hi = Hinv.expand(R, C, C).clone()
+    gone = torch.zeros(R, C, dtype=torch.bool)
+    errs = torch.full((R, C), float("inf"), dtype=W.dtype)
+    todo = torch.full((R,), C, dtype=torch.long) if counts is None else counts.clone()
+    at = torch.arange(R)
+    for t in range(int(todo.max()) if R else 0):
+        live = todo > t
+        d = Hi.diagonal(dim1=1, dim2=2)
+        score = W.square() / d
+        blocked = gone.clone()
+        if nm is not None:   # a group that already lost M - N inputs gives no more
+            whole = (C // nm[1]) * nm[1]
+            full = gone[:, :whole].reshape(R, -1, nm[1]).sum(2) >= nm[1] - nm[0]
+            blocked[:, :whole] |= full.repeat_interleave(nm[1], 1)
+            blocked[:, whole:] = True
+        score[blocked] = float("inf")
+        p = score.argmin(1)
+        dp = d[at, p]
+        errs[:, t] = score[at, p]
+        col = Hi[at, :, p].masked_fill(gone, 0.0)            # R x C; removed inputs stay 0
+        step = (W[at, p] / dp) * live
+        W -= step[:, None] * col
+        W[at[live], p[live]] = 0.0
+        Hi.baddbmm_(col[:, :, None], (col * (live / dp)[:, None])[:, None, :], alpha=-1.0)
+        gone[at[live], p[live]] = True
+    return W.masked_fill(gone, 0.0), ~gone, errs
+
+
 def _magnitude(work: nn.Module, masks: dict, counts: dict | None, nm) -> dict:
     """Keep masks for the scope's weights outside conv / linear layers: by magnitude."""
     named = dict(work.named_parameters())
@@ -106,6 +190,11 @@ class SparseGPT:
 
     def __call__(self, work, masks, data, iteration):   # the Scorer protocol: not used
         raise NotImplementedError("sparsegpt chooses its masks itself (solve)")
+
+    def matrix(self, W: torch.Tensor, H: torch.Tensor, pruned: int | None, nm):
+        """One weight matrix pruned: (updated weights, keep mask)."""
+        return prune_matrix(W, H, pruned, block=self.settings.block_size,
+                            damp=self.settings.hessian_damp, nm=nm)
 
     @torch.no_grad()
     def solve(self, work: nn.Module, masks: dict, data, counts: dict | None,
@@ -139,14 +228,26 @@ class SparseGPT:
             rows = slice(g * per, (g + 1) * per)
             w0 = W[rows].float() * old[rows]
             drop = None if quota is None else per * W.shape[1] - quota[g]
-            w, k = prune_matrix(w0, H, drop, block=self.settings.block_size,
-                                damp=self.settings.hessian_damp, nm=nm)
+            w, k = self.matrix(w0, H, drop, nm)
             new_w.append(w)
             keep.append(k & old[rows])
         m.weight.copy_(torch.cat(new_w).reshape(m.weight.shape).to(m.weight))
         return torch.cat(keep).reshape(mask.shape).to(mask.device)
 
 
+class ExactOBS(SparseGPT):
+    """The method table's solver for ``exactobs``: SparseGPT's sequential walk and bookkeeping,
+    with every matrix pruned by :func:`exact_obs_matrix`."""
+
+    def matrix(self, W: torch.Tensor, H: torch.Tensor, pruned: int | None, nm):
+        return exact_obs_matrix(W, H, pruned, damp=self.settings.hessian_damp, nm=nm)
+
+
 def sparsegpt_solver(settings, seed: int = 0) -> SparseGPT:
     """The method table's builder for ``sparsegpt``."""
     return SparseGPT(settings)
+
+
+def exactobs_solver(settings, seed: int = 0) -> ExactOBS:
+    """The method table's builder for ``exactobs``."""
+    return ExactOBS(settings)
