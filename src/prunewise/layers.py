@@ -208,9 +208,7 @@ def cut_heads(model: nn.Module, name: str, info: dict, kept: torch.Tensor) -> No
     else:
         for p in "qkv":
             _slice_rows(get(names[p]), rows[p])
-    o = get(info["out"])
-    o.weight = nn.Parameter(o.weight.detach()[:, kept].clone(), o.weight.requires_grad)
-    o.in_features = kept.numel()
+    _slice_cols(get(info["out"]), kept)
     if info["attr"]:
         setattr(module, info["attr"], h_new)
     if isinstance(getattr(module, "num_key_value_groups", None), int):
@@ -238,7 +236,7 @@ def head_tables(model: nn.Module, name: str, heads: dict) -> list[str]:
         owner = parent
     out = []
     for mn, m in model.get_submodule(owner).named_modules():
-        if isinstance(m, LAYER_TYPES + (nn.LayerNorm, nn.GroupNorm)) or isinstance(m, nn.modules.batchnorm._BatchNorm):
+        if isinstance(m, LAYER_TYPES + (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)):
             continue
         for pn, p in m.named_parameters(recurse=False):
             if p.dim() >= 2 and p.shape[-1] == H:
@@ -262,8 +260,12 @@ def cut_halves(model: nn.Module, root: str, consumer: str, kept: torch.Tensor) -
     lin, out = model.get_submodule(root), model.get_submodule(consumer)
     kept = torch.as_tensor(kept, dtype=torch.long).sort().values
     _slice_rows(lin, torch.cat([kept, kept + lin.out_features // 2]))
-    out.weight = nn.Parameter(out.weight.detach()[:, kept].clone(), out.weight.requires_grad)
-    out.in_features = kept.numel()
+    _slice_cols(out, kept)
+
+
+def _slice_cols(lin: nn.Linear, cols: torch.Tensor) -> None:
+    lin.weight = nn.Parameter(lin.weight.detach()[:, cols].clone(), lin.weight.requires_grad)
+    lin.in_features = cols.numel()
 
 
 def _slice_rows(lin: nn.Linear, rows: torch.Tensor) -> None:

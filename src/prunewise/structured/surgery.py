@@ -89,8 +89,14 @@ def build_graph(model: nn.Module, example_inputs, ignored_layers=None):
         model.train(was_training)
         for p in frozen:
             p.requires_grad_(True)
-    dg.prunewise_calls = calls(model, example_inputs)
-    dg.prunewise_heads = checked_heads(model, example_inputs, dg.prunewise_calls)
+    recorded: dict = {}
+
+    def seen() -> dict:   # the module calls, recorded by one extra pass only if a check needs them
+        if "calls" not in recorded:
+            recorded["calls"] = calls(model, example_inputs)
+        return recorded["calls"]
+    dg.prunewise_calls = seen
+    dg.prunewise_heads = checked_heads(model, example_inputs, seen)
     inside_mha = {c for m in model.modules() if isinstance(m, nn.MultiheadAttention)
                   for c in m.modules() if c is not m}  # its forward reads their weights directly
     for n, m in model.named_modules():
@@ -216,7 +222,7 @@ def groups(dg, model: nn.Module, ignored_layers=None) -> list[GroupInfo]:
         split = [n for n, _, k in info.dims if k < info.size and info.size % k == 0
                  and isinstance(model.get_submodule(n), nn.Linear)]
         if split and info.prunable:   # one layer's outputs read in pieces (gate and up fused)
-            info = _halves(model, info, getattr(dg, "prunewise_calls", {}))
+            info = _halves(model, info, getattr(dg, "prunewise_calls", dict))
         if info.prunable and info.size % info.unit:
             info.prunable, info.reason = False, (f"{info.size} channels do not split into "
                                                  f"{info.unit} equal parts")
@@ -231,7 +237,7 @@ def groups(dg, model: nn.Module, ignored_layers=None) -> list[GroupInfo]:
     return result
 
 
-def _halves(model: nn.Module, info: GroupInfo, seen: dict) -> GroupInfo:
+def _halves(model: nn.Module, info: GroupInfo, seen) -> GroupInfo:
     """A group whose root layer's output is split in two halves that are multiplied back
     together (gate and up in one layer) becomes a group of the half width that prunewise cuts
     itself (:func:`prunewise.layers.cut_halves`): channel c goes with channel c + half, once
@@ -243,7 +249,7 @@ def _halves(model: nn.Module, info: GroupInfo, seen: dict) -> GroupInfo:
         reason = "not two halves of one layer read by one layer"
     else:
         reason = _halves_problem(model, info.name, ins[0][0],
-                                 seen.get(info.name.rpartition(".")[0]))
+                                 seen().get(info.name.rpartition(".")[0]))
     if reason:
         return replace(info, prunable=False, reason=f"'{info.name}' is read in pieces (a fused "
                                                     f"layer split in its forward): {reason}")
@@ -307,17 +313,17 @@ def calls(model: nn.Module, example_inputs) -> dict:
     return got
 
 
-def checked_heads(model: nn.Module, example_inputs, seen: dict | None = None) -> dict:
+def checked_heads(model: nn.Module, example_inputs, seen=None) -> dict:
     """:func:`prunewise.layers.attention_heads`, with every attention module prunewise cuts
-    itself checked on ``example_inputs`` (or the module calls ``seen`` there, from
-    :func:`calls`): cutting its first query head (of every key-value group) must give what
+    itself checked on ``example_inputs`` (``seen()``: the module calls there, from
+    :func:`calls`, when the caller already records them): cutting its first query head (of every key-value group) must give what
     zeroing that head's columns of the output projection gives. A module whose layout the rule
     misread gets a ``problem`` and stays whole."""
     heads = layers.attention_heads(model)
     own = [n for n, info in heads.items() if info["own"]]
     if not own:
         return heads
-    seen = calls(model, example_inputs) if seen is None else seen
+    seen = calls(model, example_inputs) if seen is None else seen()
     for n in own:
         heads[n]["problem"] = _head_problem(model, n, heads[n], seen.get(n))
         if heads[n]["problem"] and "interleaved" in heads[n] and heads[n]["kv_heads"] == heads[n]["heads"]:
@@ -334,23 +340,12 @@ def _halves_problem(model: nn.Module, root: str, consumer: str, call) -> str:
     owner = root.rpartition(".")[0]
     if call is None or consumer.rpartition(".")[0] != owner:
         return "not checked: its module was not called, or the halves meet in another module"
-    holder = nn.Module()
-    holder.add_module("a", copy.deepcopy(model.get_submodule(owner)))
-    masked = copy.deepcopy(holder.a)
     rel = lambda n: "a." + n[len(owner) + 1:]  # noqa: E731
     F = model.get_submodule(consumer).in_features
-    with torch.no_grad():
-        masked.get_submodule(rel(consumer)[2:]).weight[:, 0] = 0
-        layers.cut_halves(holder, rel(root), rel(consumer), torch.arange(1, F))
-        try:
-            want = _first(masked(*call[0], **call[1]))
-            got = _first(holder.a(*call[0], **call[1]))
-        except Exception as e:  # noqa: BLE001
-            return f"cutting its halves breaks it ({type(e).__name__})"
-    if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4,
-                                                     atol=1e-5 * float(want.abs().max()) + 1e-7):
-        return "cutting both halves does not match masking (layout not understood)"
-    return ""
+    return _cut_matches_mask(
+        model.get_submodule(owner), call, rel(consumer), [0],
+        lambda holder: layers.cut_halves(holder, rel(root), rel(consumer), torch.arange(1, F)),
+        "its halves")
 
 
 def _head_problem(model: nn.Module, name: str, info: dict, call) -> str:
@@ -362,23 +357,30 @@ def _head_problem(model: nn.Module, name: str, info: dict, call) -> str:
     G = H // KV
     drop = [p * G * d + c for p in range(KV) for c in range(d)] if G > 1 else list(range(d))
     kept = torch.tensor(sorted(set(range(H * d)) - set(drop)))
-    holder = nn.Module()
-    holder.add_module("a", copy.deepcopy(model.get_submodule(name)))
     local = {**info, "qkv": ["a" + q[len(name):] for q in info["qkv"]],
              "out": "a" + info["out"][len(name):]}
+    return _cut_matches_mask(model.get_submodule(name), call, local["out"], drop,
+                             lambda holder: layers.cut_heads(holder, "a", local, kept), "a head")
+
+
+def _cut_matches_mask(module: nn.Module, call, reader: str, columns: list, cut, what: str) -> str:
+    """Run ``call`` through two copies of ``module``: one cut by ``cut(holder)`` (the copy is
+    ``holder.a``), one with ``columns`` of the input weights of ``reader`` (its name under the
+    holder, "a. ...") zeroed. "" when the outputs agree; else the problem."""
+    holder = nn.Module()
+    holder.add_module("a", copy.deepcopy(module))
     masked = copy.deepcopy(holder.a)
-    o = masked.get_submodule(local["out"][2:])
     with torch.no_grad():
-        o.weight[:, drop] = 0
-        layers.cut_heads(holder, "a", local, kept)
+        masked.get_submodule(reader[2:]).weight[:, columns] = 0
+        cut(holder)
         try:
             want = _first(masked(*call[0], **call[1]))
             got = _first(holder.a(*call[0], **call[1]))
         except Exception as e:  # noqa: BLE001 - a cut that breaks the module is the finding
-            return f"cutting a head breaks it ({type(e).__name__})"
+            return f"cutting {what} breaks it ({type(e).__name__})"
     if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4,
                                                      atol=1e-5 * float(want.abs().max()) + 1e-7):
-        return "cutting a head does not match masking it (head layout not understood)"
+        return f"cutting {what} does not match masking it (layout not understood)"
     return ""
 
 
@@ -419,10 +421,9 @@ class CostModel:
         mods = dict(model.named_modules())
         table = {}
         for r in measure.layer_table(model, example_inputs):   # a layer called twice (ALBERT's
-            if r["name"] in table:                             # shared blocks): both calls
-                table[r["name"]] = {**table[r["name"]], "macs": table[r["name"]]["macs"] + r["macs"]}
-            else:
-                table[r["name"]] = r
+            if r["name"] in table:                             # shared block): both calls count
+                r = {**r, "macs": r["macs"] + table[r["name"]]["macs"]}
+            table[r["name"]] = r
         rows = [n for n, m in mods.items() if isinstance(m, _LAYERS + _CHANNEL_NORMS)
                 and getattr(m, "weight", None) is not None]
         # rows beyond conv / linear / norms: (name, out0, in0, MACs, params, which group dims
