@@ -141,8 +141,17 @@ def test_one_shot_methods_default_to_one_iteration(digits):
     one = runs.prune_masks(model, digits, "wanda",
                            runs.Unstructured(sparsity=0.5, keep=None, samples=64))
     assert one.meta["iterations"] == 1 and abs(one.sparsity - 0.5) < 1e-4
-    many = runs.prune_masks(model, digits, "magnitude", runs.Unstructured(sparsity=0.5, keep=None))
+    many = runs.prune_masks(model, digits, "taylor",
+                            runs.Unstructured(sparsity=0.5, keep=None, samples=64))
     assert many.meta["iterations"] == 35  # 0.98 per iteration, as before
+    # magnitude's scores do not depend on what was pruned: one shot by default, and the same
+    # masks as iterating (with the in-loop recalibration too, which leaves weights alone)
+    shot = runs.prune_masks(model, digits, "magnitude", runs.Unstructured(sparsity=0.5))
+    steps = runs.prune_masks(model, digits, "magnitude",
+                             runs.Unstructured(sparsity=0.5, keep=0.9, loop_recalibrate=True,
+                                               samples=64))
+    assert shot.meta["iterations"] == 1 and steps.meta["iterations"] == 7
+    assert all(torch.equal(shot.masks[n], steps.masks[n]) for n in shot.masks)
     asked = runs.prune_masks(model, digits, "obs",
                              runs.Unstructured(sparsity=0.5, keep=0.8, samples=64))
     assert asked.meta["iterations"] == 4  # an explicit keep is honoured

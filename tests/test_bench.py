@@ -42,13 +42,16 @@ def test_grid_runs_then_reuses_every_cell(tmp_path, bases):
     cells = sorted((out / "cells").glob("*.json"))
     assert len(cells) == 8
     one = json.loads((out / "cells" / "random-0.8-s1.json").read_text())
-    assert one["accuracy"]["recalibrated"] is not None and one["accuracy"]["finetuned"] is None
+    # no fine-tuning: repaired by default, not recalibrated; the folder records the choice
+    assert one["accuracy"]["repaired"] is not None and one["accuracy"]["finetuned"] is None
+    assert one["accuracy"]["recalibrated"] is None
+    assert json.loads((out / "settings.json").read_text())["prune"]["repair"]["enabled"]
     assert one["budget"] == {"sparsity": 0.8} and abs(one["sparsity"] - 0.8) < 1e-4
     assert one["config"]["prune"]["sparsity"] == 0.8
     mean = sum(json.loads((out / "cells" / f"random-0.8-s{s}.json").read_text())
-               ["accuracy"]["recalibrated"]["test"] for s in (0, 1)) / 2
+               ["accuracy"]["repaired"]["test"] for s in (0, 1)) / 2
     row = summary["rows"][3]
-    assert row["recalibrated"] == pytest.approx(mean) and "finetuned" not in row
+    assert row["repaired"] == pytest.approx(mean) and "finetuned" not in row
     assert "| magnitude | 0.5 |" in (out / "grid.md").read_text()
     assert (out / "grid.csv").read_text().splitlines()[0].startswith("method,budget,n,pruned,")
     assert (out / "grid.png").stat().st_size > 1000
@@ -57,6 +60,23 @@ def test_grid_runs_then_reuses_every_cell(tmp_path, bases):
     assert r2.returncode == 0, r2.stderr
     assert {c: c.stat().st_mtime_ns for c in cells} == stamps  # nothing recomputed
     assert json.loads((out / "grid.json").read_text())["rows"] == summary["rows"]
+
+
+def test_a_folder_made_without_repair_goes_on_without_it(tmp_path, bases):
+    """Grids made before repair became the default (no fine-tuning, no repair) still resume:
+    without --repair / --no-repair a folder keeps the choice it was made with."""
+    out = tmp_path / "grid"
+    args = ["bench", "--methods", "magnitude", "--sparsity", "0.5", "--seeds", "0", "--base",
+            bases, "--finetune-epochs", "0", "--recalibrate-samples", "64", *QUICK, "--out", out]
+    r = invoke(*args, "--no-repair")
+    assert r.returncode == 0, r.stderr
+    cell = out / "cells" / "magnitude-0.5-s0.json"
+    stamp = cell.stat().st_mtime_ns
+    again = invoke(*args)
+    assert again.returncode == 0, again.stderr
+    assert cell.stat().st_mtime_ns == stamp
+    assert json.loads(cell.read_text())["accuracy"]["repaired"] is None
+    assert_bad_input(invoke(*args, "--repair"), "repair")
 
 
 def test_levels_do_not_depend_on_the_cells_already_done(tmp_path, bases, monkeypatch):
@@ -132,7 +152,7 @@ def test_fashion_mnist_with_base_checkpoints(tmp_path, monkeypatch):
                *QUICK, "--out", out)
     assert r.returncode == 0, r.stderr
     cell = json.loads((out / "cells" / "magnitude-0.5-s0.json").read_text())
-    assert cell["data"] == "fashion-mnist" and cell["accuracy"]["recalibrated"] is not None
+    assert cell["data"] == "fashion-mnist" and cell["accuracy"]["repaired"] is not None
 
 
 @pytest.mark.parametrize("args, words", [

@@ -61,7 +61,7 @@ def test_help_answers_without_importing_torch():
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("Usage: prunewise [OPTIONS] COMMAND") + \
         r.stdout.count("Usage: prunewise [OPTIONS] [COMMAND]") == 2
-    assert "\n  prune " in r.stdout and "error" not in r.stdout + r.stderr
+    assert "\n  prune " in r.stdout and "Error" not in r.stdout + r.stderr
 
 
 def toy_scorer(settings, seed):

@@ -95,8 +95,11 @@ def test_unstructured_run_reports_every_stage_in_order(trained_tiny, digits, mon
 
 def test_no_recalibration_and_no_finetune_leave_those_stages_null(trained_tiny, digits):
     pruned, _, rep = runs.run_unstructured(
-        trained_tiny, digits, "random", runs.Unstructured(sparsity=0.5, keep=0.5),
+        trained_tiny, digits, "random",
+        runs.Unstructured(sparsity=0.5, keep=0.5, repair=runs.Repair(enabled=False)),
         recalibration=runs.Recalibration(enabled=False), measurement=NO_LATENCY)
+    assert rep["accuracy"]["repaired"] is None
+    assert rep["config"]["prune"]["repair"]["enabled"] is False
     assert rep["accuracy"]["recalibrated"] is None and rep["accuracy"]["finetuned"] is None
     assert rep["latency_ms"] is None
     dense_stats = {k: v for k, v in trained_tiny.state_dict().items() if "running" in k}
@@ -133,7 +136,10 @@ def test_structured_run_is_smaller_and_reports_speed(digits):
     assert rep["macs"]["pruned"] == measure.macs(pruned, digits.example())
     assert rep["params"]["pruned"] == measure.params(pruned) < rep["params"]["dense"]
     assert 0.3 < rep["sparsity"] < 0.7
-    assert rep["accuracy"]["recalibrated"] == runs.accuracy(pruned, digits)
+    # no fine-tuning: repaired by default (and so not recalibrated), and the report says so
+    assert rep["accuracy"]["repaired"] == runs.accuracy(pruned, digits)
+    assert rep["accuracy"]["recalibrated"] is None
+    assert rep["config"]["prune"]["repair"]["enabled"] is True
     assert rep["latency_ms"]["64"]["speedup"] > 0 and rep["counts"] == plan.counts
     report.validate({**rep, "versions": report.versions()})
 

@@ -5,7 +5,9 @@ name and kind, a one-line summary, where it is documented, its own settings (a s
 dataclass whose defaults are the method's defaults), whether it needs data, whether the
 pipeline recalibrates BatchNorm inside its loop by default, how its kept count is shared
 between layers by default (``allocation``: one of :data:`ALLOCATIONS`), whether it prunes in
-one shot by default (``one_shot``: the post-training methods), and ``build``: the
+one shot by default (``one_shot``: every method whose scores do not depend on what was
+pruned before, so that iterating without fine-tuning would give the same masks: magnitude,
+random and the post-training methods; a run given ``keep`` still iterates), and ``build``: the
 ``"module:function"`` that makes the method's working part, imported only when it runs (so
 this module, and with it ``prunewise --help`` and ``prunewise methods``, needs no torch):
 
@@ -30,8 +32,9 @@ from .errors import PrunewiseError
 
 UNSTRUCTURED = "unstructured"
 #: Mask allocations (:func:`prunewise.masking.select`): pooled scores, LAMP's layer-adaptive
-#: counts, the same fraction per layer, the same fraction per output row.
-ALLOCATIONS = ("global", "lamp", "uniform", "row")
+#: counts, the same fraction per layer, the same fraction per output row, the counts that
+#: minimise the measured layer errors.
+ALLOCATIONS = ("global", "lamp", "uniform", "row", "errors")
 STRUCTURED = "structured"
 KINDS = (UNSTRUCTURED, STRUCTURED)
 
@@ -157,11 +160,11 @@ TABLE: list[Method] = [
            "attribution, |A * w|", f"{_DOC}#fvw", "prunewise.unstructured.fvw:scorer", FVWSettings,
            loop_recalibrate=True),
     Method("magnitude", UNSTRUCTURED, "global magnitude |w|", f"{_DOC}#baselines",
-           "prunewise.unstructured.baselines:magnitude_scorer", needs_data=False),
+           "prunewise.unstructured.baselines:magnitude_scorer", needs_data=False, one_shot=True),
     Method("taylor", UNSTRUCTURED, "first-order Taylor |w * dL/dw|, one gradient per iteration",
            f"{_DOC}#baselines", "prunewise.unstructured.baselines:taylor_scorer"),
     Method("random", UNSTRUCTURED, "uniform random scores (seeded)", f"{_DOC}#baselines",
-           "prunewise.unstructured.baselines:random_scorer", needs_data=False),
+           "prunewise.unstructured.baselines:random_scorer", needs_data=False, one_shot=True),
     Method("obd", UNSTRUCTURED, "optimal brain damage with empirical-Fisher curvature, "
            "0.5 * F * w^2 (ours)", f"{_DOC}#baselines", "prunewise.unstructured.baselines:obd_scorer",
            loop_recalibrate=True),

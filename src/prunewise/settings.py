@@ -18,7 +18,7 @@ field's), so a default is written once, here. No torch: ``prunewise --help`` rea
 from __future__ import annotations
 
 import copy
-from dataclasses import MISSING, dataclass
+from dataclasses import MISSING, dataclass, replace
 from typing import Any, ClassVar
 
 from . import checks, methods, names
@@ -82,14 +82,18 @@ class Recalibration:
 class Repair:
     """Layer-wise repair of a pruned model, masks or channels
     (:func:`prunewise.repair.reconstruct`), on ``samples`` training images right after
-    pruning; off by default (docs/results.md, "Repair: every method with and without it"). A
-    repaired model is not BatchNorm-recalibrated: its layers were fitted to the statistics they
-    run with, and recalibrating afterwards cost 0.8 to 35 points in the first probe
-    (docs/methods.md, "Repair")."""
-    enabled: bool = setting(False, "refit the kept weights of every pruned layer (masks) or of "
-                                   "every layer that lost input channels (channels) to the "
-                                   "dense model's outputs, by least squares, instead of "
-                                   "recalibrating BatchNorm", "flag", label="repair")
+    pruning. ``enabled`` None (the default) means: on when the run does not fine-tune, off when
+    it does (:meth:`for_run`; repair won every cell it was measured in without fine-tuning,
+    docs/results.md, "Repair: every method with and without it"); a run records the choice it
+    made. A repaired model is not BatchNorm-recalibrated: its layers were fitted to the
+    statistics they run with, and recalibrating afterwards cost 0.8 to 35 points in the first
+    probe (docs/methods.md, "Repair")."""
+    enabled: bool | None = setting(None, "refit the kept weights of every pruned layer (masks) "
+                                         "or of every layer that lost input channels "
+                                         "(channels) to the dense model's outputs, by least "
+                                         "squares, instead of recalibrating BatchNorm (default: "
+                                         "on when the run does not fine-tune)", "flag",
+                                   label="repair")
     samples: int = setting(256, "training images the repair fits each pruned layer on", "int",
                            low=1, high=checks.MAX_COUNT, label="repair samples")
     damp: float = setting(0.01, "repair's ridge damping, relative to the mean diagonal",
@@ -99,6 +103,13 @@ class Repair:
 
     def __post_init__(self) -> None:
         checks.check_fields(self)
+
+    def for_run(self, finetune: "FineTune") -> "Repair":
+        """These settings with the choice made: ``enabled`` as given, or (None) on exactly when
+        ``finetune`` trains no epoch."""
+        if self.enabled is not None:
+            return self
+        return replace(self, enabled=not finetune.epochs)
 
     @staticmethod
     def check(value: Any) -> None:
@@ -179,7 +190,8 @@ class Unstructured:
     keep: float | None = setting(None, "masks: fraction of the unpruned weights kept per "
                                        "iteration (0.98: 114 iterations to 90%; 0.9: 22); "
                                        "default 0.98, or one shot for the one-shot methods "
-                                       "(wanda, obs)", "float", low=0.0, high=1.0,
+                                       "(magnitude, random, wanda, obs, sparsegpt, exactobs)",
+                                 "float", low=0.0, high=1.0,
                                  low_open=True, high_open=True)
     samples: int | None = setting(2048, "masks: attribution samples from the training split "
                                         "(0 = all)", "int", low=1, high=checks.MAX_COUNT,
@@ -191,8 +203,8 @@ class Unstructured:
                                                   "method's, `prunewise methods`; "
                                                   "--no-loop-recalibrate is the reference FVW)",
                                             "flag", label="loop recalibration")
-    track_accuracy: bool = setting(True, "the primary metric per iteration", "flag",
-                                   label="track accuracy")
+    track_accuracy: bool = setting(True, "the primary metric per iteration (on at most 1024 "
+                                         "validation samples)", "flag", label="track accuracy")
     exclude: tuple[str, ...] = setting((), "leave the layers whose module name matches PATTERN "
                                            "dense (masks) or keep their output channels "
                                            "(channels); repeatable, e.g. fc or 'layer3.*'",
@@ -206,7 +218,9 @@ class Unstructured:
     allocation: str | None = setting(None, "masks: how the kept weights are shared between "
                                            "layers: global (pooled scores), lamp (LAMP's "
                                            "layer-adaptive counts), uniform (same fraction per "
-                                           "layer), row (same fraction per output row); "
+                                           "layer), row (same fraction per output row), "
+                                           "errors (the counts that minimise each layer's "
+                                           "measured pruned-and-updated output error); "
                                            "default: the method's", "choice",
                                      choices=methods.ALLOCATIONS)
     embeddings: bool = setting(False, "masks: prune embedding tables too (left dense by "

@@ -198,6 +198,19 @@ def settings_of(grid: Grid, prune: runs.Unstructured, finetune: runs.FineTune,
                else {})}
 
 
+def recorded_repair(out: Path, grid: Grid, repair: runs.Repair, finetune: runs.FineTune
+                    ) -> runs.Repair:
+    """The grid's repair with the choice made: as given, else the one an existing folder was
+    made with (grids from before repair became the default when nothing is fine-tuned go on
+    as they began), else on exactly when the grid does not fine-tune."""
+    path = out / "settings.json"
+    if repair.enabled is not None or not path.is_file():
+        return repair.for_run(finetune)
+    prev = files.read_json(path, "bench settings", SETTINGS_SPEC).get("prune")
+    was = prev.get("repair") if isinstance(prev, dict) else None
+    return replace(repair, enabled=isinstance(was, dict) and was.get("enabled") is True)
+
+
 def check_settings(out: Path, settings: dict) -> None:
     """A grid folder holds cells of one configuration: refuse to mix."""
     path = out / "settings.json"
@@ -322,7 +335,8 @@ def run(out: str | Path, grid: Grid, *, prune: runs.Unstructured = settings.BENC
     check_grid(grid)
     compute.place(torch.nn.Linear(1, 1))  # check the device and amp before any work
     task = tasks.of(task)
-    prune = replace(prune, track_accuracy=False)  # cells keep no per-iteration history
+    prune = replace(prune, track_accuracy=False,  # cells keep no per-iteration history
+                    repair=recorded_repair(Path(out), grid, prune.repair, finetune))
     if not grid.structured:
         for method in grid.methods:
             runs.check_unstructured(method, replace(prune, sparsity=max(grid.budgets)))

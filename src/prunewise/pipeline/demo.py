@@ -46,8 +46,8 @@ def run_demo(out: str | Path = "runs/demo", *, epochs: int | None = None, seed: 
 
     ``quick`` shrinks every step (2 training epochs, keep 0.5 per iteration, 64 attribution
     samples, 1 fine-tune epoch, few latency repeats) to check the wiring in seconds; its
-    accuracies mean nothing. ``repair`` (off by default) repairs every pruned model instead of
-    recalibrating it. ``compute`` picks the device (and the training precision).
+    accuracies mean nothing. ``repair``: repair every pruned model before its fine-tuning
+    (by default only when there is no fine-tuning, so off: the demo fine-tunes). ``compute`` picks the device (and the training precision).
     """
     out = Path(out)
     start = time.perf_counter()
@@ -97,5 +97,6 @@ def run_demo(out: str | Path = "runs/demo", *, epochs: int | None = None, seed: 
               "quick": quick, "fvw": {"sparsity": FVW_SPARSITY, "keep": settings.keep,
                                       "samples": settings.samples},
               "sliming": {"macs": SLIMING_MACS}, "finetune": asdict(common["finetune"]),
-              "recalibration": asdict(recalibration), "repair": asdict(repair)}
+              "recalibration": asdict(recalibration),
+              "repair": asdict(repair.for_run(common["finetune"]))}
     return report_mod.write(out, report, kind="demo", config=config)

@@ -74,6 +74,8 @@ __all__ = ["STAGES", "STAGE_TITLES", "Compute", "FineTune", "Measurement", "Reca
            "prune_levels", "prune_masks", "prune_channels", "channel_plan", "finish_masks",
            "finish_channels", "measure_dense", "save", "cell", "check_task"]
 HEAVY_KEYS = ("history", "layers", "spectra", "counts", "groups")  # dropped from bench cells
+#: Validation samples the per-iteration metric (``track_accuracy``) is measured on.
+TRACK_SAMPLES = 1024
 
 
 # ---- settings -------------------------------------------------------------------------------
@@ -180,6 +182,15 @@ def _latency(dense: dict, pruned: nn.Module, bundle, measurement: Measurement,
 
 # ---- the steps after pruning (shared) -------------------------------------------------------
 
+def decided(settings, steps: Steps):
+    """``settings`` (:class:`Unstructured` / :class:`Structured`, or None) with the repair
+    choice made for a run with ``steps``' fine-tuning (:meth:`Repair.for_run`): what the run
+    does and what its report records."""
+    if settings is None:
+        return None
+    return replace(settings, repair=settings.repair.for_run(steps.finetune))
+
+
 # ---- unstructured ---------------------------------------------------------------------------
 
 def prune_masks(model: nn.Module, bundle: D.DataBundle, method: str, settings: Unstructured, *,
@@ -210,8 +221,9 @@ def mask_stops(model: nn.Module, bundle: D.DataBundle, method: str, settings: Un
         return D.batches(bundle.train, bundle, settings.batch_size, shuffle=True, seed=seed,
                          limit=settings.samples)
 
-    def validation():
-        return D.batches(bundle.val, bundle, train.eval_batch_size(bundle, bundle.val))
+    def validation():   # a bounded subset: it is measured after every iteration
+        return D.batches(bundle.val, bundle, train.eval_batch_size(bundle, bundle.val),
+                         limit=min(TRACK_SAMPLES, len(bundle.val)))
 
     recalibrate = settings.loop_recalibrate
     loop = masking.LoopSettings(
@@ -268,8 +280,10 @@ def finish_masks(model: nn.Module, bundle: D.DataBundle, plan: MaskPlan, *,
     dense = dense or measure_dense(model, bundle, steps.measurement, steps.task)
     start = time.perf_counter()
     pruned = plan.apply(model)
+    settings = decided(settings, steps)
     after = finish(Work(pruned, model, bundle, plan.masks, None,
-                        settings.repair if settings is not None else Repair(), steps,
+                        settings.repair if settings is not None else
+                        Repair().for_run(steps.finetune), steps,
                         desc=f"fine-tune {plan.method}"))
     rep = {"kind": "prune-unstructured", "method": plan.method, "data": bundle.name,
            "seed": steps.seed, "budget": {"sparsity": plan.sparsity if target is None else target},
@@ -405,6 +419,7 @@ def finish_channels(model: nn.Module, bundle: D.DataBundle, pruned: nn.Module,
     dense = dense or measure_dense(model, bundle, steps.measurement, steps.task)
     start = time.perf_counter()
     method = plan.meta.get("method", "plan")
+    settings = decided(settings, steps)
     after = finish(Work(pruned, model, bundle, None, plan, settings.repair, steps,
                         desc=f"fine-tune {method}"))
     rep = {"kind": "prune-structured", "method": method, "data": bundle.name, "seed": steps.seed,

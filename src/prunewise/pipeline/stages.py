@@ -109,8 +109,9 @@ class Work:
 
 
 def run_repair(work: Work) -> dict | None:
-    """Refit the pruned layers to the dense model's outputs (when repair is on)."""
-    how = work.repair
+    """Refit the pruned layers to the dense model's outputs (when repair is on; by default
+    when the run does not fine-tune)."""
+    how = work.repair.for_run(work.steps.finetune)
     if not how.enabled or work.dense is None:
         return None
     repair.reconstruct(work.dense, work.pruned,

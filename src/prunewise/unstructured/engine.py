@@ -375,14 +375,16 @@ ALLOCATIONS = methods.ALLOCATIONS
 
 
 def select(scores: Scores, masks: dict[str, torch.Tensor], kept: int,
-           allocation: str = "global", weights: dict | None = None) -> dict[str, torch.Tensor]:
+           allocation: str = "global", weights: dict | None = None,
+           errors: dict | None = None) -> dict[str, torch.Tensor]:
     """Selection, the primitive every unstructured method ends in.
 
     ``allocation`` decides how many elements each tensor keeps, apart from the ranking:
     ``"global"`` pools every tensor's scores (below); ``"lamp"`` takes each tensor's count from
     LAMP's layer-adaptive scores of the current ``weights`` (name -> tensor, required; no
-    tensor is emptied while ``kept`` covers one element per tensor); ``"uniform"`` keeps the
-    same fraction of every tensor; ``"row"`` the same fraction of every output row (dim 0) of
+    tensor is emptied while ``kept`` covers one element per tensor); ``"errors"`` takes them
+    from the measured per-layer error table ``errors`` (:mod:`prunewise.unstructured.layer_errors`,
+    required); ``"uniform"`` keeps the same fraction of every tensor; ``"row"`` the same fraction of every output row (dim 0) of
     every tensor. Within a tensor (or row) the ``scores`` rank as in global selection.
 
     Pools the scores of every currently unpruned element (``masks[name]`` True) of every
@@ -400,7 +402,7 @@ def select(scores: Scores, masks: dict[str, torch.Tensor], kept: int,
     """
     checks.choice("allocation", allocation, ALLOCATIONS)
     if allocation != "global":
-        return _allocated(scores, masks, kept, allocation, weights)
+        return _allocated(scores, masks, kept, allocation, weights, errors)
     names = list(masks)
     flat_m = [masks[n].flatten() for n in names]
 
@@ -432,7 +434,7 @@ def select(scores: Scores, masks: dict[str, torch.Tensor], kept: int,
 
 
 def _allocated(scores: Scores, masks: dict, kept: int, allocation: str,
-               weights: dict | None) -> dict[str, torch.Tensor]:
+               weights: dict | None, errors: dict | None = None) -> dict[str, torch.Tensor]:
     """Selection with per-tensor (or per-row) counts from :func:`allocate`."""
     if allocation == "row":  # a tensor of fewer than two dimensions is one row
         def rows_of(t):
@@ -451,7 +453,7 @@ def _allocated(scores: Scores, masks: dict, kept: int, allocation: str,
                 parts.append(select(one, {"r": m}, counts[(n, r)])["r"])
             out[n] = torch.stack(parts).view_as(masks[n])
         return out
-    counts = allocate(allocation, masks, kept, weights)
+    counts = allocate(allocation, masks, kept, weights, errors)
     out = {}
     for n in masks:
         one = [{n: sc[n]} for sc in scores] if isinstance(scores, (list, tuple)) else {n: scores[n]}
@@ -495,7 +497,7 @@ def select_nm(scores: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], n
 
 
 def allocate(allocation: str, masks: dict[str, torch.Tensor], kept: int,
-             weights: dict | None = None) -> dict[str, int]:
+             weights: dict | None = None, errors: dict | None = None) -> dict[str, int]:
     """How many elements each tensor of ``masks`` keeps when ``kept`` are kept in all.
 
     ``"uniform"``: the same fraction of every tensor's size (largest remainders round, no
@@ -503,8 +505,16 @@ def allocate(allocation: str, masks: dict[str, torch.Tensor], kept: int,
     weight scores ``w^2 / (sum of w'^2 over the weights of its tensor at least as large)``;
     the ``kept`` best scores over all tensors give the counts. A tensor's largest weight
     scores 1, the most any weight can, so no tensor is emptied while ``kept`` >= the number of
-    tensors. ``"global"`` is not an allocation of its own (its counts follow the scores)."""
-    checks.choice("allocation", allocation, ("lamp", "uniform"))
+    tensors. ``"errors"``: the counts that minimise the summed measured layer errors
+    (``errors``, a :func:`prunewise.unstructured.layer_errors.measure` table), by dynamic
+    programming; no tensor is emptied. ``"global"`` is not an allocation of its own (its counts
+    follow the scores)."""
+    checks.choice("allocation", allocation, ("lamp", "uniform", "errors"))
+    if allocation == "errors":
+        if errors is None:
+            raise PrunewiseError("errors allocation needs the measured layer errors")
+        from . import layer_errors
+        return layer_errors.counts(errors, {n: int(m.sum()) for n, m in masks.items()}, kept)
     if allocation == "uniform":
         return shares({n: m.numel() for n, m in masks.items()},
                        {n: int(m.sum()) for n, m in masks.items()}, kept)
@@ -641,6 +651,7 @@ class _State:
     start: int
     ckpt: Path | None
     weights: dict | None = None   # a solver's updated weights of the scope
+    errors: dict | None = None    # the measured layer errors (allocation "errors")
 
 
 def run(model: nn.Module, batches, score: Scorer, loop: LoopSettings, *, method: str,
@@ -681,13 +692,17 @@ def stops(model: nn.Module, batches, score: Scorer, loop: LoopSettings, *, metho
     evals = Source(loop.eval_batches) if loop.eval_batches is not None else None
     st = _start(model, loop, method, settings)
     if getattr(score, "solve", None) is not None:
-        if loop.nm is None and loop.allocation not in ("uniform", "lamp"):
+        if loop.nm is None and loop.allocation not in ("uniform", "lamp", "errors"):
             raise PrunewiseError(f"{method} chooses each layer's mask itself: give it a count "
-                                 f"per layer (allocation 'uniform' or 'lamp'), not "
+                                 f"per layer (allocation 'uniform', 'lamp' or 'errors'), not "
                                  f"'{loop.allocation}'")
         st.ckpt = None   # a solver runs in one shot: nothing to resume
     work = copy.deepcopy(model)
     work.eval()
+    if loop.allocation == "errors" and loop.nm is None:
+        from . import layer_errors   # measured once, on the unpruned model (resumed or not)
+        st.errors = layer_errors.measure(work, {n: torch.ones_like(m) for n, m in
+                                                st.masks.items()}, data)
     apply_masks(work, st.masks)
     if st.start > 0:  # resumed: the statistics an uninterrupted run would have now
         _recalibrate(work, data, loop)
@@ -743,7 +758,7 @@ def _iteration(work, score, data, evals, loop: LoopSettings, st: _State, t: int)
     named = dict(work.named_parameters())
     if getattr(score, "solve", None) is not None:   # it picks the masks and updates weights
         counts = None if loop.nm is not None else allocate(loop.allocation, st.masks,
-                                                           st.counts[t], named)
+                                                           st.counts[t], named, st.errors)
         st.masks, info = score.solve(work, st.masks, data, counts, loop.nm)
         st.weights = {n: named[n].detach().clone() for n in st.masks}
     else:
@@ -751,7 +766,8 @@ def _iteration(work, score, data, evals, loop: LoopSettings, st: _State, t: int)
         if loop.nm is not None:
             st.masks = select_nm(scores, st.masks, *loop.nm)
         else:
-            st.masks = select(scores, st.masks, st.counts[t], loop.allocation, named)
+            st.masks = select(scores, st.masks, st.counts[t], loop.allocation, named,
+                              st.errors)
         del scores
     apply_masks(work, st.masks)
     _recalibrate(work, data, loop)
