@@ -702,7 +702,7 @@ def stops(model: nn.Module, batches, score: Scorer, loop: LoopSettings, *, metho
     if loop.allocation == "errors" and loop.nm is None:
         from . import layer_errors   # measured once, on the unpruned model (resumed or not)
         st.errors = layer_errors.measure(work, {n: torch.ones_like(m) for n, m in
-                                                st.masks.items()}, data)
+                                                st.masks.items()}, data, 1.0 - loop.sparsity)
     apply_masks(work, st.masks)
     if st.start > 0:  # resumed: the statistics an uninterrupted run would have now
         _recalibrate(work, data, loop)

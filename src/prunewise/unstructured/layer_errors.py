@@ -27,6 +27,7 @@ import math
 import torch
 from torch import nn
 
+from ..data.sources import Source
 from ..errors import PrunewiseError
 from .posttrain import OBS_DAMP, gram, group_statistics, groups, scored_layers
 
@@ -40,15 +41,18 @@ Table = dict[str, list[tuple[int, float]]]
 
 
 @torch.no_grad()
-def measure(work: nn.Module, masks: dict[str, torch.Tensor], data) -> Table:
-    """Per tensor of ``masks``: ``[(kept, relative error)]``, kept ascending (module notes)."""
+def measure(work: nn.Module, masks: dict[str, torch.Tensor], data, target: float = 0.1) -> Table:
+    """Per tensor of ``masks``: ``[(kept, error)]``, kept ascending (module notes); ``target``:
+    the kept fraction the run aims at (where each curve is scaled to the network's output)."""
     if data is None:
         raise PrunewiseError("allocation 'errors' measures every layer on calibration data: "
                              "give batches")
     from .sparsegpt import prune_matrix
 
     layers = scored_layers(work, masks)
+    named = dict(work.named_parameters())
     table: Table = {}
+    at_target: dict[str, torch.Tensor] = {}   # each tensor pruned to the point nearest target
     for _, sums in group_statistics(work, layers, data, gram):
         for pname, per_group in sums.items():
             m, mask = layers[pname], masks[pname]
@@ -57,26 +61,75 @@ def measure(work: nn.Module, masks: dict[str, torch.Tensor], data) -> Table:
             per = W.shape[0] // count
             blocks = [(W[g * per:(g + 1) * per], H) for g, H in enumerate(per_group)]
             energy = sum(float(((w @ H) * w).sum()) for w, H in blocks)
-            unpruned = int(mask.sum())
+            ladder = _ladder(int(mask.sum()), count)
+            near = _nearest(ladder, target * int(mask.sum()))
             points = []
-            for kept in _ladder(unpruned, count):
-                err = 0.0
+            for kept in ladder:
+                err, parts = 0.0, []
                 for w, H in blocks:   # each group keeps its share (largest remainders)
                     drop = w.numel() - _share(kept, count, w.numel())
                     new, _ = prune_matrix(w.float(), H, drop, damp=OBS_DAMP)
                     d = w - new.double()
                     err += float(((d @ H) * d).sum())
+                    parts.append(new)
                 points.append((kept, err / energy if energy > 0 else 0.0))
+                if kept == near:
+                    at_target[pname] = torch.cat(parts).reshape(m.weight.shape)
             table[pname] = points
-    named = dict(work.named_parameters())
     for n, mask in masks.items():
         if n not in layers:
-            sq = (named[n].detach().double() * mask).square().flatten().sort().values
+            w = named[n].detach().double() * mask
+            sq = w.square().flatten().sort().values
             total = float(sq.sum())
             tail = torch.cat([sq.new_zeros(1), sq.cumsum(0)])   # error of pruning the j smallest
+            ladder = _ladder(int(mask.sum()), 1)
             table[n] = [(k, float(tail[sq.numel() - k]) / total if total > 0 else 0.0)
-                        for k in _ladder(int(mask.sum()), 1)]
+                        for k in ladder]
+            keep = _nearest(ladder, target * int(mask.sum()))
+            top = w.abs().flatten().topk(keep).indices
+            at_target[n] = torch.zeros_like(w).flatten().index_put_((top,), w.flatten()[top]) \
+                .view_as(w)
+    _to_network(work, table, at_target, data, target, masks)
     return {n: table[n] for n in masks}
+
+
+#: Calibration samples the network-output errors are measured on.
+NETWORK_SAMPLES = 128
+
+
+def _to_network(work: nn.Module, table: Table, at_target: dict, data, target: float,
+                masks: dict) -> None:
+    """Scale every tensor's curve so that, at its point nearest ``target``, it equals the error
+    of the network's output (relative to the dense output's energy, on the first
+    :data:`NETWORK_SAMPLES` calibration samples) when that tensor alone is pruned there: what
+    an error in one layer costs at the output differs from layer to layer (a classifier's last
+    layer writes the logits; a residual block's error is diluted by its skip path)."""
+    from .. import device, utils
+
+    dev = device.of(work)
+    xs = []
+    for x, _ in Source(data, NETWORK_SAMPLES):
+        xs.append(device.to(x, dev))
+    dense = [utils.forward(work, x).double() for x in xs]
+    energy = sum(float(d.square().sum()) for d in dense)
+    named = dict(work.named_parameters())
+    for n, new in at_target.items():
+        p = named[n]
+        old = p.detach().clone()
+        p.copy_(new.to(p))
+        err = sum(float((utils.forward(work, x).double() - d).square().sum())
+                  for x, d in zip(xs, dense))
+        p.copy_(old)
+        net = err / energy if energy > 0 else 0.0
+        near = _nearest([k for k, _ in table[n]], target * int(masks[n].sum()))
+        layer = dict(table[n])[near]
+        gain = net / layer if layer > 1e-12 else 1.0
+        table[n] = [(k, e * gain) for k, e in table[n]]
+
+
+def _nearest(ladder: list[int], want: float) -> int:
+    """The ladder's kept count nearest ``want``."""
+    return min(ladder, key=lambda k: (abs(k - want), k))
 
 
 def _ladder(unpruned: int, count: int) -> list[int]:
@@ -148,8 +201,6 @@ def _curve(points: list[tuple[int, float]], limit: int) -> list[tuple[int, float
         out.append((limit, e0 + (e1 - e0) * (limit - k0) / (k1 - k0)))
     else:
         out.append((limit, above[0][1] if above else 0.0))
-    if out[0][0] > 1:   # below the first point: the layer's output is all but gone
-        out.insert(0, (1, max(1.0, out[0][1])))
     best, mono = math.inf, []
     for k, e in out:
         best = min(best, e)
