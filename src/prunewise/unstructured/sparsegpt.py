@@ -107,25 +107,47 @@ def exact_obs_matrix(W: torch.Tensor, H: torch.Tensor, pruned: int | None, *,
     (``w_p^2 / [H^-1]_pp``, over the weights still there) goes, the rest of the row takes the
     exact OBS update ``-w_p / [H^-1]_pp * H^-1[:, p]``, and ``p`` is eliminated from ``H^-1``.
     The layer's count is shared between rows as the paper does: each row is first pruned all
-    the way, and the ``pruned`` smallest step errors over all rows say how far each row goes.
-    Returns (updated ``W`` float32, bool keep mask)."""
+    the way, and the ``pruned`` smallest step errors over all rows say how far each row goes;
+    each row's weights are then those its first removals leave (:func:`_refit`, the same
+    weights the greedy updates reach, in one solve). Returns (updated ``W`` float32, bool keep
+    mask)."""
     W, Hinv = _prepared(W, H, damp)
     rows, cols = W.shape
+    out, keep = [], []
     if nm is not None:
         per_row = torch.full((rows,), (cols // nm[1]) * (nm[1] - nm[0]), dtype=torch.long)
-    else:
-        errors = torch.cat([_greedy(W[r], Hinv, None, None)[2]
-                            for r in _chunks(rows, cols)])
-        per_row = torch.zeros(rows, dtype=torch.long)
-        if pruned:
-            picked = torch.topk(errors.flatten(), pruned, largest=False).indices
-            per_row = torch.bincount(picked // cols, minlength=rows)
-    out, keep = [], []
+        for r in _chunks(rows, cols):
+            w, k, _, _ = _greedy(W[r], Hinv, per_row[r], nm)
+            out.append(w)
+            keep.append(k)
+        return torch.cat(out).float(), torch.cat(keep)
+    paths = [_greedy(W[r], Hinv, None, None) for r in _chunks(rows, cols)]
+    errors = torch.cat([p[2] for p in paths])
+    order = torch.cat([p[3] for p in paths])
+    per_row = torch.zeros(rows, dtype=torch.long)
+    if pruned:
+        picked = torch.topk(errors.flatten(), pruned, largest=False).indices
+        per_row = torch.bincount(picked // cols, minlength=rows)
+    gone = torch.zeros(rows, cols, dtype=torch.bool)
+    steps = torch.arange(cols)[None, :] < per_row[:, None]
+    gone.scatter_(1, order, steps)
     for r in _chunks(rows, cols):
-        w, k, _ = _greedy(W[r], Hinv, per_row[r], nm)
-        out.append(w)
-        keep.append(k)
-    return torch.cat(out).float(), torch.cat(keep)
+        out.append(_refit(W[r], Hinv, gone[r]))
+    return torch.cat(out).float(), ~gone
+
+
+def _refit(W: torch.Tensor, Hinv: torch.Tensor, gone: torch.Tensor) -> torch.Tensor:
+    """Rows of ``W`` with the inputs ``gone`` removed and the rest updated as OBS removing them
+    all does: ``w - H^-1[:, P] (H^-1[P, P])^-1 w_P`` (the least-squares optimum on the kept
+    inputs), solved per row with ``H^-1[P, P]`` padded by the identity outside ``P``."""
+    R, C = W.shape
+    if not bool(gone.any()):
+        return W.clone()
+    both = gone[:, :, None] & gone[:, None, :]
+    A = torch.where(both, Hinv.expand(R, C, C), torch.zeros((), dtype=W.dtype))
+    A.diagonal(dim1=1, dim2=2).add_((~gone).to(W.dtype))
+    z = torch.cholesky_solve((W * gone)[:, :, None], torch.linalg.cholesky(A))[:, :, 0]
+    return (W - z @ Hinv).masked_fill(gone, 0.0)
 
 
 def _chunks(rows: int, cols: int) -> list[slice]:
@@ -137,12 +159,13 @@ def _greedy(W: torch.Tensor, Hinv: torch.Tensor, counts, nm):
     """The greedy OBS removals of :func:`exact_obs_matrix` for a chunk of rows together: each
     row removes ``counts[row]`` weights (all of them when ``counts`` is None; with ``nm`` never
     more than ``M - N`` of any ``M`` consecutive inputs). Returns (updated rows, keep mask,
-    the error of every step in order)."""
+    the error of every step in order, the input removed at every step)."""
     W = W.clone()
     R, C = W.shape
     Hi = Hinv.expand(R, C, C).clone()
     gone = torch.zeros(R, C, dtype=torch.bool)
     errs = torch.full((R, C), float("inf"), dtype=W.dtype)
+    order = torch.zeros((R, C), dtype=torch.long)
     todo = torch.full((R,), C, dtype=torch.long) if counts is None else counts.clone()
     at = torch.arange(R)
     for t in range(int(todo.max()) if R else 0):
@@ -159,13 +182,14 @@ def _greedy(W: torch.Tensor, Hinv: torch.Tensor, counts, nm):
         p = score.argmin(1)
         dp = d[at, p]
         errs[:, t] = score[at, p]
+        order[:, t] = p
         col = Hi[at, :, p].masked_fill(gone, 0.0)            # R x C; removed inputs stay 0
         step = (W[at, p] / dp) * live
         W -= step[:, None] * col
         W[at[live], p[live]] = 0.0
         Hi.baddbmm_(col[:, :, None], (col * (live / dp)[:, None])[:, None, :], alpha=-1.0)
         gone[at[live], p[live]] = True
-    return W.masked_fill(gone, 0.0), ~gone, errs
+    return W.masked_fill(gone, 0.0), ~gone, errs, order
 
 
 def _magnitude(work: nn.Module, masks: dict, counts: dict | None, nm) -> dict:
