@@ -8,9 +8,9 @@ and the repair seconds.
         [--configs magnitude,magnitude@lamp,wanda,obs,taylor,fvw+loop,fvw+loop@lamp,channels]
         [--finetune CONFIG|LEVEL,...]
 
-A config is ``method[+loop][@allocation]`` (the method's own allocation when none is given:
-global for the seed methods and the baselines, row for wanda / obs; ``+loop`` recalibrates
-BatchNorm inside the iterative loop) or ``channels`` (sliming, l1, chip, sliming-l1). Mask
+A config is ``method[+loop|+repairloop][@allocation]`` (the method's own allocation when none is
+given: global for the seed methods and the baselines, row for wanda / obs; ``+loop`` recalibrates
+BatchNorm inside the iterative loop, ``+repairloop`` repairs the working copy there) or ``channels`` (sliming, l1, chip, sliming-l1). Mask
 methods prune iteratively (keep 0.9 per iteration, 512 attribution samples: the settings of the
 README's Fashion-MNIST benchmark) through the four levels in one run; wanda and obs in one shot
 per level. Repair uses the pipeline's defaults (256 calibration images, damp 0.01).
@@ -72,6 +72,8 @@ def parse(config: str, levels=LEVELS) -> tuple[str, runs.Unstructured]:
           "samples": 512, "track_accuracy": False, "allocation": allocation or None}
     if row.needs_data and not one_shot:
         kw["loop_recalibrate"] = "loop" in opts
+    if "repairloop" in opts:   # the working copy repaired after every iteration
+        kw["loop_repair"] = True
     return name, runs.Unstructured(**kw)
 
 

@@ -118,3 +118,20 @@ def test_errors_allocation_needs_data_and_the_table():
                              None)
     with pytest.raises(PrunewiseError, match="measured layer errors"):
         masking.allocate("errors", {"w": torch.ones(3, dtype=torch.bool)}, 2)
+
+
+def test_loop_repair_scores_a_repaired_copy(digits):
+    """``loop_repair``: the working copy is refit after every iteration, so magnitude's second
+    iteration ranks repaired weights (other masks than one shot), and the plan records it."""
+    model = small_cnn()
+    plain = runs.prune_masks(model, digits, "magnitude", runs.Unstructured(
+        0.8, keep=0.4, samples=128, track_accuracy=False))
+    fixed = runs.prune_masks(model, digits, "magnitude", runs.Unstructured(
+        0.8, keep=0.4, samples=128, track_accuracy=False, loop_repair=True))
+    assert fixed.meta["settings"]["repair"] == {"samples": 256}
+    assert "repair" not in plain.meta["settings"]
+    assert abs(fixed.sparsity - plain.sparsity) < 1e-9
+    assert any(not torch.equal(plain.masks[n], fixed.masks[n]) for n in plain.masks)
+    with pytest.raises(PrunewiseError, match="attribution data"):
+        masking.run(model, None, lambda *a: ({}, {}), masking.LoopSettings(0.5, repair=True),
+                    method="x", needs_data=False)

@@ -225,6 +225,10 @@ class Unstructured:
                                      choices=methods.ALLOCATIONS)
     embeddings: bool = setting(False, "masks: prune embedding tables too (left dense by "
                                       "default, like the input stem)", "flag")
+    loop_repair: bool = setting(False, "masks: repair the working copy after every iteration "
+                                       "of the iterative loop, so the next scores see a "
+                                       "repaired network (a variant of ours; instead of the "
+                                       "loop recalibration)", "flag", label="loop repair")
     nm: str | None = setting(None, "masks: N:M semi-structured sparsity such as 2:4: in every "
                                    "M consecutive weights of a row keep the N best, in one "
                                    "shot (sparsity 1 - N/M)", "nm", label="N:M pattern")
@@ -234,6 +238,7 @@ class Unstructured:
                                "allocation": "--allocation",
                                "loop_recalibrate": "--loop-recalibrate/--no-loop-recalibrate",
                                "recalibrate_samples": "--loop-recalibrate-samples",
+                               "loop_repair": "--loop-repair/--no-loop-repair",
                                "nm": "--nm", "exclude": "--exclude"}
 
     def __post_init__(self) -> None:

@@ -233,7 +233,7 @@ def mask_stops(model: nn.Module, bundle: D.DataBundle, method: str, settings: Un
         progress=progress, recalibrate=row.loop_recalibrate if recalibrate is None else recalibrate,
         recalibrate_samples=settings.recalibrate_samples,
         allocation=row.allocation if settings.allocation is None else settings.allocation,
-        task=task, nm=settings.nm)
+        task=task, nm=settings.nm, repair=settings.loop_repair)
     return masking.stops(model, attribution, row.builder()(options, seed), loop, method=method,
                          settings=asdict(options), needs_data=row.needs_data)
 

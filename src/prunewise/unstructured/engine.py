@@ -598,7 +598,10 @@ class LoopSettings:
     BatchNorm statistics on the attribution data (at most ``recalibrate_samples`` samples;
     all of it when None), so the next score sees statistics that match the pruned weights;
     ``allocation``: how each iteration's kept count is shared between tensors (one of
-    :data:`ALLOCATIONS`, see :func:`select`); ``task``: what the model is for
+    :data:`ALLOCATIONS`, see :func:`select`); ``repair``: after each iteration's masks, refit
+    the working copy's kept weights to the unpruned model's layer outputs
+    (:func:`prunewise.repair.reconstruct` on at most 256 attribution samples; instead of
+    ``recalibrate``), so the next score sees a repaired network; ``task``: what the model is for
     (:mod:`prunewise.tasks`; its loss drives gradient scorers and its primary metric is the
     per-iteration ``score``; default classification).
     """
@@ -619,6 +622,7 @@ class LoopSettings:
     allocation: str = "global"
     task: Any = None
     nm: tuple[int, int] | None = None
+    repair: bool = False
 
     def __post_init__(self) -> None:
         """Raise PrunewiseError for a bad target, keep, sample count, recalibration setting or
@@ -627,6 +631,7 @@ class LoopSettings:
         checks.choice("allocation", self.allocation, ALLOCATIONS)
         checks.integer("samples", self.samples, 1, none=True)
         checks.flag("recalibrate", self.recalibrate)
+        checks.flag("repair", self.repair)
         checks.integer("recalibrate_samples", self.recalibrate_samples, 1, none=True)
         self.task = tasks.of(self.task)
         if self.nm is not None:   # one shot to exactly 1 - N/M
@@ -652,6 +657,7 @@ class _State:
     ckpt: Path | None
     weights: dict | None = None   # a solver's updated weights of the scope
     errors: dict | None = None    # the measured layer errors (allocation "errors")
+    dense: nn.Module | None = None   # the unpruned model (what loop repair fits to)
 
 
 def run(model: nn.Module, batches, score: Scorer, loop: LoopSettings, *, method: str,
@@ -686,7 +692,7 @@ def stops(model: nn.Module, batches, score: Scorer, loop: LoopSettings, *, metho
     caller finishes every level in the order the loop reaches it, with no callback)."""
     data = (Source(batches, loop.samples, task=loop.task)
             if (needs_data or batches is not None) else None)
-    if loop.recalibrate and data is None:
+    if (loop.recalibrate or loop.repair) and data is None:
         raise PrunewiseError("recalibrate needs attribution data (batches) to re-estimate "
                              "BatchNorm statistics on")
     evals = Source(loop.eval_batches) if loop.eval_batches is not None else None
@@ -704,8 +710,9 @@ def stops(model: nn.Module, batches, score: Scorer, loop: LoopSettings, *, metho
         st.errors = layer_errors.measure(work, {n: torch.ones_like(m) for n, m in
                                                 st.masks.items()}, data, 1.0 - loop.sparsity)
     apply_masks(work, st.masks)
-    if st.start > 0:  # resumed: the statistics an uninterrupted run would have now
-        _recalibrate(work, data, loop)
+    st.dense = model
+    if st.start > 0:  # resumed: the statistics (or weights) an uninterrupted run would have now
+        _recalibrate(work, data, loop, st)
     bar = progress_bar(len(st.counts), f"prune {method}", loop.progress, initial=st.start)
     try:
         for t in range(st.start, len(st.counts)):
@@ -737,6 +744,8 @@ def _start(model: nn.Module, loop: LoopSettings, method: str, settings: dict | N
               "weights": _fingerprint(model, names)}
     if loop.recalibrate:  # only when on, so that plans and resume files without it are unchanged
         config["recalibrate"] = {"samples": loop.recalibrate_samples}
+    if loop.repair:
+        config["repair"] = {"samples": LOOP_REPAIR_SAMPLES}
     if loop.allocation != "global":  # the same: global plans and resume files stay as they were
         config["allocation"] = loop.allocation
     if loop.nm is not None:
@@ -770,7 +779,7 @@ def _iteration(work, score, data, evals, loop: LoopSettings, st: _State, t: int)
                               st.errors)
         del scores
     apply_masks(work, st.masks)
-    _recalibrate(work, data, loop)
+    _recalibrate(work, data, loop, st)
     kept = int(sum(int(m.sum()) for m in st.masks.values()))
     row = {"iteration": t + 1, "kept": kept, "sparsity": 1.0 - kept / st.total, **info}
     if evals is not None:
@@ -783,8 +792,16 @@ def _iteration(work, score, data, evals, loop: LoopSettings, st: _State, t: int)
     return row
 
 
-def _recalibrate(work: nn.Module, data: Source | None, loop: LoopSettings) -> None:
-    if loop.recalibrate:
+#: Attribution samples the in-loop repair fits on.
+LOOP_REPAIR_SAMPLES = 256
+
+
+def _recalibrate(work: nn.Module, data: Source | None, loop: LoopSettings, st: _State) -> None:
+    if loop.repair:   # a repaired copy is not recalibrated (docs/methods.md, "Repair")
+        from ..repair import reconstruct
+        reconstruct(st.dense, work, data, masks=st.masks, samples=LOOP_REPAIR_SAMPLES,
+                    progress=False)
+    elif loop.recalibrate:
         recalibrate_bn(work, data, samples=loop.recalibrate_samples)
 
 
