@@ -200,7 +200,10 @@ def test_prune_baseline_methods(digits_checkpoint, tmp_path, method):
     plan = MaskPlan.load(tmp_path)
     assert rep["method"] == plan.method == method and rep["config"]["method"] == method
     assert abs(plan.sparsity - 0.6) < 1e-5
-    assert rep["accuracy"]["recalibrated"] is not None and rep["accuracy"]["finetuned"] is None
+    # no fine-tuning: repaired by default instead of recalibrated, and the config says so
+    assert rep["accuracy"]["repaired"] is not None and rep["accuracy"]["finetuned"] is None
+    assert rep["accuracy"]["recalibrated"] is None
+    assert rep["config"]["prune"]["repair"]["enabled"] is True
 
 
 def test_prune_exclude_leaves_the_named_layers_dense(digits_checkpoint, tmp_path):
@@ -220,10 +223,12 @@ def test_prune_exclude_leaves_the_named_layers_dense(digits_checkpoint, tmp_path
 def test_recalibration_switch(digits_checkpoint, tmp_path, recalibrate):
     flags = ["--recalibrate-samples", "64"] if recalibrate else ["--no-recalibrate"]
     r = invoke("prune", "fvw", digits_checkpoint, "--method", "magnitude", "--sparsity", "0.5",
-               *FAST, *flags, "--out", tmp_path)
+               *FAST, *flags, "--no-repair", "--out", tmp_path)
     assert r.returncode == 0, r.stderr
     rep = load_report(tmp_path)
     assert (rep["accuracy"]["recalibrated"] is not None) == recalibrate
+    assert rep["accuracy"]["repaired"] is None
+    assert rep["config"]["prune"]["repair"]["enabled"] is False
     assert rep["config"]["recalibration"] == {"samples": 64 if recalibrate else 512,
                                               "enabled": recalibrate, "batch_size": 128}
     dense, saved = checkpoints.load_model(digits_checkpoint), checkpoints.load_model(tmp_path / "model")
@@ -314,7 +319,7 @@ def test_structured_baselines(digits_checkpoint, tmp_path, method):
     assert r.returncode == 0, r.stderr
     rep = load_report(tmp_path)
     assert rep["method"] == method and rep["macs"]["ratio"] <= 0.5
-    assert rep["accuracy"]["recalibrated"] is not None
+    assert rep["accuracy"]["repaired"] is not None    # no fine-tuning: repaired by default
 
 
 @pytest.mark.parametrize("args, words", [

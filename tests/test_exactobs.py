@@ -97,3 +97,20 @@ def test_exactobs_settings_are_checked():
     from prunewise.errors import PrunewiseError
     with pytest.raises(PrunewiseError, match="hessian damp"):
         methods.ExactOBSSettings(hessian_damp=0.0)
+
+
+def test_a_solver_with_global_allocation_takes_global_magnitudes_counts(digits):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
+    with torch.no_grad():
+        model[2].weight.mul_(3.0)   # global magnitude keeps more of this layer
+    plans = {m: runs.prune_masks(model, digits, m, runs.Unstructured(
+        0.7, samples=64, track_accuracy=False, allocation="global"))
+        for m in ("exactobs", "magnitude")}
+    counts = {m: {n: int(k.sum()) for n, k in p.masks.items()} for m, p in plans.items()}
+    assert counts["exactobs"] == counts["magnitude"]
+    assert len(set(plans["exactobs"].per_layer().values())) > 1
+    assert not all(torch.equal(plans["exactobs"].masks[n], plans["magnitude"].masks[n])
+                   for n in counts["exactobs"])

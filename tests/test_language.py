@@ -264,7 +264,9 @@ def test_cli_prunes_an_hf_folder_then_evals_and_exports_it(folders, corpus, tmp_
     r = invoke("eval", out / "model", "--model", f"hf:{folder}", "--json")
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
-    assert abs(got["perplexity"] - rep["scores"]["pruned"]["test"]) < 1e-6 * got["perplexity"]
+    # the saved model is the repaired one (no fine-tuning: repair on by default)
+    assert rep["config"]["prune"]["repair"]["enabled"] is True
+    assert abs(got["perplexity"] - rep["scores"]["repaired"]["test"]) < 1e-6 * got["perplexity"]
     r = invoke("info", folder, "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["macs"] > 0

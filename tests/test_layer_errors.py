@@ -116,6 +116,8 @@ def test_errors_allocation_needs_data_and_the_table():
     with pytest.raises(PrunewiseError, match="calibration data"):
         layer_errors.measure(nn.Linear(3, 2), {"weight": torch.ones(2, 3, dtype=torch.bool)},
                              None)
+    with pytest.raises(PrunewiseError, match="layer_errors.measure"):
+        masking.LoopSettings(0.5, allocation="errors")
     with pytest.raises(PrunewiseError, match="measured layer errors"):
         masking.allocate("errors", {"w": torch.ones(3, dtype=torch.bool)}, 2)
 

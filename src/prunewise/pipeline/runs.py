@@ -57,7 +57,7 @@ import torch
 from torch import nn
 
 from .. import checkpoints, measure, methods, tasks, train
-from ..unstructured import engine as masking
+from ..unstructured import engine as masking, layer_errors
 from ..structured import engine as structured, surgery
 from .. import data as D
 from ..errors import PrunewiseError
@@ -226,14 +226,16 @@ def mask_stops(model: nn.Module, bundle: D.DataBundle, method: str, settings: Un
                          limit=min(TRACK_SAMPLES, len(bundle.val)))
 
     recalibrate = settings.loop_recalibrate
+    allocation = row.allocation if settings.allocation is None else settings.allocation
     loop = masking.LoopSettings(
         sparsity=settings.sparsity, keep=keep_of(row, settings), samples=settings.samples,
         params=scope, levels=tuple(levels), checkpoint_dir=resume_dir, seed=seed,
         eval_batches=validation if settings.track_accuracy and len(bundle.val) else None,
         progress=progress, recalibrate=row.loop_recalibrate if recalibrate is None else recalibrate,
         recalibrate_samples=settings.recalibrate_samples,
-        allocation=row.allocation if settings.allocation is None else settings.allocation,
-        task=task, nm=settings.nm, repair=settings.loop_repair)
+        allocation=allocation,
+        task=task, nm=settings.nm, repair=settings.loop_repair,
+        errors=layer_errors.measure if allocation == "errors" else None)
     return masking.stops(model, attribution, row.builder()(options, seed), loop, method=method,
                          settings=asdict(options), needs_data=row.needs_data)
 

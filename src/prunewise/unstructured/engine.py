@@ -505,16 +505,20 @@ def allocate(allocation: str, masks: dict[str, torch.Tensor], kept: int,
     weight scores ``w^2 / (sum of w'^2 over the weights of its tensor at least as large)``;
     the ``kept`` best scores over all tensors give the counts. A tensor's largest weight
     scores 1, the most any weight can, so no tensor is emptied while ``kept`` >= the number of
-    tensors. ``"errors"``: the counts that minimise the summed measured layer errors
+    tensors. ``"global"``: the counts global magnitude selection would give (what a solver,
+    which picks its own weights, gets for ``global``). ``"errors"``: the counts that minimise the summed measured layer errors
     (``errors``, a :func:`prunewise.unstructured.layer_errors.measure` table), by dynamic
-    programming; no tensor is emptied. ``"global"`` is not an allocation of its own (its counts
-    follow the scores)."""
-    checks.choice("allocation", allocation, ("lamp", "uniform", "errors"))
+    programming; no tensor is emptied."""
+    checks.choice("allocation", allocation, ("lamp", "uniform", "errors", "global"))
+    if allocation == "global":
+        if weights is None:
+            raise PrunewiseError("global allocation needs the weights")
+        chosen = select({n: weights[n].detach().abs() for n in masks}, masks, kept)
+        return {n: int(c.sum()) for n, c in chosen.items()}
     if allocation == "errors":
         if errors is None:
             raise PrunewiseError("errors allocation needs the measured layer errors")
-        from . import layer_errors
-        return layer_errors.counts(errors, {n: int(m.sum()) for n, m in masks.items()}, kept)
+        return errors.counts({n: int(m.sum()) for n, m in masks.items()}, kept)
     if allocation == "uniform":
         return shares({n: m.numel() for n, m in masks.items()},
                        {n: int(m.sum()) for n, m in masks.items()}, kept)
@@ -598,7 +602,9 @@ class LoopSettings:
     BatchNorm statistics on the attribution data (at most ``recalibrate_samples`` samples;
     all of it when None), so the next score sees statistics that match the pruned weights;
     ``allocation``: how each iteration's kept count is shared between tensors (one of
-    :data:`ALLOCATIONS`, see :func:`select`); ``repair``: after each iteration's masks, refit
+    :data:`ALLOCATIONS`, see :func:`select`; ``"errors"`` takes ``errors``, the function that
+    measures the table it allocates from, :func:`prunewise.unstructured.layer_errors.measure`,
+    called once on the unpruned working copy); ``repair``: after each iteration's masks, refit
     the working copy's kept weights to the unpruned model's layer outputs
     (:func:`prunewise.repair.reconstruct` on at most 256 attribution samples; instead of
     ``recalibrate``), so the next score sees a repaired network; ``task``: what the model is for
@@ -623,6 +629,7 @@ class LoopSettings:
     task: Any = None
     nm: tuple[int, int] | None = None
     repair: bool = False
+    errors: Callable | None = None
 
     def __post_init__(self) -> None:
         """Raise PrunewiseError for a bad target, keep, sample count, recalibration setting or
@@ -632,6 +639,9 @@ class LoopSettings:
         checks.integer("samples", self.samples, 1, none=True)
         checks.flag("recalibrate", self.recalibrate)
         checks.flag("repair", self.repair)
+        if self.allocation == "errors" and self.errors is None:
+            raise PrunewiseError("allocation 'errors' needs the function that measures the layer "
+                                 "errors: errors=prunewise.unstructured.layer_errors.measure")
         checks.integer("recalibrate_samples", self.recalibrate_samples, 1, none=True)
         self.task = tasks.of(self.task)
         if self.nm is not None:   # one shot to exactly 1 - N/M
@@ -698,17 +708,16 @@ def stops(model: nn.Module, batches, score: Scorer, loop: LoopSettings, *, metho
     evals = Source(loop.eval_batches) if loop.eval_batches is not None else None
     st = _start(model, loop, method, settings)
     if getattr(score, "solve", None) is not None:
-        if loop.nm is None and loop.allocation not in ("uniform", "lamp", "errors"):
+        if loop.nm is None and loop.allocation == "row":
             raise PrunewiseError(f"{method} chooses each layer's mask itself: give it a count "
-                                 f"per layer (allocation 'uniform', 'lamp' or 'errors'), not "
-                                 f"'{loop.allocation}'")
+                                 f"per layer (allocation 'uniform', 'lamp', 'global' or "
+                                 f"'errors'), not 'row'")
         st.ckpt = None   # a solver runs in one shot: nothing to resume
     work = copy.deepcopy(model)
     work.eval()
-    if loop.allocation == "errors" and loop.nm is None:
-        from . import layer_errors   # measured once, on the unpruned model (resumed or not)
-        st.errors = layer_errors.measure(work, {n: torch.ones_like(m) for n, m in
-                                                st.masks.items()}, data, 1.0 - loop.sparsity)
+    if loop.allocation == "errors" and loop.nm is None:   # once, on the unpruned model
+        st.errors = loop.errors(work, {n: torch.ones_like(m) for n, m in st.masks.items()},
+                                data, 1.0 - loop.sparsity)
     apply_masks(work, st.masks)
     st.dense = model
     if st.start > 0:  # resumed: the statistics (or weights) an uninterrupted run would have now

@@ -37,7 +37,12 @@ LADDER = (1.0, 0.8, 0.65, 0.5, 0.4, 0.33, 0.27, 0.22, 0.18, 0.15, 0.12, 0.1, 0.0
 #: Budget units of the dynamic programme.
 GRID = 4000
 
-Table = dict[str, list[tuple[int, float]]]
+class Table(dict):
+    """Tensor name -> its measured ``[(kept, error)]`` points; :meth:`counts` allocates."""
+
+    def counts(self, limits: dict[str, int], kept: int) -> dict[str, int]:
+        """:func:`counts` on this table."""
+        return counts(self, limits, kept)
 
 
 @torch.no_grad()
@@ -51,7 +56,7 @@ def measure(work: nn.Module, masks: dict[str, torch.Tensor], data, target: float
 
     layers = scored_layers(work, masks)
     named = dict(work.named_parameters())
-    table: Table = {}
+    table: dict = {}
     at_target: dict[str, torch.Tensor] = {}   # each tensor pruned to the point nearest target
     for _, sums in group_statistics(work, layers, data, gram):
         for pname, per_group in sums.items():
@@ -90,14 +95,14 @@ def measure(work: nn.Module, masks: dict[str, torch.Tensor], data, target: float
             at_target[n] = torch.zeros_like(w).flatten().index_put_((top,), w.flatten()[top]) \
                 .view_as(w)
     _to_network(work, table, at_target, data, target, masks)
-    return {n: table[n] for n in masks}
+    return Table({n: table[n] for n in masks})
 
 
 #: Calibration samples the network-output errors are measured on.
 NETWORK_SAMPLES = 128
 
 
-def _to_network(work: nn.Module, table: Table, at_target: dict, data, target: float,
+def _to_network(work: nn.Module, table: dict, at_target: dict, data, target: float,
                 masks: dict) -> None:
     """Scale every tensor's curve so that, at its point nearest ``target``, it equals the error
     of the network's output (relative to the dense output's energy, on the first
@@ -107,9 +112,7 @@ def _to_network(work: nn.Module, table: Table, at_target: dict, data, target: fl
     from .. import device, utils
 
     dev = device.of(work)
-    xs = []
-    for x, _ in Source(data, NETWORK_SAMPLES):
-        xs.append(device.to(x, dev))
+    xs = [device.to(x, dev) for x, _ in Source(data, NETWORK_SAMPLES)]
     dense = [utils.forward(work, x).double() for x in xs]
     energy = sum(float(d.square().sum()) for d in dense)
     named = dict(work.named_parameters())
@@ -144,7 +147,7 @@ def _share(kept: int, count: int, size: int) -> int:
     return max(1, min(size, round(kept / count)))
 
 
-def counts(table: Table, limits: dict[str, int], kept: int) -> dict[str, int]:
+def counts(table: dict, limits: dict[str, int], kept: int) -> dict[str, int]:
     """How many weights each tensor keeps: ``kept`` in all, each at most its ``limits`` entry
     (its unpruned count) and at least one, the summed interpolated error as small as the
     dynamic programme over :data:`GRID` units finds (module notes)."""
