@@ -109,6 +109,9 @@ def main(argv=None) -> None:
         res["cells"][key] = cell
         print(args.model, args.seed, key, json.dumps(cell), flush=True)
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file():   # another run may have added cells meanwhile: keep them
+            on_disk = json.loads(path.read_text())["cells"]
+            res["cells"] = {**on_disk, **res["cells"]}
         files.write_json(path, res)
 
     for config in [c for c in args.configs.split(",") if c]:
