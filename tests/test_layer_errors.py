@@ -137,3 +137,20 @@ def test_loop_repair_scores_a_repaired_copy(digits):
     with pytest.raises(PrunewiseError, match="attribution data"):
         masking.run(model, None, lambda *a: ({}, {}), masking.LoopSettings(0.5, repair=True),
                     method="x", needs_data=False)
+
+
+def test_a_budget_that_would_empty_a_layer_is_refused_before_any_work(digits):
+    model = small_cnn()
+    total = sum(p.numel() for n, p in model.named_parameters() if n in ("2.weight", "6.weight"))
+    sparsity = 1 - 1.5 / total    # one weight left for two tensors
+    calls = []
+
+    def measure(*a):
+        calls.append(a)
+        raise AssertionError("measured")
+
+    loop = masking.LoopSettings(sparsity, allocation="errors", errors=measure, progress=False)
+    with pytest.raises(PrunewiseError, match="without emptying a layer"):
+        masking.run(model, list(D.batches(digits.train, digits, 32, limit=32)),
+                    lambda *a: ({}, {}), loop, method="magnitude")
+    assert not calls

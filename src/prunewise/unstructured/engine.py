@@ -707,6 +707,11 @@ def stops(model: nn.Module, batches, score: Scorer, loop: LoopSettings, *, metho
                              "BatchNorm statistics on")
     evals = Source(loop.eval_batches) if loop.eval_batches is not None else None
     st = _start(model, loop, method, settings)
+    final = kept_count(st.total, loop.sparsity)
+    if loop.nm is None and loop.allocation in ("lamp", "errors") and final < len(st.masks):
+        raise PrunewiseError(f"allocation '{loop.allocation}' cannot keep only {final} weights "
+                             f"without emptying a layer: the scope has {len(st.masks)} weight "
+                             f"tensors; lower the sparsity")
     if getattr(score, "solve", None) is not None:
         if loop.nm is None and loop.allocation == "row":
             raise PrunewiseError(f"{method} chooses each layer's mask itself: give it a count "
