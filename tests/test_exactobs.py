@@ -114,3 +114,15 @@ def test_a_solver_with_global_allocation_takes_global_magnitudes_counts(digits):
     assert len(set(plans["exactobs"].per_layer().values())) > 1
     assert not all(torch.equal(plans["exactobs"].masks[n], plans["magnitude"].masks[n])
                    for n in counts["exactobs"])
+
+
+def test_an_indefinite_gram_matrix_gets_more_damping_with_a_warning():
+    from prunewise.unstructured.engine import PruningWarning
+    H = torch.eye(6, dtype=torch.float64)
+    H[0, 0] = -0.5    # not positive definite at 1% damping
+    with pytest.warns(PruningWarning, match="used 1 "):
+        W, keep = exact_obs_matrix(torch.randn(3, 6), H, 6)
+    assert int((~keep).sum()) == 6 and bool(torch.isfinite(W).all())
+    with pytest.raises(Exception, match="not positive definite"):
+        exact_obs_matrix(torch.randn(3, 6), torch.full((6, 6), float("nan"),
+                                                       dtype=torch.float64), 6)

@@ -23,13 +23,15 @@ With a block of one column the update is exact OBS, one weight at a time.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
 from ..errors import PrunewiseError
 from ..methods import SparseGPTSettings
 from .posttrain import groups, scored_layers, gram, group_statistics
-from .engine import shares, select, select_nm
+from .engine import PruningWarning, shares, select, select_nm
 
 
 def _block_counts(cols: int, rows: int, pruned: int, block: int) -> list[int]:
@@ -88,8 +90,20 @@ def _prepared(W: torch.Tensor, H: torch.Tensor, damp: float) -> tuple[torch.Tens
     dead = H.diagonal() == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
-    H += damp * float(H.diagonal().mean()) * torch.eye(H.shape[0], dtype=H.dtype)
-    return W, torch.cholesky_inverse(torch.linalg.cholesky(H))
+    scale = float(H.diagonal().mean())
+    for tries in range(4):   # damp, then 10x, 100x, 1000x damp if H is still not definite
+        L, info = torch.linalg.cholesky_ex(H + damp * 10 ** tries * scale *
+                                           torch.eye(H.shape[0], dtype=H.dtype))
+        if int(info) == 0:
+            if tries:
+                warnings.warn(f"a layer's input Gram matrix ({H.shape[0]} inputs) was not "
+                              f"positive definite at damping {damp:g}: used {damp * 10 ** tries:g} "
+                              f"(too few or too alike calibration samples? give more)",
+                              PruningWarning, stacklevel=3)
+            return W, torch.cholesky_inverse(L)
+    raise PrunewiseError(f"a layer's input Gram matrix ({H.shape[0]} inputs) is not positive "
+                         f"definite even at damping {damp * 1000:g}: the calibration inputs are "
+                         f"not finite or degenerate")
 
 
 #: Rows whose inverse Hessians ExactOBS updates together: at most this many float64 entries.
