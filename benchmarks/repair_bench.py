@@ -18,7 +18,9 @@ per level. Repair uses the pipeline's defaults (256 calibration images, damp 0.0
 (masked) fine-tuning from the recalibrated and from the repaired model, and that epoch's seconds
 (a masked model's epoch costs what the dense model's does: the cost yardstick).
 
-``--repair-samples N --damp D`` (other than 256 / 0.01) write ``repair-sS-nN-dD.json``.
+``--repair-samples N --damp D`` (other than 256 / 0.01) write ``repair-sS-nN-dD.json``;
+``--samples A`` (attribution / calibration samples of the mask methods, other than 512) adds
+``-aA`` to the name.
 
 Writes ``benchmarks/results/fashion[-MODEL]/repair-sS.json`` after every cell; finished cells
 are not recomputed (the script resumes after a kill).
@@ -63,13 +65,16 @@ def both(dense, model, bundle, seed: int, masks=None, plan=None) -> dict:
             "repair_seconds": seconds}, recal, fixed
 
 
+SAMPLES = 512   # attribution / calibration samples of the mask methods (--samples)
+
+
 def parse(config: str, levels=LEVELS) -> tuple[str, runs.Unstructured]:
     spec, _, allocation = config.partition("@")
     name, *opts = spec.split("+")
     row = methods.get(name, methods.UNSTRUCTURED)
     one_shot = row.one_shot   # the post-training peers: one shot per level
     kw = {"sparsity": max(levels), "keep": 1 - max(levels) if one_shot else 0.9,
-          "samples": 512, "track_accuracy": False, "allocation": allocation or None}
+          "samples": SAMPLES, "track_accuracy": False, "allocation": allocation or None}
     if row.needs_data and not one_shot:
         kw["loop_recalibrate"] = "loop" in opts
     if "repairloop" in opts:   # the working copy repaired after every iteration
@@ -78,7 +83,7 @@ def parse(config: str, levels=LEVELS) -> tuple[str, runs.Unstructured]:
 
 
 def main(argv=None) -> None:
-    global FIX
+    global FIX, SAMPLES
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default="resnet20")
@@ -89,9 +94,12 @@ def main(argv=None) -> None:
     ap.add_argument("--channel-methods", default=",".join(CHANNEL_METHODS))
     ap.add_argument("--repair-samples", type=int, default=256)
     ap.add_argument("--damp", type=float, default=0.01)
+    ap.add_argument("--samples", type=int, default=512)
     args = ap.parse_args(argv)
+    SAMPLES = args.samples
     FIX = runs.Repair(enabled=True, samples=args.repair_samples, damp=args.damp)
     tag = "" if (FIX.samples, FIX.damp) == (256, 0.01) else f"-n{FIX.samples}-d{FIX.damp:g}"
+    tag += "" if SAMPLES == 512 else f"-a{SAMPLES}"
     levels = tuple(float(v) for v in args.levels.split(","))
     budgets = tuple(float(v) for v in args.budgets.split(","))
     model = checkpoints.load_model(base_path(args.model, args.seed)).eval()
