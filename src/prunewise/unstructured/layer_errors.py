@@ -11,7 +11,10 @@ SPDY's dynamic programme.
    ``tr((W - W') H (W - W')^T) / tr(W H W^T)`` with ``H`` the Gram matrix of the layer's
    inputs. Any other weight tensor of the scope (an LSTM's, an attention module's input
    projection) gets the magnitude error: the share of ``sum w^2`` its pruned weights hold.
-2. **Choose** (:func:`counts`): the per-layer points that minimise the summed relative error
+   Each curve is then scaled so that, at its point nearest the run's target, it equals the
+   relative error of the network's output when that tensor alone is pruned there
+   (:func:`_to_network`: one forward pass per tensor).
+2. **Choose** (:func:`counts`): the per-layer points that minimise the summed error
    with at most the kept count in all, by dynamic programming over a grid of :data:`GRID`
    budget units; what the grid's rounding leaves is then handed out along the interpolated
    error curves, steepest first, so the kept count is met exactly. No layer is ever emptied:
@@ -27,15 +30,18 @@ import math
 import torch
 from torch import nn
 
+from .. import device, utils
 from ..data.sources import Source
 from ..errors import PrunewiseError
 from .posttrain import OBS_DAMP, gram, group_statistics, groups, scored_layers
+from .sparsegpt import prune_matrix
 
 #: Kept fractions of every layer's unpruned weights the errors are measured at.
 LADDER = (1.0, 0.8, 0.65, 0.5, 0.4, 0.33, 0.27, 0.22, 0.18, 0.15, 0.12, 0.1, 0.08, 0.065,
           0.05, 0.04, 0.03, 0.022, 0.015, 0.01, 0.005)
 #: Budget units of the dynamic programme.
 GRID = 4000
+
 
 class Table(dict):
     """Tensor name -> its measured ``[(kept, error)]`` points; :meth:`counts` allocates."""
@@ -52,8 +58,6 @@ def measure(work: nn.Module, masks: dict[str, torch.Tensor], data, target: float
     if data is None:
         raise PrunewiseError("allocation 'errors' measures every layer on calibration data: "
                              "give batches")
-    from .sparsegpt import prune_matrix
-
     layers = scored_layers(work, masks)
     named = dict(work.named_parameters())
     table: dict = {}
@@ -109,7 +113,6 @@ def _to_network(work: nn.Module, table: dict, at_target: dict, data, target: flo
     :data:`NETWORK_SAMPLES` calibration samples) when that tensor alone is pruned there: what
     an error in one layer costs at the output differs from layer to layer (a classifier's last
     layer writes the logits; a residual block's error is diluted by its skip path)."""
-    from .. import device, utils
 
     dev = device.of(work)
     xs = [device.to(x, dev) for x, _ in Source(data, NETWORK_SAMPLES)]
