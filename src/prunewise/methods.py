@@ -181,7 +181,7 @@ TABLE: list[Method] = [
     Method("exactobs", UNSTRUCTURED, "ExactOBS (Optimal Brain Compression, NeurIPS 2022): "
            "per output row, one weight at a time with the exact OBS update of the rest",
            f"{_DOC}#exactobs", "prunewise.unstructured.sparsegpt:exactobs_solver",
-           ExactOBSSettings, allocation="uniform", one_shot=True),
+           ExactOBSSettings, allocation="global", one_shot=True),
     # structured: (configure, select) pairs on the shared engine (prunewise.structured)
     Method("sliming", STRUCTURED, "SLIMING (Neural Networks 2025): singular-value configuration "
            "+ GEM nuclear-norm selection", f"{_DOC}#sliming", "prunewise.structured.baselines:sliming_pair",
