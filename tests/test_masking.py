@@ -147,7 +147,7 @@ def test_recalibrate_re_estimates_the_working_copy_only(samples):
 
 def test_recalibrate_settings_and_data_required():
     model, batches = setup()
-    with pytest.raises(PrunewiseError, match="recalibrate needs"):
+    with pytest.raises(PrunewiseError, match="recalibrate inside the loop needs"):
         baselines.magnitude(model, sparsity=0.5, recalibrate=True)
     with pytest.raises(PrunewiseError, match="recalibrate must be"):
         baselines.magnitude(model, batches, sparsity=0.5, recalibrate="yes")

@@ -383,9 +383,9 @@ def select(scores: Scores, masks: dict[str, torch.Tensor], kept: int,
     ``"global"`` pools every tensor's scores (below); ``"lamp"`` takes each tensor's count from
     LAMP's layer-adaptive scores of the current ``weights`` (name -> tensor, required; no
     tensor is emptied while ``kept`` covers one element per tensor); ``"errors"`` takes them
-    from the measured per-layer error table ``errors`` (:mod:`prunewise.unstructured.layer_errors`,
-    required); ``"uniform"`` keeps the same fraction of every tensor; ``"row"`` the same fraction of every output row (dim 0) of
-    every tensor. Within a tensor (or row) the ``scores`` rank as in global selection.
+    from the measured per-layer error table ``errors`` (required; see :func:`allocate`);
+    ``"uniform"`` keeps the same fraction of every tensor; ``"row"`` the same fraction of every
+    output row (dim 0) of every tensor. Within a tensor (or row) the ``scores`` rank as in global selection.
 
     Pools the scores of every currently unpruned element (``masks[name]`` True) of every
     tensor in ``masks`` into one vector and keeps the ``kept`` highest; returns new bool masks
@@ -506,9 +506,10 @@ def allocate(allocation: str, masks: dict[str, torch.Tensor], kept: int,
     the ``kept`` best scores over all tensors give the counts. A tensor's largest weight
     scores 1, the most any weight can, so no tensor is emptied while ``kept`` >= the number of
     tensors. ``"global"``: the counts global magnitude selection would give (what a solver,
-    which picks its own weights, gets for ``global``). ``"errors"``: the counts that minimise the summed measured layer errors
-    (``errors``, a :func:`prunewise.unstructured.layer_errors.measure` table), by dynamic
-    programming; no tensor is emptied."""
+    which picks its own weights, gets for ``global``). ``"errors"``: the counts that minimise
+    the summed measured layer errors (``errors``, the table
+    :func:`prunewise.unstructured.layer_errors.measure` returns; its ``counts`` method runs the
+    dynamic programme); no tensor is emptied."""
     checks.choice("allocation", allocation, ("lamp", "uniform", "errors", "global"))
     if allocation == "global":
         if weights is None:
@@ -703,8 +704,8 @@ def stops(model: nn.Module, batches, score: Scorer, loop: LoopSettings, *, metho
     data = (Source(batches, loop.samples, task=loop.task)
             if (needs_data or batches is not None) else None)
     if (loop.recalibrate or loop.repair) and data is None:
-        raise PrunewiseError("recalibrate needs attribution data (batches) to re-estimate "
-                             "BatchNorm statistics on")
+        raise PrunewiseError(f"{'repair' if loop.repair else 'recalibrate'} inside the loop needs "
+                             f"attribution data (batches) to work on")
     evals = Source(loop.eval_batches) if loop.eval_batches is not None else None
     st = _start(model, loop, method, settings)
     final = kept_count(st.total, loop.sparsity)
