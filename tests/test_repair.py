@@ -266,3 +266,24 @@ def test_repair_is_a_pipeline_stage(digits, digits_checkpoint, tmp_path):
     assert cell["accuracy"]["repaired"] is not None
     assert json.loads((tmp_path / "grid" / "settings.json").read_text())["prune"]["repair"][
         "enabled"] is True
+
+
+def test_the_walk_chains_a_resnets_stages_and_reads_the_same_inputs():
+    """A ResNet's three stages are three Sequentials, one feeding the next: the walk caches
+    its inputs through all nine blocks of resnet20 (not only the first stage, which made
+    repair superlinear in depth), and every layer's input is bit for bit the whole pass's."""
+    from prunewise import models, sequential
+
+    torch.manual_seed(0)
+    model = models.create("resnet20", num_classes=10, in_channels=1).eval()
+    x = torch.randn(4, 1, 16, 16)
+    data = [(x, torch.zeros(4, dtype=torch.long))]
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    walk, whole = sequential.Walk(model, data, names), sequential.Walk(model, data, names,
+                                                                        blocks=False)
+    assert walk.blocks == [f"layer{s}.{b}" for s in (1, 2, 3) for b in range(3)]
+    assert whole.blocks == [] and walk.groups == whole.groups
+    for group in walk.groups:   # one walk at a time: both hook the same model
+        ours = list(walk.inputs(group))
+        for a, b in zip(ours, list(whole.inputs(group))):
+            assert all(torch.equal(a[n], b[n]) for n in group)

@@ -9,7 +9,9 @@ the next group's inputs sees them flow on, as SparseGPT and layer-wise repair ne
 
 When the model has a stack of repeated blocks (:func:`find_blocks`: the children of one
 ``nn.ModuleList`` or ``nn.Sequential`` that the forward pass calls one after another, each
-feeding the next, as a language model's decoder layers or a plain CNN's layers are), the
+feeding the next, as a language model's decoder layers or a plain CNN's layers are, and
+several such lists chained when one's last block feeds the next one's first, as a ResNet's
+stages are), the
 calibration batches' inputs to the current block are cached: a layer inside a block is read
 by running that block alone on the cache, and the cache moves on by running the block once
 when the walk leaves it (SparseGPT's and llm-compressor's scheme). Cost grows linearly with
@@ -63,28 +65,49 @@ def _candidates(model: nn.Module) -> list[tuple[str, list[str]]]:
 
 @torch.no_grad()
 def find_blocks(model: nn.Module, x) -> list[str]:
-    """The names of the model's stack of repeated blocks (module notes), the longest that
-    passes the check on the example batch ``x``; [] when it has none."""
-    for _, names in _candidates(model):
-        seen: dict[str, list] = {n: [] for n in names}
+    """The names of the model's stack of repeated blocks (module notes), the longest found on
+    the example batch ``x``; [] when it has none."""
+    found = stacks(model, x)
+    return found[0] if found else []
 
-        def hook(module, args, kwargs, out, n):
-            seen[n].append((_hidden(args, kwargs), _first(out)))
 
-        mods = [model.get_submodule(n) for n in names]
-        handles = [m.register_forward_hook(lambda mod, a, k, o, n=n: hook(mod, a, k, o, n),
-                                           with_kwargs=True) for m, n in zip(mods, names)]
-        try:
-            utils.call(model, x)
-        finally:
-            for h in handles:
-                h.remove()
+@torch.no_grad()
+def stacks(model: nn.Module, x) -> list[list[str]]:
+    """Every stack of blocks of ``model`` on ``x``, longest first: each ``nn.ModuleList`` /
+    ``nn.Sequential`` whose children are called once each, one feeding the next, and the chains
+    of such lists where one's last block feeds the next one's first (a ResNet's stages, one
+    after another), lists nested inside another's block left out."""
+    cands = _candidates(model)
+    seen: dict[str, list] = {n: [] for _, names in cands for n in names}
+    tick = iter(range(1 << 62))
+
+    def hook(module, args, kwargs, out, n):
+        seen[n].append((_hidden(args, kwargs), _first(out), next(tick)))
+
+    handles = [model.get_submodule(n).register_forward_hook(
+        lambda mod, a, k, o, n=n: hook(mod, a, k, o, n), with_kwargs=True) for n in seen]
+    try:
+        utils.call(model, x)
+    finally:
+        for h in handles:
+            h.remove()
+    passing = []
+    for _, names in cands:
         calls = [seen[n] for n in names]
         if any(len(c) != 1 or c[0][0] is None or c[0][1] is None for c in calls):
             continue
         if all(calls[i][0][1] is calls[i + 1][0][0] for i in range(len(calls) - 1)):
-            return names
-    return []
+            passing.append(names)
+    top = [c for c in passing if not any(c[0].startswith(m + ".") for o in passing for m in o)]
+    top.sort(key=lambda c: seen[c[0]][0][2])
+    chains: list[list[str]] = []
+    for c in top:
+        if chains and seen[chains[-1][-1]][0][1] is seen[c[0]][0][0]:
+            chains[-1] = chains[-1] + c
+        else:
+            chains.append(list(c))
+    out = chains + [c for c in passing if c not in chains]
+    return sorted(out, key=lambda c: -len(c))
 
 
 class Walk:
@@ -102,8 +125,11 @@ class Walk:
         self.dev = device.of(model)
         x0 = device.to(first[0], self.dev)
         one = utils.take(x0, slice(0, 1))   # one sample finds and checks the stack
-        self.blocks = find_blocks(model, one) if blocks else []
-        if self.blocks and not self._exact(one):
+        self.blocks = []
+        for stack in (stacks(model, one) if blocks else []):   # the longest that checks out
+            self.blocks = stack
+            if self._exact(one):
+                break
             self.blocks = []
         self.groups = self._grouped(names, one)   # one sample: it holds every layer's input
         reached = {n for g in self.groups for n in g}
