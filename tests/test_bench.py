@@ -9,7 +9,7 @@ from helpers import assert_bad_input, invoke
 from prunewise import data as D
 from prunewise import checkpoints, models, runs
 
-QUICK = ("--latency-repeats", "0", "--quiet")
+QUICK = ("--latency-repeats", "0", "--repair-samples", "32", "--quiet")
 
 
 def save_base(folder: Path, seed: int, data: str = "digits", size: int = 16, arch="resnet20"):

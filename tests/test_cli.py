@@ -19,7 +19,8 @@ from prunewise import checkpoints, measure, models, report, runs, train
 from prunewise.plan import MaskPlan
 
 SCHEMA = json.loads(report.SCHEMA_PATH.read_text())
-FAST = ("--samples", "64", "--keep", "0.5", "--latency-repeats", "1", "--quiet")
+FAST = ("--samples", "64", "--keep", "0.5", "--repair-samples", "32", "--latency-repeats", "1",
+        "--quiet")
 
 
 @pytest.fixture(scope="module")

@@ -174,7 +174,8 @@ def test_torchrun_cli_gives_the_one_process_result(case, digits_checkpoint, tmp_
     channels and accuracies of one process (pruned and recalibrated), bit for bit."""
     from helpers import invoke
 
-    args = [*CLI_CASES[case], str(digits_checkpoint), "--latency-repeats", "0", "--quiet"]
+    args = [*CLI_CASES[case], str(digits_checkpoint), "--latency-repeats", "0", "--quiet",
+            "--no-repair"]   # the recalibrated path; repair under torchrun: test_repair
     one = invoke(*args, "--out", tmp_path / "one")
     assert one.returncode == 0, one.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
