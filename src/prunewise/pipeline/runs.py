@@ -284,8 +284,7 @@ def finish_masks(model: nn.Module, bundle: D.DataBundle, plan: MaskPlan, *,
     pruned = plan.apply(model)
     settings = decided(settings, steps)
     after = finish(Work(pruned, model, bundle, plan.masks, None,
-                        settings.repair if settings is not None else
-                        Repair().for_run(steps.finetune), steps,
+                        settings.repair if settings is not None else Repair(), steps,
                         desc=f"fine-tune {plan.method}"))
     rep = {"kind": "prune-unstructured", "method": plan.method, "data": bundle.name,
            "seed": steps.seed, "budget": {"sparsity": plan.sparsity if target is None else target},
