@@ -10,7 +10,8 @@ and the repair seconds.
 
 A config is ``method[+loop|+repairloop][@allocation]`` (the method's own allocation when none is
 given: global for the seed methods and the baselines, row for wanda / obs; ``+loop`` recalibrates
-BatchNorm inside the iterative loop, ``+repairloop`` repairs the working copy there) or ``channels`` (sliming, l1, chip, sliming-l1). Mask
+BatchNorm inside the iterative loop, ``+repairloop`` repairs the working copy there) or ``channels`` (sliming, l1, chip, sliming-l1; ``--channel-methods`` may add
+``@errors``: the channel counts from measured group errors). Mask
 methods prune iteratively (keep 0.9 per iteration, 512 attribution samples: the settings of the
 README's Fashion-MNIST benchmark) through the four levels in one run; wanda and obs in one shot
 per level. Repair uses the pipeline's defaults (256 calibration images, damp 0.01).
@@ -63,6 +64,12 @@ def both(dense, model, bundle, seed: int, masks=None, plan=None) -> dict:
     seconds = time.perf_counter() - t0
     return {"recalibrated": test_top1(recal, bundle), "repaired": test_top1(fixed, bundle),
             "repair_seconds": seconds}, recal, fixed
+
+
+def channel_spec(method: str, budget: float) -> tuple[str, runs.Structured]:
+    """``method[@errors]`` at ``budget`` MACs: the method and its settings."""
+    name, _, allocation = method.partition("@")
+    return name, runs.Structured(macs=budget, allocation=allocation or None)
 
 
 SAMPLES = 512   # attribution / calibration samples of the mask methods (--samples)
@@ -131,7 +138,7 @@ def main(argv=None) -> None:
                         continue
                     t0 = time.perf_counter()
                     small, plan = runs.channel_plan(
-                        model, bundle.example(), method, runs.Structured(macs=budget),
+                        model, bundle.example(), *channel_spec(method, budget),
                         batches=D.batches(bundle.train, bundle, 64, shuffle=True, seed=args.seed),
                         seed=args.seed)
                     prune_seconds = time.perf_counter() - t0
@@ -159,10 +166,9 @@ def main(argv=None) -> None:
         if key in res["cells"]:
             continue
         config, _, level = spec.partition("|")
-        if config in CHANNEL_METHODS:  # "l1|macs0.5"
+        if config.partition("@")[0] in CHANNEL_METHODS:  # "l1|macs0.5", "l1@errors|macs0.5"
             small, plan = runs.channel_plan(
-                model, bundle.example(), config,
-                runs.Structured(macs=float(level.removeprefix("macs"))),
+                model, bundle.example(), *channel_spec(config, float(level.removeprefix("macs"))),
                 batches=D.batches(bundle.train, bundle, 64, shuffle=True, seed=args.seed),
                 seed=args.seed)
             cell, recal, fixed = both(model, small, bundle, args.seed, plan=plan)

@@ -35,6 +35,9 @@ UNSTRUCTURED = "unstructured"
 #: counts, the same fraction per layer, the same fraction per output row, the counts that
 #: minimise the measured layer errors.
 ALLOCATIONS = ("global", "lamp", "uniform", "row", "errors")
+#: Channel allocations: the method's own configuration step, or measured group errors
+#: (:mod:`prunewise.structured.group_errors`).
+STRUCTURED_ALLOCATIONS = ("method", "errors")
 STRUCTURED = "structured"
 KINDS = (UNSTRUCTURED, STRUCTURED)
 

@@ -281,16 +281,24 @@ class Structured:
                                    high=checks.MAX_COUNT)
     exclude: tuple[str, ...] = setting((), "layer-name patterns whose output channels stay",
                                        "patterns")
+    allocation: str | None = setting(None, "channels: how many channels each group keeps: "
+                                           "the method's own configuration (default), or "
+                                           "errors (the counts that minimise the summed "
+                                           "measured network-output error of cutting each "
+                                           "group alone, repaired)", "choice",
+                                     choices=methods.STRUCTURED_ALLOCATIONS)
     options: Any = None
     OPTIONS: ClassVar[dict] = {"macs": "--macs", "params": "--params",
                                "min_channels": "--min-channels", "round_to": "--round-to",
-                               "plan": "--plan"}   # --exclude: the one of Unstructured
+                               "plan": "--plan"}   # --exclude, --allocation: Unstructured's
 
     def __post_init__(self) -> None:
         checks.check_fields(self)
         Repair.check(self.repair)
         budgets = [b for b in (self.macs, self.params) if b is not None]
         if self.plan is not None:
+            if self.allocation is not None:
+                raise PrunewiseError("a saved plan replaces the allocation: drop it")
             if budgets:
                 raise PrunewiseError("a saved plan replaces the budget: drop macs / params")
             return

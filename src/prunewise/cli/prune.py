@@ -78,7 +78,9 @@ def prune_group():
 
 
 #: The options of one kind only (given for a method of the other kind, they are refused).
-MASK_ONLY = tuple(dest(f) for n, f in S.Unstructured.OPTIONS.items() if n != "exclude")
+#: Options both kinds take (from Unstructured's fields): --exclude, --allocation.
+SHARED = ("exclude", "allocation")
+MASK_ONLY = tuple(dest(f) for n, f in S.Unstructured.OPTIONS.items() if n not in SHARED)
 CHANNEL_ONLY = tuple(dest(f) for f in S.Structured.OPTIONS.values())
 
 
@@ -126,7 +128,7 @@ def check_kind(kind: str, method: str, kw: dict) -> None:
     mine, theirs = ("mask", "channel") if kind == methods.UNSTRUCTURED else ("channel", "mask")
     other = S.Structured if kind == methods.UNSTRUCTURED else S.Unstructured
     for name, flag in other.OPTIONS.items():
-        if name != "exclude" and kw.get(dest(flag)) is not None:
+        if name not in SHARED and kw.get(dest(flag)) is not None:
             raise PrunewiseError(f"{flag.split('/')[0]} is for {theirs} methods; '{method}' is "
                                  f"a {mine} method")
 
@@ -177,8 +179,14 @@ def prune_masks(method: str, options, kw: dict) -> None:
 def prune_channels(method: str, options, kw: dict) -> None:
     from ..pipeline import runs
 
+    allocation = kw.pop("allocation")
+    if allocation not in (None, *methods.STRUCTURED_ALLOCATIONS):
+        raise PrunewiseError(f"--allocation {allocation} shares out mask sparsity; a channel "
+                             f"method takes --allocation errors (measured group errors) or "
+                             f"its own configuration (no --allocation)")
     settings = settings_from(S.Structured, kw, repair=settings_from(S.Repair, kw),
-                             exclude=tuple(kw.pop("exclude")), options=options)
+                             exclude=tuple(kw.pop("exclude")), options=options,
+                             allocation=allocation)
     runs.check_structured(method, settings)
     model, bundle, steps = prune_setup(kw)
     pruned, plan, rep = runs.run_structured(model, bundle, method, settings, steps=steps)

@@ -58,7 +58,7 @@ from torch import nn
 
 from .. import checkpoints, measure, methods, tasks, train
 from ..unstructured import engine as masking, layer_errors
-from ..structured import engine as structured, surgery
+from ..structured import engine as structured, group_errors, surgery
 from .. import data as D
 from ..errors import PrunewiseError
 from ..plan import ChannelPlan, MaskPlan
@@ -363,7 +363,7 @@ def prune_channels(model: nn.Module, bundle: D.DataBundle, method: str, settings
     """Step 1 for channels: a NEW smaller model and its plan (``model`` is untouched)."""
     row = check_structured(method, settings)
     batches = (D.batches(bundle.train, bundle, 64, shuffle=True, seed=seed)
-               if row.needs_data else None)
+               if row.needs_data or settings.allocation == "errors" else None)
     return channel_plan(model, bundle.example(), method, settings, batches=batches, seed=seed)
 
 
@@ -381,6 +381,9 @@ def channel_plan(model: nn.Module, x: torch.Tensor, method: str, settings: Struc
     configure, select = row.builder()(options, settings, batches, seed)
     meta = {"method": method, "budget": {"macs": settings.macs, "params": settings.params},
             "min_channels": settings.min_channels, **asdict(options)}
+    if settings.allocation == "errors":   # the method's selection, measured counts
+        configure = group_errors.configure(settings, select, batches, singular_values)
+        meta["allocation"] = "errors"
     if settings.round_to:
         meta["round_to"] = settings.round_to
     return structured.prune(model, x, configure, select, spectrum=singular_values, meta=meta,
