@@ -267,13 +267,44 @@ def built(build: Callable[[], nn.Module]) -> nn.Module:
         model = build()
     except PrunewiseError:
         raise
-    except Exception as e:  # noqa: BLE001 - the user's code failed: say so in one line
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's code failed: one line
         raise PrunewiseError(f"the model factory failed: {type(e).__name__}: "
                              f"{' '.join(str(e).split())[:200]}") from None
     if not isinstance(model, nn.Module):
         raise PrunewiseError(f"the model factory returned {type(model).__name__}, not a "
                              f"torch.nn.Module")
+    check_layers(model)
     return model
+
+
+def check_layers(model: nn.Module) -> None:
+    """Refuse, in one line, what prunewise cannot save, reload or prune as plain weights: a
+    model without parameters, a parametrized layer (``parametrizations.weight_norm`` /
+    ``spectral_norm``, the old ``nn.utils.weight_norm`` / ``spectral_norm``) and a lazy layer
+    whose shapes are not known yet."""
+    from torch.nn.modules.lazy import LazyModuleMixin
+    from torch.nn.utils import parametrize
+
+    if next(iter(model.parameters()), None) is None:
+        raise PrunewiseError("the model has no parameters: there is nothing to train or prune")
+    for name, m in model.named_modules():
+        where = f"layer '{name or type(model).__name__}' ({type(m).__name__})"
+        if parametrize.is_parametrized(m):
+            kinds = ", ".join(f"{t}: {type(p[0]).__name__}" for t, p in m.parametrizations.items())
+            raise PrunewiseError(f"{where} is parametrized ({kinds}); prunewise saves and prunes "
+                                 f"plain weights: remove the parametrization in the factory "
+                                 f"(torch.nn.utils.parametrize.remove_parametrizations)")
+        hooks = [type(h).__name__ for h in m._forward_pre_hooks.values()]  # noqa: SLF001
+        old = [h for h in hooks if h in ("WeightNorm", "SpectralNorm")]
+        if old:
+            raise PrunewiseError(f"{where} has {old[0]} (torch.nn.utils.{old[0][:-4].lower()}"
+                                 f"_norm); prunewise saves and prunes plain weights: remove it in "
+                                 f"the factory (torch.nn.utils.remove_{old[0][:-4].lower()}_norm)")
+        if isinstance(m, LazyModuleMixin) and m.has_uninitialized_params():
+            raise PrunewiseError(f"{where} is a lazy layer whose shapes are not known yet; "
+                                 f"prunewise needs every weight's shape to save and reload the "
+                                 f"model: give the layer its input size (e.g. nn.Conv2d / "
+                                 f"nn.Linear) in the factory")
 
 
 def _rebuilt(folder: Path, cfg: dict, build: Callable | None) -> nn.Module:

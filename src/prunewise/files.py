@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import stat
 import struct
@@ -122,12 +123,32 @@ def _write_then_rename(path: Path, write) -> None:
 
 
 def write_json(path: str | Path, obj) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
+    """Write ``obj`` as indented JSON (:func:`dumps`), atomically."""
+    text = dumps(obj, indent=2)
+
     def w(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, default=jsonable)
-            f.write("\n")
+            f.write(text + "\n")
     atomic_write(path, w)
+
+
+def dumps(obj, **kw) -> str:
+    """``obj`` as strict JSON that any parser reads: tensors and numpy values as plain numbers
+    (:func:`jsonable`), and a NaN or infinite number as ``null`` (Python's own ``NaN`` /
+    ``Infinity`` tokens are not JSON)."""
+    return json.dumps(finite(json.loads(json.dumps(obj, default=jsonable))), allow_nan=False,
+                      **kw)
+
+
+def finite(o):
+    """``o`` (plain JSON types) with every non-finite float replaced by None."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: finite(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [finite(v) for v in o]
+    return o
 
 
 def jsonable(o):

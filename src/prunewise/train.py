@@ -270,9 +270,15 @@ class _Stepper:
     def epoch(self, batches) -> float:
         """One pass over ``batches``; the mean training loss over every rank's samples."""
         loss_sum = seen = 0.0
-        for x, y in batches:
+        for step, (x, y) in enumerate(batches, 1):
             x, y = device.pair(x, y, self.dev)
             loss = self.loss(x, y)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise PrunewiseError(f"the training loss is {value} at step {step} of an epoch "
+                                     f"(after {self.bar.n} steps in all): the model's output "
+                                     f"is not finite on this batch (NaN or infinite weights, "
+                                     f"inputs or a learning rate too high); nothing was saved")
             self.opt.zero_grad(set_to_none=True)
             if self.scaler is None:
                 loss.backward()
@@ -286,7 +292,7 @@ class _Stepper:
             self.keeper.apply()
             self.sched.step()
             # this rank's summed loss (its loss is that sum times world / batch_size)
-            loss_sum += float(loss.detach()) * (self.batch_size / dist.world() if dist.active()
+            loss_sum += value * (self.batch_size / dist.world() if dist.active()
                                                 else len(y))
             seen += len(y)
             self.bar.update(1)

@@ -120,6 +120,12 @@ def check_classes(model, bundle) -> None:
             raise PrunewiseError(f"the model's output has shape {tuple(out.shape)} but data set "
                                  f"'{bundle.name}' has {bundle.num_classes} classes: it must "
                                  f"give (batch, {bundle.num_classes}) logits")
+        if not out.dtype.is_floating_point:
+            raise PrunewiseError(f"the model's output is {str(out.dtype).replace('torch.', '')}: "
+                                 f"logits must be floating point (a loss needs them)")
+        if not bool(torch.isfinite(out).all()):
+            raise PrunewiseError(f"the model's output on a sample of '{bundle.name}' is not "
+                                 f"finite (NaN or infinite): fix the model or its weights")
         return
     n = model.prunewise_config["num_classes"]
     if n != bundle.num_classes:
@@ -205,7 +211,7 @@ def load_factory(spec: str):
             module = importlib.import_module(target)
     except PrunewiseError:
         raise
-    except Exception as e:  # noqa: BLE001 - the user's code failed to import: one line
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's import failed: one line
         raise PrunewiseError(f"--model {spec}: importing {target} failed: {type(e).__name__}: "
                              f"{' '.join(str(e).split())[:200]}") from None
     fn = getattr(module, attr, None)

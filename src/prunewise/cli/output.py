@@ -19,7 +19,7 @@ def emit(obj: dict, as_json: bool) -> None:
     from .. import files
 
     if as_json:
-        click.echo(json.dumps(obj, indent=2, default=files.jsonable))
+        click.echo(files.dumps(obj, indent=2))
         return
     for k, v in obj.items():
         if not isinstance(v, (list, dict)):

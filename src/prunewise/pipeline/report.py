@@ -68,7 +68,7 @@ def write(out: str | Path, report: dict, *, kind: str, config: dict | None = Non
     report.setdefault("versions", versions())
     if "command" not in report and Path(sys.argv[0]).name in ("prunewise", "__main__.py"):
         report["command"] = " ".join(["prunewise", *sys.argv[1:]])  # run from the command line
-    report = json.loads(json.dumps(report, default=files.jsonable))  # plain JSON types only
+    report = json.loads(files.dumps(report))  # plain JSON types only, NaN as null
     return _emit(out, upgrade(report))
 
 

@@ -48,6 +48,7 @@ Report keys (the same in every report, bench cell and demo run):
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -56,7 +57,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .. import checkpoints, measure, methods, tasks, train
+from .. import checkpoints, device, measure, methods, tasks, train, utils
 from ..unstructured import engine as masking, layer_errors
 from ..structured import engine as structured, group_errors, surgery
 from .. import data as D
@@ -142,9 +143,35 @@ def measure_dense(model: nn.Module, bundle: D.DataBundle,
     dense model. Compute it once and pass it as ``dense=`` to several runs on the same model."""
     x = bundle.example()
     task = tasks.of(task)
-    return {**task.keyed(scores(model, bundle, task)), "params": measure.params(model),
+    check_finite_output(model, bundle)
+    got = scores(model, bundle, task)
+    bad = [k for k, v in got.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise PrunewiseError(f"the dense model's {task.primary} on the {bundle.name} {bad[0]} "
+                             f"data is {got[bad[0]]}: its output is not finite there (NaN or "
+                             f"infinite); nothing to compare a pruned model with")
+    return {**task.keyed(got), "params": measure.params(model),
             "macs": measure.macs(model, x), "latency_ms": latency(model, bundle, measurement),
             "weights": measure.sparsity(model)["total"], "sample": task.show(model, bundle)}
+
+
+def check_finite_output(model: nn.Module, bundle: D.DataBundle, samples: int = 16) -> None:
+    """Refuse a model whose output on the first test samples is not finite (NaN or infinite):
+    every score, attribution and repair of it would be meaningless."""
+    x, _ = next(iter(D.batches(bundle.test, bundle, samples)), (None, None))
+    if x is None:
+        return
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = utils.forward(model, device.to(x, device.of(model)))
+    finally:
+        model.train(was)
+    if out.is_floating_point() and not bool(torch.isfinite(out).all()):
+        raise PrunewiseError(f"the model's output on the first {bundle.name} test samples is not "
+                             f"finite (NaN or infinite): fix the model or its weights before "
+                             f"pruning")
 
 
 def sample(dense: dict, pruned: nn.Module, bundle: D.DataBundle, task: tasks.Task) -> dict:

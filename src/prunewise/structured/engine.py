@@ -65,8 +65,9 @@ def analyze(model: nn.Module, example_inputs: torch.Tensor, ignored_layers=None,
     infos = surgery.groups(dg, model, ignored)
     prunable = [g for g in infos if g.prunable]
     if not prunable:
-        raise PrunewiseError("this model has no prunable channel group (all are outputs, "
-                             "ignored, or on a zero-padding shortcut)")
+        why = sorted({g.reason for g in infos if g.reason})
+        raise PrunewiseError(f"this model has no prunable channel group: "
+                             f"{'; '.join(why[:4]) or 'none was found'}")
     R, sigma = {}, {}
     if matrices:
         with one_thread():

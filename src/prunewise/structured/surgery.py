@@ -177,6 +177,7 @@ def groups(dg, model: nn.Module, ignored_layers=None) -> list[GroupInfo]:
     names = {m: n for n, m in model.named_modules()}
     ignored = set(ignored_layers or [])
     outputs = _output_layers(dg)
+    shared = tied_layers(model)
     heads = getattr(dg, "prunewise_heads", None) or layers.attention_heads(model)
     qkv = {q: info for info in heads.values() if not info["own"] for q in info["qkv"]}
     owned = {q: n for n, info in heads.items() if info["own"] for q in info["qkv"]}
@@ -201,6 +202,9 @@ def groups(dg, model: nn.Module, ignored_layers=None) -> list[GroupInfo]:
                 info.prunable, info.reason = False, f"ignored layer '{n}'"
             if is_out and m in outputs:
                 info.prunable, info.reason = False, f"model output ('{n}')"
+            if n in shared and info.prunable:
+                info.prunable, info.reason = False, (f"layer '{n}' shares its weights with "
+                                                     f"'{shared[n]}' (tied): both keep them")
             if isinstance(m, _WIDTH) and info.prunable:
                 info.prunable, info.reason = False, f"model width ({type(m).__name__} '{n}')"
             if layers.unsupported_lstm(m):
@@ -235,6 +239,23 @@ def groups(dg, model: nn.Module, ignored_layers=None) -> list[GroupInfo]:
                 result.append(head_group(model, a, heads[a], ignored))
     result += [head_group(model, a, heads[a], ignored) for a in sorted(set(owned.values()) - placed)]
     return result
+
+
+def tied_layers(model: nn.Module) -> dict[str, str]:
+    """Layer name -> the name of another layer holding the same parameter tensor (tied
+    weights), for every layer that shares one."""
+    owners: dict[int, list[str]] = {}
+    for name, m in model.named_modules():
+        for p in m._parameters.values():  # noqa: SLF001 - named_parameters drops repeats
+            if p is not None:
+                owners.setdefault(id(p), [])
+                if name not in owners[id(p)]:
+                    owners[id(p)].append(name)
+    out = {}
+    for names in owners.values():
+        for n in names if len(names) > 1 else ():
+            out[n] = next(o for o in names if o != n)
+    return out
 
 
 def _halves(model: nn.Module, info: GroupInfo, seen) -> GroupInfo:
