@@ -253,3 +253,19 @@ def test_small_crafted_inputs_stay_under_1gb(tmp_path, digits_checkpoint):
     for row, words in zip(refused, ["at most 772", "at most 60000 items", "13000x13000",
                                     "t.safetensors", "at most 32"]):
         assert words in row, (words, row)
+
+
+def test_every_json_written_is_strict_json(tmp_path):
+    """NaN and infinities (a diverged score, a chance-level loss) are written as null: Python's
+    NaN / Infinity tokens are not JSON and other parsers refuse them."""
+    import json as std
+    import math
+
+    obj = {"loss": float("nan"), "ppl": [1.0, float("inf")], "t": torch.tensor(float("-inf")),
+           "ok": 0.5}
+    files.write_json(tmp_path / "r.json", obj)
+    text = (tmp_path / "r.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    got = std.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c}"))
+    assert got == {"loss": None, "ppl": [1.0, None], "t": None, "ok": 0.5}
+    assert math.isnan(obj["loss"])   # the caller's object is left alone

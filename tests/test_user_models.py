@@ -382,3 +382,100 @@ def test_mha_output_projection_is_read_not_called():
     repair.reconstruct(model, masked, [(x, y)], masks=plan.masks, progress=False)
     params = dict(masked.named_parameters())
     assert not bool(params[name][~plan.masks[name]].any())
+
+
+# --------------------------------------------------------------------------- models a user has
+def _tied_cnn():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = nn.Conv2d(1, 8, 3, padding=1)
+            self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+            self.c3 = nn.Conv2d(8, 8, 3, padding=1)
+            self.c3.weight = self.c2.weight   # one tensor, two layers
+            self.c4 = nn.Conv2d(8, 16, 3, padding=1)
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x):
+            for c in (self.c1, self.c2, self.c3, self.c4):
+                x = torch.relu(c(x))
+            return self.fc(x.mean((2, 3)))
+    torch.manual_seed(0)
+    return Tied().eval()
+
+
+def test_tied_weights_are_pruned_once_and_stay_tied():
+    """Masks: the shared tensor is one parameter with one mask. Channels: every group that
+    touches the shared tensor keeps its channels (the report's groups say why), the others are
+    cut, and the pruned model still shares the tensor."""
+    model = _tied_cnn()
+    x = torch.randn(2, 1, 8, 8)
+    from prunewise import baselines
+
+    plan = baselines.magnitude(model, sparsity=0.5, progress=False)
+    assert "c2.weight" in plan.masks and "c3.weight" not in plan.masks
+    pruned = plan.apply(model)
+    assert pruned.c3.weight is pruned.c2.weight
+    small, cplan = runs.channel_plan(model, x, "l1", runs.Structured(macs=0.7))
+    assert small.c3.weight is small.c2.weight
+    assert small.c2.weight.shape == model.c2.weight.shape
+    assert set(cplan.keep) == {"c4"} and cplan.counts["c4"] < 16
+    reasons = {g["name"]: g.get("reason", "") for g in cplan.meta["groups"]} \
+        if isinstance(cplan.meta["groups"], list) else cplan.meta["groups"]
+    assert "tied" in json.dumps(reasons)
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("weight_norm", "parametrized"), ("spectral_norm", "parametrized"),
+    ("old_weight_norm", "WeightNorm"), ("lazy", "lazy layer"), ("empty", "no parameters")])
+def test_models_prunewise_cannot_save_are_refused_at_build(kind, words):
+    from torch.nn.utils import parametrizations
+
+    def build():
+        if kind == "weight_norm":
+            return nn.Sequential(parametrizations.weight_norm(nn.Linear(4, 3)))
+        if kind == "spectral_norm":
+            return nn.Sequential(nn.Linear(4, 4), parametrizations.spectral_norm(nn.Linear(4, 3)))
+        if kind == "old_weight_norm":
+            return nn.Sequential(nn.utils.weight_norm(nn.Linear(4, 3)))
+        if kind == "lazy":
+            return nn.Sequential(nn.LazyLinear(3))
+        return nn.Sequential(nn.Flatten())
+    with pytest.raises(PrunewiseError, match=words):
+        checkpoints.built(build)
+
+
+def test_user_code_that_exits_is_a_failure_of_the_users_code(tmp_path):
+    from prunewise.cli import loading
+
+    src = tmp_path / "bad.py"
+    src.write_text("import sys\nsys.exit(0)\ndef f():\n    pass\n")
+    with pytest.raises(PrunewiseError, match="SystemExit"):
+        loading.load_factory(f"{src}:f")
+    src.write_text("import sys\ndef f():\n    sys.exit(3)\n")
+    with pytest.raises(PrunewiseError, match="factory failed: SystemExit: 3"):
+        checkpoints.built(loading.load_factory(f"{src}:f"))
+
+
+def test_non_finite_or_integer_outputs_are_one_line(tmp_path, digits):
+    from prunewise.cli import loading
+
+    class Scaled(nn.Module):
+        def __init__(self, scale, cast=None):
+            super().__init__()
+            self.fc, self.scale, self.cast = nn.Linear(256, 10), scale, cast
+
+        def forward(self, x):
+            out = self.fc(x.flatten(1)) * self.scale
+            return out if self.cast is None else out.to(self.cast)
+    with pytest.raises(PrunewiseError, match="not finite"):
+        loading.check_classes(Scaled(float("nan")), digits)
+    with pytest.raises(PrunewiseError, match="int64: logits must be floating"):
+        loading.check_classes(Scaled(1.0, torch.long), digits)
+    with pytest.raises(PrunewiseError, match="not finite"):
+        runs.measure_dense(Scaled(float("inf")), digits)
+    # training on a batch whose loss is not finite stops at that step, naming it
+    from prunewise import train
+
+    with pytest.raises(PrunewiseError, match="training loss is nan at step 1"):
+        train.fit(Scaled(float("nan")), digits, epochs=1, batch_size=64, progress=False)
