@@ -631,3 +631,40 @@ def test_an_input_that_fails_on_read_is_one_line_naming_it(tmp_path, digits_chec
                "--epochs", "1", "--out", tmp_path / "t")
     assert_bad_input(r, "cannot read", "t.safetensors")
     assert not (tmp_path / "t").exists()
+
+
+def test_ctrl_c_and_sigterm_are_one_documented_line(monkeypatch):
+    """Ctrl-C: `prunewise: interrupted`, exit 130; SIGTERM unwinds the same way (temp files
+    cleaned, resume files kept): `prunewise: terminated`, exit 143."""
+    from prunewise import cli
+    from prunewise.cli import output
+
+    for raised, code, word in ((KeyboardInterrupt(), 130, "interrupted"),
+                               (cli.Terminated(), 143, "terminated")):
+        def stop(rows, raised=raised):
+            raise raised
+        monkeypatch.setattr(output, "method_table", stop)
+        r = invoke("methods")
+        assert r.returncode == code
+        assert [ln for ln in r.stderr.splitlines() if ln.strip()] == [f"prunewise: {word}"]
+
+
+def test_a_real_sigterm_ends_a_training_run_with_143(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    p = subprocess.Popen([sys.executable, "-m", "prunewise", "train", "resnet20", "--data",
+                          "digits", "--epochs", "200", "--out", str(tmp_path / "ck")],
+                         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "ck").exists() and p.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "prunewise: terminated"
+    assert not (tmp_path / "ck" / "model.safetensors").exists()

@@ -4,12 +4,15 @@
 checkpoints and data are read, ``commands`` and ``prune`` the commands. Nothing is imported
 from torch until a command runs, so every ``--help`` answers at once.
 
-Exit codes: 0 success, 2 bad input (one line on stderr, no traceback), 1 internal failure.
+Exit codes: 0 success, 2 bad input (one line on stderr, no traceback), 1 internal failure,
+130 Ctrl-C (``prunewise: interrupted``), 143 SIGTERM (``prunewise: terminated``).
 """
 from __future__ import annotations
 
 import re
+import signal
 import sys
+import threading
 import traceback
 
 import click
@@ -57,8 +60,31 @@ def _failure(e: Exception) -> int:
     return 1
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that it unwinds as Ctrl-C does (temp files
+    removed, resume files kept)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _stopped(e: BaseException) -> int:
+    """Ctrl-C (SIGINT) or SIGTERM: one line, exit 130 or 143."""
+    if isinstance(e, Terminated) or isinstance(e.__cause__, Terminated) \
+            or isinstance(e.__context__, Terminated):
+        click.echo("prunewise: terminated", err=True)
+        return 143
+    click.echo("prunewise: interrupted", err=True)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the CLI and map errors to exit codes (2 bad input, 1 internal)."""
+    """Entry point: run the CLI and map errors to exit codes (2 bad input, 1 internal, 130
+    Ctrl-C, 143 SIGTERM)."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         rv = cli.main(args=argv, prog_name="prunewise", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
@@ -66,12 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         msg = e.format_message() if isinstance(e, click.ClickException) else str(e)
         click.echo(f"prunewise: error{_rank_note()}: {_short_words(msg)}", err=True)
         code = 2
-    except click.exceptions.Abort:
-        click.echo("prunewise: aborted", err=True)
-        code = 130
-    except KeyboardInterrupt:
-        click.echo("prunewise: interrupted", err=True)
-        code = 130
+    except (click.exceptions.Abort, KeyboardInterrupt) as e:
+        code = _stopped(e)
     except OSError as e:  # our own paths (unreadable, unwritable, disk full): bad input
         if e.filename is None:
             code = _failure(e)
@@ -81,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
             code = 2
     except Exception as e:  # noqa: BLE001 -- out of memory, or a genuine internal failure
         code = _failure(e)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     dist = sys.modules.get("prunewise.dist")
     if code == 0 and dist is not None:
         dist.finish()  # after a failure the peers are stopped by torchrun or the timeout
