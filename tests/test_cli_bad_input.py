@@ -668,3 +668,23 @@ def test_a_real_sigterm_ends_a_training_run_with_143(tmp_path):
     assert p.returncode == 143, err
     assert err.strip().splitlines()[-1] == "prunewise: terminated"
     assert not (tmp_path / "ck" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("root", [5, ["a"], "", {"x": 1}])
+def test_a_saved_data_root_that_is_not_a_path_is_refused(world, tmp_path, root):
+    import shutil
+
+    ck = tmp_path / "ck"
+    shutil.copytree(world / "ck", ck)
+    cfg = json.loads((ck / "config.json").read_text())
+    cfg.setdefault("meta", {}).setdefault("data", {"name": "digits"})["root"] = root
+    (ck / "config.json").write_text(json.dumps(cfg))
+    assert_bad_input(invoke("eval", ck), "meta.data.root must be a string")
+
+
+@pytest.mark.parametrize("alpha, words", [("1e300", "does not fit the weights"),
+                                          ("1e30", "made the loss")])
+def test_an_fvw_step_that_overflows_is_one_line(world, tmp_path, alpha, words):
+    r = invoke("prune", "fvw", world / "ck", "--sparsity", "0.5", "--samples", "32",
+               "--alpha", alpha, "--latency-repeats", "0", "--quiet", "--out", tmp_path / "o")
+    assert_bad_input(r, words, "alpha")

@@ -223,6 +223,9 @@ WIDTHS = {"type": "object", "maxProperties": MAX_TENSORS,
 CHECKPOINT_META = {"type": "object", "properties": {
     "data": {"type": "object", "properties": {
         "name": {"type": "string", "maxLength": MAX_NAME},
+        "root": {"type": ["string", "null"], "minLength": 1, "maxLength": 4096},
+        "seed": {"type": ["integer", "null"], "minimum": 0, "maximum": 2 ** 32 - 1},
+        "seq_len": _int(1, 1 << 20),
         "image_size": _int(1, MAX_IMAGE_SIZE)}}}}
 #: An example input's record: per input ("" for a single tensor) its shape without the batch
 #: and its dtype; at most 2^24 elements per sample.

@@ -150,6 +150,11 @@ def attack(model: nn.Module, batches, alpha: float, steps: int, ascent: bool, ma
     were built): the prunable parameter ``names`` are given."""
     data = batches if isinstance(batches, Source) else Source(batches)
     work, ps, ms = _attack_copy(model, names, masks)
+    largest = min((torch.finfo(p.dtype).max for p in ps), default=float("inf"))
+    if alpha >= largest:
+        raise PrunewiseError(f"FVW's attack step alpha={alpha:g} does not fit the weights' "
+                             f"{str(ps[0].dtype).replace('torch.', '')} (at most "
+                             f"{largest:.3g}); use a small step such as the paper's 1e-8")
     acc = [torch.zeros_like(p) for p in ps]  # unscaled A
     sign_prev: list[torch.Tensor | None] = [None] * len(ps)
     n = 0
@@ -170,6 +175,10 @@ def attack(model: nn.Module, batches, alpha: float, steps: int, ascent: bool, ma
                                      f"task '{task.name}' counts no term of the {seen} "
                                      f"attribution samples: nothing to attack")
             n, loss0 = counted, loss
+        if not math.isfinite(loss):
+            raise PrunewiseError(f"FVW's attack with alpha={alpha:g} made the loss {loss} after "
+                                 f"{s} step(s): the step is too large for these weights; use a "
+                                 f"smaller --alpha (the paper's is 1e-8)")
         if s == steps:
             lossk = loss
         _accumulate(ps, ms, acc, sign_prev, s, steps, alpha, ascent)
