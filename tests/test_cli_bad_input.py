@@ -688,3 +688,19 @@ def test_an_fvw_step_that_overflows_is_one_line(world, tmp_path, alpha, words):
     r = invoke("prune", "fvw", world / "ck", "--sparsity", "0.5", "--samples", "32",
                "--alpha", alpha, "--latency-repeats", "0", "--quiet", "--out", tmp_path / "o")
     assert_bad_input(r, words, "alpha")
+
+
+def test_commands_that_read_a_model_take_a_run_folder(world, tmp_path):
+    """eval / info / export read a prune run's --out (its model/ folder); report names the run
+    folder when given the model folder; a folder that is neither says which path to pass."""
+    out = tmp_path / "run"
+    r = invoke("prune", "sliming", world / "ck", "--macs", "0.5", "--no-repair",
+               "--latency-repeats", "0", "--quiet", "--out", out)
+    assert r.returncode == 0, r.stderr
+    via_run, via_model = invoke("eval", out, "--json"), invoke("eval", out / "model", "--json")
+    assert via_run.returncode == 0 and json.loads(via_run.stdout) == json.loads(via_model.stdout)
+    assert invoke("info", out, "--json").returncode == 0
+    assert invoke("export", out, "--onnx", tmp_path / "m.onnx").returncode == 0
+    assert_bad_input(invoke("report", out / "model"), "the run's report is in its folder",
+                     str(out))
+    assert_bad_input(invoke("eval", tmp_path), "is not a checkpoint", "prune run's --out")

@@ -116,6 +116,10 @@ def read_config(folder: str | Path) -> dict:
     folder = Path(folder)
     if not folder.is_dir():
         raise PrunewiseError(f"checkpoint folder not found: {folder}")
+    if not (folder / CONFIG).exists() and not (folder / CONFIG).is_symlink():
+        raise PrunewiseError(f"{folder} is not a checkpoint (no {CONFIG}): pass the folder "
+                             f"`train --out` wrote, or a prune run's --out folder (its "
+                             f"{RUN_MODEL}/ is the model)")
     cfg = files.read_json(folder / CONFIG, "checkpoint config")
     kind = cfg.get("kind") if isinstance(cfg, dict) else None
     schema.check(cfg, schema.USER_CONFIG if kind == USER else schema.CONFIG,
@@ -172,6 +176,20 @@ def check_against(header: dict[str, dict], dense: dict, where: str, arch: str, *
                                  f"(dense shape {list(shape)}, {str(dtype).replace('torch.', '')})")
 
 
+#: The folder a prune or train run writes its model into, inside its ``--out``.
+RUN_MODEL = "model"
+
+
+def model_folder(folder: str | Path) -> Path:
+    """The checkpoint folder ``folder`` names: itself, or the ``model`` folder of the run
+    folder (a prune command's ``--out``) it is."""
+    folder = Path(folder)
+    if folder.is_dir() and not (folder / CONFIG).exists() \
+            and (folder / RUN_MODEL / CONFIG).is_file():
+        return folder / RUN_MODEL
+    return folder
+
+
 def load_model(folder: str | Path, build: Callable[[], nn.Module] | None = None) -> nn.Module:
     """Rebuild a checkpoint's model (pruned widths included) without unpickling anything.
 
@@ -181,7 +199,7 @@ def load_model(folder: str | Path, build: Callable[[], nn.Module] | None = None)
     and the saved shapes against the architecture (the dense zoo model on the meta device, or
     the model ``build`` and the recorded plans give).
     """
-    folder = Path(folder)
+    folder = model_folder(folder)
     cfg = read_config(folder)
     where = f"checkpoint weights {folder / WEIGHTS}"
     header, _ = files.read_header(folder / WEIGHTS, "checkpoint weights")

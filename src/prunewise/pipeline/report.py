@@ -77,6 +77,9 @@ def render(out: str | Path) -> dict:
     out = Path(out)
     if not out.is_dir():
         raise PrunewiseError(f"report folder not found: {out}")
+    if not (out / REPORT).exists() and (out.parent / REPORT).is_file():
+        raise PrunewiseError(f"{out} holds no {REPORT}; the run's report is in its folder: pass "
+                             f"{out.parent}")
     got = upgrade(files.read_json(out / REPORT, "report"))
     schema.check(got, schema.report_spec(), str(out / REPORT))
     return _emit(out, got)
