@@ -233,3 +233,20 @@ def test_a_stage_added_to_the_table_runs_and_is_reported(tmp_path):
     assert got["scores"][-1] == "checked" and got["seconds"][-1] == "check"
     assert got["check"]["zeros"] > 0                  # it ran on the pruned model
     assert "checked" in (tmp_path / "report.md").read_text().splitlines()[4]  # the table head
+
+
+def test_sample_counts_beyond_the_data_record_what_was_used(trained_tiny, digits):
+    """Asking for more attribution, repair or recalibration samples than the training split
+    holds uses the split, and the report says how many that was."""
+    n = len(digits.train)
+    big = 10 ** 6
+    settings = runs.Unstructured(0.5, samples=big, recalibrate_samples=big, track_accuracy=False,
+                                 repair=runs.Repair(samples=big))
+    _, _, rep = runs.run_unstructured(trained_tiny, digits, "magnitude", settings,
+                                      recalibration=runs.Recalibration(samples=big))
+    prune = rep["config"]["prune"]
+    assert prune["samples"] == prune["recalibrate_samples"] == prune["repair"]["samples"] == n
+    assert rep["config"]["recalibration"]["samples"] == n
+    _, _, rep = runs.run_structured(trained_tiny, digits, "l1", runs.Structured(
+        macs=0.6, repair=runs.Repair(samples=big)))
+    assert rep["config"]["prune"]["repair"]["samples"] == n

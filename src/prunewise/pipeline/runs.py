@@ -343,6 +343,7 @@ def prune_levels(model: nn.Module, bundle: D.DataBundle, method: str, settings: 
     ``prune`` seconds are the time the run took to reach it (finishing earlier levels not
     counted). Returns the final plan."""
     check_unstructured(method, settings)
+    settings, steps = within_data(settings, steps, bundle)
     model = steps.compute.place(model)
     check_task(model, bundle, steps.task)
     start, other, done = time.perf_counter(), 0.0, set()
@@ -478,7 +479,7 @@ def run_structured(model: nn.Module, bundle: D.DataBundle, method: str, settings
     measure, fine-tune, measure. Returns (smaller model, channel plan, report); ``steps`` or
     its fields as keywords (``task=`` among them) as for :func:`run_unstructured`."""
     check_structured(method, settings)
-    steps = steps_of(steps, given)
+    settings, steps = within_data(settings, steps_of(steps, given), bundle)
     model = steps.compute.place(model)
     check_task(model, bundle, steps.task)
     start = time.perf_counter()
@@ -489,6 +490,25 @@ def run_structured(model: nn.Module, bundle: D.DataBundle, method: str, settings
     pruned, rep = finish_channels(model, bundle, pruned, plan, settings, steps=steps,
                                   dense=dense, prune_seconds=prune_seconds)
     return pruned, plan, rep
+
+
+def within_data(settings: Unstructured | Structured, steps: Steps, bundle: D.DataBundle
+                ) -> tuple[Unstructured | Structured, Steps]:
+    """``settings`` and ``steps`` with every count of training samples (attribution, in-loop
+    recalibration, repair, recalibration) capped at the training split's size: what a run
+    uses, so that its report records that and not a larger number asked for."""
+    n = len(bundle.train)
+    if n < 1:
+        return settings, steps
+
+    def cap(v):
+        return v if v is None or v <= n else n
+    kw = {"repair": replace(settings.repair, samples=cap(settings.repair.samples))}
+    if isinstance(settings, Unstructured):
+        kw.update(samples=cap(settings.samples),
+                  recalibrate_samples=cap(settings.recalibrate_samples))
+    recal = replace(steps.recalibration, samples=cap(steps.recalibration.samples))
+    return replace(settings, **kw), replace(steps, recalibration=recal)
 
 
 # ---- saving ---------------------------------------------------------------------------------
