@@ -704,3 +704,20 @@ def test_commands_that_read_a_model_take_a_run_folder(world, tmp_path):
     assert_bad_input(invoke("report", out / "model"), "the run's report is in its folder",
                      str(out))
     assert_bad_input(invoke("eval", tmp_path), "is not a checkpoint", "prune run's --out")
+
+
+@pytest.mark.parametrize("where", ["proc", "sys", "long", "deep"])
+def test_output_paths_are_tried_for_real_before_work(world, tmp_path, where):
+    """Permissions say yes to root everywhere: the check makes and removes a file in the
+    nearest existing folder and checks the names' lengths, so /proc, /sys and over-long names
+    fail before any work, and nothing is left behind."""
+    if where in ("proc", "sys") and not Path(f"/{where}").is_dir():
+        pytest.skip(f"no /{where} here")
+    out = {"proc": Path("/proc/prunewise-out"), "sys": Path("/sys/prunewise-out"),
+           "long": tmp_path / "new" / ("a" * 300),
+           "deep": tmp_path / "/".join(["d" * 200] * 25)}[where]
+    before = sorted(tmp_path.rglob("*"))
+    r = invoke("prune", "sliming", world / "ck", "--macs", "0.5", "--latency-repeats", "0",
+               "--quiet", "--out", out)
+    assert_bad_input(r, "--out")
+    assert sorted(tmp_path.rglob("*")) == before

@@ -106,6 +106,7 @@ def check_output(path, what: str = "--out", *, folder: bool = True) -> Path:
         raise PrunewiseError(f"{what} {text.encode('utf-8', 'replace').decode()!r}: the name is "
                              f"not valid UTF-8; give a name that is") from None
     p = Path(text)
+    _check_lengths(p, Path(p.anchor or "."), what)   # before any call a long name would fail
     for part in [p, *p.parents]:
         if os.path.islink(part) and not part.exists():
             raise PrunewiseError(f"{what} {p}: {part} is a symbolic link to nothing (dangling, "
@@ -119,7 +120,41 @@ def check_output(path, what: str = "--out", *, folder: bool = True) -> Path:
         raise PrunewiseError(f"{what} {p} lies under {at}, which is not a folder")
     if not os.access(at, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
         raise PrunewiseError(f"{what} {p} is not writable (no write permission on {at})")
+    _check_lengths(p, at, what)   # this file system's own limits
+    _probe(at, p, what)
     return p
+
+
+def _check_lengths(p: Path, at: Path, what: str) -> None:
+    """Every name still to be made under ``at`` fits the file system's limit on one name, and
+    the whole path its limit on a path (as bytes: the limits count bytes)."""
+    try:
+        most, longest = os.pathconf(at, "PC_NAME_MAX"), os.pathconf(at, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        most, longest = 255, 4096
+    for part in p.parts:
+        size = len(part.encode("utf-8"))
+        if size > most:
+            raise PrunewiseError(f"{what}: the name {part[:40]!r}... is {size} bytes; this file "
+                                 f"system allows {most} per name")
+    full = len(str(p.absolute()).encode("utf-8")) + 64   # room for the files written inside
+    if full > longest:
+        raise PrunewiseError(f"{what} {str(p)[:60]}...: the path is too long for this file "
+                             f"system ({full - 64} bytes, at most {longest - 64} here)")
+
+
+def _probe(at: Path, p: Path, what: str) -> None:
+    """Create and remove a file in ``at``, the nearest folder that exists: permissions say yes
+    to root everywhere, but /proc, /sys, a read-only mount or a full disk still refuse."""
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(prefix=".prunewise-probe-", dir=at)
+    except OSError as e:
+        raise PrunewiseError(f"{what} {p} cannot be written: creating a file in {at} failed "
+                             f"({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(name)
 
 
 def check_apart(out, checkpoint) -> None:
