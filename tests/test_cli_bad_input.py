@@ -721,3 +721,38 @@ def test_output_paths_are_tried_for_real_before_work(world, tmp_path, where):
                "--quiet", "--out", out)
     assert_bad_input(r, "--out")
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_one_writer_per_output_folder(world, tmp_path):
+    """A folder another live run holds is refused at once, naming its process; a lock left by
+    a process that is gone is taken over; a finished run leaves no lock behind."""
+    import subprocess
+    import sys
+
+    from prunewise.cli.options import LOCK
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK).write_text(f"{holder.pid}\n")
+        before = sorted(out.rglob("*"))
+        r = invoke("prune", "sliming", world / "ck", "--macs", "0.5", "--latency-repeats", "0",
+                   "--quiet", "--no-repair", "--out", out)
+        assert_bad_input(r, "in use by another prunewise run", f"process {holder.pid}")
+        assert sorted(out.rglob("*")) == before
+        r = invoke("train", "resnet20", "--data", "digits", "--epochs", "1", "--out", out)
+        assert_bad_input(r, "in use", str(holder.pid))
+    finally:
+        holder.kill()
+        holder.wait()
+    (out / LOCK).write_text(f"{dead_pid()}\n")    # stale: its process has ended
+    r = invoke("prune", "sliming", world / "ck", "--macs", "0.5", "--latency-repeats", "0",
+               "--quiet", "--no-repair", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert (out / "report.json").is_file() and not (out / LOCK).exists()
+    # a refused run under a folder it had to make leaves nothing
+    r = invoke("prune", "sliming", tmp_path / "none", "--macs", "0.5", "--out",
+               tmp_path / "a" / "b")
+    assert_bad_input(r, "not found")
+    assert not (tmp_path / "a").exists()

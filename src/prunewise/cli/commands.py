@@ -11,6 +11,7 @@ from .. import methods, schema, settings as S
 from ..errors import PrunewiseError, out_of_memory
 from . import loading, output
 from .options import (CLASSES, SEED, SIDE, Integer, amp_option, check_output, compute_of, count,
+                      holds_out,
                       data_options, device_option, model_option, progress_on, quiet_option,
                       settings_from, settings_options)
 
@@ -27,6 +28,7 @@ from .options import (CLASSES, SEED, SIDE, Integer, amp_option, check_output, co
 @device_option
 @amp_option
 @quiet_option
+@holds_out
 def train_cmd(model_name, data_name, root, image_size, data_seed, seq_len, factory, num_classes,
               seed, out, quiet, device_name, amp, **kw):
     """Train a zoo model MODEL_NAME (or, with --model, a model of your own) and save the
@@ -270,6 +272,7 @@ def export_cmd(folder, onnx_path, hf_path, input_size, factory):
 @device_option
 @amp_option
 @quiet_option
+@holds_out
 def demo_cmd(out, epochs, seed, quick, quiet, device_name, amp, **kw):
     """Train resnet20 on the embedded digits data, prune it with FVW and SLIMING next to their
     baselines, and write OUT/report.json, report.md and plots.

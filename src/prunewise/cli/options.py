@@ -5,7 +5,9 @@ the method table and the fixed names alone.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import math
 import os
 import sys
@@ -155,6 +157,95 @@ def _probe(at: Path, p: Path, what: str) -> None:
                              f"({e.strerror or e})") from None
     os.close(fd)
     os.unlink(name)
+
+
+#: The lock file a command holds in its output folder while it runs.
+LOCK = ".prunewise.lock"
+
+
+@contextlib.contextmanager
+def out_lock(path, what: str = "--out"):
+    """Hold ``path`` (a folder, made if missing) for one command: a second command given the
+    same folder meanwhile is refused at once, naming the holder's process id. A lock left by
+    a process that no longer runs is taken over. On exit the lock goes, and so do the folders
+    this made if nothing was written into them. Under torchrun rank 0 holds it for all."""
+    if os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    folder, made = Path(path), []
+    at = folder
+    while not at.exists() and at != at.parent:
+        made.append(at)
+        at = at.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK
+    try:
+        for _ in range(3):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _holder(lock)
+                if holder is not None and _alive(holder):
+                    raise PrunewiseError(f"{what} {folder} is in use by another prunewise run "
+                                         f"(process {holder}); wait for it to end or give "
+                                         f"another {what}") from None
+                lock.unlink(missing_ok=True)   # its process is gone: a stale lock
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            break
+        else:
+            raise PrunewiseError(f"{what} {folder}: could not take its lock {lock}")
+    except BaseException:
+        _remove_made(made)
+        raise
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        _remove_made(made)
+
+
+def _holder(lock: Path) -> int | None:
+    try:
+        text = lock.read_text()[:32].strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_made(made: list) -> None:
+    for m in made:   # deepest first; only what is still empty
+        try:
+            m.rmdir()
+        except OSError:
+            break
+
+
+def holds_out(fn):
+    """A command decorator: the command's ``out`` folder checked (:func:`check_output`) and
+    held (:func:`out_lock`) while it runs."""
+    @functools.wraps(fn)
+    def run(*args, **kw):
+        out = kw.get("out")
+        if out is None:
+            return fn(*args, **kw)
+        check_output(out)
+        with out_lock(out):
+            return fn(*args, **kw)
+    return run
 
 
 def check_apart(out, checkpoint) -> None:

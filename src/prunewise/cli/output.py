@@ -1,7 +1,6 @@
 """What the command line prints: chatter on stderr (rank 0 only), results on stdout."""
 from __future__ import annotations
 
-import json
 
 import click
 

@@ -12,6 +12,7 @@ from .. import checks, methods, settings as S
 from ..errors import PrunewiseError
 from . import loading, output
 from .options import (SEED, MethodChoice, amp_option, check_apart, check_output, compute_of,
+                      holds_out,
                       count, data_options, dest, device_option, latency_option, measurement_of,
                       method_options, method_setting_options, model_option,
                       pop_method_options, progress_on, quiet_option, settings_from,
@@ -201,6 +202,7 @@ def prune_channels(method: str, options, kw: dict) -> None:
 
 @prune_group.command("any", hidden=True, cls=AnyMethod)
 @prune_options
+@holds_out
 def prune_cmd(**kw):
     """Prune CHECKPOINT with any method of the table (--method NAME): masks for a mask method
     (--sparsity), a physically smaller model for a channel method (--macs, --params or --plan).
@@ -212,6 +214,7 @@ def prune_cmd(**kw):
 
 @prune_group.command("fvw")
 @prune_options
+@holds_out
 def prune_fvw_cmd(**kw):
     """Unstructured pruning of CHECKPOINT to --sparsity with FVW (or another mask --method).
 
@@ -235,6 +238,7 @@ def remove_resume(folder: Path) -> None:
 
 @prune_group.command("sliming")
 @prune_options
+@holds_out
 def prune_sliming_cmd(**kw):
     """SLIMING (or another channel --method) pruning of CHECKPOINT into a physically smaller
     model.
@@ -277,6 +281,7 @@ BENCH_MASK_OPTIONS = ("keep", "samples", "allocation", "loop_recalibrate")
 @device_option
 @amp_option
 @quiet_option
+@holds_out
 def bench_cmd(model_name, data_name, root, method_list, sparsities, macs_list, seeds, base,
               epochs, out, quiet, device_name, amp, **kw):
     """Compare methods over budgets and seeds: OUT/grid.{md,csv,json,png}; resumable.
