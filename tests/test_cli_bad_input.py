@@ -756,3 +756,25 @@ def test_one_writer_per_output_folder(world, tmp_path):
                tmp_path / "a" / "b")
     assert_bad_input(r, "not found")
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("uint8", "stores its inputs as uint8"), ("int64", "as int64"), ("float16", "as float16"),
+    ("bfloat16", "as bfloat16"), ("float64", "as float64"), ("bool", "as bool"),
+    ("flat", "samples of shape [256]"), ("dict", "named inputs"),
+    ("rank5", "samples of shape [1, 1, 16, 16]")])
+def test_zoo_models_refuse_stored_inputs_they_cannot_take(tmp_path, kind, words):
+    from safetensors.torch import save_file
+
+    y = torch.arange(60) % 10
+    x = {"flat": torch.rand(60, 256), "rank5": torch.rand(60, 1, 1, 16, 16)}.get(kind)
+    if x is None and kind != "dict":
+        x = (torch.rand(60, 1, 16, 16) * 255).to(getattr(torch, kind)) if kind != "bool" \
+            else torch.rand(60, 1, 16, 16) > 0.5
+    parts = {"train.x.a": torch.rand(60, 1, 16, 16), "test.x.a": torch.rand(60, 1, 16, 16)} \
+        if kind == "dict" else {"train.x": x, "test.x": x.clone()}
+    save_file({**parts, "train.y": y, "test.y": y.clone()}, str(tmp_path / "d.safetensors"))
+    r = invoke("train", "resnet20", "--data", "tensors", "--root", tmp_path / "d.safetensors",
+               "--epochs", "1", "--batch-size", "20", "--out", tmp_path / "ck")
+    assert_bad_input(r, words)
+    assert not (tmp_path / "ck").exists()

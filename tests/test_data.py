@@ -427,3 +427,18 @@ def test_an_image_that_declares_huge_pixels_is_refused_before_decoding(tmp_path)
         Image.new("1", (13000, 13000)).save(tmp_path / split / "a" / "big.png")
     with pytest.raises(PrunewiseError, match="13000x13000"):
         D.load("imagefolder", tmp_path)
+
+
+def test_tensors_splits_must_agree_and_a_given_val_split_must_not_be_empty():
+    from prunewise.data.tensors import from_tensors
+
+    y = torch.arange(40) % 4
+    with pytest.raises(PrunewiseError, match=r"one shape and dtype.*test: \[1, 8, 8\]"):
+        from_tensors((torch.rand(40, 1, 16, 16), y), (torch.rand(40, 1, 8, 8), y))
+    with pytest.raises(PrunewiseError, match=r"one shape and dtype.*float64"):
+        from_tensors((torch.rand(40, 3), y), (torch.rand(40, 3).double(), y))
+    with pytest.raises(PrunewiseError, match="val split is empty"):
+        from_tensors((torch.rand(40, 3), y), (torch.rand(40, 3), y),
+                     (torch.rand(0, 3), y[:0]))
+    b = from_tensors((torch.rand(40, 3), y), (torch.rand(40, 3), y))
+    assert len(b.val) > 0

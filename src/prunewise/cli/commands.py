@@ -68,8 +68,10 @@ def train_cmd(model_name, data_name, root, image_size, data_seed, seq_len, facto
         model = compute.place(model)
     else:
         torch.manual_seed(seed)
-        model = compute.place(models.create(model_name, num_classes=bundle.num_classes,
-                                            in_channels=bundle.in_channels))
+        model = models.create(model_name, num_classes=bundle.num_classes,
+                              in_channels=bundle.in_channels)
+        loading.check_classes(model, bundle)
+        model = compute.place(model)
     task = loading.task_of(bundle)
     hist = train.fit(model, bundle, how, seed=seed, progress=progress_on(quiet),
                      desc=f"train {model_name}", amp=amp, task=task)

@@ -135,6 +135,36 @@ def check_classes(model, bundle) -> None:
     if c != bundle.in_channels:
         raise PrunewiseError(f"model has in_channels={c} but data set '{bundle.name}' has "
                              f"{bundle.in_channels} channels; they must match")
+    if bundle.raw:
+        check_images(model, bundle)
+
+
+def check_images(model, bundle) -> None:
+    """A zoo model takes one float32 image tensor (batch x channels x height x width): refuse,
+    in one line, stored inputs it cannot take (other dtypes, other ranks, named inputs)."""
+    import torch
+
+    from .. import utils
+
+    x = bundle.example(2)
+    where = f"data set '{bundle.name}'"
+    if isinstance(x, dict):
+        raise PrunewiseError(f"{where} holds named inputs ({', '.join(sorted(x))}); a zoo model "
+                             f"takes one image tensor: store it as train.x / test.x")
+    if x.dtype != torch.float32:
+        raise PrunewiseError(f"{where} stores its inputs as {str(x.dtype).replace('torch.', '')}; "
+                             f"a zoo model takes float32 images (scaled as it was trained): "
+                             f"store them as float32 (x.float(), scaled to your range)")
+    if x.dim() != 4:
+        raise PrunewiseError(f"{where} has samples of shape {list(x.shape[1:])}; a zoo model "
+                             f"takes images of shape [channels, height, width]")
+    try:
+        with torch.no_grad():
+            utils.forward(model.eval(), x)
+    except Exception as e:  # noqa: BLE001 - the images do not suit this architecture
+        raise PrunewiseError(f"model '{model.prunewise_config['arch']}' cannot take the "
+                             f"{list(x.shape[1:])} samples of {where} ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:160]})") from None
 
 
 def load_checkpoint(checkpoint, data_name, root, image_size, data_seed, factory=None,

@@ -150,6 +150,7 @@ def _probe(at: Path, p: Path, what: str) -> None:
     to root everywhere, but /proc, /sys, a read-only mount or a full disk still refuse."""
     import tempfile
 
+    before = os.stat(at)
     try:
         fd, name = tempfile.mkstemp(prefix=".prunewise-probe-", dir=at)
     except OSError as e:
@@ -157,6 +158,10 @@ def _probe(at: Path, p: Path, what: str) -> None:
                              f"({e.strerror or e})") from None
     os.close(fd)
     os.unlink(name)
+    try:   # the folder as it was: a refused command changes nothing, its time included
+        os.utime(at, ns=(before.st_atime_ns, before.st_mtime_ns))
+    except OSError:
+        pass
 
 
 #: The lock file a command holds in its output folder while it runs.

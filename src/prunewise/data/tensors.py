@@ -51,6 +51,17 @@ def _inputs_len(x, what: str) -> int:
     return lens.pop()
 
 
+def _sample_shapes(x) -> tuple:
+    """One sample's shape and dtype per input (``""`` for a single tensor)."""
+    parts = x.items() if isinstance(x, dict) else [("", x)]
+    return tuple(sorted((k, tuple(t.shape[1:]), str(t.dtype).replace("torch.", ""))
+                        for k, t in parts))
+
+
+def _show(shapes: tuple) -> str:
+    return " ".join(f"{k + ' ' if k else ''}{list(s)} {d}" for k, s, d in shapes)
+
+
 def is_labels(y: torch.Tensor) -> bool:
     """Whether targets are class labels: a 1-D integer tensor."""
     return y.dim() == 1 and not (y.dtype.is_floating_point or y.dtype.is_complex
@@ -102,6 +113,13 @@ def from_tensors(train, test, val=None, *, name: str = "tensors", num_classes: i
                                          for s, k in kinds.items()))
     if len(splits["train"]) == 0 or len(splits["test"]) == 0:
         raise PrunewiseError(f"{name}: the train and test splits must not be empty")
+    if "val" in splits and len(splits["val"]) == 0:
+        raise PrunewiseError(f"{name}: the val split is empty; give it samples, or leave it out "
+                             f"and {val_fraction:g} of train is held out for validation")
+    samples = {s: _sample_shapes(sp.x) for s, sp in splits.items()}
+    if len(set(samples.values())) > 1:
+        raise PrunewiseError(f"{name}: every split's samples must have one shape and dtype, got "
+                             + ", ".join(f"{s}: {_show(v)}" for s, v in samples.items()))
     if "val" not in splits:
         strata = splits["train"].y.numpy() if labels else np.zeros(len(splits["train"]))
         keep, held = split_pool(strata, val_fraction, seed, name)
