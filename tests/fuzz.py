@@ -2,10 +2,12 @@
 
     python tests/fuzz.py --seed 0 --examples 200 [--kind cli|files] [--seconds 3] [--json F]
 
-Each example is either a command line whose options are drawn from the commands' own click
+Each example is a command line whose options are drawn from the commands' own click
 parameters (the ends of every range, just past them, text the help does not allow, awkward
-paths) or a valid input file with one field or a few bytes changed, given to the command that
-reads it. Everything runs in this process (``prunewise.cli.main``), under an address-space
+paths), a valid input file with one field or a few bytes changed, given to the command that
+reads it, a generated model file (random layers and one quirk: tied or parametrized or lazy
+layers, non-finite or integer outputs, ``sys.exit`` on import or build, ...) given to a command
+with ``--model``, or a generated tensors data file (random dtypes, shapes, splits and labels). Everything runs in this process (``prunewise.cli.main``), under an address-space
 limit, with a time limit per example after which a run that is still working counts as
 accepted. The invariant every example must keep:
 
@@ -375,6 +377,154 @@ def file_targets(inputs: dict) -> list[tuple[str, str, object, list[str]]]:
     ]
 
 
+# --------------------------------------------------------------------------- user models
+#: Layers a generated model is built from: (constructor text for ``C`` input channels and
+#: ``W`` width, whether it keeps the image's spatial shape).
+LAYERS = ["nn.Conv2d({c}, {w}, 3, padding=1)", "nn.Conv2d({c}, {w}, 1)",
+          "nn.Conv2d({c}, {w}, 3, padding=1, groups={g})", "nn.BatchNorm2d({c})",
+          "nn.GroupNorm({g}, {c})", "nn.ReLU()", "nn.Dropout(0.1)", "nn.Identity()"]
+#: What can be wrong (or right) about a generated model file: each is a change to the
+#: template's text (see :func:`model_file`).
+QUIRKS = ["none", "none", "tie", "weight_norm", "spectral_norm", "old_weight_norm", "lazy",
+          "nan", "inf", "int", "no_params", "exit_import", "exit_build", "raise_build",
+          "not_module", "wrong_classes", "three_d", "dict_out", "tuple_out", "half",
+          "double", "lstm", "syntax", "huge_width", "keyboard_build", "returns_none"]
+
+
+def model_file(rng: random.Random, path: Path) -> str:
+    """Write a model factory ``f`` of random layers with one quirk to ``path``; the quirk."""
+    quirk = rng.choice(QUIRKS)
+    c, body = 1, []
+    for _ in range(rng.randint(1, 5)):
+        w = rng.choice((2, 4, 6, 8))
+        layer = rng.choice(LAYERS)
+        g = rng.choice([d for d in (1, 2) if c % d == 0 and w % d == 0])
+        body.append(layer.format(c=c, w=w, g=g))
+        if layer.startswith("nn.Conv2d"):
+            c = w
+    width = 10 ** 6 if quirk == "huge_width" else c
+    head = [f"nn.Conv2d({c}, {width}, 1)"] if quirk == "huge_width" else []
+    classes = 7 if quirk == "wrong_classes" else 10
+    lines = ["import sys", "import warnings", "import torch", "from torch import nn",
+             "from torch.nn.utils import parametrizations", "",
+             "warnings.filterwarnings('ignore', category=FutureWarning)   # torch's, not ours"]
+    if quirk == "exit_import":
+        lines.append(f"sys.exit({rng.choice((0, 1, 3, 'None'))})")
+    if quirk == "syntax":
+        lines.append("def broken(:")
+    lines += ["class Net(nn.Module):", "    def __init__(self):", "        super().__init__()",
+              f"        self.body = nn.Sequential({', '.join(body + head)})",
+              f"        self.fc = nn.Linear({width}, {classes})",
+              "        self.fc2 = nn.Linear(10, 10)"]
+    if quirk == "tie":
+        lines.append("        self.fc3 = nn.Linear(10, 10)\n        self.fc3.weight = self.fc2.weight")
+    if quirk in ("weight_norm", "spectral_norm"):
+        lines.append(f"        self.fc2 = parametrizations.{quirk}(self.fc2)")
+    if quirk == "old_weight_norm":
+        lines.append("        self.fc2 = nn.utils.weight_norm(self.fc2)")
+    if quirk == "lazy":
+        lines.append("        self.fc2 = nn.LazyLinear(10)")
+    if quirk == "lstm":
+        lines.append("        self.rnn = nn.LSTM(10, 10, batch_first=True)")
+    lines += ["    def forward(self, x):", "        h = self.body(x).mean((2, 3))",
+              "        out = self.fc2(self.fc(h))"]
+    if quirk == "tie":
+        lines.append("        out = self.fc3(out)")
+    if quirk == "lstm":
+        lines.append("        out = self.rnn(out[:, None])[0][:, 0]")
+    out = {"nan": "out * float('nan')", "inf": "out * float('inf')", "int": "out.long()",
+           "three_d": "out[:, None]", "dict_out": "{'logits': out}", "tuple_out": "(out, h)",
+           "half": "out.half()", "double": "out.double()"}.get(quirk, "out")
+    lines += [f"        return {out}", "", "def f():"]
+    lines.append({"exit_build": "    sys.exit(2)", "raise_build": "    raise ValueError('no')",
+                  "keyboard_build": "    raise RuntimeError('stop')",
+                  "not_module": "    return 'model'", "returns_none": "    return None",
+                  "no_params": "    return nn.Sequential(nn.Flatten(), nn.Linear(1, 1, bias=False)"
+                               ").requires_grad_(False) if False else nn.Identity()"
+                  }.get(quirk, "    return Net()"))
+    path.write_text("\n".join(lines) + "\n")
+    return quirk
+
+
+def model_example(rng: random.Random, ex: Path, inputs: dict) -> tuple[list[str], str]:
+    """A generated model file given to a command that builds it."""
+    path = ex / "user_model.py"
+    quirk = model_file(rng, path)
+    spec = f"{path}:f"
+    data = rng.choice((["--data", "digits"], ["--data", "tensors", "--root", "{tensors}"]))
+    argv = rng.choice((
+        ["train", "--model", spec, *data, "--epochs", "1", "--batch-size", "32", "--quiet",
+         "--out", "{out}/t"],
+        ["train", "--model", spec, *data, "--epochs", "1", "--batch-size", "32", "--quiet",
+         "--out", "{out}/t", "--lr", "1e-3"],
+        ["eval", "{ck}", "--model", spec, *data],
+        ["info", "{ck}", "--model", spec]))
+    return argv, f"model file ({quirk})"
+
+
+# --------------------------------------------------------------------------- tensors files
+DTYPES = ["float32", "float32", "float32", "float32", "float64", "float16", "bfloat16", "uint8", "int64", "int32",
+          "bool"]
+
+
+def tensors_file(rng: random.Random, path: Path) -> str:
+    """Write a tensors data set: a random sample shape and dtype, and at most one defect
+    (labels, an empty or missing split, a split of another shape, named inputs, a NaN); what
+    it is."""
+    import torch
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(rng.randrange(2 ** 31))
+    shape = rng.choice(((1, 8, 8), (1, 8, 8), (3, 8, 8), (64,), (), (1, 1, 8, 8), (1, 2, 2),
+                        (2, 8, 8), (1, 16, 16)))
+    dtype = getattr(torch, rng.choice(DTYPES))
+    defect = rng.choice(("none", "none", "none", "labels neg", "labels float", "labels 2d",
+                         "labels short", "labels big", "empty train", "empty test",
+                         "empty val", "other shape", "named", "nan", "val given", "one sample"))
+    sizes = {"train": 1 if defect == "one sample" else 40, "test": 20,
+             "val": 10 if defect == "val given" else None}
+    if defect.startswith("empty"):
+        sizes[defect.split()[1]] = 0
+    victim = rng.choice([s for s, n in sizes.items() if n is not None])
+    out = {}
+    for split, n in sizes.items():
+        if n is None:
+            continue
+        sh = tuple(reversed(shape)) + (1,) if defect == "other shape" and split == victim \
+            else shape
+        t = torch.rand((n, *sh), generator=gen) * 255
+        x = (t > 128) if dtype == torch.bool else t.to(dtype)
+        if defect == "nan" and split == victim and dtype.is_floating_point and n:
+            x.view(-1)[0] = float("nan")
+        out[f"{split}.x.a" if defect == "named" else f"{split}.x"] = x
+        y = torch.arange(n) % 10
+        if defect.startswith("labels") and split == victim:
+            y = {"labels neg": y - 1, "labels float": torch.rand(n, generator=gen),
+                 "labels 2d": torch.stack([y, y], 1), "labels short": y[:-1],
+                 "labels big": y + 10 ** 9}[defect]
+        out[f"{split}.y"] = y
+    save_file({k: v.contiguous() for k, v in out.items()}, str(path))
+    return f"x {list(shape)} {str(dtype)[6:]}, {defect} ({victim})"
+
+
+def tensors_example(rng: random.Random, ex: Path, inputs: dict) -> tuple[list[str], str]:
+    """A generated tensors data set given to a command that reads it."""
+    path = ex / "data.safetensors"
+    what = tensors_file(rng, path)
+    data = ["--data", "tensors", "--root", str(path)]
+    argv = rng.choice((
+        ["train", "resnet20", *data, "--epochs", "1", "--batch-size", "1", "--quiet",
+         "--out", "{out}/t"],
+        ["train", "--model", str(HERE / "user_models.py") + ":OddCNN", *data, "--epochs", "1",
+         "--batch-size", "1", "--quiet", "--out", "{out}/t"],
+        ["eval", "{ck}", *data],
+        ["prune", "sliming", "{ck}", "--method", "l1", "--macs", "0.6", *data, *FAST,
+         "--out", "{out}/s"],
+        ["prune", "fvw", "{ck}", "--method", "magnitude", "--sparsity", "0.5", "--samples",
+         "8", *data, *FAST, "--out", "{out}/p"]))
+    return argv, f"tensors file ({what})"
+
+
 def file_example(rng: random.Random, ex: Path, inputs: dict) -> tuple[list[str], str]:
     name, inner, change, argv = rng.choice(file_targets(inputs))
     copy = ex / "in" / inputs[name].name
@@ -438,6 +588,10 @@ def run_one(argv: list[str], seconds: float) -> tuple[int | None, str]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+        # the timer can fire inside torch's grad-mode switch, which then stays off: every
+        # example starts as a fresh process would
+        import torch
+        torch.set_grad_enabled(True)
     return code, err.getvalue()
 
 
@@ -456,11 +610,16 @@ def problem(code, err: str) -> str | None:
 def example(kind: str, rng: random.Random, ex: Path, inputs: dict) -> tuple[list[str], str]:
     if kind == "cli":
         return cli_example(rng, ex, inputs), "cli"
+    if kind == "models":
+        return model_example(rng, ex, inputs)
+    if kind == "tensors":
+        return tensors_example(rng, ex, inputs)
     return file_example(rng, ex, inputs)
 
 
 def fill(argv: list[str], ex: Path, inputs: dict) -> list[str]:
     keys = {"{out}": str(ex / "out"), "{ck}": str(inputs["ck"]), "{ex}": str(ex),
+            "{tensors}": str(inputs["tensors"]),
             "{bases}": str(inputs["bases"]), "{work}": str(ex.parent)}
     out = []
     for a in argv:
@@ -517,7 +676,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--examples", type=int, default=100)
-    ap.add_argument("--kind", choices=["cli", "files", "both"], default="both")
+    ap.add_argument("--kind", choices=["cli", "files", "models", "tensors", "both", "user",
+                                       "all"], default="all",
+                    help="both: cli and files; user: generated model files and tensors data "
+                         "files; all: the four")
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--replay", action="store_true", help="also run tests/fuzz_corpus.json")
     ap.add_argument("--only", type=int, nargs="*", help="run just these example numbers")
@@ -525,7 +687,9 @@ def main() -> int:
     ap.add_argument("-v", "--verbose", action="store_true", help="print every example")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    kinds = ["cli", "files"] if args.kind == "both" else [args.kind]
+    kinds = {"both": ["cli", "files"], "user": ["models", "tensors"],
+             "all": ["cli", "files", "models", "tensors"]}.get(
+        args.kind, [args.kind])
     replay = json.loads(CORPUS.read_text()) if args.replay and CORPUS.exists() else []
     with tempfile.TemporaryDirectory(prefix="prunewise-fuzz-") as work:
         failures = campaign(args.seed, args.examples, kinds, args.seconds, Path(work), replay,

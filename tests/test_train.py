@@ -76,3 +76,17 @@ def test_evaluation_batches_shrink_with_the_input_size():
     ref = train.evaluate(model, D.batches(bundle.test, bundle, 7))
     assert got["n"] == ref["n"] and got["top1"] == ref["top1"]
     assert got["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+
+
+def test_a_model_that_fails_on_a_training_batch_is_one_error(digits):
+    """BatchNorm on a batch of one 1x1 map (or any error the model raises on the data) stops
+    training with one PrunewiseError naming the batch, not a traceback."""
+    from torch import nn
+
+    from prunewise import PrunewiseError
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(4),
+                          nn.Flatten(), nn.Linear(4, 10))
+    with pytest.raises(PrunewiseError, match="failed on training batch 1 .1 samples.: "
+                                             "ValueError: Expected more than 1 value"):
+        train.fit(model, digits, epochs=1, batch_size=1, progress=False)

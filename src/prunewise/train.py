@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import data as D
 from . import checks, device, dist, names, tasks, utils
-from .errors import PrunewiseError
+from .errors import PrunewiseError, out_of_memory
 from .plan import check_shapes
 from .settings import Training
 from .utils import progress_bar
@@ -272,7 +272,14 @@ class _Stepper:
         loss_sum = seen = 0.0
         for step, (x, y) in enumerate(batches, 1):
             x, y = device.pair(x, y, self.dev)
-            loss = self.loss(x, y)
+            try:
+                loss = self.loss(x, y)
+            except Exception as e:  # noqa: BLE001 - the model or the data, not a bug of ours
+                if out_of_memory(e):
+                    raise
+                raise PrunewiseError(f"the model failed on training batch {step} "
+                                     f"({utils.batch_size(x)} samples): {type(e).__name__}: "
+                                     f"{' '.join(str(e).split())[:200]}") from None
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise PrunewiseError(f"the training loss is {value} at step {step} of an epoch "
