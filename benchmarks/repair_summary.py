@@ -53,8 +53,9 @@ def main(argv=None) -> None:
         for k, v in r["cells"].items():
             cells.setdefault(k, []).append(v)
     configs = list(dict.fromkeys(k.split("|")[0] for k in cells if not k.endswith("|ft1")))
-    masks = [c for c in configs if c not in ("sliming", "l1", "chip", "sliming-l1")]
-    chans = [c for c in configs if c in ("sliming", "l1", "chip", "sliming-l1")]
+    channel = ("sliming", "l1", "chip", "sliming-l1")   # also as NAME@errors
+    masks = [c for c in configs if c.partition("@")[0] not in channel]
+    chans = [c for c in configs if c.partition("@")[0] in channel]
     dense = stat([r["dense"] for r in runs])
     lines = [f"{args.model}, dense {dense}; seeds {', '.join(str(r['seed']) for r in runs)}", ""]
     lines += table("masks", masks, [(f"{lv:g}", f"{lv:g}") for lv in LEVELS], cells)

@@ -27,6 +27,7 @@ BLOCKS = {  # NAME -> (module, argv of its main)
     "repair-resnet20": ("repair_summary", ["--model", "resnet20"]),
     "repair-resnet56": ("repair_summary", ["--model", "resnet56"]),
     "repair-resnet20_ln": ("repair_summary", ["--model", "resnet20_ln"]),
+    "repair-vit_tiny": ("repair_summary", ["--model", "vit_tiny"]),
     "vit": ("vit_summary", []),
     "tasks": ("tasks_summary", []),
     "lm": ("lm_summary", []),
