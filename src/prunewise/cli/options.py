@@ -183,6 +183,7 @@ def out_lock(path, what: str = "--out"):
         made.append(at)
         at = at.parent
     folder.mkdir(parents=True, exist_ok=True)
+    before = (os.stat(folder), sorted(os.listdir(folder)))
     lock = folder / LOCK
     try:
         for _ in range(3):
@@ -209,6 +210,11 @@ def out_lock(path, what: str = "--out"):
     finally:
         lock.unlink(missing_ok=True)
         _remove_made(made)
+        if folder.is_dir() and sorted(os.listdir(folder)) == before[1]:
+            try:   # nothing written (a refused command): the folder's times as they were
+                os.utime(folder, ns=(before[0].st_atime_ns, before[0].st_mtime_ns))
+            except OSError:
+                pass
 
 
 def _holder(lock: Path) -> int | None:
@@ -248,6 +254,8 @@ def holds_out(fn):
         if out is None:
             return fn(*args, **kw)
         check_output(out)
+        if kw.get("checkpoint") is not None:
+            check_apart(out, kw["checkpoint"])
         with out_lock(out):
             return fn(*args, **kw)
     return run

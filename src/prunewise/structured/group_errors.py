@@ -33,7 +33,7 @@ from .. import device, utils
 from ..data.sources import Source
 from ..errors import PrunewiseError
 from . import engine as structured
-from .surgery import _CHANNEL_NORMS
+from .surgery import CHANNEL_NORMS
 
 #: Kept fractions of every group the errors are measured at (the floor is added).
 LADDER = (0.875, 0.75, 0.625, 0.5, 0.4, 0.3, 0.2, 0.12, 0.06)
@@ -179,7 +179,7 @@ class _cut:
                 if not isinstance(m, nn.Module) or getattr(m, "weight", None) is None:
                     continue
                 if not (self.dg.is_out_channel_pruning_fn(item.dep.handler)
-                        or isinstance(m, _CHANNEL_NORMS)):
+                        or isinstance(m, CHANNEL_NORMS)):
                     continue
                 if isinstance(m, nn.LSTM):
                     continue

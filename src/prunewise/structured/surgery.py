@@ -31,7 +31,7 @@ from ..utils import LAYER_TYPES, one_thread
 
 _LAYERS = LAYER_TYPES
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-_CHANNEL_NORMS = _NORMS + (nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
+CHANNEL_NORMS = _NORMS + (nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
                            nn.InstanceNorm3d, nn.LayerNorm)  # a (weight, bias) pair per channel
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -217,7 +217,7 @@ def groups(dg, model: nn.Module, ignored_layers=None) -> list[GroupInfo]:
                 parts = math.lcm(parts, m.num_heads)
             if is_out and n in qkv and len(item.idxs) == info.size:
                 info.head = qkv[n]["head_dim"]
-            if isinstance(m, _LAYERS + _CHANNEL_NORMS + (nn.LSTM,)):
+            if isinstance(m, _LAYERS + CHANNEL_NORMS + (nn.LSTM,)):
                 info.dims.append((n, "out" if is_out else "in", len(item.idxs)))
             if is_out and isinstance(m, ROOTS) and len(item.idxs) == info.size:
                 order = np.argsort(np.asarray(item.root_idxs))
@@ -445,7 +445,7 @@ class CostModel:
             if r["name"] in table:                             # shared block): both calls count
                 r = {**r, "macs": r["macs"] + table[r["name"]]["macs"]}
             table[r["name"]] = r
-        rows = [n for n, m in mods.items() if isinstance(m, _LAYERS + _CHANNEL_NORMS)
+        rows = [n for n, m in mods.items() if isinstance(m, _LAYERS + CHANNEL_NORMS)
                 and getattr(m, "weight", None) is not None]
         # rows beyond conv / linear / norms: (name, out0, in0, MACs, params, which group dims
         # shrink their out and in side: (layer, "out"|"in", channels per group channel))
@@ -463,7 +463,7 @@ class CostModel:
         for n, i in idx.items():
             m = mods[n]
             w = m.weight
-            if isinstance(m, _CHANNEL_NORMS):
+            if isinstance(m, CHANNEL_NORMS):
                 self.norm[i] = True
                 self.out0[i] = self.in0[i] = w.shape[0]
                 self.kernel[i] = sum(p.numel() for p in m.parameters(recurse=False)) / w.shape[0]
