@@ -637,17 +637,20 @@ def campaign(seed: int, examples: int, kinds: list[str], seconds: float, work: P
     before = snapshot(work / "inputs")
     limit_address_space(MEMORY)
     failures = []
-    cases = [(c["argv"], c.get("what", "corpus"), None) for c in (replay or [])]
-    cases += [(None, None, i) for i in (only if only is not None else range(examples))]
-    for i, (argv, what, index) in enumerate(cases):
+    # a saved case is its command line, or (a generated file's) the example that made it
+    cases = [(c.get("argv"), c.get("what", "corpus"), c.get("example"), c.get("kinds", kinds))
+             for c in (replay or [])]
+    cases += [(None, None, (seed, i), kinds)
+              for i in (only if only is not None else range(examples))]
+    for i, (argv, what, made, made_kinds) in enumerate(cases):
         ex = work / f"ex-{i}"
         (ex / "out").mkdir(parents=True)
         shutil.copytree(inputs["fvw"], ex / "out" / "run")
         os.chdir(ex / "out")
-        if argv is None:   # example ``index`` of ``seed``: its own generator, so it reruns alone
-            rng = random.Random(f"{seed}:{index}")
-            argv, what = example(rng.choice(kinds), rng, ex, inputs)
-            what = f"seed {seed} example {index}: {what}"
+        if made is not None:   # example N of seed S: its own generator, so it reruns alone
+            rng = random.Random(f"{made[0]}:{made[1]}")
+            argv, what = example(rng.choice(made_kinds), rng, ex, inputs)
+            what = f"seed {made[0]} example {made[1]}: {what}"
         else:
             path_values(ex, inputs)
         argv = fill(argv, ex, inputs)
@@ -666,7 +669,9 @@ def campaign(seed: int, examples: int, kinds: list[str], seconds: float, work: P
             bad = (bad or "") + f" wrote outside its folder: {stray}"
         if bad:
             failures.append({"argv": [a.replace(str(ex), "{ex}").replace(str(work), "{work}")
-                                      for a in argv], "what": what, "problem": bad})
+                                      for a in argv], "what": what, "problem": bad,
+                             **({"example": list(made), "kinds": made_kinds}
+                                if made is not None else {})})
         os.chdir(work)
         shutil.rmtree(ex, ignore_errors=True)
     return failures

@@ -153,3 +153,25 @@ def test_errors_allocation_needs_data_and_a_budget():
         runs.Structured(plan="somewhere", allocation="errors")
     with pytest.raises(PrunewiseError, match="allocation"):
         runs.Structured(macs=0.5, allocation="global")
+
+
+def test_the_command_line_takes_errors_for_channels_and_refuses_mask_allocations(
+        digits_checkpoint, tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from helpers import assert_bad_input, invoke
+
+    out = tmp_path / "s"
+    r = invoke("prune", "sliming", digits_checkpoint, "--method", "l1", "--macs", "0.5",
+               "--allocation", "errors", "--no-repair", "--latency-repeats", "0", "--quiet",
+               "--out", out)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["config"]["prune"]["allocation"] == "errors"
+    assert json.loads((out / "plan" / "plan.json").read_text())["meta"]["allocation"] == "errors"
+    r = invoke("prune", "sliming", digits_checkpoint, "--macs", "0.5", "--allocation", "lamp",
+               "--out", tmp_path / "x")
+    assert_bad_input(r, "--allocation lamp", "--allocation errors")

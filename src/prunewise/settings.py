@@ -221,7 +221,9 @@ class Unstructured:
                                            "layer), row (same fraction per output row), "
                                            "errors (the counts that minimise each layer's "
                                            "measured pruned-and-updated output error); "
-                                           "default: the method's", "choice",
+                                           "default: the method's. Channels: errors (counts "
+                                           "from measured group errors) or none (the "
+                                           "method's own)", "choice",
                                      choices=methods.ALLOCATIONS)
     embeddings: bool = setting(False, "masks: prune embedding tables too (left dense by "
                                       "default, like the input stem)", "flag")
