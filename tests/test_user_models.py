@@ -420,9 +420,16 @@ def test_tied_weights_are_pruned_once_and_stay_tied():
     assert small.c3.weight is small.c2.weight
     assert small.c2.weight.shape == model.c2.weight.shape
     assert set(cplan.keep) == {"c4"} and cplan.counts["c4"] < 16
-    reasons = {g["name"]: g.get("reason", "") for g in cplan.meta["groups"]} \
-        if isinstance(cplan.meta["groups"], list) else cplan.meta["groups"]
-    assert "tied" in json.dumps(reasons)
+    skipped = cplan.meta["groups"]["skipped"]
+    assert {"c1", "c2", "c3"} <= set(skipped) and "tied" in skipped["c2"]
+    # the report says so: the groups that kept their channels, and why
+    from prunewise import data as D
+
+    x8 = torch.randn(40, 1, 8, 8)
+    bundle = D.from_tensors((x8, torch.arange(40) % 10), (x8[:20].clone(), torch.arange(20) % 10))
+    _, _, rep = runs.run_structured(model, bundle, "l1", runs.Structured(macs=0.7))
+    assert {r["layer"] for r in rep["left_out"]} >= {"c1", "c2", "c3"}
+    assert any("tied" in r["reason"] for r in rep["left_out"])
 
 
 @pytest.mark.parametrize("kind, words", [

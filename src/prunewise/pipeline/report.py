@@ -214,8 +214,9 @@ def markdown(report: dict) -> str:
             lines += [f"**{key}**", "", "```text", str(shown.get(key, "")), "```", ""]
     left = [r for r in report.get("left_out") or [] if isinstance(r, dict)]
     if left:
-        lines += ["## Left dense", "", "The sparsity is that of the pruned weights; these weight "
-                  "matrices were not pruned:", "", "| weights | why |", "|---|---|"]
+        lines += ["## Left dense", "", "These kept all their channels:" if report.get("kind")
+                  == "prune-structured" else "The sparsity is that of the pruned weights; these "
+                  "weight matrices were not pruned:", "", "| layer | why |", "|---|---|"]
         lines += [f"| {r.get('layer')} | {r.get('reason')} |" for r in left[:200]]
         lines += [""]
     if report.get("plots"):

@@ -466,6 +466,8 @@ def finish_channels(model: nn.Module, bundle: D.DataBundle, pruned: nn.Module,
            "counts": plan.counts, "layers": layer_rows(model, pruned),
            "spectra": {k: v.tolist() for k, v in (getattr(plan, "spectra", None) or {}).items()},
            "config": config(method, settings, steps), "compute": steps.compute.record(pruned),
+           "left_out": [{"layer": k, "reason": v} for k, v in
+                        ((plan.meta.get("groups") or {}).get("skipped") or {}).items()],
            **sample(dense, pruned, bundle, steps.task)}
     rep["seconds"] = prune_seconds + time.perf_counter() - start
     return pruned, rep
