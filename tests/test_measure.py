@@ -29,3 +29,28 @@ def test_latency_is_positive_and_model_mode_restored():
     net.train()
     ms = measure.latency_ms(net, torch.zeros(1, 16), warmup=1, repeats=3)
     assert ms > 0 and net.training
+
+
+def test_paired_latency_alternates_the_two_models_in_one_window():
+    """The passes alternate (a load that comes and goes reaches both), the ratio is the median
+    of the per-pair ratios, and its spread brackets it."""
+    from torch import nn
+
+    from prunewise import measure
+
+    calls = []
+
+    class Tagged(nn.Module):
+        def __init__(self, tag, width):
+            super().__init__()
+            self.tag, self.fc = tag, nn.Linear(256, width)
+
+        def forward(self, x):
+            calls.append(self.tag)
+            return self.fc(x)
+    small, big = Tagged("a", 8), Tagged("b", 4096)
+    got = measure.paired_latency(small, big, torch.randn(64, 256), warmup=1, repeats=9)
+    assert calls == ["a", "b"] * 10
+    lo, hi = got["spread"]
+    assert lo <= got["ratio"] <= hi and got["ratio"] > 1   # the big layer is the slower
+    assert got["first"] > 0 and got["second"] > 0

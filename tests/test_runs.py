@@ -250,3 +250,13 @@ def test_sample_counts_beyond_the_data_record_what_was_used(trained_tiny, digits
     _, _, rep = runs.run_structured(trained_tiny, digits, "l1", runs.Structured(
         macs=0.6, repair=runs.Repair(samples=big)))
     assert rep["config"]["prune"]["repair"]["samples"] == n
+
+
+def test_a_smaller_model_is_timed_with_the_dense_one(trained_tiny, digits):
+    m = runs.Measurement(batch_sizes=(1, 8), repeats=3, warmup=1)
+    _, _, rep = runs.run_structured(trained_tiny, digits, "l1", runs.Structured(macs=0.5),
+                                    measurement=m)
+    for b in ("1", "8"):
+        t = rep["latency_ms"][b]
+        assert t["ratio"] > 0 and t["spread"][0] <= t["ratio"] <= t["spread"][1]
+        assert t["speedup"] == pytest.approx(1 / t["ratio"])

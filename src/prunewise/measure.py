@@ -264,6 +264,42 @@ def latency_ms(model: nn.Module, example_inputs: torch.Tensor, *, warmup: int = 
         torch.set_num_threads(old_threads)
 
 
+def paired_latency(first: nn.Module, second: nn.Module, example_inputs, *, warmup: int = 5,
+                   repeats: int = 30) -> dict:
+    """Two models timed in the same window: their passes alternate (``first``, ``second``,
+    ``first``, ...), so that a change in the machine's load reaches both alike. Returns the
+    median milliseconds of each, and the ratio ``second / first`` as the median of the per-pair
+    ratios with its 25th and 75th percentiles (``spread``)."""
+    dev = device.of(first)
+    example_inputs = device.to(example_inputs, dev)
+    was = first.training, second.training
+    first.eval()
+    second.eval()
+    a, b = [], []
+    try:
+        with torch.inference_mode():
+            for i in range(warmup + repeats):
+                for model, times in ((first, a), (second, b)):
+                    device.synchronize(dev)
+                    t0 = time.perf_counter()
+                    utils.call(model, example_inputs)
+                    device.synchronize(dev)
+                    if i >= warmup:
+                        times.append((time.perf_counter() - t0) * 1e3)
+    finally:
+        first.train(was[0])
+        second.train(was[1])
+    ratios = sorted(y / x for x, y in zip(a, b) if x > 0)
+    if not ratios:
+        return {"first": statistics.median(a), "second": statistics.median(b), "ratio": None,
+                "spread": None}
+
+    def q(f):
+        return ratios[min(len(ratios) - 1, int(f * (len(ratios) - 1) + 0.5))]
+    return {"first": statistics.median(a), "second": statistics.median(b),
+            "ratio": statistics.median(ratios), "spread": [q(0.25), q(0.75)]}
+
+
 def summary(model: nn.Module, example_inputs: torch.Tensor, *, latency: bool = True) -> dict:
     """Params, non-zero params, MACs and (optionally) batch-1 latency in one dict."""
     out = {"params": params(model), "nonzero_params": params(model, nonzero=True),

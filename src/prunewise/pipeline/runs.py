@@ -34,7 +34,9 @@ Report keys (the same in every report, bench cell and demo run):
                     (``counted`` says which)
 ``latency_ms``      forward time on the run's device per batch size, ``{"1": {"dense",
                     "pruned", "speedup"}, "64": {...}}`` (null when not measured); masked
-                    models keep the dense time and get no speed-up (null)
+                    models keep the dense time and get no speed-up (null); a smaller model is
+                    timed alternating with the dense one in one window and adds ``ratio``
+                    (pruned / dense, median of the pairs) and ``spread`` (its quartiles)
 ``finetune``        null, or ``{"epochs_run", "best_epoch", "best_val", "seconds"}``
 ``seconds``         the time that made this model: pruning, repair, recalibration, fine-tuning and
                     measuring it (measuring the dense model is not counted); ``stage_seconds``:
@@ -195,16 +197,28 @@ def _size(dense: dict, pruned: nn.Module, bundle: D.DataBundle, masked: bool) ->
 
 
 def _latency(dense: dict, pruned: nn.Module, bundle, measurement: Measurement,
-             masked: bool) -> dict | None:
+             masked: bool, model: nn.Module | None = None) -> dict | None:
     """Dense and pruned milliseconds per batch size, and the speed-up of a smaller model. A
     masked model runs the dense kernels: its time differs from the dense one by noise only, so
-    it gets no speed-up (None), never a figure a reader could take for one."""
-    after = latency(pruned, bundle, measurement)
-    if after is None or dense.get("latency_ms") is None:
+    it gets no speed-up (None), never a figure a reader could take for one. A smaller model is
+    timed with the dense ``model`` in one window, their passes alternating
+    (:func:`prunewise.measure.paired_latency`): the ratio then holds when the machine's load
+    changes; ``ratio`` is pruned / dense (median of the pairs), ``spread`` its quartiles."""
+    if not measurement.latency or dense.get("latency_ms") is None:
         return None
-    return {b: {"dense": dense["latency_ms"][b], "pruned": ms,
-                "speedup": dense["latency_ms"][b] / ms if ms > 0 and not masked else None}
-            for b, ms in after.items() if b in dense["latency_ms"]}
+    if masked or model is None:
+        after = latency(pruned, bundle, measurement)
+        return {b: {"dense": dense["latency_ms"][b], "pruned": ms, "speedup": None}
+                for b, ms in after.items() if b in dense["latency_ms"]}
+    out = {}
+    for b in measurement.batch_sizes:
+        got = measure.paired_latency(model, pruned, bundle.example(b),
+                                     warmup=measurement.warmup, repeats=measurement.repeats)
+        ratio = got["ratio"]
+        out[str(b)] = {"dense": got["first"], "pruned": got["second"], "ratio": ratio,
+                       "spread": got["spread"],
+                       "speedup": 1.0 / ratio if ratio else None}
+    return out
 
 
 # ---- the steps after pruning (shared) -------------------------------------------------------
@@ -460,7 +474,8 @@ def finish_channels(model: nn.Module, bundle: D.DataBundle, pruned: nn.Module,
            **steps.task.keyed({"dense": stage_scores(dense), **after["scores"]}),
            "sparsity": 1.0 - measure.sparsity(pruned)["total"] / dense["weights"],
            **_size(dense, pruned, bundle, masked=False),
-           "latency_ms": _latency(dense, pruned, bundle, steps.measurement, masked=False),
+           "latency_ms": _latency(dense, pruned, bundle, steps.measurement, masked=False,
+                                  model=model),
            **{k: v for k, v in after.items() if k not in ("scores", "stage_seconds")},
            "stage_seconds": {"prune": prune_seconds, **after["stage_seconds"]},
            "counts": plan.counts, "layers": layer_rows(model, pruned),
