@@ -258,8 +258,9 @@ class Unstructured:
 
 @dataclass(frozen=True)
 class Structured:
-    """Channel pruning settings: exactly one of ``macs`` / ``params`` (fractions kept), or
-    ``plan``, the folder of a saved channel plan to apply instead of a budget.
+    """Channel pruning settings: exactly one of ``macs`` / ``params`` / ``latency`` (fractions
+    kept; ``latency`` measured on this machine at batch size ``latency_batch``), or ``plan``,
+    the folder of a saved channel plan to apply instead of a budget.
     ``min_channels``: the floor of every group; ``options``: the method's own settings (e.g.
     :class:`prunewise.methods.SlimingSettings`, SLIMING's configuration step; None = its
     defaults); ``repair``: refit the layers that consume pruned channels (:class:`Repair`, off
@@ -272,6 +273,14 @@ class Structured:
     params: float | None = setting(None, "channels: keep this fraction of the params, in "
                                          "(0, 1)", "float", low=0.0, high=1.0, low_open=True,
                                    high_open=True, label="the budget")
+    latency: float | None = setting(None, "channels: keep at most this fraction of the dense "
+                                          "model's latency, measured on this machine at "
+                                          "--latency-batch, in (0, 1)", "float", low=0.0,
+                                    high=1.0, low_open=True, high_open=True,
+                                    label="the latency budget")
+    latency_batch: int = setting(64, "channels: the batch size a --latency budget is measured "
+                                     "at", "int", low=1, high=checks.MAX_COUNT,
+                                 label="latency batch size")
     min_channels: int = setting(1, "channels: the fewest channels any group keeps", "int",
                                 low=1, high=checks.MAX_COUNT, label="min channels")
     plan: str | None = setting(None, "channels: apply a saved channel plan (OUT/plan of an "
@@ -290,22 +299,25 @@ class Structured:
                                            "group alone, repaired)", "choice",
                                      choices=methods.STRUCTURED_ALLOCATIONS)
     options: Any = None
-    OPTIONS: ClassVar[dict] = {"macs": "--macs", "params": "--params",
+    OPTIONS: ClassVar[dict] = {"macs": "--macs", "params": "--params", "latency": "--latency",
+                               "latency_batch": "--latency-batch",
                                "min_channels": "--min-channels", "round_to": "--round-to",
                                "plan": "--plan"}   # --exclude, --allocation: Unstructured's
 
     def __post_init__(self) -> None:
         checks.check_fields(self)
         Repair.check(self.repair)
-        budgets = [b for b in (self.macs, self.params) if b is not None]
+        budgets = [b for b in (self.macs, self.params, self.latency) if b is not None]
         if self.plan is not None:
             if self.allocation is not None:
                 raise PrunewiseError("a saved plan replaces the allocation: drop it")
             if budgets:
-                raise PrunewiseError("a saved plan replaces the budget: drop macs / params")
+                raise PrunewiseError("a saved plan replaces the budget: drop macs / params / "
+                                     "latency")
             return
         if len(budgets) != 1:
-            raise PrunewiseError("give exactly one budget: macs FRACTION or params FRACTION")
+            raise PrunewiseError("give exactly one budget: macs FRACTION, params FRACTION or "
+                                 "latency FRACTION")
 
 
 def default(cls: type, name: str) -> Any:

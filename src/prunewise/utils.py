@@ -144,3 +144,13 @@ def progress_bar(total: int, desc: str, enabled: bool = True, initial: int = 0):
                     dynamic_ncols=True)
     return tqdm(total=total, initial=initial, desc=desc, file=_Lines(sys.stderr), leave=False,
                 mininterval=LOG_INTERVAL, maxinterval=LOG_INTERVAL * 6, ncols=100, ascii=True)
+
+
+def repeat_batch(inputs, n: int):
+    """A batch of ``n`` copies of the first sample of ``inputs`` (a tensor, a tuple / list or a
+    dict of them): what a latency at batch size ``n`` is measured on."""
+    if isinstance(inputs, dict):
+        return {k: repeat_batch(v, n) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(repeat_batch(v, n) for v in inputs)
+    return inputs[:1].expand(n, *inputs.shape[1:]).contiguous()

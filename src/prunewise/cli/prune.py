@@ -197,6 +197,11 @@ def prune_channels(method: str, options, kw: dict) -> None:
                f"dense), params {rep['params']['pruned']:,} ({rep['params']['ratio']:.4f}), "
                + (f"speed-up x{speed:.2f} at batch 64, " if speed else "")
                + output.accuracy_line(rep))
+    asked = rep.get("latency_budget")
+    if asked:
+        click.echo(f"latency at batch {asked['batch']}: asked {asked['requested']:g} of dense, "
+                   f"measured {asked['measured']:.3f} (quartiles {asked['spread'][0]:.3f}-"
+                   f"{asked['spread'][1]:.3f}), at a MACs budget of {asked['macs_searched']:.3f}")
     save_run(kw["out"], model, pruned, plan, rep, kw["checkpoint"], kw["quiet"])
 
 

@@ -419,6 +419,8 @@ def channel_plan(model: nn.Module, x: torch.Tensor, method: str, settings: Struc
     if settings.plan is not None:
         plan = ChannelPlan.load(settings.plan)
         return surgery.apply(model, plan, x), plan
+    if settings.latency is not None:
+        return latency_plan(model, x, method, settings, batches=batches, seed=seed)
     options = row.options(settings.options)
     configure, select = row.builder()(options, settings, batches, seed)
     meta = {"method": method, "budget": {"macs": settings.macs, "params": settings.params},
@@ -430,6 +432,88 @@ def channel_plan(model: nn.Module, x: torch.Tensor, method: str, settings: Struc
         meta["round_to"] = settings.round_to
     return structured.prune(model, x, configure, select, spectrum=singular_values, meta=meta,
                             ignored_layers=excluded_layers(model, settings.exclude))
+
+
+#: Timed pairs of passes per candidate of a latency search (after two untimed ones).
+LATENCY_REPEATS = 9
+
+
+def latency_plan(model: nn.Module, x, method: str, settings: Structured, *, batches=None,
+                 seed: int = 0) -> tuple[nn.Module, ChannelPlan]:
+    """``method`` under a budget of measured latency: the largest MACs budget whose pruned
+    model, timed against ``model`` in one window (:func:`prunewise.measure.paired_latency`) at
+    batch size ``settings.latency_batch`` on this machine, runs in at most ``settings.latency``
+    of the dense time. The method keeps its own configuration and selection at that MACs
+    budget (SLIMING its threshold, the uniform baselines their single ratio). The search
+    halves the MACs budget from ``latency`` down until a model fits, then bisects between the
+    last that fit and the first that did not (at most :data:`LATENCY_STEPS` prunes); the plan
+    records every candidate and the one chosen."""
+    target, batch = settings.latency, settings.latency_batch
+    xb = utils.repeat_batch(x, batch)
+    tried: list[dict] = []
+
+    def at(m: float):
+        small, plan = channel_plan(model, x, method, replace(settings, latency=None, macs=m),
+                                   batches=batches, seed=seed)
+        got = measure.paired_latency(model, small, xb, warmup=2, repeats=LATENCY_REPEATS)
+        tried.append({"macs": m, "ratio": got["ratio"], "spread": got["spread"]})
+        return small, plan, got["ratio"]
+
+    best, bad, m = None, 1.0, min(target, 0.99)
+    for _ in range(LATENCY_STEPS):
+        try:
+            small, plan, ratio = at(m)
+        except PrunewiseError as e:
+            if "below" not in str(e) or best is not None:
+                raise
+            raise PrunewiseError(f"latency budget {target:g} at batch {batch} cannot be reached: "
+                                 f"the smallest widths the floors allow were not enough "
+                                 f"(measured so far: {_tried(tried)})") from None
+        if ratio <= target:
+            best = (m, small, plan)
+            break
+        bad, m = m, m / 2
+    else:
+        raise PrunewiseError(f"latency budget {target:g} at batch {batch} cannot be reached "
+                             f"here: {_tried(tried)}")
+    good = best[0]
+    for _ in range(max(0, LATENCY_STEPS - len(tried))):
+        if bad - good < 0.01:
+            break
+        m = 0.5 * (good + bad)
+        small, plan, ratio = at(m)
+        if ratio <= target:
+            good, best = m, (m, small, plan)
+        else:
+            bad = m
+    _, small, plan = best
+    plan.meta["budget"] = {"latency": target, "latency_batch": batch, "macs_searched": good}
+    plan.meta["latency_search"] = tried
+    return small, plan
+
+
+def _latency_budget(plan: ChannelPlan, settings: Structured, dense: dict, pruned: nn.Module,
+                    bundle: D.DataBundle, model: nn.Module) -> dict:
+    """A latency-budgeted run's ``latency_budget``: what was asked, at which batch size, and
+    the pruned / dense ratio measured now (the two timed in one window, the median of
+    :data:`LATENCY_REPEATS` x 3 pairs, with its quartiles); nothing for other budgets."""
+    if settings.latency is None:
+        return {}
+    batch = settings.latency_batch
+    got = measure.paired_latency(model, pruned, utils.repeat_batch(bundle.example(), batch),
+                                 warmup=2, repeats=3 * LATENCY_REPEATS)
+    return {"latency_budget": {"requested": settings.latency, "batch": batch,
+                               "measured": got["ratio"], "spread": got["spread"],
+                               "macs_searched": plan.meta.get("budget", {}).get("macs_searched"),
+                               "search": plan.meta.get("latency_search")}}
+
+
+#: Prunes a latency search may make.
+LATENCY_STEPS = 10
+
+
+def _tried(tried: list[dict]) -> str:
+    return ", ".join(f"MACs {t['macs']:.3g} ran {t['ratio']:.2f} of dense" for t in tried)
 
 
 def excluded_layers(model: nn.Module, patterns: Sequence[str]) -> list[nn.Module]:
@@ -469,7 +553,8 @@ def finish_channels(model: nn.Module, bundle: D.DataBundle, pruned: nn.Module,
     after = finish(Work(pruned, model, bundle, None, plan, settings.repair, steps,
                         desc=f"fine-tune {method}"))
     rep = {"kind": "prune-structured", "method": method, "data": bundle.name, "seed": steps.seed,
-           "budget": {"macs": settings.macs, "params": settings.params},
+           "budget": {"macs": settings.macs, "params": settings.params,
+                      **({"latency": settings.latency} if settings.latency else {})},
            "metric": steps.task.describe(),
            **steps.task.keyed({"dense": stage_scores(dense), **after["scores"]}),
            "sparsity": 1.0 - measure.sparsity(pruned)["total"] / dense["weights"],
@@ -481,6 +566,7 @@ def finish_channels(model: nn.Module, bundle: D.DataBundle, pruned: nn.Module,
            "counts": plan.counts, "layers": layer_rows(model, pruned),
            "spectra": {k: v.tolist() for k, v in (getattr(plan, "spectra", None) or {}).items()},
            "config": config(method, settings, steps), "compute": steps.compute.record(pruned),
+           **_latency_budget(plan, settings, dense, pruned, bundle, model),
            "left_out": [{"layer": k, "reason": v} for k, v in
                         ((plan.meta.get("groups") or {}).get("skipped") or {}).items()],
            **sample(dense, pruned, bundle, steps.task)}
