@@ -175,3 +175,14 @@ def test_the_command_line_takes_errors_for_channels_and_refuses_mask_allocations
     r = invoke("prune", "sliming", digits_checkpoint, "--macs", "0.5", "--allocation", "lamp",
                "--out", tmp_path / "x")
     assert_bad_input(r, "--allocation lamp", "--allocation errors")
+
+
+def test_a_budget_below_the_floors_is_refused_before_measuring(monkeypatch):
+    net = small_net()
+    measured = []
+    monkeypatch.setattr(group_errors, "measure", lambda *a, **k: measured.append(1))
+    with pytest.raises(PrunewiseError, match="below what the floors allow"):
+        runs.channel_plan(net, X, "l1", runs.Structured(macs=0.01, allocation="errors",
+                                                        min_channels=4),
+                          batches=[(X, torch.zeros(6, dtype=torch.long))])
+    assert measured == []

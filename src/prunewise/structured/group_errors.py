@@ -53,12 +53,16 @@ def configure(budget, select: structured.Select, data, spectrum=None) -> structu
 
     def step(a: structured.Analysis) -> np.ndarray:
         round_to = getattr(budget, "round_to", None)
-        table = measure(a, select, data, spectrum, min_channels=budget.min_channels,
-                        round_to=round_to)
         kind, value = structured.parse_budget(budget.macs, budget.params)
         cost, limit = structured.budget_cost(a.cost, kind, value)
+        what = f"{kind} budget {value:g}"
+        ends = [[(g.size, 0.0), (ladder(g, budget.min_channels, round_to)[-1], 1.0)]
+                for g in a.prunable]
+        choose(ends, cost, limit, what=what)   # a budget below the floors: before measuring
+        table = measure(a, select, data, spectrum, min_channels=budget.min_channels,
+                        round_to=round_to)
         steps = [math.lcm(g.unit, round_to or 1) for g in a.prunable]
-        return choose(table, cost, limit, steps, what=f"{kind} budget {value:g}")
+        return choose(table, cost, limit, steps, what=what)
     return step
 
 
