@@ -281,6 +281,10 @@ class Structured:
     latency_batch: int = setting(64, "channels: the batch size a --latency budget is measured "
                                      "at", "int", low=1, high=checks.MAX_COUNT,
                                  label="latency batch size")
+    latency_cache: str | None = setting(None, "channels: the folder a --latency budget keeps "
+                                              "the device's latency tables in (default "
+                                              "$PRUNEWISE_CACHE/latency or "
+                                              "~/.cache/prunewise/latency)", "path")
     min_channels: int = setting(1, "channels: the fewest channels any group keeps", "int",
                                 low=1, high=checks.MAX_COUNT, label="min channels")
     plan: str | None = setting(None, "channels: apply a saved channel plan (OUT/plan of an "
@@ -301,6 +305,7 @@ class Structured:
     options: Any = None
     OPTIONS: ClassVar[dict] = {"macs": "--macs", "params": "--params", "latency": "--latency",
                                "latency_batch": "--latency-batch",
+                               "latency_cache": "--latency-cache",
                                "min_channels": "--min-channels", "round_to": "--round-to",
                                "plan": "--plan"}   # --exclude, --allocation: Unstructured's
 

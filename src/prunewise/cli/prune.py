@@ -199,9 +199,12 @@ def prune_channels(method: str, options, kw: dict) -> None:
                + output.accuracy_line(rep))
     asked = rep.get("latency_budget")
     if asked:
+        table = asked.get("table") or {}
         click.echo(f"latency at batch {asked['batch']}: asked {asked['requested']:g} of dense, "
-                   f"measured {asked['measured']:.3f} (quartiles {asked['spread'][0]:.3f}-"
-                   f"{asked['spread'][1]:.3f}), at a MACs budget of {asked['macs_searched']:.3f}")
+                   f"predicted {asked['predicted']:.3f}, measured {asked['measured']:.3f} "
+                   f"(quartiles {asked['spread'][0]:.3f}-{asked['spread'][1]:.3f}); latency "
+                   f"table {'reused' if table.get('reused') else 'measured'} "
+                   f"({table.get('seconds', 0):.1f} s)")
     save_run(kw["out"], model, pruned, plan, rep, kw["checkpoint"], kw["quiet"])
 
 

@@ -410,7 +410,7 @@ def prune_channels(model: nn.Module, bundle: D.DataBundle, method: str, settings
 
 
 def channel_plan(model: nn.Module, x: torch.Tensor, method: str, settings: Structured, *,
-                 batches=None, seed: int = 0) -> tuple[nn.Module, ChannelPlan]:
+                 batches=None, seed: int = 0, latency_table=None) -> tuple[nn.Module, ChannelPlan]:
     """Any structured method of the table on any model: a NEW smaller model and its plan for
     the example input ``x`` (``batches``, ``(x, y)`` pairs, for methods that need data; a
     saved ``settings.plan`` is applied instead)."""
@@ -419,7 +419,7 @@ def channel_plan(model: nn.Module, x: torch.Tensor, method: str, settings: Struc
     if settings.plan is not None:
         plan = ChannelPlan.load(settings.plan)
         return surgery.apply(model, plan, x), plan
-    if settings.latency is not None:
+    if settings.latency is not None and latency_table is None:
         return latency_plan(model, x, method, settings, batches=batches, seed=seed)
     options = row.options(settings.options)
     configure, select = row.builder()(options, settings, batches, seed)
@@ -431,65 +431,82 @@ def channel_plan(model: nn.Module, x: torch.Tensor, method: str, settings: Struc
     if settings.round_to:
         meta["round_to"] = settings.round_to
     return structured.prune(model, x, configure, select, spectrum=singular_values, meta=meta,
-                            ignored_layers=excluded_layers(model, settings.exclude))
+                            ignored_layers=excluded_layers(model, settings.exclude),
+                            latency_table=latency_table)
 
 
 #: Timed pairs of passes per candidate of a latency search (after two untimed ones).
 LATENCY_REPEATS = 9
+#: Prunes a latency search may make.
+LATENCY_STEPS = 6
+#: A candidate this close under the requested latency ratio ends the search.
+LATENCY_TOLERANCE = 0.03
 
 
 def latency_plan(model: nn.Module, x, method: str, settings: Structured, *, batches=None,
                  seed: int = 0) -> tuple[nn.Module, ChannelPlan]:
-    """``method`` under a budget of measured latency: the largest MACs budget whose pruned
-    model, timed against ``model`` in one window (:func:`prunewise.measure.paired_latency`) at
-    batch size ``settings.latency_batch`` on this machine, runs in at most ``settings.latency``
-    of the dense time. The method keeps its own configuration and selection at that MACs
-    budget (SLIMING its threshold, the uniform baselines their single ratio). The search
-    halves the MACs budget from ``latency`` down until a model fits, then bisects between the
-    last that fit and the first that did not (at most :data:`LATENCY_STEPS` prunes); the plan
-    records every candidate and the one chosen."""
+    """``method`` under a budget of latency on this machine (docs/methods.md, "Latency
+    budgets"): the device's latency table (:mod:`prunewise.structured.latency`, measured once
+    and cached) prices every configuration, so the method's own configuration step (the
+    uniform ratio, SLIMING's threshold, measured group errors) searches under predicted
+    latency as it does under MACs; the pruned model is then timed against ``model`` in one
+    window (:func:`prunewise.measure.paired_latency`) at batch size
+    ``settings.latency_batch``, and the predicted budget corrected by what was measured until
+    the measured ratio is within :data:`LATENCY_TOLERANCE` under ``settings.latency`` (at most
+    :data:`LATENCY_STEPS` prunes). The plan records the table and every candidate."""
+    from ..structured import latency
+
     target, batch = settings.latency, settings.latency_batch
+    folder = Path(settings.latency_cache) if settings.latency_cache else latency.default_folder()
+    table, reused = latency.cached(model, x, batch, folder)
+    latency.check_table(table)
     xb = utils.repeat_batch(x, batch)
     tried: list[dict] = []
-
-    def at(m: float):
-        small, plan = channel_plan(model, x, method, replace(settings, latency=None, macs=m),
-                                   batches=batches, seed=seed)
-        got = measure.paired_latency(model, small, xb, warmup=2, repeats=LATENCY_REPEATS)
-        tried.append({"macs": m, "ratio": got["ratio"], "spread": got["spread"]})
-        return small, plan, got["ratio"]
-
-    best, bad, m = None, 1.0, min(target, 0.99)
+    best, low, high = None, 0.0, 1.0   # asked budgets known to fit / not to fit
+    asked = target
     for _ in range(LATENCY_STEPS):
         try:
-            small, plan, ratio = at(m)
+            small, plan = channel_plan(model, x, method, replace(settings, latency=asked),
+                                       batches=batches, seed=seed, latency_table=table)
         except PrunewiseError as e:
-            if "below" not in str(e) or best is not None:
+            if "below what" not in str(e):
                 raise
-            raise PrunewiseError(f"latency budget {target:g} at batch {batch} cannot be reached: "
-                                 f"the smallest widths the floors allow were not enough "
-                                 f"(measured so far: {_tried(tried)})") from None
-        if ratio <= target:
-            best = (m, small, plan)
+            break   # even the floors are predicted slower than asked: nothing smaller exists
+        got = measure.paired_latency(model, small, xb, warmup=2, repeats=LATENCY_REPEATS)
+        ratio = got["ratio"]
+        predicted = plan.meta["predicted_latency_ms"] / plan.meta["original_latency_ms"]
+        tried.append({"asked": asked, "predicted": predicted, "ratio": ratio,
+                      "spread": got["spread"], "macs": plan.meta["predicted_macs"] /
+                      plan.meta["original_macs"]})
+        if ratio <= target and (best is None or ratio > best[0]):
+            best = (ratio, small, plan)
+        if target - LATENCY_TOLERANCE <= ratio <= target:
             break
-        bad, m = m, m / 2
-    else:
-        raise PrunewiseError(f"latency budget {target:g} at batch {batch} cannot be reached "
-                             f"here: {_tried(tried)}")
-    good = best[0]
-    for _ in range(max(0, LATENCY_STEPS - len(tried))):
-        if bad - good < 0.01:
-            break
-        m = 0.5 * (good + bad)
-        small, plan, ratio = at(m)
         if ratio <= target:
-            good, best = m, (m, small, plan)
+            low = max(low, asked)
         else:
-            bad = m
+            high = min(high, asked)
+        nxt = min(0.999, asked * target / ratio)   # the prediction's error, corrected
+        if not low < nxt < high:   # widths come in steps: bisect what is left between them
+            nxt = 0.5 * (low + high)
+        if high - low < 0.005:
+            break
+        asked = nxt
+    if best is None:
+        raise PrunewiseError(f"latency budget {target:g} at batch {batch} cannot be reached on "
+                             f"this machine: "
+                             f"{_tried(tried) or 'even the floors are predicted slower'}")
     _, small, plan = best
-    plan.meta["budget"] = {"latency": target, "latency_batch": batch, "macs_searched": good}
+    plan.meta["budget"] = {"latency": target, "latency_batch": batch}
     plan.meta["latency_search"] = tried
+    plan.meta["latency_table"] = {"key": table.key, "seconds": table.seconds, "reused": reused,
+                                  "layers": len(table.layers), "dense_ms": table.dense_ms}
     return small, plan
+
+
+def _tried(tried: list[dict]) -> str:
+    return ", ".join(f"predicted {t['predicted']:.2f} ran {t['ratio']:.2f} of dense"
+                     for t in tried)
 
 
 def _latency_budget(plan: ChannelPlan, settings: Structured, dense: dict, pruned: nn.Module,
@@ -504,16 +521,10 @@ def _latency_budget(plan: ChannelPlan, settings: Structured, dense: dict, pruned
                                  warmup=2, repeats=3 * LATENCY_REPEATS)
     return {"latency_budget": {"requested": settings.latency, "batch": batch,
                                "measured": got["ratio"], "spread": got["spread"],
-                               "macs_searched": plan.meta.get("budget", {}).get("macs_searched"),
+                               "predicted": plan.meta.get("predicted_latency_ms", 0) /
+                               max(plan.meta.get("original_latency_ms", 0), 1e-12),
+                               "table": plan.meta.get("latency_table"),
                                "search": plan.meta.get("latency_search")}}
-
-
-#: Prunes a latency search may make.
-LATENCY_STEPS = 10
-
-
-def _tried(tried: list[dict]) -> str:
-    return ", ".join(f"MACs {t['macs']:.3g} ran {t['ratio']:.2f} of dense" for t in tried)
 
 
 def excluded_layers(model: nn.Module, patterns: Sequence[str]) -> list[nn.Module]:

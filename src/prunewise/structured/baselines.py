@@ -28,11 +28,11 @@ from ..errors import PrunewiseError
 
 # --------------------------------------------------------------------------- configuration
 def uniform_counts(a: structured.Analysis, *, macs=None, params=None, min_channels: int = 1,
-                   round_to: int | None = None) -> np.ndarray:
+                   round_to: int | None = None, latency=None) -> np.ndarray:
     """One keep fraction p for every group (N_g = round(p C_g), >= min_channels), bisected on
     the exact MACs / params of the pruned architecture; every count rounded to whole heads /
     equal parts and to a multiple of ``round_to``."""
-    kind, value = structured.parse_budget(macs, params)
+    kind, value = structured.parse_budget(macs, params, latency=latency)
     cost, limit = structured.budget_cost(a.cost, kind, value)
     sizes = np.array([g.size for g in a.prunable])
 
@@ -152,13 +152,15 @@ def uniform_configure(budget) -> structured.Configure:
     or anything with ``macs``, ``params`` and ``min_channels``)."""
     return lambda a: uniform_counts(a, macs=budget.macs, params=budget.params,
                                     min_channels=budget.min_channels,
-                                    round_to=getattr(budget, "round_to", None))
+                                    round_to=getattr(budget, "round_to", None),
+                                    latency=getattr(budget, "latency", None))
 
 
 def sliming_configure(settings, budget) -> structured.Configure:
     """SLIMING's step (i) at ``budget`` with its own ``settings``
     (:class:`prunewise.methods.SlimingSettings`: ``normalize`` and ``min_ratio``)."""
     return lambda a: sliming.plan_counts(a, macs=budget.macs, params=budget.params,
+                                         latency=getattr(budget, "latency", None),
                                          normalize=settings.normalize,
                                          min_channels=budget.min_channels,
                                          min_ratio=settings.min_ratio,

@@ -80,15 +80,15 @@ def analyze(model: nn.Module, example_inputs: torch.Tensor, ignored_layers=None,
 
 
 # --------------------------------------------------------------------------- budgets
-def parse_budget(macs=None, params=None, channels=None, total_channels: int = 0
-                 ) -> tuple[str, float]:
-    """Check that exactly one budget is given; ``(kind, value)``. ``macs`` / ``params``: a
-    fraction in (0, 1) of the original; ``channels``: an int in [1, total_channels] or a
-    fraction."""
-    given = [(k, v) for k, v in (("macs", macs), ("params", params), ("channels", channels))
-             if v is not None]
+def parse_budget(macs=None, params=None, channels=None, total_channels: int = 0,
+                 latency=None) -> tuple[str, float]:
+    """Check that exactly one budget is given; ``(kind, value)``. ``macs`` / ``params`` /
+    ``latency``: a fraction in (0, 1) of the original; ``channels``: an int in [1,
+    total_channels] or a fraction."""
+    given = [(k, v) for k, v in (("macs", macs), ("params", params), ("channels", channels),
+                                 ("latency", latency)) if v is not None]
     if len(given) != 1:
-        raise PrunewiseError(f"give exactly one budget (macs, params or channels), got "
+        raise PrunewiseError(f"give exactly one budget (macs, params, channels or latency), got "
                              f"{', '.join(k for k, _ in given) or 'none'}")
     kind, value = given[0]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -112,6 +112,12 @@ def budget_cost(cost: surgery.CostModel, kind: str, value: float, total_channels
         return cost.macs, value * cost.full_macs
     if kind == "params":
         return cost.params, value * cost.full_params
+    if kind == "latency":   # predicted by the device's table (prunewise.structured.latency)
+        table = getattr(cost, "latency_table", None)
+        if table is None:
+            raise PrunewiseError("a latency budget needs the device's latency table "
+                                 "(runs.channel_plan builds it)")
+        return (lambda c: table.predict(cost, c)), value * table.predict(cost, cost.sizes)
     return (lambda c: float(np.sum(c))), (value if value >= 1 else value * total_channels)
 
 
@@ -184,20 +190,22 @@ def select_valid(select: Select, a: Analysis, g: surgery.GroupInfo, n: int,
 
 # --------------------------------------------------------------------------- the skeleton
 def prune(model: nn.Module, example_inputs: torch.Tensor, configure: Configure, select: Select,
-          *, ignored_layers=None, spectrum: Spectrum | None = None, meta: dict | None = None
-          ) -> tuple[nn.Module, ChannelPlan]:
+          *, ignored_layers=None, spectrum: Spectrum | None = None, meta: dict | None = None,
+          latency_table=None) -> tuple[nn.Module, ChannelPlan]:
     """Run one structured method (a ``configure`` and a ``select`` step, see the module doc) on
     a copy of ``model``: a NEW, physically smaller model and its ChannelPlan.
 
     ``ignored_layers`` (modules of ``model``) keep their output channels; ``spectrum`` (R ->
     singular values) fills ``a.sigma`` and ``plan.spectra``; ``meta`` (the method's settings)
     starts the plan's metadata, to which the predicted and original cost, the groups and the
-    timings are added. The input model is left untouched; runs with one intra-op thread.
+    timings are added; ``latency_table`` (:class:`prunewise.structured.latency.Table`) prices
+    a latency budget. The input model is left untouched; runs with one intra-op thread.
     """
     with one_thread():
         t0 = time.perf_counter()
         new, ignored = surgery.copy_with_ignored(model, ignored_layers)
         a = analyze(new, example_inputs, ignored, spectrum=spectrum)
+        a.cost.latency_table = latency_table   # what a latency budget is predicted with
         expected = surgery.output_shapes(model, example_inputs)
         counts = configure(a)
         for g, n in zip(a.prunable, counts):
@@ -211,6 +219,9 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, configure: Configure, 
         plan = surgery.make_plan(new, a.infos, keep, meta={
             **(meta or {}),
             "predicted_macs": a.cost.macs(counts), "predicted_params": a.cost.params(counts),
+            **({"predicted_latency_ms": latency_table.predict(a.cost, counts),
+                "original_latency_ms": latency_table.predict(a.cost, a.cost.sizes)}
+               if latency_table is not None else {}),
             "original_macs": a.cost.full_macs, "original_params": a.cost.full_params,
             "groups": surgery.describe(a.infos),
             "seconds": {"spectra": a.seconds, "configuration": t1 - t0 - a.seconds,

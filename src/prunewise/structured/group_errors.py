@@ -53,7 +53,8 @@ def configure(budget, select: structured.Select, data, spectrum=None) -> structu
 
     def step(a: structured.Analysis) -> np.ndarray:
         round_to = getattr(budget, "round_to", None)
-        kind, value = structured.parse_budget(budget.macs, budget.params)
+        kind, value = structured.parse_budget(budget.macs, budget.params,
+                                              latency=getattr(budget, "latency", None))
         cost, limit = structured.budget_cost(a.cost, kind, value)
         what = f"{kind} budget {value:g}"
         ends = [[(g.size, 0.0), (ladder(g, budget.min_channels, round_to)[-1], 1.0)]

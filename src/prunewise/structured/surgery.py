@@ -451,6 +451,7 @@ class CostModel:
         # shrink their out and in side: (layer, "out"|"in", channels per group channel))
         extra = self._extra_rows(model, table)
         idx = {n: i for i, n in enumerate(rows)}
+        self.timed = {n: i for n, i in idx.items() if isinstance(mods[n], _LAYERS)}
         L, G = len(rows) + len(extra), len(self.infos)
         self.out0 = np.zeros(L)
         self.in0 = np.zeros(L)
@@ -534,6 +535,13 @@ class CostModel:
         inn = self.in0 - self.a_in @ removed
         inpg = np.where(self.depthwise, 1.0, inn / self.groups_)
         return out, inpg
+
+    def layer_widths(self, counts) -> dict[str, tuple[float, float]]:
+        """Every conv / linear layer's (input channels, output channels) with ``counts`` kept
+        (a depthwise conv's input is its output)."""
+        out, inpg = self._dims(counts)
+        return {n: (out[i] if self.depthwise[i] else inpg[i] * self.groups_[i], out[i])
+                for n, i in self.timed.items()}
 
     def macs(self, counts) -> float:
         out, inpg = self._dims(counts)

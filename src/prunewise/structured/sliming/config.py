@@ -111,11 +111,12 @@ def configure(sigmas: Sequence[torch.Tensor], cost: Callable[[np.ndarray], float
 
 
 def plan_counts(a: "structured.Analysis", sigmas=None, *, macs=None, params=None, channels=None,
+                latency=None,
                 normalize: str = SlimingSettings.normalize, min_channels: int = Structured.min_channels, min_ratio: float = SlimingSettings.min_ratio,
                 round_to: int | None = None) -> np.ndarray:
     """Step (i) on an analysis: N_g for every prunable group under exactly one budget."""
     total = int(sum(g.size for g in a.prunable))
-    kind, value = structured.parse_budget(macs, params, channels, total)
+    kind, value = structured.parse_budget(macs, params, channels, total, latency=latency)
     cost, limit = structured.budget_cost(a.cost, kind, value, total)
     sig = sigmas or [a.sigma[g.name] for g in a.prunable]
     steps = [math.lcm(g.unit, round_to or 1) for g in a.prunable]
