@@ -509,6 +509,16 @@ def _tried(tried: list[dict]) -> str:
                      for t in tried)
 
 
+def kept_whole(plan: ChannelPlan) -> list[dict]:
+    """The groups a channel plan left whole, with the reason (a plan read from a file may
+    say anything there: only names and reasons that are text are shown)."""
+    groups = plan.meta.get("groups")
+    skipped = groups.get("skipped") if isinstance(groups, dict) else None
+    if not isinstance(skipped, dict):
+        return []
+    return [{"layer": k, "reason": v} for k, v in skipped.items() if isinstance(v, str)]
+
+
 def _latency_budget(plan: ChannelPlan, settings: Structured, dense: dict, pruned: nn.Module,
                     bundle: D.DataBundle, model: nn.Module) -> dict:
     """A latency-budgeted run's ``latency_budget``: what was asked, at which batch size, and
@@ -578,8 +588,7 @@ def finish_channels(model: nn.Module, bundle: D.DataBundle, pruned: nn.Module,
            "spectra": {k: v.tolist() for k, v in (getattr(plan, "spectra", None) or {}).items()},
            "config": config(method, settings, steps), "compute": steps.compute.record(pruned),
            **_latency_budget(plan, settings, dense, pruned, bundle, model),
-           "left_out": [{"layer": k, "reason": v} for k, v in
-                        ((plan.meta.get("groups") or {}).get("skipped") or {}).items()],
+           "left_out": kept_whole(plan),
            **sample(dense, pruned, bundle, steps.task)}
     rep["seconds"] = prune_seconds + time.perf_counter() - start
     return pruned, rep
