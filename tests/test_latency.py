@@ -12,7 +12,7 @@ from torch import nn
 from prunewise import PrunewiseError, measure, runs, train
 from prunewise.structured import latency
 
-REST = 0.5   # milliseconds of the fake model that no width changes
+REST = 0.0   # the fake clock: all time is in the conv / linear layers
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +140,22 @@ def test_the_table_times_every_layer_on_its_grid_and_predicts_the_dense_time(tmp
     assert not reused
     again, reused = latency.cached(model, x, 4, tmp_path)
     assert reused and again.layers == got.layers
+
+
+def test_info_prints_the_latency_table(tmp_path, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from helpers import invoke
+
+    monkeypatch.setenv("PRUNEWISE_CACHE", str(tmp_path))
+    r = invoke("info", "resnet20", "--input-size", "8", "--in-channels", "1",
+               "--latency-batch", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)["latency"]
+    assert got["batch"] == 2 and got["dense_ms"] > 0 and not got["reused"]
+    assert "conv1" in got["layers"] and len(list((tmp_path / "latency").glob("*.json"))) == 1
+    r = invoke("info", "resnet20", "--input-size", "8", "--in-channels", "1",
+               "--latency-batch", "2")
+    assert r.returncode == 0 and "table reused" in r.stdout and "ms at full width" in r.stdout

@@ -120,8 +120,11 @@ def eval_cmd(checkpoint, data_name, root, image_size, data_seed, seq_len, factor
 @click.option("--input-size", type=SIDE, default=None,
               help="Input side (default: the model's natural one).")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--latency-batch", "latency_batch", type=Integer(1, 4096), default=None,
+              help="Also time every conv / linear layer on this machine at this batch size, on "
+                   "its grid of kept widths (the table a --latency budget uses; cached).")
 @model_option
-def info_cmd(name, num_classes, in_channels, input_size, as_json, factory):
+def info_cmd(name, num_classes, in_channels, input_size, as_json, factory, latency_batch):
     """Params, MACs and a layer table of a zoo model NAME or a checkpoint folder (with
     --model: of your own model, NAME a checkpoint folder or a .safetensors state dict)."""
     from .. import checkpoints, hf, measure, models
@@ -149,6 +152,13 @@ def info_cmd(name, num_classes, in_channels, input_size, as_json, factory):
     info = {"model": arch, "input_size": size,
             "params": measure.params(model), "macs": sum(r["macs"] for r in table),
             "nonzero_params": measure.params(model, nonzero=True), "layers": table}
+    if latency_batch is not None:
+        from ..structured import latency
+
+        times, reused = latency.cached(model, x, latency_batch, latency.default_folder())
+        info["latency"] = {"batch": latency_batch, "dense_ms": times.dense_ms,
+                           "outside_layers_ms": times.rest_ms, "reused": reused,
+                           "seconds": times.seconds, "key": times.key, "layers": times.layers}
     if as_json:
         output.emit(info, True)
         return
@@ -162,6 +172,19 @@ def info_cmd(name, num_classes, in_channels, input_size, as_json, factory):
         click.echo(f"{r['name']:<40} {r['type']:<8} {'x'.join(map(str, r['weight_shape'])):<20} "
                    f"{'x'.join(map(str, r['output_shape'])):<16} {r['params']:>10,} "
                    f"{r['macs']:>14,}")
+    got = info.get("latency")
+    if got:
+        how = "reused" if got["reused"] else f"measured in {got['seconds']:.1f} s"
+        click.echo(f"\nlatency at batch {got['batch']} on {got['key']['device']} "
+                   f"({got['key']['threads']} threads): dense {got['dense_ms']:.3f} ms, of which "
+                   f"{got['outside_layers_ms']:.3f} ms outside the conv / linear layers; table "
+                   f"{how}")
+        click.echo(f"{'layer':<40} {'ms at full width':>17} {'at half':>9} {'at 0.15':>9}")
+        for n, r in got["layers"].items():
+            def at(f, r=r):
+                ci, co = r["ins"][-1] * (1 if r["depthwise"] else f), r["outs"][-1] * f
+                return times.layer_ms(n, ci, co)
+            click.echo(f"{n:<40} {at(1.0):>17.4f} {at(0.5):>9.4f} {at(0.15):>9.4f}")
 
 
 @click.command("methods")

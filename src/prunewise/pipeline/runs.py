@@ -463,7 +463,7 @@ def latency_plan(model: nn.Module, x, method: str, settings: Structured, *, batc
     xb = utils.repeat_batch(x, batch)
     tried: list[dict] = []
     best, low, high = None, 0.0, 1.0   # asked budgets known to fit / not to fit
-    asked = target
+    asked, floor = target, ""
     for _ in range(LATENCY_STEPS):
         try:
             small, plan = channel_plan(model, x, method, replace(settings, latency=asked),
@@ -471,6 +471,7 @@ def latency_plan(model: nn.Module, x, method: str, settings: Structured, *, batc
         except PrunewiseError as e:
             if "below what" not in str(e):
                 raise
+            floor = str(e).rpartition("the floor is ")[2].partition(" ")[0]
             break   # even the floors are predicted slower than asked: nothing smaller exists
         got = measure.paired_latency(model, small, xb, warmup=2, repeats=LATENCY_REPEATS)
         ratio = got["ratio"]
@@ -493,9 +494,10 @@ def latency_plan(model: nn.Module, x, method: str, settings: Structured, *, batc
             break
         asked = nxt
     if best is None:
+        floors = f"; the smallest widths allowed are predicted at {floor} of dense" if floor \
+            else ""
         raise PrunewiseError(f"latency budget {target:g} at batch {batch} cannot be reached on "
-                             f"this machine: "
-                             f"{_tried(tried) or 'even the floors are predicted slower'}")
+                             f"this machine: {_tried(tried) or 'nothing was measured'}{floors}")
     _, small, plan = best
     plan.meta["budget"] = {"latency": target, "latency_batch": batch}
     plan.meta["latency_search"] = tried

@@ -6,9 +6,11 @@ budgets"): what a configuration of channel counts will cost in time, without pru
   output widths (:data:`FRACTIONS` of each; whole groups of a grouped conv; a depthwise conv's
   input is its output), warm-up passes first, the median of ``repeats``.
 * **The rest** (norms, activations, additions, pooling, Python): the whole dense model is timed
-  too, and a configuration's latency is predicted as ``rest + sum of its layers' times``, each
-  layer's time interpolated (bilinearly) on its grid. The rest does not shrink with the widths,
-  so the prediction errs on the slow side.
+  too, and a configuration's latency is predicted as ``rest x volume + sum of its layers'
+  times``, each layer's time interpolated on its grid, ``volume`` the fraction of the timed
+  layers' output values the configuration keeps (norms, activations and additions work on
+  those). Fixed costs do not shrink, so the prediction errs on the fast side; the search
+  measures every candidate and corrects it.
 * **Key and cache** (:func:`cached`): a table is keyed by the device, the thread count, the
   batch size, the dtype, torch's version and every timed layer's shapes; it is saved as JSON
   and reused only by a run with the same key (any other is measured again, never reused).
@@ -45,7 +47,8 @@ class Table:
     """Per timed layer, the widths of its grid and the milliseconds at each (``ms[i][j]``: input
     width ``ins[i]``, output width ``outs[j]``); the dense model's time; the key."""
     key: dict
-    layers: dict = field(default_factory=dict)   # name -> {"ins", "outs", "ms", "depthwise"}
+    layers: dict = field(default_factory=dict)   # name -> {"ins", "outs", "ms", "depthwise",
+    #                                              "per_channel": output values per channel}
     dense_ms: float = 0.0
     seconds: float = 0.0
 
@@ -68,10 +71,18 @@ class Table:
         full = {n: (r["ins"][-1], r["outs"][-1]) for n, r in self.layers.items()}
         return max(0.0, self.dense_ms - self.layers_ms(full))
 
+    def volume(self, widths: dict[str, tuple[float, float]]) -> float:
+        """The fraction of the timed layers' output values ``widths`` keep."""
+        rows = [(r.get("per_channel", 1.0), widths.get(n, (0, r["outs"][-1]))[1], r["outs"][-1])
+                for n, r in self.layers.items()]
+        full = sum(p * c0 for p, _, c0 in rows)
+        return sum(p * c for p, c, _ in rows) / full if full > 0 else 1.0
+
     def predict(self, cost, counts) -> float:
         """Milliseconds of the configuration ``counts`` (per prunable group of ``cost``, a
         :class:`~prunewise.structured.surgery.CostModel`)."""
-        return self.rest_ms + self.layers_ms(cost.layer_widths(counts))
+        widths = cost.layer_widths(counts)
+        return self.rest_ms * self.volume(widths) + self.layers_ms(widths)
 
     def save(self, path: Path) -> None:
         files.write_json(path, {"format": FORMAT, **asdict(self)})
@@ -152,10 +163,16 @@ def build(model: nn.Module, x, batch: int, names: list[str] | None = None, *, wa
     names = [n for n in (names if names is not None else list(mods)) if isinstance(
         mods.get(n), TIMED)]
     shapes: dict[str, torch.Size] = {}
+    outputs: dict[str, int] = {}
 
     def seen(name, args) -> None:   # a pre-hook that returned a value would replace the input
         shapes.setdefault(name, args[0].shape)
+
+    def made(name, out) -> None:
+        outputs.setdefault(name, out.numel())
     hooks = [mods[n].register_forward_pre_hook(lambda m, args, n=n: seen(n, args)) for n in names]
+    hooks += [mods[n].register_forward_hook(lambda m, args, out, n=n: made(n, out))
+              for n in names]
     was = model.training
     model.eval()
     try:
@@ -188,7 +205,8 @@ def build(model: nn.Module, x, batch: int, names: list[str] | None = None, *, wa
                                   device=dev, dtype=dtype)
                 row.append(_time(lambda: layer(inp), warmup, repeats, dev))
             ms.append(row)
-        table.layers[n] = {"ins": ins, "outs": outs, "ms": ms, "depthwise": depthwise}
+        table.layers[n] = {"ins": ins, "outs": outs, "ms": ms, "depthwise": depthwise,
+                           "per_channel": outputs.get(n, cout0) / cout0}
     table.seconds = time.perf_counter() - t0
     return table
 
