@@ -28,6 +28,7 @@ BLOCKS = {  # NAME -> (module, argv of its main)
     "repair-resnet56": ("repair_summary", ["--model", "resnet56"]),
     "repair-resnet20_ln": ("repair_summary", ["--model", "resnet20_ln"]),
     "repair-vit_tiny": ("repair_summary", ["--model", "vit_tiny"]),
+    "latency-budgets": ("latency_summary", []),
     "vit": ("vit_summary", []),
     "tasks": ("tasks_summary", []),
     "lm": ("lm_summary", []),
