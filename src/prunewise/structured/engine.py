@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -46,6 +46,17 @@ class Analysis:
     sigma: dict      # group name -> singular values of R_g (empty without a spectrum)
     cost: surgery.CostModel
     seconds: float
+    gram: dict = field(default_factory=dict)   # group name -> R_g R_g^T (float64), when kept
+
+
+#: The largest C x C Gram matrix (bytes) an analysis keeps for the selection step to reuse.
+GRAM_KEPT = 64 << 20
+
+
+def gram(R: torch.Tensor) -> torch.Tensor:
+    """K = R R^T in float64 (C x C): what both the spectrum and GEM need."""
+    R = R.detach().double()
+    return R @ R.T
 
 
 def analyze(model: nn.Module, example_inputs: torch.Tensor, ignored_layers=None, *,
@@ -68,15 +79,19 @@ def analyze(model: nn.Module, example_inputs: torch.Tensor, ignored_layers=None,
         why = sorted({g.reason for g in infos if g.reason})
         raise PrunewiseError(f"this model has no prunable channel group: "
                              f"{'; '.join(why[:4]) or 'none was found'}")
-    R, sigma = {}, {}
+    R, sigma, grams = {}, {}, {}
     if matrices:
         with one_thread():
             for g in prunable:
                 R[g.name] = surgery.group_matrix(model, g)
-                if spectrum is not None:
+                C, D = R[g.name].shape
+                if spectrum is not None and C <= D and C * C * 8 <= GRAM_KEPT:
+                    grams[g.name] = gram(R[g.name])   # computed once: the spectrum and GEM
+                    sigma[g.name] = spectrum(R[g.name], grams[g.name])
+                elif spectrum is not None:
                     sigma[g.name] = spectrum(R[g.name])
     cost = surgery.CostModel(model, example_inputs, infos)
-    return Analysis(model, dg, infos, prunable, R, sigma, cost, time.perf_counter() - t0)
+    return Analysis(model, dg, infos, prunable, R, sigma, cost, time.perf_counter() - t0, grams)
 
 
 # --------------------------------------------------------------------------- budgets

@@ -36,10 +36,11 @@ def _check(R: torch.Tensor, k: int) -> torch.Tensor:
     return R.detach().double()
 
 
-def greedy_exact(R: torch.Tensor, k: int) -> torch.LongTensor:
-    """Exact greedy forward selection on the nuclear norm (batched eigvalsh per step)."""
+def greedy_exact(R: torch.Tensor, k: int, K: torch.Tensor | None = None) -> torch.LongTensor:
+    """Exact greedy forward selection on the nuclear norm (batched eigvalsh per step);
+    ``K``: R R^T in float64, when already computed."""
     R = _check(R, k)
-    K = R @ R.T
+    K = (R @ R.T) if K is None else K.double()
     C = K.shape[0]
     chosen: list[int] = []
     remaining = torch.ones(C, dtype=torch.bool, device=K.device)
@@ -82,17 +83,19 @@ def greedy_fast(R: torch.Tensor, k: int, K: torch.Tensor | None = None) -> torch
     return torch.tensor(sorted(chosen), dtype=torch.long)
 
 
-def select(R: torch.Tensor, k: int, *, exact_max: int = EXACT_MAX) -> torch.LongTensor:
-    """GEM: indices (sorted) of the ``k`` rows of ``R`` kept, maximizing the nuclear norm."""
+def select(R: torch.Tensor, k: int, *, exact_max: int = EXACT_MAX,
+           K: torch.Tensor | None = None) -> torch.LongTensor:
+    """GEM: indices (sorted) of the ``k`` rows of ``R`` kept, maximizing the nuclear norm
+    (``K``: R R^T in float64, when the analysis kept it)."""
     R = _check(R, k)
     if k == R.shape[0]:
         return torch.arange(R.shape[0])
     if R.shape[0] <= exact_max:
-        return greedy_exact(R, k)
-    return greedy_fast(R, k)
+        return greedy_exact(R, k, K)
+    return greedy_fast(R, k, K)
 
 
 def select_group(a, g, k: int) -> torch.LongTensor:
     """Step (ii) as a :func:`prunewise.structured.prune` ``select`` step: GEM on group ``g``'s
-    R in the analysis ``a``."""
-    return select(a.R[g.name], k)
+    R in the analysis ``a`` (with the Gram matrix it kept)."""
+    return select(a.R[g.name], k, K=getattr(a, "gram", {}).get(g.name))

@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import torch
 
+from ..engine import gram   # K = R R^T in float64: what both the spectrum and GEM need
 
-def gram(R: torch.Tensor) -> torch.Tensor:
-    """K = R R^T in float64 (C x C): what both the spectrum and GEM need."""
-    R = R.detach().double()
-    return R @ R.T
+__all__ = ["gram", "singular_values", "normalized"]
 
 
 def singular_values(R: torch.Tensor, K: torch.Tensor | None = None) -> torch.Tensor:
