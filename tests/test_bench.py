@@ -121,6 +121,17 @@ def test_structured_grid_with_finetuning(tmp_path, bases):
     assert "| l1 | 0.5 |" in r.stdout
 
 
+def test_structured_grid_with_measured_channel_counts(tmp_path, bases):
+    out = tmp_path / "grid"
+    r = invoke("bench", "--macs", "0.5", "--methods", "l1", "--seeds", "0", "--base", bases,
+               "--allocation", "errors", "--finetune-epochs", "0", "--no-repair",
+               "--latency-repeats", "0", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "settings.json").read_text())["prune"] == {"allocation": "errors"}
+    cell = json.loads((out / "cells" / "l1-0.5-s0.json").read_text())
+    assert cell["macs"]["ratio"] <= 0.5
+
+
 def test_trains_missing_base_models_once(tmp_path):
     out = tmp_path / "grid"
     args = ["bench", "--methods", "magnitude", "--sparsity", "0.5", "--seeds", "3", "--epochs",
@@ -169,6 +180,7 @@ def test_fashion_mnist_with_base_checkpoints(tmp_path, monkeypatch):
     (["--finetune-epochs", "-1"], ["epochs"]),
     (["--macs", "0.5", "--methods", "fvw"], ["fvw", "structured"]),
     (["--macs", "0.5", "--sparsity", "0.5"], ["not both"]),
+    (["--macs", "0.5", "--allocation", "lamp"], ["--allocation lamp", "--allocation errors"]),
     (["--data", "nope"], ["nope"]),
     (["--base", "{tmp}/missing"], ["missing"]),
     (["--base", "{bases}", "--model", "resnet32"], ["resnet32"]),

@@ -306,9 +306,10 @@ def bench_cmd(model_name, data_name, root, method_list, sparsities, macs_list, s
                              "not both")
     structured = macs_list is not None
     fix = settings_from(S.Repair, kw)
-    if structured and kw["allocation"] is not None:
-        raise PrunewiseError("--allocation shares out mask sparsity (--sparsity grids); a "
-                             "structured method decides its own channel counts")
+    if structured and kw["allocation"] not in (None, *methods.STRUCTURED_ALLOCATIONS):
+        raise PrunewiseError(f"--allocation {kw['allocation']} shares out mask sparsity "
+                             f"(--sparsity grids); a channel grid takes --allocation errors "
+                             f"(measured channel counts) or the methods' own counts")
     kind = methods.STRUCTURED if structured else methods.UNSTRUCTURED
     default = "0.8,0.9,0.95" if sparsities is None else sparsities
     budgets = bench.parse_list(macs_list if structured else default,

@@ -187,6 +187,8 @@ def settings_of(grid: Grid, prune: runs.Unstructured, finetune: runs.FineTune,
                   if k != "sparsity" and not (k in ("exclude", "allocation") and not v)}
     # a structured grid records only its repair, and only when on (older folders still match)
     channels = {"repair": prune_dict["repair"]} if prune.repair.enabled else None
+    if prune.allocation:   # measured channel counts (recorded only when asked for)
+        channels = {**(channels or {}), "allocation": prune.allocation}
     return {"format": FORMAT, "model": grid.model_name, "data": grid.data_name,
             "root": str(grid.root) if grid.root else None, "methods": list(grid.methods),
             "budgets": list(grid.budgets), "structured": grid.structured,
@@ -309,7 +311,8 @@ def structured_cells(out: Path, model, bundle, method: str, seed: int, ctx: dict
         if path.is_file():
             continue
         _, _, rep = runs.run_structured(model, bundle, method,
-                                        runs.Structured(macs=level, repair=ctx["prune"].repair),
+                                        runs.Structured(macs=level, repair=ctx["prune"].repair,
+                                                        allocation=ctx["prune"].allocation),
                                         dense=ctx["dense"], steps=replace(ctx["steps"], seed=seed))
         files.write_json(path, runs.cell(rep))
         ctx["log"](cell_line(rep, level, rep["seconds"]))
