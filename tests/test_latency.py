@@ -159,3 +159,29 @@ def test_info_prints_the_latency_table(tmp_path, monkeypatch):
     r = invoke("info", "resnet20", "--input-size", "8", "--in-channels", "1",
                "--latency-batch", "2")
     assert r.returncode == 0 and "table reused" in r.stdout and "ms at full width" in r.stdout
+
+
+def test_a_bench_grid_in_latency(tmp_path, monkeypatch, digits_checkpoint):
+    """``bench --latency 0.8`` prunes every cell to measured latency (the tables kept in the
+    grid's folder), and a grid in MACs is not mixed into it."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from helpers import assert_bad_input, invoke
+
+    fake_clock(monkeypatch)
+    bases = tmp_path / "bases"
+    shutil.copytree(digits_checkpoint, bases / "seed-0")
+    out = tmp_path / "grid"
+    common = ["--methods", "l1", "--seeds", "0", "--base", bases, "--finetune-epochs", "0",
+              "--no-repair", "--latency-repeats", "0", "--out", out]
+    r = invoke("bench", "--latency", "0.8", "--latency-batch", "8", *common)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "settings.json").read_text())["latency_batch"] == 8
+    cell = json.loads((out / "cells" / "l1-0.8-s0.json").read_text())
+    assert cell["macs"]["ratio"] < 0.8
+    assert list((out / "latency-tables").glob("latency-*.json"))
+    assert "latency kept (batch 8)" in (out / "grid.md").read_text()
+    assert_bad_input(invoke("bench", "--macs", "0.5", *common), "latency_batch")

@@ -11,7 +11,7 @@ import click
 from .. import checks, methods, settings as S
 from ..errors import PrunewiseError
 from . import loading, output
-from .options import (SEED, MethodChoice, amp_option, check_apart, check_output, compute_of,
+from .options import (SEED, Integer, MethodChoice, amp_option, check_apart, check_output, compute_of,
                       holds_out,
                       count, data_options, dest, device_option, latency_option, measurement_of,
                       method_options, method_setting_options, model_option,
@@ -272,6 +272,11 @@ BENCH_MASK_OPTIONS = ("keep", "samples", "allocation", "loop_recalibrate")
                    "--sparsity, every structured one with --macs).")
 @click.option("--sparsity", "sparsities", default=None,
               help="Comma list of target sparsities (unstructured grid; default 0.8,0.9,0.95).")
+@click.option("--latency", "latency_list", default=None,
+              help="Comma list of fractions of the dense latency to keep, measured on this "
+                   "machine (structured grid), e.g. 0.7,0.5.")
+@click.option("--latency-batch", type=Integer(1, 4096), default=64, show_default=True,
+              help="The batch size a --latency grid is measured at.")
 @click.option("--macs", "macs_list", default=None,
               help="Comma list of MACs fractions to keep (structured grid), e.g. 0.5,0.25.")
 @click.option("--seeds", default="0,1,2", show_default=True)
@@ -290,7 +295,8 @@ BENCH_MASK_OPTIONS = ("keep", "samples", "allocation", "loop_recalibrate")
 @amp_option
 @quiet_option
 @holds_out
-def bench_cmd(model_name, data_name, root, method_list, sparsities, macs_list, seeds, base,
+def bench_cmd(model_name, data_name, root, method_list, sparsities, latency_list, latency_batch,
+              macs_list, seeds, base,
               epochs, out, quiet, device_name, amp, **kw):
     """Compare methods over budgets and seeds: OUT/grid.{md,csv,json,png}; resumable.
 
@@ -301,9 +307,13 @@ def bench_cmd(model_name, data_name, root, method_list, sparsities, macs_list, s
     from ..pipeline import bench
 
     check_output(out)
-    if sparsities is not None and macs_list is not None:
-        raise PrunewiseError("give --sparsity (unstructured grid) or --macs (structured grid), "
-                             "not both")
+    given = [f for f, v in (("--sparsity", sparsities), ("--macs", macs_list),
+                            ("--latency", latency_list)) if v is not None]
+    if len(given) > 1:
+        raise PrunewiseError(f"give --sparsity (unstructured grid), --macs or --latency "
+                             f"(structured grids), not both {' and '.join(given)}")
+    if latency_list is not None:
+        macs_list = latency_list
     structured = macs_list is not None
     fix = settings_from(S.Repair, kw)
     if structured and kw["allocation"] not in (None, *methods.STRUCTURED_ALLOCATIONS):
@@ -313,11 +323,13 @@ def bench_cmd(model_name, data_name, root, method_list, sparsities, macs_list, s
     kind = methods.STRUCTURED if structured else methods.UNSTRUCTURED
     default = "0.8,0.9,0.95" if sparsities is None else sparsities
     budgets = bench.parse_list(macs_list if structured else default,
-                               "--macs" if structured else "--sparsity")
+                               ("--latency" if latency_list is not None else "--macs")
+                               if structured else "--sparsity")
     chosen = bench.parse_list(method_list, "--methods", str) if method_list is not None \
         else list(methods.names(kind))
     grid = bench.Grid(methods=tuple(chosen), budgets=tuple(budgets),
                       seeds=tuple(bench.parse_list(seeds, "--seeds", int)), structured=structured,
+                      latency_batch=latency_batch if latency_list is not None else None,
                       model_name=model_name, data_name=data_name, root=root, epochs=epochs,
                       base=base)
     prune = settings_from(S.Unstructured, kw, S.BENCH_PRUNE, only=BENCH_MASK_OPTIONS, repair=fix)

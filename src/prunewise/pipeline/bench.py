@@ -87,6 +87,7 @@ class Grid:
     root: str | None = None
     epochs: int = settings.BENCH_EPOCHS
     base: str | None = None
+    latency_batch: int | None = None   # structured budgets are latency fractions at this batch
 
 
 def parse_list(text: str, what: str, cast=float) -> list:
@@ -109,7 +110,8 @@ def parse_list(text: str, what: str, cast=float) -> list:
 def check_grid(grid: Grid) -> None:
     """Methods, budgets, seeds and the model name; raises PrunewiseError."""
     allowed = methods.names(methods.STRUCTURED if grid.structured else methods.UNSTRUCTURED)
-    kind = "with --macs (structured)" if grid.structured else "with --sparsity (unstructured)"
+    flag = "--latency" if grid.latency_batch else "--macs" if grid.structured else "--sparsity"
+    kind = f"with {flag} ({'structured' if grid.structured else 'unstructured'})"
     if not grid.methods:
         raise PrunewiseError("empty method list: give at least one method")
     for m in grid.methods:
@@ -119,7 +121,7 @@ def check_grid(grid: Grid) -> None:
         raise PrunewiseError("empty budget list: give at least one value")
     for b in grid.budgets:
         if isinstance(b, bool) or not 0 < b < 1:
-            raise PrunewiseError(f"--{'macs' if grid.structured else 'sparsity'} values must be "
+            raise PrunewiseError(f"{flag} values must be "
                                  f"in (0, 1), got {b}")
     if not grid.seeds:
         raise PrunewiseError("empty seed list: give at least one seed")
@@ -194,6 +196,8 @@ def settings_of(grid: Grid, prune: runs.Unstructured, finetune: runs.FineTune,
             "budgets": list(grid.budgets), "structured": grid.structured,
             "seeds": list(grid.seeds), "epochs": None if grid.base else grid.epochs,
             "base": grid.base, "prune": channels if grid.structured else prune_dict,
+            # a latency grid says so (grids in MACs stay as they were)
+            **({"latency_batch": grid.latency_batch} if grid.latency_batch else {}),
             "finetune": asdict(finetune), "recalibration": asdict(recalibration),
             # only another task is recorded, so that classification folders stay as they were
             **({"task": task.name} if task is not None and task.name != "classification"
@@ -219,7 +223,7 @@ def check_settings(out: Path, settings: dict) -> None:
     if not path.is_file():
         return
     prev = files.read_json(path, "bench settings", SETTINGS_SPEC)
-    for key in FIXED + ("task",):
+    for key in FIXED + ("task", "latency_batch"):
         if prev.get(key) != settings.get(key):
             raise PrunewiseError(f"{out} holds a grid made with {key}={prev.get(key)!r}, not "
                                  f"{settings.get(key)!r}; use another --out folder")
@@ -310,8 +314,12 @@ def structured_cells(out: Path, model, bundle, method: str, seed: int, ctx: dict
         path = cell_path(out, method, level, seed)
         if path.is_file():
             continue
+        grid = ctx["grid"]
+        budget = {"latency": level, "latency_batch": grid.latency_batch,
+                  "latency_cache": str(out / "latency-tables")} if grid.latency_batch \
+            else {"macs": level}
         _, _, rep = runs.run_structured(model, bundle, method,
-                                        runs.Structured(macs=level, repair=ctx["prune"].repair,
+                                        runs.Structured(**budget, repair=ctx["prune"].repair,
                                                         allocation=ctx["prune"].allocation),
                                         dense=ctx["dense"], steps=replace(ctx["steps"], seed=seed))
         files.write_json(path, runs.cell(rep))
@@ -403,7 +411,8 @@ def summarize(out: Path, grid: Grid, dense: dict, metric: dict | None = None) ->
             for key in ("params", "macs"):
                 row[key + "_ratio"] = statistics.fmean(c[key]["ratio"] for c in cells)
             rows.append(row)
-    budget_name = "MACs kept" if grid.structured else "sparsity"
+    budget_name = (f"latency kept (batch {grid.latency_batch})" if grid.latency_batch
+                   else "MACs kept" if grid.structured else "sparsity")
     dense_test = statistics.fmean(runs.stage_scores(d)["test"] for d in dense.values())
     summary = {"budget": budget_name, "metric": metric, "dense_test": dense_test,
                "dense_by_seed": {str(k): runs.stage_scores(d) for k, d in dense.items()},
