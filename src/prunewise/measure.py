@@ -237,6 +237,16 @@ def sparsity(model: nn.Module, names: list[str] | None = None) -> dict:
             "zeros": zeros, "total": total}
 
 
+def pass_ms(call, dev: torch.device) -> float:
+    """Wall time of ``call()`` in milliseconds, the device's queue synchronized before and after
+    (the one timer every latency measure uses)."""
+    device.synchronize(dev)
+    t0 = time.perf_counter()
+    call()
+    device.synchronize(dev)
+    return (time.perf_counter() - t0) * 1e3
+
+
 def latency_ms(model: nn.Module, example_inputs: torch.Tensor, *, warmup: int = 5,
                repeats: int = 30, threads: int | None = None) -> float:
     """Median wall time of one forward pass on the model's device, in milliseconds, after
@@ -249,16 +259,10 @@ def latency_ms(model: nn.Module, example_inputs: torch.Tensor, *, warmup: int = 
     was_training = model.training
     model.eval()
     try:
-        times = []
         with torch.inference_mode():
-            for i in range(warmup + repeats):
-                device.synchronize(dev)
-                t0 = time.perf_counter()
-                utils.call(model, example_inputs)
-                device.synchronize(dev)
-                if i >= warmup:
-                    times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
+            times = [pass_ms(lambda: utils.call(model, example_inputs), dev)
+                     for _ in range(warmup + repeats)]
+        return statistics.median(times[warmup:])
     finally:
         model.train(was_training)
         torch.set_num_threads(old_threads)
@@ -278,14 +282,10 @@ def paired_latency(first: nn.Module, second: nn.Module, example_inputs, *, warmu
     a, b = [], []
     try:
         with torch.inference_mode():
-            for i in range(warmup + repeats):
+            for _ in range(warmup + repeats):
                 for model, times in ((first, a), (second, b)):
-                    device.synchronize(dev)
-                    t0 = time.perf_counter()
-                    utils.call(model, example_inputs)
-                    device.synchronize(dev)
-                    if i >= warmup:
-                        times.append((time.perf_counter() - t0) * 1e3)
+                    times.append(pass_ms(lambda: utils.call(model, example_inputs), dev))
+        a, b = a[warmup:], b[warmup:]
     finally:
         first.train(was[0])
         second.train(was[1])

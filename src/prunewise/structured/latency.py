@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import device, files, utils
+from .. import device, files, measure, utils
 from ..errors import PrunewiseError
 
 #: Kept fractions of each timed layer's input and output widths.
@@ -128,15 +128,9 @@ def _grid(size: int, step: int) -> list[int]:
 
 
 def _time(fn, warmup: int, repeats: int, dev) -> float:
-    times = []
-    for i in range(warmup + repeats):
-        device.synchronize(dev)
-        t0 = time.perf_counter()
-        fn()
-        device.synchronize(dev)
-        if i >= warmup:
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    """Median milliseconds of ``fn()`` after ``warmup`` untimed calls."""
+    return statistics.median([measure.pass_ms(fn, dev) for _ in range(warmup + repeats)]
+                             [warmup:])
 
 
 def _shaped(m: nn.Module, cin: int, cout: int) -> nn.Module:
