@@ -16,7 +16,7 @@ def main(argv=None) -> None:
     lines = ["| network | threads | method | budget | batch | measured (quartiles) | at batch 1 "
              "| MACs kept | top-1 repaired | prunes | s | same method at that MACs fraction: "
              "measured, top-1 |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for model, threads in [(m, t) for t in (2, 1) for m in ("resnet20", "resnet56", "vit_tiny")]:
+    for model, threads in [(m, t) for t in (2, 1) for m in ("resnet20", "resnet56", "mobilenetv2", "vit_tiny")]:
         path = results_dir(model) / f"latency-budgets-t{threads}.json"
         if not path.is_file():
             continue
