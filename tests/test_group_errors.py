@@ -186,3 +186,22 @@ def test_a_budget_below_the_floors_is_refused_before_measuring(monkeypatch):
                                                         min_channels=4),
                           batches=[(X, torch.zeros(6, dtype=torch.long))])
     assert measured == []
+
+
+def test_a_cut_that_fails_half_way_leaves_the_model_as_it_was(monkeypatch):
+    net = small_net()
+    a = structured.analyze(copy.deepcopy(net), X)
+    g = next(h for h in a.prunable if h.name == "0")
+    readers = group_errors._readers(a.model, a.dg, g)
+    grams = group_errors._grams(a.model, readers, [X])
+    before = {k: v.clone() for k, v in a.model.state_dict().items()}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("refit failed")
+    monkeypatch.setattr(group_errors._cut, "_refit", broken)
+    gone = torch.zeros(g.size, dtype=torch.bool)
+    gone[:3] = True
+    with pytest.raises(RuntimeError, match="refit failed"):
+        with group_errors._cut(a.model, a.dg, g, gone, readers, grams):
+            pass
+    assert all(torch.equal(before[k], v) for k, v in a.model.state_dict().items())

@@ -41,6 +41,9 @@ LADDER = (0.875, 0.75, 0.625, 0.5, 0.4, 0.3, 0.2, 0.12, 0.06)
 SAMPLES = 128
 #: Ridge of the readers' refit, relative to the mean of the Gram matrix's diagonal.
 DAMP = 1e-3
+#: Readers with this many inputs per output or more are not refit (their Gram matrix would
+#: take 8 * REFIT_MAX^2 bytes): the cut is measured without their repair.
+REFIT_MAX = 4096
 
 
 def configure(budget, select: structured.Select, data, spectrum=None) -> structured.Configure:
@@ -138,6 +141,8 @@ def _grams(model: nn.Module, readers, xs) -> dict[str, torch.Tensor]:
     grams: dict[str, torch.Tensor] = {}
 
     def hook(m, args, name):
+        if m.weight[0].numel() >= REFIT_MAX:   # too wide to refit: the cut is measured as is
+            return
         cols = _columns(m, args[0])
         cols = torch.cat([cols, cols.new_ones(1, cols.shape[1])])
         G = cols @ cols.T
@@ -171,6 +176,14 @@ class _cut:
         t.data[rows] = 0
 
     def __enter__(self):
+        try:
+            self._apply()
+        except BaseException:
+            self.__exit__()   # a half-made cut is undone: the model is the analysis's copy
+            raise
+        return self
+
+    def _apply(self) -> None:
         g, gone = self.g, self.gone
         if g.group is None:   # attention heads cut by prunewise: the q / k / v rows
             mods = dict(self.model.named_modules())
@@ -195,10 +208,9 @@ class _cut:
                 self._zero(getattr(m, "bias", None), rows)
         for name, m, idxs, roots in self.readers:
             self._refit(name, m, idxs[gone[roots]])
-        return self
 
     def _refit(self, name: str, m: nn.Module, dropped: torch.Tensor) -> None:
-        if len(dropped) == 0:
+        if len(dropped) == 0 or name not in self.grams:
             return
         W = m.weight.detach()
         rows = W.shape[0]
@@ -227,7 +239,7 @@ class _cut:
         self.handles.append(m.register_forward_hook(
             lambda mod, args, out, s=shift.view(*view): out + s))
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> bool:
         for h in self.handles:
             h.remove()
         for t, old in reversed(self.saved):
