@@ -185,3 +185,17 @@ def test_a_bench_grid_in_latency(tmp_path, monkeypatch, digits_checkpoint):
     assert list((out / "latency-tables").glob("latency-*.json"))
     assert "latency kept (batch 8)" in (out / "grid.md").read_text()
     assert_bad_input(invoke("bench", "--macs", "0.5", *common), "latency_batch")
+
+
+def test_a_damaged_table_file_is_measured_again(tmp_path):
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    x = torch.randn(1, 1, 8, 8)
+    table, reused = latency.cached(model, x, 2, tmp_path, warmup=0, repeats=1)
+    path = next(tmp_path.glob("latency-*.json"))
+    bad_rows = {"0": {"ins": [1], "outs": [4], "ms": [["x"]], "depthwise": False}}
+    for text in ("{broken", json.dumps({"format": 1, "key": table.key, "layers": 5}),
+                 json.dumps({"format": 1, "key": table.key, "layers": bad_rows,
+                             "dense_ms": 1.0})):
+        path.write_text(text)
+        again, reused = latency.cached(model, x, 2, tmp_path, warmup=0, repeats=1)
+        assert not reused and set(again.layers) == {"0", "2"}

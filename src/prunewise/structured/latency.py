@@ -218,8 +218,12 @@ def cached(model: nn.Module, x, batch: int, folder: Path | None, **kw) -> tuple[
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     path = None if folder is None else Path(folder) / f"latency-{name}.json"
     if path is not None and path.is_file():
-        got = files.read_json(path, "latency table")
-        if isinstance(got, dict) and got.get("format") == FORMAT and got.get("key") == key:
+        try:
+            got = files.read_json(path, "latency table")
+        except PrunewiseError:   # damaged: measured again below
+            got = None
+        if isinstance(got, dict) and got.get("format") == FORMAT and got.get("key") == key \
+                and _valid(got):
             try:
                 return Table(key=got["key"], layers=got["layers"], dense_ms=float(got["dense_ms"]),
                              seconds=float(got.get("seconds", 0.0))), True
@@ -229,6 +233,28 @@ def cached(model: nn.Module, x, batch: int, folder: Path | None, **kw) -> tuple[
     if path is not None:
         table.save(path)
     return table, False
+
+
+def _valid(got: dict) -> bool:
+    """Whether a table read from a file has the shape :class:`Table` needs (a file can say
+    anything: anything else is measured again)."""
+    layers, dense = got.get("layers"), got.get("dense_ms")
+    if not isinstance(layers, dict) or isinstance(dense, bool) or \
+            not isinstance(dense, (int, float)) or not dense >= 0:
+        return False
+    for row in layers.values():
+        if not isinstance(row, dict):
+            return False
+        ins, outs, ms = row.get("ins"), row.get("outs"), row.get("ms")
+        if not (isinstance(ins, list) and isinstance(outs, list) and isinstance(ms, list)
+                and ins and outs and len(ms) == len(ins)
+                and all(isinstance(r, list) and len(r) == len(outs) for r in ms)):
+            return False
+        values = ins + outs + [v for r in ms for v in r]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+                   for v in values):
+            return False
+    return True
 
 
 def default_folder() -> Path:
