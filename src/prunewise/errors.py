@@ -8,6 +8,15 @@ class PrunewiseError(ValueError):
     """
 
 
+class BelowFloor(PrunewiseError):
+    """A channel budget below what the floors (min channels, whole heads, equal parts,
+    round_to) allow; ``floor``: the smallest cost they allow, as a fraction of the original."""
+
+    def __init__(self, message: str, floor: float):
+        super().__init__(message)
+        self.floor = floor
+
+
 def out_of_memory(e: BaseException) -> bool:
     """Whether ``e`` is an allocation that failed (CPU or accelerator): the job asked for more
     memory than the machine (or the process's limit) gives, which the command line reports as

@@ -63,7 +63,7 @@ from .. import checkpoints, device, measure, methods, tasks, train, utils
 from ..unstructured import engine as masking, layer_errors
 from ..structured import engine as structured, group_errors, surgery
 from .. import data as D
-from ..errors import PrunewiseError
+from ..errors import BelowFloor, PrunewiseError
 from ..plan import ChannelPlan, MaskPlan
 from ..structured.sliming.spectrum import singular_values
 from ..settings import (Compute, FineTune, Measurement, Recalibration, Repair, Structured,
@@ -463,15 +463,13 @@ def latency_plan(model: nn.Module, x, method: str, settings: Structured, *, batc
     xb = utils.repeat_batch(x, batch)
     tried: list[dict] = []
     best, low, high = None, 0.0, 1.0   # asked budgets known to fit / not to fit
-    asked, floor = target, ""
+    asked, floor = target, None
     for _ in range(LATENCY_STEPS):
         try:
             small, plan = channel_plan(model, x, method, replace(settings, latency=asked),
                                        batches=batches, seed=seed, latency_table=table)
-        except PrunewiseError as e:
-            if "below what" not in str(e):
-                raise
-            floor = str(e).rpartition("the floor is ")[2].partition(" ")[0]
+        except BelowFloor as e:
+            floor = e.floor
             break   # even the floors are predicted slower than asked: nothing smaller exists
         got = measure.paired_latency(model, small, xb, warmup=2, repeats=LATENCY_REPEATS)
         ratio = got["ratio"]
@@ -494,8 +492,8 @@ def latency_plan(model: nn.Module, x, method: str, settings: Structured, *, batc
             break
         asked = nxt
     if best is None:
-        floors = f"; the smallest widths allowed are predicted at {floor} of dense" if floor \
-            else ""
+        floors = "" if floor is None else \
+            f"; the smallest widths allowed are predicted at {floor:.4f} of dense"
         raise PrunewiseError(f"latency budget {target:g} at batch {batch} cannot be reached on "
                              f"this machine: {_tried(tried) or 'nothing was measured'}{floors}")
     _, small, plan = best
@@ -521,16 +519,21 @@ def kept_whole(plan: ChannelPlan) -> list[dict]:
     return [{"layer": k, "reason": v} for k, v in skipped.items() if isinstance(v, str)]
 
 
-def _latency_budget(plan: ChannelPlan, settings: Structured, dense: dict, pruned: nn.Module,
-                    bundle: D.DataBundle, model: nn.Module) -> dict:
+def _latency_budget(plan: ChannelPlan, settings: Structured, timed: dict | None,
+                    pruned: nn.Module, bundle: D.DataBundle, model: nn.Module) -> dict:
     """A latency-budgeted run's ``latency_budget``: what was asked, at which batch size, and
-    the pruned / dense ratio measured now (the two timed in one window, the median of
-    :data:`LATENCY_REPEATS` x 3 pairs, with its quartiles); nothing for other budgets."""
+    the pruned / dense ratio measured now (the two timed in one window, with its quartiles:
+    the report's ``latency_ms`` at that batch size when it has it, ``timed``, else
+    :data:`LATENCY_REPEATS` x 3 pairs); nothing for other budgets."""
     if settings.latency is None:
         return {}
     batch = settings.latency_batch
-    got = measure.paired_latency(model, pruned, utils.repeat_batch(bundle.example(), batch),
-                                 warmup=2, repeats=3 * LATENCY_REPEATS)
+    got = (timed or {}).get(str(batch)) or {}
+    if got.get("ratio") is not None:
+        got = {"ratio": got["ratio"], "spread": got["spread"]}
+    else:
+        got = measure.paired_latency(model, pruned, utils.repeat_batch(bundle.example(), batch),
+                                     warmup=2, repeats=3 * LATENCY_REPEATS)
     return {"latency_budget": {"requested": settings.latency, "batch": batch,
                                "measured": got["ratio"], "spread": got["spread"],
                                "predicted": plan.meta.get("predicted_latency_ms", 0) /
@@ -575,6 +578,7 @@ def finish_channels(model: nn.Module, bundle: D.DataBundle, pruned: nn.Module,
     settings = decided(settings, steps)
     after = finish(Work(pruned, model, bundle, None, plan, settings.repair, steps,
                         desc=f"fine-tune {method}"))
+    timed = _latency(dense, pruned, bundle, steps.measurement, masked=False, model=model)
     rep = {"kind": "prune-structured", "method": method, "data": bundle.name, "seed": steps.seed,
            "budget": {"macs": settings.macs, "params": settings.params,
                       **({"latency": settings.latency} if settings.latency else {})},
@@ -582,14 +586,13 @@ def finish_channels(model: nn.Module, bundle: D.DataBundle, pruned: nn.Module,
            **steps.task.keyed({"dense": stage_scores(dense), **after["scores"]}),
            "sparsity": 1.0 - measure.sparsity(pruned)["total"] / dense["weights"],
            **_size(dense, pruned, bundle, masked=False),
-           "latency_ms": _latency(dense, pruned, bundle, steps.measurement, masked=False,
-                                  model=model),
+           "latency_ms": timed,
            **{k: v for k, v in after.items() if k not in ("scores", "stage_seconds")},
            "stage_seconds": {"prune": prune_seconds, **after["stage_seconds"]},
            "counts": plan.counts, "layers": layer_rows(model, pruned),
            "spectra": {k: v.tolist() for k, v in (getattr(plan, "spectra", None) or {}).items()},
            "config": config(method, settings, steps), "compute": steps.compute.record(pruned),
-           **_latency_budget(plan, settings, dense, pruned, bundle, model),
+           **_latency_budget(plan, settings, timed, pruned, bundle, model),
            "left_out": kept_whole(plan),
            **sample(dense, pruned, bundle, steps.task)}
     rep["seconds"] = prune_seconds + time.perf_counter() - start

@@ -22,7 +22,7 @@ from torch import nn
 
 from .. import device, dist, utils
 from . import sliming, engine as structured
-from ..errors import PrunewiseError
+from ..errors import BelowFloor, PrunewiseError
 
 
 
@@ -42,9 +42,9 @@ def uniform_counts(a: structured.Analysis, *, macs=None, params=None, min_channe
         return np.array([structured.round_count(int(k), g, round_to) for k, g in zip(n, a.prunable)])
 
     if cost(counts(0.0)) > limit:
-        raise PrunewiseError(f"{kind} budget {value:g} is below what min_channels={min_channels} "
-                             f"allows: the floor is {cost(counts(0.0)) / cost(sizes):.4f} of the "
-                             f"original")
+        floor = cost(counts(0.0)) / cost(sizes)
+        raise BelowFloor(f"{kind} budget {value:g} is below what min_channels={min_channels} "
+                         f"allows: the floor is {floor:.4f} of the original", floor)
     return counts(structured.bisect(lambda p: cost(counts(p)) <= limit, good=0.0, bad=1.0,
                                     steps=60))
 

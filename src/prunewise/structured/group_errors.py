@@ -31,7 +31,7 @@ from torch import nn
 
 from .. import device, utils
 from ..data.sources import Source
-from ..errors import PrunewiseError
+from ..errors import BelowFloor, PrunewiseError
 from . import engine as structured
 from .surgery import CHANNEL_NORMS
 
@@ -260,9 +260,10 @@ def choose(table: list[list[tuple[int, float]]], cost, limit: float, steps=None,
 
     floor = counts_of([len(c) - 1 for c in curves])
     if cost(floor) > limit:
-        raise PrunewiseError(f"{what} is below what the floors allow (min_channels, whole heads, "
-                             f"equal parts, round_to): the floor is {cost(floor) / max(cost(counts_of(at)), 1e-300):.4f} of "
-                             f"the original")
+        least = cost(floor) / max(cost(counts_of(at)), 1e-300)
+        raise BelowFloor(f"{what} is below what the floors allow (min_channels, whole heads, "
+                         f"equal parts, round_to): the floor is {least:.4f} of the original",
+                         least)
     now = counts_of(at)
     spent = cost(now)
     while spent > limit:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .. import engine as structured
-from ...errors import PrunewiseError
+from ...errors import BelowFloor, PrunewiseError
 from ...methods import SlimingSettings
 from ...settings import Structured
 from .spectrum import normalized
@@ -85,10 +85,11 @@ def configure(sigmas: Sequence[torch.Tensor], cost: Callable[[np.ndarray], float
         steps = set(_per_group(round_to, len(s)))
         rounding = ("" if steps <= {1} else f", round_to={steps.pop()}" if len(steps) == 1
                     else ", whole heads / equal parts")
-        raise PrunewiseError(f"{what} is below what min_channels={min_channels}, "
-                             f"min_ratio={min_ratio:g}{rounding} allow: the floor is "
-                             f"{cost(floor) / max(cost(sizes), 1e-300):.4f} of the original; "
-                             f"ask for at least that or lower --min-channels / --min-ratio")
+        least = cost(floor) / max(cost(sizes), 1e-300)
+        raise BelowFloor(f"{what} is below what min_channels={min_channels}, "
+                         f"min_ratio={min_ratio:g}{rounding} allow: the floor is "
+                         f"{least:.4f} of the original; "
+                         f"ask for at least that or lower --min-channels / --min-ratio", least)
     if cost(sizes) <= budget:
         return sizes
     # above the largest value every group sits at its floor (fits); at 0 it keeps all (does not)
